@@ -1,0 +1,5 @@
+"""The descriptor pool of every generated module in swarm._proto (see scripts/gen_proto.py)."""
+
+from google.protobuf import descriptor_pool
+
+POOL = descriptor_pool.DescriptorPool()

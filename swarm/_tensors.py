@@ -1,0 +1,187 @@
+"""Tensors on the wire: Open Inference Protocol datatypes <-> numpy arrays.
+
+Shared by the node (decoding requests) and the client (encoding them). Every
+check raises InvalidInputError with the tensor's name, so that a bad request
+gets a precise INVALID_ARGUMENT instead of a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from swarm._errors import InvalidInputError
+
+__all__ = [
+    "DATATYPES",
+    "datatype_of",
+    "decode_bytes_elements",
+    "decode_contents",
+    "decode_raw",
+    "encode_bytes_elements",
+    "encode_raw",
+    "numpy_dtype",
+]
+
+# OIP datatype -> little-endian numpy dtype. BYTES uses object arrays of bytes.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+
+# Typed-contents field that carries each datatype (InferTensorContents).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_LEN = struct.Struct("<I")
+
+
+def numpy_dtype(datatype: str, *, name: str = "tensor") -> np.dtype[Any]:
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise InvalidInputError(
+            f"{name}: unsupported datatype {datatype!r} (supported: {', '.join(DATATYPES)})"
+        ) from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The OIP datatype of a numpy array (object/str/bytes arrays are BYTES)."""
+    kind = array.dtype.kind
+    if kind in "OSU":
+        return "BYTES"
+    for datatype, dtype in DATATYPES.items():
+        if datatype != "BYTES" and dtype == array.dtype.newbyteorder("<"):
+            return datatype
+    raise InvalidInputError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
+
+
+def _element_count(shape: Sequence[int], name: str, max_elements: int) -> int:
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInputError(f"{name}: shape {list(shape)} has a negative dimension")
+        count *= dim
+        if count > max_elements:
+            raise InvalidInputError(f"{name}: shape {list(shape)} exceeds {max_elements} elements")
+    return count
+
+
+def decode_bytes_elements(raw: bytes | memoryview, count: int, *, name: str = "tensor") -> list[bytes]:
+    """Parse `count` 4-byte-length-prefixed elements that must fill `raw` exactly."""
+    view = memoryview(raw)
+    out: list[bytes] = []
+    offset = 0
+    for _ in range(count):
+        if offset + 4 > len(view):
+            raise InvalidInputError(f"{name}: BYTES contents end before element {len(out)}")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInputError(f"{name}: BYTES element {len(out)} runs past the end")
+        out.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != len(view):
+        raise InvalidInputError(
+            f"{name}: BYTES contents hold more than the {count} elements its shape says"
+        )
+    return out
+
+
+def encode_bytes_elements(items: Sequence[bytes]) -> bytes:
+    parts: list[bytes] = []
+    for item in items:
+        parts.append(_LEN.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def decode_raw(
+    datatype: str, shape: Sequence[int], raw: bytes, *, name: str = "tensor",
+    max_elements: int = 1 << 28,
+) -> np.ndarray:
+    """Decode raw_input_contents into a (read-only, zero-copy where possible) array."""
+    dtype = numpy_dtype(datatype, name=name)
+    count = _element_count(shape, name, max_elements)
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = decode_bytes_elements(raw, count, name=name)
+        return array.reshape(tuple(shape))
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInputError(
+            f"{name}: {len(raw)} bytes of raw contents, but {datatype} {list(shape)} needs "
+            f"{expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
+
+
+def decode_contents(
+    datatype: str, shape: Sequence[int], contents: Any, *, name: str = "tensor",
+    max_elements: int = 1 << 28,
+) -> np.ndarray:
+    """Decode typed InferTensorContents (the non-raw representation)."""
+    dtype = numpy_dtype(datatype, name=name)
+    count = _element_count(shape, name, max_elements)
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInputError(f"{name}: {datatype} cannot travel as typed contents; use raw")
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"{name}: {len(values)} values in {field}, but shape {list(shape)} needs {count}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(tuple(shape))
+    try:
+        return np.asarray(values, dtype=dtype).reshape(tuple(shape))
+    except OverflowError as exc:
+        raise InvalidInputError(f"{name}: a value does not fit {datatype}") from exc
+
+
+def _as_bytes(item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, np.bytes_ | bytearray | memoryview):
+        return bytes(item)
+    raise InvalidInputError(f"BYTES element of type {type(item).__name__} is not bytes or str")
+
+
+def encode_raw(array: np.ndarray) -> tuple[str, list[int], bytes]:
+    """(datatype, shape, raw bytes) of an array, little-endian, row-major."""
+    datatype = datatype_of(array)
+    shape = list(array.shape)
+    if datatype == "BYTES":
+        return datatype, shape, encode_bytes_elements([_as_bytes(x) for x in array.reshape(-1)])
+    dtype = DATATYPES[datatype]
+    return datatype, shape, np.ascontiguousarray(array, dtype=dtype).tobytes()

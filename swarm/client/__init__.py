@@ -1,0 +1,14 @@
+"""The SDK and the `swarm` CLI.
+
+_async.py   AsyncClient (grpc.aio): infer, embed, models, metadata
+_sync.py    Client: the same API, blocking, on a private event-loop thread
+_convert.py arrays/tensors <-> Open Inference Protocol messages; gRPC errors -> SwarmError
+_types.py   ModelInfo, TensorInfo
+_cli.py     `swarm` command line
+"""
+
+from swarm.client._async import AsyncClient
+from swarm.client._sync import Client
+from swarm.client._types import ModelInfo, TensorInfo
+
+__all__ = ["AsyncClient", "Client", "ModelInfo", "TensorInfo"]

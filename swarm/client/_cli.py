@@ -1,0 +1,118 @@
+"""`swarm`: the command line of the SDK."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swarm import __version__
+from swarm._errors import SwarmError
+from swarm.client._async import AsyncClient
+from swarm.client._types import TensorInfo
+
+__all__ = ["main"]
+
+
+def _load_input(path: Path) -> Any:
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    raise SwarmError(f"{path}: inputs come as .npy or .json")
+
+
+def _jsonable(value: np.ndarray) -> Any:
+    if value.dtype == object:
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v
+                for v in value.reshape(-1)]
+    return value.tolist()
+
+
+async def _infer(args: argparse.Namespace) -> int:
+    if sum(x is not None for x in (args.text, args.input, args.json)) != 1:
+        raise SwarmError("give the input as --text (repeatable), --input FILE or --json VALUE")
+    if args.text is not None:
+        inputs: Any = np.array([t.encode() for t in args.text], dtype=object)
+    elif args.input is not None:
+        inputs = _load_input(args.input)
+    else:
+        inputs = json.loads(args.json)
+    if isinstance(inputs, dict):
+        inputs = {k: np.asarray(v, dtype=np.float32) if not isinstance(v, np.ndarray) else v
+                  for k, v in inputs.items()}
+    elif not isinstance(inputs, np.ndarray):
+        inputs = np.asarray(inputs, dtype=np.float32)
+    async with AsyncClient(args.node, timeout=args.timeout) as client:
+        outputs = await client.infer_raw(args.model, inputs)
+    print(json.dumps({name: _jsonable(v) for name, v in outputs.items()}))
+    return 0
+
+
+async def _models(args: argparse.Namespace) -> int:
+    async with AsyncClient(args.node, timeout=args.timeout) as client:
+        models = await client.models()
+    if args.json:
+        print(json.dumps([{
+            "name": m.name, "versions": list(m.versions), "platform": m.platform,
+            "max_batch_size": m.max_batch_size,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                       for t in m.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                        for t in m.outputs],
+        } for m in models], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(tensors: tuple[TensorInfo, ...]) -> str:
+        return ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in tensors)
+
+    table = Table("model", "version", "inputs", "outputs", "max batch")
+    for m in models:
+        table.add_row(m.name, m.versions[0][:19] if m.versions else "", fmt(m.inputs),
+                      fmt(m.outputs), str(m.max_batch_size))
+    Console().print(table)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarm", description="Use a Swarm inference network.")
+    parser.add_argument("--version", action="version", version=f"swarm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    infer = sub.add_parser("infer", help="run a model on inputs; prints outputs as JSON")
+    infer.add_argument("model", help="model name, e.g. builtin/minilm")
+    infer.add_argument("--node", required=True, help="node address HOST:PORT")
+    infer.add_argument("--text", action="append", help="a text input (repeatable)")
+    infer.add_argument("--input", type=Path, help="inputs from a .npy or .json file")
+    infer.add_argument("--json", help="inputs as a JSON value (array, or object of arrays)")
+    infer.add_argument("--timeout", type=float, default=30.0)
+
+    models = sub.add_parser("models", help="list the models a node serves")
+    models.add_argument("--node", required=True, help="node address HOST:PORT")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.add_argument("--timeout", type=float, default=30.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"infer": _infer, "models": _models}[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except SwarmError as exc:
+        print(f"swarm: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"swarm: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

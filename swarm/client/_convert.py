@@ -1,0 +1,83 @@
+"""Client-side conversions: user inputs -> ModelInferRequest, responses -> arrays, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from swarm._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
+from swarm._proto.inference import grpc_service_pb2 as pb
+from swarm._tensors import decode_raw, encode_raw
+
+__all__ = ["build_request", "decode_response", "error_from_rpc", "to_numpy"]
+
+_ERRORS: dict[grpc.StatusCode, type[InferenceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
+    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.CANCELLED: UnavailableError,
+}
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError, target: str) -> InferenceError:
+    code = exc.code()
+    cls = _ERRORS.get(code, InferenceError)
+    message = f"{target}: {exc.details() or code.name}"
+    if cls is InferenceError:
+        return InferenceError(message, code=code.name)
+    return cls(message)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """numpy array, torch tensor (without importing torch), list of numbers or strings."""
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        return np.asarray(value.detach().cpu().numpy())
+    if isinstance(value, str | bytes):
+        value = [value]
+    array = np.asarray(value)
+    if array.dtype.kind == "U":
+        array = np.array([s.encode() for s in array.reshape(-1)], dtype=object).reshape(array.shape)
+    elif array.dtype == np.float64:
+        array = array.astype(np.float32)
+    return array
+
+
+def build_request(model: str, inputs: Mapping[str, np.ndarray], *, version: str = "",
+                  outputs: Sequence[str] = (), request_id: str = "") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, array in inputs.items():
+        datatype, shape, raw = encode_raw(array)
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(raw)
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def decode_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    raw = response.raw_output_contents
+    for i, tensor in enumerate(response.outputs):
+        if i < len(raw):
+            array = decode_raw(tensor.datatype, tuple(tensor.shape), raw[i], name=tensor.name)
+        else:
+            from swarm._tensors import decode_contents
+
+            array = decode_contents(tensor.datatype, tuple(tensor.shape), tensor.contents,
+                                    name=tensor.name)
+        out[tensor.name] = array
+    return out

@@ -1,0 +1,80 @@
+"""Client: the blocking SDK, running an AsyncClient on a private event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from swarm._errors import SwarmError
+from swarm.client._async import DEFAULT_EMBED_MODEL, AsyncClient, Inputs
+from swarm.client._types import ModelInfo
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+
+class Client:
+    """Blocking client: `Client("127.0.0.1:7070").embed(["hello world"])`.
+
+    Use it as a context manager or call close(); it owns one background thread.
+    """
+
+    def __init__(self, address: str, *, timeout: float | None = 30.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
+
+        async def make() -> AsyncClient:
+            return AsyncClient(address, timeout=timeout)
+
+        self._client = self._run(make())
+
+    @property
+    def address(self) -> str:
+        return self._client.address
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise SwarmError("client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._run(self._client.close())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def infer(self, model: str, inputs: Inputs, *, version: str = "",
+              outputs: Sequence[str] = (), timeout: float | None = None,
+              ) -> np.ndarray | dict[str, np.ndarray]:
+        return self._run(self._client.infer(model, inputs, version=version, outputs=outputs,
+                                            timeout=timeout))
+
+    def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
+              timeout: float | None = None) -> np.ndarray:
+        return self._run(self._client.embed(texts, model=model, timeout=timeout))
+
+    def models(self) -> list[ModelInfo]:
+        return self._run(self._client.models())
+
+    def metadata(self, model: str, *, version: str = "") -> ModelInfo:
+        return self._run(self._client.metadata(model, version=version))

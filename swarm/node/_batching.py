@@ -1,0 +1,333 @@
+"""Dynamic batching: a pure policy (`decide`) and the asyncio `Batcher` that applies it.
+
+The policy sees a frozen `QueueView` and answers Dispatch(n) or Wait(seconds).
+Batching only pays when requests arrive faster than one unbatched execution
+takes; otherwise a request goes straight to an idle model, so a lone request
+never waits out `max_queue_delay`. Under load the batcher holds requests until
+the batch is full, reaches a preferred size, or its oldest request has waited
+`max_queue_delay`. While a batch executes, the next one forms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from swarm._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    OverloadedError,
+    SwarmError,
+    UnavailableError,
+)
+from swarm.node._runtime import Model
+
+__all__ = [
+    "BatchPolicy",
+    "BatchResult",
+    "Batcher",
+    "Dispatch",
+    "QueueView",
+    "Wait",
+    "decide",
+]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    # Most items in one forward pass (requests are never split across batches).
+    max_batch_size: int = 64
+    # Longest a request waits for a fuller batch while requests keep arriving.
+    max_queue_delay: float = 0.002
+    # Batch sizes (in items) to dispatch at once when reached; () = only full batches.
+    preferred_batch_sizes: tuple[int, ...] = ()
+    # Requests waiting per model before new ones get RESOURCE_EXHAUSTED.
+    max_queue_size: int = 1024
+    # False: every request executes alone (for comparison and for models that cannot batch).
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if self.max_queue_delay < 0:
+            raise ValueError("max_queue_delay must be >= 0")
+        if self.max_queue_size < 1:
+            raise ValueError("max_queue_size must be >= 1")
+        if any(not 1 <= p <= self.max_batch_size for p in self.preferred_batch_sizes):
+            raise ValueError("preferred batch sizes must lie in [1, max_batch_size]")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """What the policy sees: queued request sizes (oldest first) and recent timing."""
+
+    sizes: tuple[int, ...]
+    # Seconds the oldest queued request has waited.
+    oldest_wait: float
+    # An execution is in flight.
+    busy: bool
+    # EWMA of the gap between request arrivals (seconds; inf when unknown).
+    arrival_gap: float
+    # EWMA of one execution's duration (seconds; 0 when unknown).
+    execution_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    # Re-decide after this many seconds, or at the next arrival/completion (None: only then).
+    seconds: float | None
+
+
+def decide(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
+    """Next step for one model's queue."""
+    if not view.sizes or view.busy:
+        return Wait(None)
+    if not policy.enabled:
+        return Dispatch(1)
+    count, items = 0, 0
+    for size in view.sizes:
+        if items + size > policy.max_batch_size and count > 0:
+            break
+        count += 1
+        items += size
+    if count < len(view.sizes) or items >= policy.max_batch_size:
+        return Dispatch(count)
+    if items in policy.preferred_batch_sizes:
+        return Dispatch(count)
+    remaining = policy.max_queue_delay - view.oldest_wait
+    if remaining <= 0:
+        return Dispatch(count)
+    # Waiting helps only when arrivals outpace unbatched execution (and one is due in time).
+    if view.arrival_gap >= max(view.execution_time, 1e-9) or view.arrival_gap > remaining:
+        return Dispatch(count)
+    return Wait(remaining)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: dict[str, np.ndarray]
+    queue_seconds: float
+    compute_seconds: float
+    batch_size: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Mapping[str, np.ndarray]
+    items: int
+    enqueued: float
+    deadline: float | None
+    future: asyncio.Future[BatchResult]
+
+
+@dataclass(slots=True)
+class BatchTiming:
+    batch_size: int
+    requests: int
+    input_seconds: float
+    infer_seconds: float
+    output_seconds: float
+
+
+@dataclass(slots=True)
+class _Ewma:
+    alpha: float
+    value: float | None = None
+
+    def update(self, x: float) -> None:
+        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+
+
+@dataclass
+class BatcherHooks:
+    """Observers the node wires to metrics (kept out of the batching logic)."""
+
+    on_batch: Callable[[BatchTiming], None] = lambda timing: None
+    on_expired: Callable[[int], None] = lambda count: None
+    on_queue_depth: Callable[[int], None] = lambda depth: None
+
+
+class Batcher:
+    """Queues requests for one model version and executes them in batches off the loop."""
+
+    def __init__(self, model: Model, policy: BatchPolicy, *, clock: Clock = time.monotonic,
+                 hooks: BatcherHooks | None = None) -> None:
+        self.model = model
+        self.policy = policy
+        self._clock = clock
+        self._hooks = hooks or BatcherHooks()
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._busy = False
+        self._closed = False
+        self._last_arrival: float | None = None
+        self._arrival_gap = _Ewma(0.2)
+        self._execution_time = _Ewma(0.2)
+        self._items_per_second = _Ewma(0.2)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{model.name}")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def items_per_second(self) -> float:
+        return self._items_per_second.value or 0.0
+
+    async def submit(self, inputs: Mapping[str, np.ndarray], items: int,
+                     deadline: float | None = None) -> BatchResult:
+        """Queue one request of `items` rows; resolves when its batch has executed."""
+        if self._closed:
+            raise UnavailableError(f"{self.model.name} is shutting down")
+        if items > self.policy.max_batch_size:
+            raise InvalidInputError(
+                f"batch of {items} exceeds {self.model.name}'s max batch size "
+                f"{self.policy.max_batch_size}"
+            )
+        if len(self._queue) >= self.policy.max_queue_size:
+            raise OverloadedError(
+                f"{self.model.name}: queue full ({self.policy.max_queue_size} requests)"
+            )
+        now = self._clock()
+        if deadline is not None and deadline <= now:
+            self._hooks.on_expired(1)
+            raise DeadlineExceededError("deadline passed before the request was queued")
+        if self._last_arrival is not None:
+            self._arrival_gap.update(now - self._last_arrival)
+        self._last_arrival = now
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(inputs, items, now, deadline, future))
+        self._idle.clear()
+        self._hooks.on_queue_depth(len(self._queue))
+        self._wakeup.set()
+        return await future
+
+    def _view(self, now: float) -> QueueView:
+        while self._queue and self._queue[0].future.done():  # cancelled by the client
+            self._queue.popleft()
+        return QueueView(
+            sizes=tuple(p.items for p in self._queue if not p.future.done()),
+            oldest_wait=now - self._queue[0].enqueued if self._queue else 0.0,
+            busy=self._busy,
+            arrival_gap=self._arrival_gap.value if self._arrival_gap.value is not None else math.inf,
+            execution_time=self._execution_time.value or 0.0,
+        )
+
+    def _take(self, count: int, now: float) -> list[_Pending]:
+        batch: list[_Pending] = []
+        expired = 0
+        while self._queue and len(batch) < count:
+            pending = self._queue.popleft()
+            if pending.future.done():
+                continue
+            if pending.deadline is not None and pending.deadline <= now:
+                pending.future.set_exception(
+                    DeadlineExceededError("deadline passed while the request was queued")
+                )
+                expired += 1
+                continue
+            batch.append(pending)
+        if expired:
+            self._hooks.on_expired(expired)
+        self._hooks.on_queue_depth(len(self._queue))
+        return batch
+
+    async def run(self) -> None:
+        """Serve the queue until cancelled; cancellation fails what is still queued."""
+        try:
+            while True:
+                now = self._clock()
+                decision = decide(self.policy, self._view(now))
+                if isinstance(decision, Wait):
+                    if not self._queue:
+                        self._idle.set()
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), decision.seconds)
+                    continue
+                batch = self._take(decision.requests, now)
+                if batch:
+                    await self._execute(batch, now)
+        finally:
+            self._closed = True
+            for pending in self._queue:
+                if not pending.future.done():
+                    pending.future.set_exception(UnavailableError("node is shutting down"))
+            self._queue.clear()
+            self._idle.set()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self) -> None:
+        """Refuse new requests and wait until everything queued has executed."""
+        self._closed = True
+        await self._idle.wait()
+
+    async def _execute(self, batch: list[_Pending], started: float) -> None:
+        self._busy = True
+        loop = asyncio.get_running_loop()
+        try:
+            outputs, timing = await loop.run_in_executor(self._executor, self._run_batch, batch)
+        except Exception as exc:  # the model failed: every request in the batch fails
+            error = exc if isinstance(exc, SwarmError) else InferenceError(
+                f"{self.model.name} failed to execute: {type(exc).__name__}: {exc}")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        except asyncio.CancelledError:
+            for pending in batch:  # the node is stopping mid-batch
+                if not pending.future.done():
+                    pending.future.set_exception(UnavailableError("node is shutting down"))
+            raise
+        finally:
+            self._busy = False
+        elapsed = self._clock() - started
+        self._execution_time.update(elapsed)
+        if elapsed > 0:
+            self._items_per_second.update(timing.batch_size / elapsed)
+        compute = timing.input_seconds + timing.infer_seconds + timing.output_seconds
+        for pending, result in zip(batch, outputs, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(
+                    BatchResult(result, started - pending.enqueued, compute, timing.batch_size)
+                )
+        self._hooks.on_batch(timing)
+
+    def _run_batch(self, batch: Sequence[_Pending]) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
+        """Executor thread: concatenate, execute, split."""
+        t0 = time.perf_counter()
+        if len(batch) == 1:
+            inputs = dict(batch[0].inputs)
+        else:
+            inputs = {
+                spec.name: np.concatenate([p.inputs[spec.name] for p in batch])
+                for spec in self.model.spec.inputs
+            }
+        t1 = time.perf_counter()
+        outputs = self.model.execute(inputs)
+        t2 = time.perf_counter()
+        results: list[dict[str, np.ndarray]] = []
+        offset = 0
+        for pending in batch:
+            results.append({k: v[offset : offset + pending.items] for k, v in outputs.items()})
+            offset += pending.items
+        t3 = time.perf_counter()
+        return results, BatchTiming(offset, len(batch), t1 - t0, t2 - t1, t3 - t2)

@@ -1,0 +1,210 @@
+"""Node configuration: one frozen dataclass, loaded from TOML, environment and flags.
+
+Precedence: command-line flags > environment (SWARM_<FIELD>) > TOML file > defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swarm._errors import ConfigError
+from swarm._types import ModelRef
+
+__all__ = ["ModelOptions", "NodeConfig", "load_config"]
+
+ENV_PREFIX = "SWARM_"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """Per-model serving options (the `[models."NAME"]` tables of the config file)."""
+
+    # Most items per forward pass; 0 = the model's own default.
+    max_batch_size: int = 0
+    # Seconds a request may wait for a fuller batch while requests keep arriving.
+    max_queue_delay: float = 0.002
+    # Batch sizes dispatched as soon as they are reached.
+    preferred_batch_sizes: tuple[int, ...] = ()
+    # Requests queued per model before RESOURCE_EXHAUSTED.
+    max_queue_size: int = 1024
+    # False executes every request alone.
+    batching: bool = True
+    # Cache responses of this model (bounded LRU keyed by digest and input bytes).
+    cache: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    # Where the identity key and node state live.
+    data_dir: Path = Path("~/.local/share/swarm-node")
+    # Models to serve, by reference (e.g. builtin/minilm, acme/classifier:stable, ./m.pt2).
+    serve: tuple[str, ...] = ()
+    # Interface the gRPC and HTTP servers bind.
+    listen_host: str = "127.0.0.1"
+    # Host other peers and clients use to reach this node (advertised).
+    advertise_host: str = "127.0.0.1"
+    # gRPC port (0 = pick a free one).
+    grpc_port: int = 7070
+    # Prometheus /metrics and health port (0 = pick a free one, -1 = off).
+    metrics_port: int = 9090
+    # "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
+    device: str = "auto"
+    # Largest gRPC message accepted or sent.
+    max_message_bytes: int = 64 << 20
+    # Seconds SIGTERM waits for in-flight requests before exiting.
+    drain_timeout: float = 30.0
+    # Response cache bound, shared by the models that enable caching.
+    cache_max_bytes: int = 64 << 20
+    # Torch intra-op threads (0 = torch's default).
+    torch_threads: int = 0
+    # "debug", "info", "warning", "error".
+    log_level: str = "info"
+    # "text" (key=value) or "json" (one object per line).
+    log_format: str = "text"
+    # Per-model options by model name; "*" applies to every model.
+    models: Mapping[str, ModelOptions] = field(default_factory=dict)
+
+    def model_options(self, name: str) -> ModelOptions:
+        return self.models.get(name) or self.models.get("*") or ModelOptions()
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "identity.key"
+
+    @classmethod
+    def local(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
+        """A node on this machine only: loopback, free ports."""
+        return cls(data_dir=data_dir, grpc_port=0, metrics_port=0, **overrides)
+
+    @classmethod
+    def wan(cls, data_dir: Path, advertise_host: str, **overrides: Any) -> NodeConfig:
+        """A provider reachable from other machines."""
+        return cls(data_dir=data_dir, listen_host="0.0.0.0", advertise_host=advertise_host,
+                   **overrides)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(NodeConfig)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Convert a TOML/env/flag value to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is Path:
+            return Path(str(value)).expanduser()
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in (int, float, str):
+            if kind is not str and isinstance(value, bool):
+                raise ValueError(value)
+            return kind(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            (inner, *_) = typing.get_args(kind)
+            return tuple(_coerce(name, inner, v.strip() if isinstance(v, str) else v)
+                         for v in items if v != "")
+        if origin in (types.UnionType, typing.Union):
+            return _coerce(name, typing.get_args(kind)[0], value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot use {value!r} as {getattr(kind, '__name__', kind)}") from exc
+    raise ConfigError(f"{name}: unsupported setting type")
+
+
+def _model_options(name: str, raw: Any) -> ModelOptions:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"models.{name} must be a table")
+    hints = typing.get_type_hints(ModelOptions)
+    unknown = set(raw) - set(hints)
+    if unknown:
+        raise ConfigError(f"models.{name}: unknown settings {sorted(unknown)}")
+    values = {k: _coerce(f"models.{name}.{k}", hints[k], v) for k, v in raw.items()}
+    try:
+        return ModelOptions(**values)
+    except TypeError as exc:
+        raise ConfigError(f"models.{name}: {exc}") from exc
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> NodeConfig:
+    """Merge defaults, the TOML file, SWARM_* variables and flags (None values are unset)."""
+    hints = _field_types()
+    merged: dict[str, Any] = {}
+    models: dict[str, ModelOptions] = {}
+    if file is not None:
+        try:
+            raw = tomllib.loads(Path(file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from exc
+        for key, value in raw.items():
+            key = key.replace("-", "_")
+            if key == "models":
+                if not isinstance(value, Mapping):
+                    raise ConfigError("models must be a table of tables")
+                models = {name: _model_options(name, opts) for name, opts in value.items()}
+            elif key in hints:
+                merged[key] = _coerce(key, hints[key], value)
+            else:
+                raise ConfigError(f"{file}: unknown setting {key!r}")
+    for key, value in (env if env is not None else os.environ).items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower()
+            if name in hints and name != "models":
+                merged[name] = _coerce(key, hints[name], value)
+    for key, value in (flags or {}).items():
+        if value is None or value == ():
+            continue
+        if key not in hints or key == "models":
+            raise ConfigError(f"unknown flag {key!r}")
+        merged[key] = _coerce(f"--{key.replace('_', '-')}", hints[key], value)
+    config = NodeConfig(models=models, **merged)
+    _validate(config)
+    return config
+
+
+def _validate(config: NodeConfig) -> None:
+    for port_name in ("grpc_port",):
+        port = getattr(config, port_name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{port_name} {port} is not a port number")
+    if not -1 <= config.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port {config.metrics_port} is not a port number (or -1)")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level must be debug, info, warning or error")
+    if config.max_message_bytes < 1024:
+        raise ConfigError("max_message_bytes must be at least 1024")
+    for ref in config.serve:
+        if not ref.endswith(".pt2"):
+            try:
+                ModelRef.parse(ref)
+            except ValueError as exc:
+                raise ConfigError(f"--serve {ref!r}: {exc}") from exc
+    for name, opts in config.models.items():
+        if opts.max_batch_size < 0 or opts.max_queue_delay < 0 or opts.max_queue_size < 1:
+            raise ConfigError(f"models.{name}: batch size, delay and queue size must be positive")
+
+
+def replace(config: NodeConfig, **changes: Any) -> NodeConfig:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,152 @@
+"""Served models: loading by reference, per-version serving state, name/version lookup."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from swarm._errors import ConfigError, ModelNotFoundError
+from swarm._types import Digest, ModelRef
+from swarm.node._batching import Batcher, BatchPolicy
+from swarm.node._builtins import BUILTINS, load_builtin
+from swarm.node._config import ModelOptions
+from swarm.node._export import load_file
+from swarm.node._runtime import Model
+
+__all__ = ["ModelStats", "ModelTable", "ServedModel", "load_model", "policy_for"]
+
+
+@dataclass
+class DurationStat:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        self.count += n
+        self.ns += int(seconds * 1e9) * n
+
+
+@dataclass
+class BatchStat:
+    compute_input: DurationStat = field(default_factory=DurationStat)
+    compute_infer: DurationStat = field(default_factory=DurationStat)
+    compute_output: DurationStat = field(default_factory=DurationStat)
+
+
+@dataclass
+class ModelStats:
+    """Cumulative statistics in the shape of Triton's ModelStatistics."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    success: DurationStat = field(default_factory=DurationStat)
+    fail: DurationStat = field(default_factory=DurationStat)
+    queue: DurationStat = field(default_factory=DurationStat)
+    compute_input: DurationStat = field(default_factory=DurationStat)
+    compute_infer: DurationStat = field(default_factory=DurationStat)
+    compute_output: DurationStat = field(default_factory=DurationStat)
+    cache_hit: DurationStat = field(default_factory=DurationStat)
+    cache_miss: DurationStat = field(default_factory=DurationStat)
+    batches: dict[int, BatchStat] = field(default_factory=dict)
+
+
+@dataclass
+class ServedModel:
+    model: Model
+    batcher: Batcher
+    options: ModelOptions
+    stats: ModelStats = field(default_factory=ModelStats)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def digest(self) -> Digest:
+        return self.model.digest
+
+
+class ModelTable:
+    """Models by name; each name has one default version and may hold several by digest."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, dict[str, ServedModel]] = {}
+        self._default: dict[str, str] = {}
+
+    def add(self, served: ServedModel, *, default: bool = True) -> None:
+        versions = self._versions.setdefault(served.name, {})
+        versions[served.digest.hex] = served
+        if default or served.name not in self._default:
+            self._default[served.name] = served.digest.hex
+
+    def remove(self, name: str, digest: Digest) -> ServedModel | None:
+        versions = self._versions.get(name, {})
+        served = versions.pop(digest.hex, None)
+        if not versions:
+            self._versions.pop(name, None)
+            self._default.pop(name, None)
+        elif self._default.get(name) == digest.hex:
+            self._default[name] = next(iter(versions))
+        return served
+
+    def resolve(self, name: str, version: str = "") -> ServedModel:
+        """The served model for a name and optional version (digest, bare hex or unique prefix)."""
+        versions = self._versions.get(name)
+        if not versions:
+            raise ModelNotFoundError(f"model {name!r} is not served here")
+        if not version:
+            return versions[self._default[name]]
+        key = version.removeprefix("sha256:")
+        if key in versions:
+            return versions[key]
+        matches = [v for k, v in versions.items() if len(key) >= 8 and k.startswith(key)]
+        if len(matches) == 1:
+            return matches[0]
+        raise ModelNotFoundError(f"model {name!r} has no version {version!r} here")
+
+    def versions(self, name: str) -> list[ServedModel]:
+        return list(self._versions.get(name, {}).values())
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for versions in self._versions.values():
+            yield from versions.values()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._versions.values())
+
+
+def policy_for(model: Model, options: ModelOptions) -> BatchPolicy:
+    max_batch = options.max_batch_size or model.spec.max_batch_size
+    max_batch = min(max_batch, model.spec.max_batch_size)
+    return BatchPolicy(
+        max_batch_size=max_batch,
+        max_queue_delay=options.max_queue_delay,
+        preferred_batch_sizes=tuple(p for p in options.preferred_batch_sizes if p <= max_batch),
+        max_queue_size=options.max_queue_size,
+        enabled=options.batching,
+    )
+
+
+def _local_name(path: Path) -> str:
+    stem = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-._") or "model"
+    return f"local/{stem}"
+
+
+def load_model(ref: str, device: torch.device) -> Model:
+    """Load a model named on the command line: a built-in or a local .pt2 file."""
+    if ref.endswith(".pt2"):
+        path = Path(ref).expanduser()
+        return load_file(path, _local_name(path), device)
+    parsed = ModelRef.parse(ref)
+    if parsed.name in BUILTINS:
+        return load_builtin(parsed.name, device)
+    raise ConfigError(
+        f"cannot serve {ref!r}: not a built-in ({', '.join(BUILTINS)}) or a .pt2 file"
+    )

@@ -1,0 +1,170 @@
+"""Model runtime: what a loaded model is, how a batch executes, how models load.
+
+A `Model` executes one batch synchronously (the batcher calls it from its
+executor thread, off the event loop) under `torch.inference_mode()` on the
+node's device. Loaders never run untrusted Python: built-ins are our own code
+with safetensors weights, and `.pt2` programs go through `_export.load_program`.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from swarm._errors import ConfigError, InvalidInputError
+from swarm._types import Digest
+
+__all__ = ["Model", "ModelSpec", "TensorSpec", "TorchModel", "select_device"]
+
+_TORCH_TO_OIP: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "UINT8",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.float16: "FP16",
+    torch.float32: "FP32",
+    torch.float64: "FP64",
+}
+
+
+def oip_datatype(dtype: torch.dtype) -> str:
+    try:
+        return _TORCH_TO_OIP[dtype]
+    except KeyError:
+        raise InvalidInputError(f"torch dtype {dtype} has no supported wire datatype") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A declared input or output. `shape[0]` is the batch dimension (-1)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Most items (rows along dim 0) one forward pass takes.
+    max_batch_size: int
+    # OIP "platform" string reported in metadata.
+    platform: str
+
+
+def select_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+class Model(abc.ABC):
+    """A loaded model version, ready to execute batches."""
+
+    name: str
+    digest: Digest
+    spec: ModelSpec
+    device: torch.device
+
+    def check(self, inputs: Mapping[str, np.ndarray]) -> None:  # noqa: B027
+        """Per-request checks beyond the declared specs (run before batching)."""
+
+    @abc.abstractmethod
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: every input has the same length along dim 0."""
+
+    @abc.abstractmethod
+    def example_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Valid inputs of `batch_size` items, for warm-up and benchmarks."""
+
+    def warmup(self) -> None:
+        """Execute a few representative batches so first requests are not slow."""
+        for size in sorted({1, min(8, self.spec.max_batch_size), self.spec.max_batch_size}):
+            self.execute(self.example_inputs(size))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:  # noqa: B027
+        """Release resources (device memory)."""
+
+
+class TorchModel(Model):
+    """A model whose forward is a torch callable over tensors named by the spec."""
+
+    def __init__(self, name: str, digest: Digest, spec: ModelSpec, module: Any,
+                 device: torch.device) -> None:
+        self.name = name
+        self.digest = digest
+        self.spec = spec
+        self.device = device
+        self._module = module
+        # One execution at a time per model: the batcher guarantees it, this guards misuse.
+        self._lock = threading.Lock()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        # Decoded requests are read-only views of the message; torch wants writable memory.
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            array = np.array(array, order="C")
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self._module(*(tensors[s.name] for s in self.spec.inputs))
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        return {s.name: t for s, t in zip(self.spec.outputs, outputs, strict=True)}
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock, torch.inference_mode():
+            tensors = {s.name: self._to_device(inputs[s.name]) for s in self.spec.inputs}
+            outputs = self.forward(tensors)
+            return {k: v.detach().to("cpu").numpy() for k, v in outputs.items()}
+
+    def example_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(0)
+        out: dict[str, np.ndarray] = {}
+        for spec in self.spec.inputs:
+            shape = (batch_size, *(d if d > 0 else 1 for d in spec.shape[1:]))
+            if spec.datatype.startswith("FP"):
+                out[spec.name] = rng.standard_normal(shape).astype(_np_dtype(spec.datatype))
+            else:
+                out[spec.name] = np.zeros(shape, dtype=_np_dtype(spec.datatype))
+        return out
+
+    def memory_bytes(self) -> int:
+        params = getattr(self._module, "parameters", None)
+        if params is None:
+            return 0
+        return sum(p.numel() * p.element_size() for p in params())
+
+    def close(self) -> None:
+        self._module = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _np_dtype(datatype: str) -> np.dtype[Any]:
+    from swarm._tensors import numpy_dtype
+
+    return numpy_dtype(datatype)

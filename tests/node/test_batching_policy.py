@@ -1,0 +1,83 @@
+"""The batching policy is a pure function: every decision tested directly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide
+
+POLICY = BatchPolicy(max_batch_size=8, max_queue_delay=0.002)
+
+
+def view(sizes: tuple[int, ...], *, wait: float = 0.0, busy: bool = False,
+         gap: float = 0.0001, exec_time: float = 0.001) -> QueueView:
+    return QueueView(sizes=sizes, oldest_wait=wait, busy=busy, arrival_gap=gap,
+                     execution_time=exec_time)
+
+
+def test_empty_queue_waits_for_an_arrival() -> None:
+    assert decide(POLICY, view(())) == Wait(None)
+
+
+def test_busy_model_lets_the_next_batch_form() -> None:
+    assert decide(POLICY, view((1, 1, 1), busy=True)) == Wait(None)
+
+
+def test_lone_request_on_idle_model_goes_at_once() -> None:
+    # Nothing else has arrived yet: no gap estimate.
+    assert decide(POLICY, view((1,), gap=math.inf)) == Dispatch(1)
+
+
+def test_slow_arrivals_do_not_wait_for_a_batch() -> None:
+    # Requests arrive every 5 ms, one execution takes 1 ms: batching cannot help.
+    assert decide(POLICY, view((1,), gap=0.005, exec_time=0.001)) == Dispatch(1)
+
+
+def test_fast_arrivals_wait_for_a_fuller_batch() -> None:
+    decision = decide(POLICY, view((1, 1), wait=0.0005, gap=0.0001, exec_time=0.001))
+    assert decision == Wait(pytest.approx(0.0015))
+
+
+def test_oldest_request_never_waits_past_max_queue_delay() -> None:
+    assert decide(POLICY, view((1, 1), wait=0.002, gap=0.0001)) == Dispatch(2)
+
+
+def test_full_batch_dispatches_at_once() -> None:
+    assert decide(POLICY, view((4, 4), gap=0.0001)) == Dispatch(2)
+
+
+def test_requests_are_never_split_and_batch_stays_within_max() -> None:
+    # 5 + 4 > 8: only the first request fits; the second waits for the next batch.
+    assert decide(POLICY, view((5, 4, 1), gap=0.0001)) == Dispatch(1)
+
+
+def test_oversized_head_request_still_dispatches_alone() -> None:
+    # The service refuses requests larger than max_batch_size; the policy must not stall.
+    assert decide(POLICY, view((9,), gap=0.0001)) == Dispatch(1)
+
+
+def test_preferred_batch_size_dispatches_early() -> None:
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay=0.01, preferred_batch_sizes=(4,))
+    assert decide(policy, view((2, 2), gap=0.0001)) == Dispatch(2)
+    assert isinstance(decide(policy, view((2, 1), gap=0.0001)), Wait)
+
+
+def test_batching_disabled_executes_one_request_at_a_time() -> None:
+    policy = BatchPolicy(max_batch_size=8, enabled=False)
+    assert decide(policy, view((1, 1, 1), gap=0.0001)) == Dispatch(1)
+
+
+def test_arrival_not_due_before_the_delay_expires_dispatches() -> None:
+    # Next arrival expected in 3 ms but only 1 ms of delay is left.
+    assert decide(POLICY, view((1,), wait=0.001, gap=0.003, exec_time=0.01)) == Dispatch(1)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_batch_size": 0}, {"max_queue_delay": -1}, {"max_queue_size": 0},
+    {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
+])
+def test_invalid_policies_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        BatchPolicy(**kwargs)  # type: ignore[arg-type]
