@@ -1,4 +1,4 @@
-"""The descriptor pool of every generated module in swarm._proto (see scripts/gen_proto.py)."""
+"""Descriptor pool of every generated module in swarm._proto (scripts/gen_proto.py)."""
 
 from google.protobuf import descriptor_pool
 

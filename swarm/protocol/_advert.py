@@ -1,0 +1,151 @@
+"""Capacity adverts: the project's own type, and its signed wire form.
+
+`encode` signs the serialized payload; `decode` verifies the signature against
+the key inlined in the author's peer id before anything else is trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from swarm._errors import IntegrityError
+from swarm._proto.swarm.v1 import advert_pb2, node_pb2
+from swarm._types import Digest, PeerId
+from swarm.protocol._identity import Identity, public_key_of_peer, verify
+
+__all__ = ["ADVERT_DOMAIN", "Advert", "Hardware", "ModelOffer", "Price", "decode", "encode"]
+
+ADVERT_DOMAIN = b"swarm/advert/v1\0"
+MAX_ADVERT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Micro-units of the swarm's settlement currency."""
+
+    per_request_micros: int = 0
+    per_1k_items_micros: int = 0
+
+    def cost(self, items: int) -> float:
+        return self.per_request_micros + self.per_1k_items_micros * items / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    device_kind: str = "cpu"
+    device_count: int = 1
+    memory_bytes: int = 0
+    device_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOffer:
+    digest: Digest
+    name: str
+    tags: tuple[str, ...] = ()
+    max_batch_size: int = 1
+    items_per_second: float = 0.0
+    queue_depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Advert:
+    peer_id: PeerId
+    endpoints: tuple[str, ...]
+    models: tuple[ModelOffer, ...]
+    sequence: int
+    # Unix seconds when the author made it.
+    timestamp: float
+    # Seconds receivers keep it without a newer one.
+    ttl: float
+    queue_depth: int = 0
+    free_accelerator_memory: int = 0
+    hardware: Hardware = field(default_factory=Hardware)
+    price: Price = field(default_factory=Price)
+    region: str = ""
+    software_version: str = ""
+    draining: bool = False
+
+    def offer(self, digest: Digest) -> ModelOffer | None:
+        for model in self.models:
+            if model.digest == digest:
+                return model
+        return None
+
+
+def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
+    hw = advert.hardware
+    return advert_pb2.CapacityAdvert(
+        peer_id=advert.peer_id.value,
+        grpc_endpoints=list(advert.endpoints),
+        models=[advert_pb2.ModelOffer(
+            digest=str(m.digest), name=m.name, tags=list(m.tags), max_batch_size=m.max_batch_size,
+            items_per_second=m.items_per_second, queue_depth=m.queue_depth) for m in advert.models],
+        queue_depth=advert.queue_depth,
+        free_accelerator_memory_bytes=advert.free_accelerator_memory,
+        hardware=node_pb2.Hardware(device_kind=hw.device_kind, device_count=hw.device_count,
+                                   memory_bytes=hw.memory_bytes, device_name=hw.device_name),
+        price=node_pb2.Price(per_request_micros=advert.price.per_request_micros,
+                             per_1k_items_micros=advert.price.per_1k_items_micros),
+        region=advert.region,
+        software_version=advert.software_version,
+        sequence=advert.sequence,
+        timestamp_unix_ms=round(advert.timestamp * 1000),
+        ttl_ms=round(advert.ttl * 1000),
+        draining=advert.draining,
+    )
+
+
+def _from_proto(msg: advert_pb2.CapacityAdvert) -> Advert:
+    try:
+        return Advert(
+            peer_id=PeerId(msg.peer_id),
+            endpoints=tuple(msg.grpc_endpoints),
+            models=tuple(ModelOffer(
+                digest=Digest.parse(m.digest), name=m.name, tags=tuple(m.tags),
+                max_batch_size=m.max_batch_size, items_per_second=m.items_per_second,
+                queue_depth=m.queue_depth) for m in msg.models),
+            sequence=msg.sequence,
+            timestamp=msg.timestamp_unix_ms / 1000,
+            ttl=msg.ttl_ms / 1000,
+            queue_depth=msg.queue_depth,
+            free_accelerator_memory=msg.free_accelerator_memory_bytes,
+            hardware=Hardware(msg.hardware.device_kind, msg.hardware.device_count,
+                              msg.hardware.memory_bytes, msg.hardware.device_name),
+            price=Price(msg.price.per_request_micros, msg.price.per_1k_items_micros),
+            region=msg.region,
+            software_version=msg.software_version,
+            draining=msg.draining,
+        )
+    except ValueError as exc:
+        raise IntegrityError(f"malformed advert: {exc}") from exc
+
+
+def encode(advert: Advert, identity: Identity) -> bytes:
+    """Sign `advert` with its author's identity; returns SignedAdvert bytes."""
+    if advert.peer_id != identity.peer_id:
+        raise ValueError("an advert is signed by its own peer")
+    payload = _to_proto(advert).SerializeToString(deterministic=True)
+    return advert_pb2.SignedAdvert(
+        payload=payload, signature=identity.sign(ADVERT_DOMAIN + payload)
+    ).SerializeToString()
+
+
+def decode(data: bytes) -> Advert:
+    """Parse and verify SignedAdvert bytes; raises IntegrityError on anything wrong."""
+    if len(data) > MAX_ADVERT_BYTES:
+        raise IntegrityError(f"advert of {len(data)} bytes exceeds {MAX_ADVERT_BYTES}")
+    try:
+        signed = advert_pb2.SignedAdvert.FromString(data)
+        msg = advert_pb2.CapacityAdvert.FromString(signed.payload)
+    except DecodeError as exc:
+        raise IntegrityError("advert is not a valid SignedAdvert") from exc
+    try:
+        key = public_key_of_peer(PeerId(msg.peer_id))
+    except ValueError as exc:
+        raise IntegrityError(f"advert author {msg.peer_id!r} is not an Ed25519 peer id") from exc
+    if not verify(key, signed.signature, ADVERT_DOMAIN + signed.payload):
+        raise IntegrityError(f"bad signature on advert from {msg.peer_id}")
+    return _from_proto(msg)
