@@ -120,16 +120,16 @@ def _reindex(by_digest: immutables.Map[Digest, frozenset[PeerId]], peer: PeerId,
              old: set[Digest], new: set[Digest]) -> immutables.Map[Digest, frozenset[PeerId]]:
     if old == new:
         return by_digest
-    with by_digest.mutate() as m:
-        for digest in old - new:
-            rest = m.get(digest, frozenset()) - {peer}
-            if rest:
-                m[digest] = rest
-            else:
-                del m[digest]
-        for digest in new - old:
-            m[digest] = m.get(digest, frozenset()) | {peer}
-        return m.finish()
+    m = by_digest.mutate()
+    for digest in old - new:
+        rest = m.get(digest, frozenset()) - {peer}
+        if rest:
+            m[digest] = rest
+        else:
+            del m[digest]
+    for digest in new - old:
+        m[digest] = m.get(digest, frozenset()) | {peer}
+    return m.finish()
 
 
 def _digests(entry: PeerEntry | None) -> set[Digest]:
