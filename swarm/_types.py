@@ -1,4 +1,4 @@
-"""Distinct identifier types: Digest, ModelRef, PeerId."""
+"""Distinct identifier types (Digest, ModelRef, PeerId) and TensorSpec, shared without torch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["Digest", "ModelRef", "PeerId"]
+__all__ = ["Digest", "ModelRef", "PeerId", "TensorSpec"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)+$")
@@ -100,3 +100,12 @@ class PeerId:
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A declared input or output. `shape[0]` is the batch dimension (-1)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]

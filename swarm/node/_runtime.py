@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from swarm._errors import ConfigError, InvalidInputError
-from swarm._types import Digest
+from swarm._types import Digest, TensorSpec
 
 __all__ = ["Model", "ModelSpec", "TensorSpec", "TorchModel", "select_device"]
 
@@ -40,15 +40,6 @@ def oip_datatype(dtype: torch.dtype) -> str:
         return _TORCH_TO_OIP[dtype]
     except KeyError:
         raise InvalidInputError(f"torch dtype {dtype} has no supported wire datatype") from None
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A declared input or output. `shape[0]` is the batch dimension (-1)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

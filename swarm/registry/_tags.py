@@ -1,0 +1,267 @@
+"""Tags: signed, sequenced pointers from `namespace/name:tag` to a manifest digest.
+
+`sign_tag`/`verify_tag` are the wire form (a `SignedTag` over the exact
+`TagRecord` payload bytes, like adverts). `apply_tag(state, record, allowlist=...)`
+is the pure state machine every node runs over the records gossip delivers:
+
+- Only the namespace owner's key moves a tag. An allowlist from config binds a
+  namespace to a set of keys; a namespace not in it is bound, trust on first
+  use, to the first key whose valid record this node accepts for it, and other
+  keys are refused (UNAUTHORIZED, for the caller to log and count). Bindings
+  live in the TagState, so they are part of the pure state. (Two nodes that
+  first see different keys for a namespace bind differently; the allowlist is
+  the remedy.)
+- Per (name, tag) the highest sequence wins; older sequences and replays are
+  refused (STALE), the current record again is a DUPLICATE. Two different
+  records with the same sequence are ordered by (target, timestamp, publisher),
+  so every node converges on the same winner whatever the arrival order.
+- Each tag keeps the last HISTORY_LIMIT targets it accepted, so `previous`
+  can name the version to roll back to. History is what this node saw: one
+  that joined late knows fewer earlier targets.
+
+A target is always a manifest digest, never another tag: a client that tags
+`stable` as `v1` resolves `v1` to its digest when it publishes the record.
+A bare name (no tag, no digest) means the tag `latest`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Set
+from dataclasses import dataclass, field
+
+import immutables
+from google.protobuf.message import DecodeError
+
+from swarm._errors import IntegrityError, ModelNotFoundError
+from swarm._proto.swarm.v1 import registry_pb2
+from swarm._types import Digest, ModelRef
+from swarm.protocol._identity import Identity, verify
+
+__all__ = [
+    "DEFAULT_TAG",
+    "HISTORY_LIMIT",
+    "TAG_DOMAIN",
+    "Outcome",
+    "TagEntry",
+    "TagRecord",
+    "TagState",
+    "TagVersion",
+    "apply_tag",
+    "previous",
+    "resolve",
+    "sign_tag",
+    "verify_tag",
+]
+
+TAG_DOMAIN = b"swarm/tag/v1\0"
+MAX_TAG_BYTES = 4096
+HISTORY_LIMIT = 32
+DEFAULT_TAG = "latest"
+_MAX_SEQUENCE = 2**64 - 1
+
+Allowlist = Mapping[str, Set[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    """`name:tag` points at manifest `target`, said by `publisher` at `sequence`."""
+
+    # Raw 32-byte Ed25519 public key; it signs the record.
+    publisher: bytes
+    # "namespace/name".
+    name: str
+    tag: str
+    target: Digest
+    sequence: int
+    # Unix seconds (stored to the millisecond); informational, order comes from `sequence`.
+    timestamp: float
+
+    def __post_init__(self) -> None:
+        ModelRef(self.name, tag=self.tag)  # validates name and tag
+        if len(self.publisher) != 32:
+            raise ValueError("publisher must be a 32-byte Ed25519 public key")
+        if not 0 <= self.sequence <= _MAX_SEQUENCE:
+            raise ValueError("sequence must fit in 64 unsigned bits")
+        object.__setattr__(self, "timestamp", round(self.timestamp * 1000) / 1000)
+
+    @property
+    def namespace(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, tag=self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class TagVersion:
+    """One target a tag pointed at."""
+
+    sequence: int
+    target: Digest
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class TagEntry:
+    """A tag's current record and its recent history (oldest first, current last)."""
+
+    record: TagRecord
+    history: tuple[TagVersion, ...]
+
+    @property
+    def target(self) -> Digest:
+        return self.record.target
+
+    @property
+    def sequence(self) -> int:
+        return self.record.sequence
+
+
+class Outcome(enum.Enum):
+    """What `apply_tag` did with a record."""
+
+    ACCEPTED = "accepted"  # the tag now points at the record's target
+    BOUND = "bound"  # accepted, and the namespace bound to this key on first use
+    DUPLICATE = "duplicate"  # the current record again (a gossip echo)
+    STALE = "stale"  # sequence not above the current one: an old record or a replay
+    UNAUTHORIZED = "unauthorized"  # the key does not own the namespace
+
+    @property
+    def ok(self) -> bool:
+        return self in (Outcome.ACCEPTED, Outcome.BOUND)
+
+
+@dataclass(frozen=True, slots=True)
+class TagState:
+    """Immutable snapshot of every tag this node knows and of its namespace bindings."""
+
+    tags: immutables.Map[tuple[str, str], TagEntry] = field(default_factory=immutables.Map)
+    # Namespace -> key bound on first use (namespaces in the allowlist are never bound here).
+    bindings: immutables.Map[str, bytes] = field(default_factory=immutables.Map)
+
+    def get(self, name: str, tag: str) -> TagEntry | None:
+        return self.tags.get((name, tag))
+
+    def tags_of(self, name: str) -> dict[str, TagEntry]:
+        """Tag -> entry for one model name."""
+        return {t: e for (n, t), e in self.tags.items() if n == name}
+
+    def owner(self, namespace: str, allowlist: Allowlist) -> Set[bytes]:
+        """Keys that may move tags in `namespace` now (empty: anyone may claim it)."""
+        if namespace in allowlist:
+            return allowlist[namespace]
+        bound = self.bindings.get(namespace)
+        return frozenset() if bound is None else frozenset({bound})
+
+    def __iter__(self) -> Iterator[TagEntry]:
+        return iter(self.tags.values())
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+
+def _rank(record: TagRecord) -> tuple[int, str, float, bytes]:
+    return record.sequence, record.target.hex, record.timestamp, record.publisher
+
+
+def apply_tag(state: TagState, record: TagRecord, *,
+              allowlist: Allowlist) -> tuple[TagState, Outcome]:
+    """The state after a verified `record` arrives, and what happened to it.
+
+    `allowlist` maps namespaces to the keys that own them (from config);
+    other namespaces are bound on first use. The record must come from
+    `verify_tag`: this function decides, it does not check signatures.
+    """
+    namespace = record.namespace
+    bindings = state.bindings
+    outcome = Outcome.ACCEPTED
+    if namespace in allowlist:
+        if record.publisher not in allowlist[namespace]:
+            return state, Outcome.UNAUTHORIZED
+    else:
+        bound = bindings.get(namespace)
+        if bound is None:
+            bindings = bindings.set(namespace, record.publisher)
+            outcome = Outcome.BOUND
+        elif bound != record.publisher:
+            return state, Outcome.UNAUTHORIZED
+
+    key = (record.name, record.tag)
+    entry = state.tags.get(key)
+    version = TagVersion(record.sequence, record.target, record.timestamp)
+    if entry is None:
+        history: tuple[TagVersion, ...] = (version,)
+    elif record == entry.record:
+        return state, Outcome.DUPLICATE
+    elif _rank(record) <= _rank(entry.record):
+        return state, Outcome.STALE
+    elif record.sequence == entry.sequence:
+        # Same sequence, different record (equivocation): the deterministic winner replaces it.
+        history = (*entry.history[:-1], version)
+    else:
+        history = (*entry.history, version)[-HISTORY_LIMIT:]
+    return TagState(state.tags.set(key, TagEntry(record, history)), bindings), outcome
+
+
+def resolve(state: TagState, ref: ModelRef) -> Digest:
+    """The manifest digest `ref` names: its digest, or its tag's target (bare name: `latest`).
+
+    Raises ModelNotFoundError for a tag this node does not know.
+    """
+    if ref.digest is not None:
+        return ref.digest
+    tag = ref.tag if ref.tag is not None else DEFAULT_TAG
+    entry = state.get(ref.name, tag)
+    if entry is None:
+        raise ModelNotFoundError(f"no tag {ref.name}:{tag} is known")
+    return entry.target
+
+
+def previous(state: TagState, name: str, tag: str) -> Digest | None:
+    """The target to roll `name:tag` back to: the latest earlier target that differs from the
+    current one, or None if the tag is unknown or history holds no other target."""
+    entry = state.get(name, tag)
+    if entry is None:
+        return None
+    for version in reversed(entry.history[:-1]):
+        if version.target != entry.target:
+            return version.target
+    return None
+
+
+# -- wire form -----------------------------------------------------------------------------
+
+
+def sign_tag(record: TagRecord, identity: Identity) -> bytes:
+    """SignedTag bytes; `identity` must be the record's publisher."""
+    if identity.public_key != record.publisher:
+        raise ValueError("a tag record is signed by its publisher's key")
+    payload = registry_pb2.TagRecord(
+        publisher=record.publisher, name=record.name, tag=record.tag, target=str(record.target),
+        sequence=record.sequence, timestamp_unix_ms=round(record.timestamp * 1000),
+    ).SerializeToString(deterministic=True)
+    return registry_pb2.SignedTag(
+        payload=payload, signature=identity.sign(TAG_DOMAIN + payload)
+    ).SerializeToString()
+
+
+def verify_tag(data: bytes) -> TagRecord:
+    """Parse and verify SignedTag bytes; raises IntegrityError on anything wrong."""
+    if len(data) > MAX_TAG_BYTES:
+        raise IntegrityError(f"tag record of {len(data)} bytes exceeds {MAX_TAG_BYTES}")
+    try:
+        signed = registry_pb2.SignedTag.FromString(data)
+        msg = registry_pb2.TagRecord.FromString(signed.payload)
+    except DecodeError as exc:
+        raise IntegrityError("tag record is not a valid SignedTag") from exc
+    if len(msg.publisher) != 32 or not verify(msg.publisher, signed.signature,
+                                              TAG_DOMAIN + signed.payload):
+        raise IntegrityError(f"bad signature on tag record {msg.name!r}:{msg.tag!r}")
+    try:
+        return TagRecord(publisher=msg.publisher, name=msg.name, tag=msg.tag,
+                         target=Digest.parse(msg.target), sequence=msg.sequence,
+                         timestamp=msg.timestamp_unix_ms / 1000)
+    except ValueError as exc:
+        raise IntegrityError(f"malformed tag record: {exc}") from exc
