@@ -19,6 +19,8 @@ Foreign errors (grpc.RpcError, OSError, ...) are translated at the edge with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "ConfigError",
     "DeadlineExceededError",
@@ -97,4 +99,14 @@ class UnavailableError(InferenceError):
 
 
 class NoProviderError(SwarmError):
-    """No provider in the peer view can serve the request within its constraints."""
+    """No provider in the peer view can serve the request within its constraints.
+
+    `reasons` counts providers refused per reason ("price", "draining", "breaker", ...);
+    `cheapest` is the lowest price among those refused for price, if any.
+    """
+
+    def __init__(self, message: str, *, reasons: Mapping[str, int] | None = None,
+                 cheapest: float | None = None) -> None:
+        super().__init__(message)
+        self.reasons = dict(reasons or {})
+        self.cheapest = cheapest

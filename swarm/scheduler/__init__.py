@@ -1,0 +1,31 @@
+"""Routing policy: which provider gets a request, as pure decisions over a peer view.
+
+_policy.py        choose(view, request, observations, rng, now) -> candidates, best first;
+                  Request, Preference, SchedulerConfig, Candidate
+_observations.py  Observations: per-peer RTT / service-time / latency EWMAs, p95,
+                  outstanding requests, failures and a circuit breaker with growing bans
+"""
+
+from swarm.scheduler._observations import (
+    BreakerState,
+    Failure,
+    ObservationConfig,
+    Observations,
+    ObservationSnapshot,
+    PeerStats,
+)
+from swarm.scheduler._policy import Candidate, Preference, Request, SchedulerConfig, choose
+
+__all__ = [
+    "BreakerState",
+    "Candidate",
+    "Failure",
+    "ObservationConfig",
+    "ObservationSnapshot",
+    "Observations",
+    "PeerStats",
+    "Preference",
+    "Request",
+    "SchedulerConfig",
+    "choose",
+]
