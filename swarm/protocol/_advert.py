@@ -67,6 +67,8 @@ class Advert:
     region: str = ""
     software_version: str = ""
     draining: bool = False
+    # Registry versions (manifest digests) this node stores and serves to peers.
+    stored: tuple[Digest, ...] = ()
 
     def offer(self, digest: Digest) -> ModelOffer | None:
         for model in self.models:
@@ -95,6 +97,7 @@ def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
         timestamp_unix_ms=round(advert.timestamp * 1000),
         ttl_ms=round(advert.ttl * 1000),
         draining=advert.draining,
+        stored=[str(d) for d in advert.stored],
     )
 
 
@@ -118,6 +121,7 @@ def _from_proto(msg: advert_pb2.CapacityAdvert) -> Advert:
             region=msg.region,
             software_version=msg.software_version,
             draining=msg.draining,
+            stored=tuple(Digest.parse(d) for d in msg.stored),
         )
     except ValueError as exc:
         raise IntegrityError(f"malformed advert: {exc}") from exc

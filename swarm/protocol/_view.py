@@ -14,6 +14,7 @@ replayed advert could still look fresh.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -74,6 +75,8 @@ class PeerView:
     by_digest: immutables.Map[Digest, frozenset[PeerId]] = field(default_factory=immutables.Map)
     # This node's own peer id (its echoed adverts are not admitted), if any.
     own: PeerId | None = None
+    # Earliest time an entry or a remembered sequence can be dropped: `expire` is free before it.
+    next_expiry: float = math.inf
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -91,6 +94,10 @@ class PeerView:
         """Peers whose current advert offers `digest` (sorted by peer id, deterministic)."""
         ids = self.by_digest.get(digest, frozenset())
         return [self.entries[p] for p in sorted(ids, key=lambda p: p.value)]
+
+    def holders(self, digest: Digest) -> list[PeerEntry]:
+        """Peers that store the registry version `digest` (they serve its blobs)."""
+        return [e for e in self if digest in e.advert.stored]
 
     def providers_of_name(self, name: str) -> list[PeerEntry]:
         return [e for e in self if any(m.name == name for m in e.advert.models)]
@@ -150,22 +157,26 @@ def admit(view: PeerView, advert: Advert, now: float, wall: float,
         sequences=view.sequences.set(peer, (advert.sequence, now)),
         by_digest=_reindex(view.by_digest, peer, _digests(old), _digests(entry)),
         own=view.own,
+        next_expiry=min(view.next_expiry, entry.expires_at),
     ), verdict
 
 
 def expire(view: PeerView, now: float, policy: ViewPolicy = ViewPolicy()) -> PeerView:
     """Drop peers whose advert outlived its TTL; forget sequences that can no longer be replayed."""
+    if now < view.next_expiry:
+        return view
     gone = [e for e in view.entries.values() if e.expires_at <= now]
     # A replay must carry a fresh timestamp: once max_clock_skew (both ways) has passed
     # since we accepted a sequence, any replay of it is STALE anyway.
     forget = [p for p, (_, at) in view.sequences.items()
               if p not in view.entries and now - at > 2 * policy.max_clock_skew]
-    if not gone and not forget:
-        return view
     entries, by_digest, sequences = view.entries, view.by_digest, view.sequences
     for entry in gone:
         entries = entries.delete(entry.peer_id)
         by_digest = _reindex(by_digest, entry.peer_id, _digests(entry), set())
     for peer in forget:
         sequences = sequences.delete(peer)
-    return PeerView(entries, sequences, by_digest, view.own)
+    forgettable = (at + 2 * policy.max_clock_skew for p, (_, at) in sequences.items()
+                   if p not in entries)
+    next_expiry = min((*(e.expires_at for e in entries.values()), *forgettable), default=math.inf)
+    return PeerView(entries, sequences, by_digest, view.own, next_expiry)

@@ -24,7 +24,7 @@ class ModelOffer(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class CapacityAdvert(_message.Message):
-    __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining")
+    __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class CapacityAdvert(_message.Message):
     TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     grpc_endpoints: _containers.RepeatedScalarFieldContainer[str]
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
@@ -51,7 +52,8 @@ class CapacityAdvert(_message.Message):
     timestamp_unix_ms: int
     ttl_ms: int
     draining: bool
-    def __init__(self, peer_id: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., hardware: _Optional[_Union[_node_pb2.Hardware, _Mapping]] = ..., price: _Optional[_Union[_node_pb2.Price, _Mapping]] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    stored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peer_id: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., hardware: _Optional[_Union[_node_pb2.Hardware, _Mapping]] = ..., price: _Optional[_Union[_node_pb2.Price, _Mapping]] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignedAdvert(_message.Message):
     __slots__ = ("payload", "signature")

@@ -105,3 +105,111 @@ class SignedTag(_message.Message):
     payload: bytes
     signature: bytes
     def __init__(self, payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class GetManifestRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class ReadBlobRequest(_message.Message):
+    __slots__ = ("digest", "offset", "length", "manifest")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    length: int
+    manifest: str
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., manifest: _Optional[str] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TagInfo(_message.Message):
+    __slots__ = ("name", "tag", "target", "sequence", "previous", "publisher", "timestamp_unix_ms", "signed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tag: str
+    target: str
+    sequence: int
+    previous: str
+    publisher: bytes
+    timestamp_unix_ms: int
+    signed: SignedTag
+    def __init__(self, name: _Optional[str] = ..., tag: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., previous: _Optional[str] = ..., publisher: _Optional[bytes] = ..., timestamp_unix_ms: _Optional[int] = ..., signed: _Optional[_Union[SignedTag, _Mapping]] = ...) -> None: ...
+
+class VersionInfo(_message.Message):
+    __slots__ = ("digest", "name", "version", "size", "complete", "created_at_unix_ms")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    name: str
+    version: str
+    size: int
+    complete: bool
+    created_at_unix_ms: int
+    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., size: _Optional[int] = ..., complete: _Optional[bool] = ..., created_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("tags", "versions")
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.RepeatedCompositeFieldContainer[TagInfo]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
+    def __init__(self, tags: _Optional[_Iterable[_Union[TagInfo, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
+
+class PushData(_message.Message):
+    __slots__ = ("file", "offset", "data")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    file: int
+    offset: int
+    data: bytes
+    def __init__(self, file: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PushChunk(_message.Message):
+    __slots__ = ("manifest", "data")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    data: PushData
+    def __init__(self, manifest: _Optional[bytes] = ..., data: _Optional[_Union[PushData, _Mapping]] = ...) -> None: ...
+
+class PushModelResponse(_message.Message):
+    __slots__ = ("digest", "bytes_stored")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BYTES_STORED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    bytes_stored: int
+    def __init__(self, digest: _Optional[str] = ..., bytes_stored: _Optional[int] = ...) -> None: ...
+
+class PublishTagResponse(_message.Message):
+    __slots__ = ("outcome",)
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    def __init__(self, outcome: _Optional[str] = ...) -> None: ...

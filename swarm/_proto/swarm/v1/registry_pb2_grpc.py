@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from swarm._proto.swarm.v1 import registry_pb2 as swarm_dot_v1_dot_registry__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,273 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class RegistryServiceStub:
+    """-- the registry service ------------------------------------------------------------------
+
+    Every node serves the versions it stores to peers and to the `swarm model` CLI.
+    Blobs move here, never over gossip; receivers verify every chunk against the
+    signed manifest before using it.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetManifest = channel.unary_unary(
+                '/swarm.v1.RegistryService/GetManifest',
+                request_serializer=swarm_dot_v1_dot_registry__pb2.GetManifestRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_registry__pb2.SignedManifest.FromString,
+                _registered_method=True)
+        self.ReadBlob = channel.unary_stream(
+                '/swarm.v1.RegistryService/ReadBlob',
+                request_serializer=swarm_dot_v1_dot_registry__pb2.ReadBlobRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_registry__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/swarm.v1.RegistryService/ListModels',
+                request_serializer=swarm_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.PushModel = channel.stream_unary(
+                '/swarm.v1.RegistryService/PushModel',
+                request_serializer=swarm_dot_v1_dot_registry__pb2.PushChunk.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_registry__pb2.PushModelResponse.FromString,
+                _registered_method=True)
+        self.PublishTag = channel.unary_unary(
+                '/swarm.v1.RegistryService/PublishTag',
+                request_serializer=swarm_dot_v1_dot_registry__pb2.SignedTag.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_registry__pb2.PublishTagResponse.FromString,
+                _registered_method=True)
+
+
+class RegistryServiceServicer:
+    """-- the registry service ------------------------------------------------------------------
+
+    Every node serves the versions it stores to peers and to the `swarm model` CLI.
+    Blobs move here, never over gossip; receivers verify every chunk against the
+    signed manifest before using it.
+
+    """
+
+    def GetManifest(self, request, context):
+        """The signed manifest of a version this node holds (NOT_FOUND otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadBlob(self, request, context):
+        """A range of a stored blob. The range starts on a chunk boundary of the
+        manifest's layout and ends on one (or at the end of the blob); each message
+        holds one chunk, or a piece of one when a chunk exceeds the message limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Tags this node knows and versions it holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushModel(self, request_iterator, context):
+        """Upload a version: the first message carries the signed manifest, the rest its
+        files' bytes in manifest order. The node verifies everything before storing it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishTag(self, request, context):
+        """Apply a signed tag record here and spread it by gossip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RegistryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManifest,
+                    request_deserializer=swarm_dot_v1_dot_registry__pb2.GetManifestRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_registry__pb2.SignedManifest.SerializeToString,
+            ),
+            'ReadBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadBlob,
+                    request_deserializer=swarm_dot_v1_dot_registry__pb2.ReadBlobRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_registry__pb2.BlobChunk.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=swarm_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_registry__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'PushModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushModel,
+                    request_deserializer=swarm_dot_v1_dot_registry__pb2.PushChunk.FromString,
+                    response_serializer=swarm_dot_v1_dot_registry__pb2.PushModelResponse.SerializeToString,
+            ),
+            'PublishTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishTag,
+                    request_deserializer=swarm_dot_v1_dot_registry__pb2.SignedTag.FromString,
+                    response_serializer=swarm_dot_v1_dot_registry__pb2.PublishTagResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'swarm.v1.RegistryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('swarm.v1.RegistryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RegistryService:
+    """-- the registry service ------------------------------------------------------------------
+
+    Every node serves the versions it stores to peers and to the `swarm model` CLI.
+    Blobs move here, never over gossip; receivers verify every chunk against the
+    signed manifest before using it.
+
+    """
+
+    @staticmethod
+    def GetManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.RegistryService/GetManifest',
+            swarm_dot_v1_dot_registry__pb2.GetManifestRequest.SerializeToString,
+            swarm_dot_v1_dot_registry__pb2.SignedManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.RegistryService/ReadBlob',
+            swarm_dot_v1_dot_registry__pb2.ReadBlobRequest.SerializeToString,
+            swarm_dot_v1_dot_registry__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.RegistryService/ListModels',
+            swarm_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+            swarm_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/swarm.v1.RegistryService/PushModel',
+            swarm_dot_v1_dot_registry__pb2.PushChunk.SerializeToString,
+            swarm_dot_v1_dot_registry__pb2.PushModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.RegistryService/PublishTag',
+            swarm_dot_v1_dot_registry__pb2.SignedTag.SerializeToString,
+            swarm_dot_v1_dot_registry__pb2.PublishTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,257 @@
+"""Membership: publish this node's capacity adverts and keep the peer view from everyone's.
+
+Adverts go out periodically (with jitter) and soon after a significant change
+(models, endpoints, price, draining, or a large move in queue depth), never more
+often than `min_interval`. Every received advert is validated before the
+transport forwards it: a bad signature is REJECTed; stale, replayed, echoed or
+rate-limited adverts are IGNOREd. Accepted adverts enter the PeerView through
+the pure `admit`; a periodic sweep `expire`s peers that fell silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from swarm._clock import Clock, SystemClock
+from swarm._errors import IntegrityError
+from swarm.protocol import _advert
+from swarm.protocol._advert import Advert
+from swarm.protocol._gossip import Gossip, GossipMessage, Validation
+from swarm.protocol._identity import Identity
+from swarm.protocol._view import Admission, PeerView, ViewPolicy, admit, check, expire
+
+__all__ = ["ADVERT_TOPIC", "Membership", "MembershipConfig", "RateLimiter", "significant_change"]
+
+log = logging.getLogger("swarm.protocol")
+
+ADVERT_TOPIC = "swarm/adverts/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    # Seconds between periodic adverts (each randomly stretched by +/- `jitter`).
+    advert_interval: float = 5.0
+    # Fraction of the interval used as jitter, so nodes do not advertise in lockstep.
+    jitter: float = 0.2
+    # An advert lives advert_interval * ttl_intervals at receivers: a silent peer
+    # leaves every view within that many intervals (plus one sweep).
+    ttl_intervals: float = 2.5
+    # Least time between two of our adverts (change-driven ones included).
+    min_interval: float = 0.5
+    # How often we look for a significant change and sweep expired peers.
+    check_interval: float = 0.25
+    # Per-author flood control at receivers: sustained adverts/s and burst.
+    rate_per_second: float = 2.0
+    rate_burst: float = 6.0
+    view_policy: ViewPolicy = field(default_factory=ViewPolicy)
+
+    @property
+    def ttl(self) -> float:
+        return self.advert_interval * self.ttl_intervals
+
+    @classmethod
+    def fast(cls) -> MembershipConfig:
+        """Short intervals for tests and local demos."""
+        return cls(advert_interval=1.0, min_interval=0.2, check_interval=0.1)
+
+
+def significant_change(old: Advert | None, new: Advert) -> bool:
+    """Should `new` be published now rather than at the next periodic advert?"""
+    if old is None:
+        return True
+    if (old.endpoints, old.price, old.region, old.draining, old.hardware, old.stored) != (
+            new.endpoints, new.price, new.region, new.draining, new.hardware, new.stored):
+        return True
+    if [(m.digest, m.name, m.tags, m.max_batch_size) for m in old.models] != [
+            (m.digest, m.name, m.tags, m.max_batch_size) for m in new.models]:
+        return True
+    delta = abs(new.queue_depth - old.queue_depth)
+    return delta >= max(4, old.queue_depth // 2)
+
+
+class RateLimiter:
+    """Token bucket per key; thread-safe (libp2p validators run on the transport's thread)."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float],
+                 max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[object, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+
+    def allow(self, key: object) -> bool:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+            if len(self._buckets) > self._max_keys:  # forget the longest-idle keys
+                for old in sorted(self._buckets, key=lambda k: self._buckets[k][1])[
+                        : self._max_keys // 10]:
+                    del self._buckets[old]
+            return allowed
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode_cached(data: bytes) -> Advert:
+    # Same bytes, same verdict: verify each distinct advert once per process
+    # (a simulated swarm runs many hosts in one process). Failures are not cached.
+    return _advert.decode(data)
+
+
+class Membership:
+    """Keeps `view` current from gossip; publishes our adverts when `source` is given.
+
+    A light peer (a client) passes no identity/source: it only listens.
+    """
+
+    def __init__(self, gossip: Gossip, *, identity: Identity | None = None,
+                 source: Callable[[], Advert] | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None,
+                 config: MembershipConfig = MembershipConfig()) -> None:
+        if (identity is None) != (source is None):
+            raise ValueError("a publishing member needs both an identity and an advert source")
+        self.gossip = gossip
+        self.config = config
+        self._identity = identity
+        self._source = source
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._view = PeerView(own=identity.peer_id if identity else None)
+        self._limiter = RateLimiter(config.rate_per_second, config.rate_burst,
+                                    self._clock.monotonic)
+        self._changed = asyncio.Event()
+        self._view_changed = asyncio.Event()
+        self._last_published: Advert | None = None
+        self._last_sequence = 0
+        self.counters: dict[str, int] = {a.value: 0 for a in Admission} | {
+            "forged": 0, "rate_limited": 0, "published": 0}
+        gossip.set_validator(ADVERT_TOPIC, self.validate)
+
+    @property
+    def view(self) -> PeerView:
+        return self._view
+
+    def notify_change(self) -> None:
+        """Ask for an advert soon (still subject to min_interval)."""
+        self._changed.set()
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self, msg: GossipMessage) -> Validation:
+        """Transport-side check before delivery and forwarding (may run on another thread)."""
+        try:
+            advert = _decode_cached(msg.data)
+        except IntegrityError:
+            self.counters["forged"] += 1
+            return Validation.REJECT
+        verdict = check(self._view, advert, self._clock.time(), self.config.view_policy)
+        if not verdict.ok:
+            self.counters[verdict.value] += 1
+            return Validation.IGNORE
+        if not self._limiter.allow(advert.peer_id):
+            self.counters["rate_limited"] += 1
+            return Validation.IGNORE
+        return Validation.ACCEPT
+
+    def receive(self, data: bytes) -> Admission:
+        """Admit one advert (already validated by the transport) into the view."""
+        try:
+            advert = _decode_cached(data)
+        except IntegrityError:
+            self.counters["forged"] += 1
+            return Admission.STALE
+        self._view, verdict = admit(self._view, advert, self._clock.monotonic(),
+                                    self._clock.time(), self.config.view_policy)
+        if verdict.ok:
+            self.counters[verdict.value] += 1
+            self._view_changed.set()
+        return verdict
+
+    # ------------------------------------------------------------------ publishing
+
+    def _next_advert(self) -> Advert:
+        assert self._source is not None
+        base = self._source()
+        now_ms = int(self._clock.time() * 1000)
+        self._last_sequence = max(self._last_sequence + 1, now_ms)
+        return dataclasses.replace(base, sequence=self._last_sequence,
+                                   timestamp=now_ms / 1000, ttl=self.config.ttl)
+
+    async def publish_now(self) -> Advert:
+        assert self._identity is not None
+        advert = self._next_advert()
+        await self.gossip.publish(ADVERT_TOPIC, _advert.encode(advert, self._identity))
+        self._last_published = advert
+        self.counters["published"] += 1
+        return advert
+
+    def _period(self) -> float:
+        j = self.config.jitter
+        return self.config.advert_interval * self._rng.uniform(1 - j, 1 + j)
+
+    async def _publisher(self) -> None:
+        assert self._source is not None
+        last = self._clock.monotonic()
+        await self.publish_now()
+        period = self._period()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.check_interval):
+                    await self._changed.wait()
+            now = self._clock.monotonic()
+            if now - last < self.config.min_interval:
+                continue
+            due = now - last >= period
+            if due or self._changed.is_set() or significant_change(
+                    self._last_published, self._source()):
+                self._changed.clear()
+                await self.publish_now()
+                last = now
+                period = self._period()
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _receiver(self) -> None:
+        async for msg in self.gossip.subscribe(ADVERT_TOPIC):
+            self.receive(msg.data)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.check_interval)
+            swept = expire(self._view, self._clock.monotonic(), self.config.view_policy)
+            if swept is not self._view and len(swept) != len(self._view):
+                gone = set(self._view.entries) - set(swept.entries)
+                log.info("peers expired", extra={"peers": ",".join(p.short for p in gone)})
+                self._view_changed.set()
+            self._view = swept
+
+    async def wait_until(self, predicate: Callable[[PeerView], bool], timeout: float) -> bool:
+        """Wait until the view satisfies `predicate` (True) or `timeout` passes (False)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self._view):
+                    self._view_changed.clear()
+                    await self._view_changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Publish (if publishing), receive and sweep until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receiver(), name="membership-receiver")
+            tg.create_task(self._sweeper(), name="membership-sweeper")
+            if self._source is not None:
+                tg.create_task(self._publisher(), name="membership-publisher")

@@ -1,0 +1,673 @@
+"""In-memory gossip: thousands of hosts in one process, a seeded overlay, a route hook.
+
+`MemoryNetwork` owns every host of one simulated network and one
+`random.Random(seed)`; `network.join(peer_id)` returns a `MemoryGossip`, which
+implements the same `Gossip` interface as the libp2p transport. Messages flood
+the overlay with GossipSub's forwarding rules: a host validates each message
+the first time it sees it; only an ACCEPTed message is delivered to the host's
+subscribers and forwarded, once, to every link except the one it came from and
+its author. Every host relays every topic (all Swarm nodes join all topics).
+Behaviour shared with the libp2p transport (swarm/protocol/_libp2p.py): own
+publishes skip our validators and reach our own subscribers; a subscriber that
+falls behind loses its oldest messages; use after close raises RuntimeError.
+
+Each transmission on a link asks the route hook (`set_route`) what happens to
+it: dropped, delayed, duplicated. Partitions (`partition`/`heal`) cut links
+between groups. Deliveries are `loop.call_later` callbacks on the running
+event loop, so the same network runs in real time and under the virtual-time
+loop of swarm.simnet. Everything random draws from the network's RNG: a run is
+reproducible for a seed and the same sequence of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from swarm._types import PeerId
+from swarm.protocol._gossip import Gossip, GossipMessage, Validation, Validator
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "HostStats",
+    "MemoryGossip",
+    "MemoryNetwork",
+    "Route",
+    "RouteDecision",
+    "combine",
+    "duplicating",
+    "fixed_delay",
+    "lognormal_delay",
+    "lossy",
+    "uniform_delay",
+]
+
+log = logging.getLogger("swarm.protocol")
+
+# The libp2p transport's limit (GossipSub frames are 1 MiB with the envelope), so
+# simulations refuse what production would.
+MAX_MESSAGE_BYTES = 1024 * 1024 - 16 * 1024
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """What the network does with one message sent on one link."""
+
+    # Lose the message on this link.
+    drop: bool = False
+    # Seconds added to the network's base latency; unequal delays reorder messages.
+    delay: float = 0.0
+    # Copies that reach the receiver: 2+ duplicates the message, 0 is a drop.
+    copies: int = 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.delay) and self.delay >= 0):
+            raise ValueError(f"delay must be a finite number >= 0, got {self.delay!r}")
+        if self.copies < 0:
+            raise ValueError(f"copies must be >= 0, got {self.copies}")
+
+
+# route(src, dst, message as dst will see it, the network's RNG) -> decision.
+# A route must draw randomness only from the RNG it is given (determinism).
+Route = Callable[[PeerId, PeerId, GossipMessage, random.Random], RouteDecision]
+
+_PASS = RouteDecision()
+_DROP = RouteDecision(drop=True)
+
+
+def _probability(p: float) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"a probability is in [0, 1], got {p!r}")
+    return p
+
+
+def lossy(p: float) -> Route:
+    """Drop each transmission independently with probability `p`."""
+    _probability(p)
+
+    def route(src: PeerId, dst: PeerId, msg: GossipMessage, rng: random.Random) -> RouteDecision:
+        return _DROP if rng.random() < p else _PASS
+
+    return route
+
+
+def fixed_delay(seconds: float) -> Route:
+    """Add the same latency to every transmission."""
+    decision = RouteDecision(delay=seconds)
+
+    def route(src: PeerId, dst: PeerId, msg: GossipMessage, rng: random.Random) -> RouteDecision:
+        return decision
+
+    return route
+
+
+def uniform_delay(low: float, high: float) -> Route:
+    """Add a latency drawn uniformly from [low, high] (jitter reorders messages)."""
+    if not 0 <= low <= high:
+        raise ValueError(f"need 0 <= low <= high, got {low}, {high}")
+
+    def route(src: PeerId, dst: PeerId, msg: GossipMessage, rng: random.Random) -> RouteDecision:
+        return RouteDecision(delay=rng.uniform(low, high))
+
+    return route
+
+
+def lognormal_delay(median: float, sigma: float) -> Route:
+    """Add a log-normally distributed latency (long tail, as on real WANs)."""
+    if median <= 0 or sigma < 0:
+        raise ValueError(f"need median > 0 and sigma >= 0, got {median}, {sigma}")
+    mu = math.log(median)
+
+    def route(src: PeerId, dst: PeerId, msg: GossipMessage, rng: random.Random) -> RouteDecision:
+        return RouteDecision(delay=rng.lognormvariate(mu, sigma))
+
+    return route
+
+
+def duplicating(p: float, copies: int = 2) -> Route:
+    """With probability `p`, deliver `copies` copies of a transmission instead of one."""
+    _probability(p)
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    decision = RouteDecision(copies=copies)
+
+    def route(src: PeerId, dst: PeerId, msg: GossipMessage, rng: random.Random) -> RouteDecision:
+        return decision if rng.random() < p else _PASS
+
+    return route
+
+
+def combine(*routes: Route) -> Route:
+    """Apply routes in order: any drop drops, delays add up, copies multiply."""
+
+    def route(src: PeerId, dst: PeerId, msg: GossipMessage, rng: random.Random) -> RouteDecision:
+        delay, copies = 0.0, 1
+        for r in routes:
+            d = r(src, dst, msg, rng)
+            if d.drop or d.copies == 0:
+                return _DROP
+            delay += d.delay
+            copies *= d.copies
+        return RouteDecision(delay=delay, copies=copies)
+
+    return route
+
+
+# ---------------------------------------------------------------------------- hosts
+
+
+@dataclass(frozen=True, slots=True)
+class HostStats:
+    """Counters of one host since it joined."""
+
+    # Transmissions to links (one per link per forwarded message, lost ones included).
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    # Copies that arrived, duplicates included.
+    messages_received: int = 0
+    bytes_received: int = 0
+    # Messages this host published.
+    published: int = 0
+    # Distinct messages accepted and handed to local subscribers (own ones included).
+    delivered: int = 0
+    # Copies of messages already seen (not validated again).
+    duplicates: int = 0
+    # Messages the topic validator ignored / rejected (a raising validator rejects).
+    ignored: int = 0
+    rejected: int = 0
+    # Oldest messages pushed out of a full subscription buffer.
+    overflowed: int = 0
+
+
+class _State(enum.Enum):
+    LIVE = "live"
+    CLOSED = "closed"  # left with close()
+    DEAD = "dead"  # crashed with MemoryNetwork.kill()
+
+
+class _Subscription(AsyncIterator[GossipMessage]):
+    """One `subscribe()` call's buffer; `aclose()` unsubscribes."""
+
+    def __init__(self, host: MemoryGossip, topic: str, limit: int) -> None:
+        self._host = host
+        self.topic = topic
+        self._items: collections.deque[GossipMessage] = collections.deque(maxlen=limit)
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+
+    def _push(self, msg: GossipMessage) -> bool:
+        """Queue `msg`; False when that pushed the oldest message out."""
+        full = len(self._items) == self._items.maxlen
+        self._items.append(msg)
+        self._wake()
+        return not full
+
+    def _end(self, *, discard: bool) -> None:
+        self._ended = True
+        if discard:
+            self._items.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> _Subscription:
+        return self
+
+    async def __anext__(self) -> GossipMessage:
+        while not self._items:
+            if self._ended:
+                raise StopAsyncIteration
+            if self._waiter is not None:
+                raise RuntimeError("a subscription is iterated by one task at a time")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        """Unsubscribe now; buffered messages are dropped and iteration ends."""
+        self._host._unsubscribe(self)
+        self._end(discard=True)
+
+
+class MemoryGossip(Gossip):
+    """One host of a `MemoryNetwork`; create it with `MemoryNetwork.join`."""
+
+    def __init__(self, network: MemoryNetwork, peer_id: PeerId) -> None:
+        self._network = network
+        self._peer_id = peer_id
+        self._state = _State.LIVE
+        # Insertion-ordered dicts, never sets: iteration order must not depend on hashing.
+        self._links: dict[PeerId, MemoryGossip] = {}
+        self._subs: dict[str, list[_Subscription]] = {}
+        self._validators: dict[str, Validator] = {}
+        # Seen-message ids in two generations: an id is remembered for at least
+        # seen_ttl seconds, and memory stays bounded (as GossipSub's seen cache).
+        self._seen: set[int] = set()
+        self._seen_before: set[int] = set()
+        self._seen_since: float | None = None
+        self._index = -1  # position in network._order while live
+        self._sent = self._sent_bytes = self._received = self._received_bytes = 0
+        self._published = self._delivered = self._duplicates = 0
+        self._ignored = self._rejected = self._overflowed = 0
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._peer_id
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Flood `data` on `topic`; our own subscribers get it too (our validator is skipped).
+
+        Raises ValueError for data over MAX_MESSAGE_BYTES, RuntimeError when closed.
+        """
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"gossip message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        self._check_live()
+        self._network._publish(self, topic, data)
+
+    def subscribe(self, topic: str) -> _Subscription:
+        """Messages on `topic` from now on, until close(); `aclose()` the result to stop early.
+
+        On a closed host the iteration ends at once.
+        """
+        sub = _Subscription(self, topic, self._network._buffer)
+        if self._state is _State.LIVE:
+            self._subs.setdefault(topic, []).append(sub)
+        else:
+            sub._end(discard=True)
+        return sub
+
+    def set_validator(self, topic: str, validator: Validator) -> None:
+        self._validators[topic] = validator
+
+    def connected_peers(self) -> list[PeerId]:
+        return list(self._links)
+
+    async def close(self) -> None:
+        """Leave: links go away on both ends now; subscriptions end after their buffer."""
+        if self._state is _State.LIVE:
+            self._network._leave(self)
+
+    def stats(self) -> HostStats:
+        """A snapshot of this host's counters."""
+        return HostStats(
+            messages_sent=self._sent, bytes_sent=self._sent_bytes,
+            messages_received=self._received, bytes_received=self._received_bytes,
+            published=self._published, delivered=self._delivered,
+            duplicates=self._duplicates, ignored=self._ignored, rejected=self._rejected,
+            overflowed=self._overflowed,
+        )
+
+    def __repr__(self) -> str:
+        return f"<MemoryGossip {self._peer_id.short} {self._state.value} links={len(self._links)}>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_live(self) -> None:
+        if self._state is not _State.LIVE:
+            raise RuntimeError(f"gossip host {self._peer_id.short} is {self._state.value}")
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        subs = self._subs.get(sub.topic)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
+
+    def _end_subscriptions(self, *, discard: bool) -> None:
+        for subs in self._subs.values():
+            for sub in subs:
+                sub._end(discard=discard)
+        self._subs.clear()
+
+    def _first_sight(self, msg_id: int, now: float, ttl: float) -> bool:
+        if self._seen_since is None:
+            self._seen_since = now
+        elif now - self._seen_since >= ttl:
+            self._seen_before = self._seen if now - self._seen_since < 2 * ttl else set()
+            self._seen = set()
+            self._seen_since = now
+        if msg_id in self._seen or msg_id in self._seen_before:
+            return False
+        self._seen.add(msg_id)
+        return True
+
+    def _validate(self, msg: GossipMessage) -> Validation:
+        validator = self._validators.get(msg.topic)
+        if validator is None:
+            return Validation.ACCEPT
+        try:
+            verdict = validator(msg)
+        except Exception:
+            log.exception("gossip validator raised; message rejected",
+                          extra={"topic": msg.topic, "peer": self._peer_id.short})
+            verdict = Validation.REJECT
+        if verdict is Validation.IGNORE:
+            self._ignored += 1
+        elif verdict is not Validation.ACCEPT:
+            self._rejected += 1
+            verdict = Validation.REJECT
+        return verdict
+
+
+# ---------------------------------------------------------------------------- network
+
+
+class MemoryNetwork:
+    """All hosts of one simulated gossip network.
+
+    seed             seeds the network's RNG (topology, routes): same seed and
+                     same calls give the same run.
+    degree           links per host (GossipSub's mesh degree D): the overlay is
+                     a random graph in which every host has `degree` links
+                     (see `join`); 0 for explicit topologies built with
+                     `link`/`unlink`.
+    default_latency  seconds every transmission takes before the route's delay.
+    crash_detection  seconds before the neighbours of a killed host drop their
+                     links to it (a killed libp2p peer was noticed in ~0.16 s).
+    overhead_bytes   per-message framing added to len(topic) + len(data) in the
+                     byte counters (~120 for a signed GossipSub message).
+    seen_ttl         seconds a host remembers a message id for de-duplication.
+    subscription_buffer  messages a subscription holds; when full the oldest is
+                     dropped (as Libp2pConfig.max_queued_messages).
+    """
+
+    def __init__(self, seed: int, *, degree: int = 6, default_latency: float = 0.0005,
+                 crash_detection: float = 0.2, overhead_bytes: int = 0, seen_ttl: float = 120.0,
+                 subscription_buffer: int = 1024) -> None:
+        if degree < 0:
+            raise ValueError(f"degree must be >= 0, got {degree}")
+        if default_latency < 0 or crash_detection < 0 or overhead_bytes < 0 or seen_ttl <= 0:
+            raise ValueError("latencies, overhead and crash detection are >= 0; seen_ttl > 0")
+        if subscription_buffer < 1:
+            raise ValueError(f"subscription_buffer must be >= 1, got {subscription_buffer}")
+        self._rng = random.Random(seed)
+        self._degree = degree
+        self._latency = default_latency
+        self._crash_detection = crash_detection
+        self._overhead = overhead_bytes
+        self._seen_ttl = seen_ttl
+        self._buffer = subscription_buffer
+        self._hosts: dict[PeerId, MemoryGossip] = {}
+        # Live hosts in a list for O(1) random picks (swap-removed on leave).
+        self._order: list[MemoryGossip] = []
+        self._route: Route | None = None
+        self._groups: dict[PeerId, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_id = 0
+        self._in_flight = 0
+        self._settlers: list[asyncio.Future[None]] = []
+
+    # ------------------------------------------------------------------ membership
+
+    def join(self, peer_id: PeerId) -> MemoryGossip:
+        """Add a host. With degree > 0 it gets `degree` links to random live hosts.
+
+        While the network is small the joiner links to everyone. After that it
+        takes degree/2 random links (x, y) and splits each into (x, new) and
+        (new, y): every host keeps `degree` links, the graph stays connected,
+        and it is a random regular graph (diameter ~ log n) whatever the join
+        order. Leaving hosts' neighbours are re-paired the same way.
+        """
+        if peer_id in self._hosts:
+            raise ValueError(f"{peer_id} is already in the network")
+        host = MemoryGossip(self, peer_id)
+        if self._degree:
+            self._attach(host)
+        self._hosts[peer_id] = host
+        host._index = len(self._order)
+        self._order.append(host)
+        return host
+
+    def peers(self) -> list[PeerId]:
+        """Live hosts, in join order."""
+        return list(self._hosts)
+
+    def link(self, a: PeerId, b: PeerId) -> None:
+        """Connect two live hosts (explicit topologies)."""
+        ha, hb = self._live(a), self._live(b)
+        if ha is hb:
+            raise ValueError("a host does not link to itself")
+        self._connect(ha, hb)
+
+    def unlink(self, a: PeerId, b: PeerId) -> None:
+        """Disconnect two hosts (no re-linking follows)."""
+        ha, hb = self._live(a), self._live(b)
+        self._disconnect(ha, hb)
+
+    def kill(self, peer_id: PeerId) -> None:
+        """Crash a host: it stops at once, says no goodbye; its subscriptions end unread.
+
+        Its neighbours keep their links to it (and lose what they send there)
+        for `crash_detection` seconds, then drop them and re-link.
+        """
+        host = self._live(peer_id)
+        host._state = _State.DEAD
+        self._remove(host)
+        host._end_subscriptions(discard=True)
+        neighbours = list(host._links.values())
+        host._links.clear()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self._crash_detection == 0:
+            self._forget(host, neighbours)
+        else:
+            loop.call_later(self._crash_detection, self._forget, host, neighbours)
+
+    # ------------------------------------------------------------------ conditions
+
+    def set_route(self, route: Route | None) -> None:
+        """Decide the fate of every transmission with `route` (None: deliver all)."""
+        self._route = route
+
+    def partition(self, groups: Iterable[Iterable[PeerId]]) -> None:
+        """Cut the network: messages do not cross between groups.
+
+        Hosts in no group form one more group together. Links stay up (they are
+        not re-formed inside the groups): what is sent across the cut is lost,
+        so a host whose links all cross it hears nothing until `heal`. Messages
+        already in flight still arrive.
+        """
+        mapping: dict[PeerId, int] = {}
+        for index, group in enumerate(groups):
+            for peer in group:
+                if peer in mapping:
+                    raise ValueError(f"{peer} is in two groups")
+                mapping[peer] = index
+        self._groups = mapping
+
+    def heal(self) -> None:
+        """End the partition."""
+        self._groups = None
+
+    @property
+    def in_flight(self) -> int:
+        """Scheduled deliveries that have not happened yet."""
+        return self._in_flight
+
+    async def settle(self) -> None:
+        """Wait until no message is in flight (every scheduled delivery has happened)."""
+        while self._in_flight:
+            waiter = asyncio.get_running_loop().create_future()
+            self._settlers.append(waiter)
+            await waiter
+
+    # ------------------------------------------------------------------ topology internals
+
+    def _live(self, peer_id: PeerId) -> MemoryGossip:
+        host = self._hosts.get(peer_id)
+        if host is None:
+            raise ValueError(f"{peer_id} is not a live host of this network")
+        return host
+
+    def _connect(self, a: MemoryGossip, b: MemoryGossip) -> None:
+        a._links[b._peer_id] = b
+        b._links[a._peer_id] = a
+
+    def _disconnect(self, a: MemoryGossip, b: MemoryGossip) -> None:
+        if a._links.get(b._peer_id) is b:
+            del a._links[b._peer_id]
+        if b._links.get(a._peer_id) is a:
+            del b._links[a._peer_id]
+
+    def _remove(self, host: MemoryGossip) -> None:
+        if self._hosts.get(host._peer_id) is host:
+            del self._hosts[host._peer_id]
+        if host._index >= 0:
+            last = self._order.pop()
+            if last is not host:
+                self._order[host._index] = last
+                last._index = host._index
+            host._index = -1
+
+    def _random_host(self) -> MemoryGossip:
+        return self._order[self._rng.randrange(len(self._order))]
+
+    def _attach(self, host: MemoryGossip) -> None:
+        rng, degree = self._rng, self._degree
+        if len(self._order) <= degree:
+            for other in self._order:
+                self._connect(host, other)
+            return
+        attempts = 8 * degree
+        while len(host._links) + 2 <= degree and attempts:
+            attempts -= 1
+            x = self._random_host()
+            if x._peer_id in host._links:
+                continue
+            neighbours = list(x._links.values())
+            if not neighbours:
+                self._connect(host, x)
+                continue
+            y = neighbours[rng.randrange(len(neighbours))]
+            if y is host or y._state is not _State.LIVE or y._peer_id in host._links:
+                continue
+            self._disconnect(x, y)
+            self._connect(host, x)
+            self._connect(host, y)
+        self._top_up(host, attempts)
+
+    def _top_up(self, host: MemoryGossip, attempts: int) -> None:
+        # Odd degrees and unlucky draws end here: plain links to random hosts.
+        while len(host._links) < self._degree and attempts and len(self._order) > 1:
+            attempts -= 1
+            other = self._random_host()
+            if other is not host and other._peer_id not in host._links:
+                self._connect(host, other)
+
+    def _mend(self, neighbours: list[MemoryGossip]) -> None:
+        # The inverse of a join's edge splits: pair up the hosts that lost a
+        # link (in random order) so each gets one back and the graph stays whole.
+        if not self._degree:
+            return
+        live = [n for n in neighbours if n._state is _State.LIVE]
+        self._rng.shuffle(live)
+        lonely = []
+        while len(live) >= 2:
+            a, b = live.pop(), live.pop()
+            if b._peer_id in a._links:
+                lonely += [a, b]
+            else:
+                self._connect(a, b)
+        for n in lonely + live:
+            self._top_up(n, 4 * self._degree)
+
+    def _leave(self, host: MemoryGossip) -> None:
+        host._state = _State.CLOSED
+        self._remove(host)
+        neighbours = list(host._links.values())
+        for other in neighbours:
+            self._disconnect(host, other)
+        self._mend(neighbours)
+        host._end_subscriptions(discard=False)
+
+    def _forget(self, dead: MemoryGossip, neighbours: list[MemoryGossip]) -> None:
+        still = [n for n in neighbours if n._links.get(dead._peer_id) is dead]
+        for other in still:
+            del other._links[dead._peer_id]
+        self._mend(still)
+
+    # ------------------------------------------------------------------ message path
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise RuntimeError("a MemoryNetwork runs on one event loop")
+            self._loop = loop
+            self._in_flight = 0  # deliveries scheduled on a closed loop never happen
+        return loop
+
+    def _publish(self, host: MemoryGossip, topic: str, data: bytes) -> None:
+        self._bind_loop()
+        self._next_id += 1
+        host._published += 1
+        msg = GossipMessage(topic, data, received_from=host._peer_id, source=host._peer_id)
+        size = len(data) + len(topic.encode()) + self._overhead
+        self._receive(host, self._next_id, msg, size, own=True)
+
+    def _arrive(self, host: MemoryGossip, msg_id: int, msg: GossipMessage, size: int) -> None:
+        self._in_flight -= 1
+        if host._state is _State.LIVE:
+            host._received += 1
+            host._received_bytes += size
+            self._receive(host, msg_id, msg, size)
+        if not self._in_flight and self._settlers:
+            settlers, self._settlers = self._settlers, []
+            for waiter in settlers:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _receive(self, host: MemoryGossip, msg_id: int, msg: GossipMessage, size: int,
+                 own: bool = False) -> None:
+        loop = self._loop
+        assert loop is not None  # bound by _publish before any message exists
+        if not host._first_sight(msg_id, loop.time(), self._seen_ttl):
+            host._duplicates += 1
+            return
+        # Validators judge what peers send us, not our own publishes (as in _libp2p).
+        if not own and host._validate(msg) is not Validation.ACCEPT:
+            return
+        host._delivered += 1
+        for sub in host._subs.get(msg.topic, ()):
+            if not sub._push(msg):
+                host._overflowed += 1
+        if not host._links:
+            return
+        me = host._peer_id
+        out = GossipMessage(msg.topic, msg.data, received_from=me, source=msg.source)
+        came_from, author = msg.received_from, msg.source
+        route, groups, rng = self._route, self._groups, self._rng
+        my_group = groups.get(me) if groups is not None else None
+        base = self._latency
+        for peer, dst in host._links.items():
+            if peer in (came_from, author):
+                continue
+            host._sent += 1
+            host._sent_bytes += size
+            if groups is not None and groups.get(peer) != my_group:
+                continue
+            delay, copies = base, 1
+            if route is not None:
+                decision = route(me, peer, out, rng)
+                if decision.drop or not decision.copies:
+                    continue
+                delay += decision.delay
+                copies = decision.copies
+            self._in_flight += copies
+            for _ in range(copies):
+                loop.call_later(delay, self._arrive, dst, msg_id, out, size)
