@@ -57,7 +57,9 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # py-libp2p's logger does not propagate (shared/notes/libp2p.md): wire it in explicitly.
+    # It logs ordinary peer churn (resets, refused dials) as errors; membership reports
+    # peers coming and going, so libp2p speaks only when debugging.
     lib = logging.getLogger("libp2p")
     lib.handlers[:] = [handler]
-    lib.setLevel(max(logging.WARNING, root.level))
+    lib.setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
     lib.propagate = False

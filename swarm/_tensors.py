@@ -130,8 +130,11 @@ def decode_raw(
     dtype = numpy_dtype(datatype, name=name)
     count = _element_count(shape, name, max_elements)
     if datatype == "BYTES":
+        # Parse before allocating: the shape alone must not size an allocation (a 4-byte
+        # message claiming 2**28 elements would otherwise cost gigabytes).
+        items = decode_bytes_elements(raw, count, name=name)
         array = np.empty(count, dtype=object)
-        array[:] = decode_bytes_elements(raw, count, name=name)
+        array[:] = items
         return array.reshape(tuple(shape))
     expected = count * dtype.itemsize
     if len(raw) != expected:

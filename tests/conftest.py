@@ -16,7 +16,7 @@ from swarm.node._builtins import MLP, MiniLM
 from swarm.node._config import ModelOptions
 from swarm.node._runtime import Model
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
 @pytest.fixture(scope="session")
@@ -46,5 +46,64 @@ def start_node(tmp_path: Path) -> NodeFactory:
         config = NodeConfig.local(tmp_path / f"node{counter}", models=options or {}, **overrides)
         async with Node(config, models=models) as node:
             yield node
+
+    return factory
+
+
+class SlowModel(Model):
+    """Delegates to `inner` (same digest and spec) but takes `delay` seconds longer per batch."""
+
+    def __init__(self, inner: Model, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.name = inner.name
+        self.digest = inner.digest
+        self.spec = inner.spec
+        self.device = inner.device
+
+    def execute(self, inputs: Any) -> Any:
+        import time
+
+        time.sleep(self.delay)
+        return self.inner.execute(inputs)
+
+    def example_inputs(self, batch_size: int) -> Any:
+        return self.inner.example_inputs(batch_size)
+
+
+@pytest.fixture
+def memory_swarm(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """`async with memory_swarm([[models], ...], **config) as (network, nodes)`: in-process
+    nodes that discover each other over one in-memory gossip network."""
+    from swarm.protocol._gossip import Gossip
+    from swarm.protocol._identity import Identity
+    from swarm.protocol._memory import MemoryNetwork
+
+    @asynccontextmanager
+    async def factory(model_sets: list[list[Model]], *, seed: int = 0,
+                      prices: list[int] | None = None, advert_interval: float = 0.5,
+                      options: list[dict[str, Any]] | None = None,
+                      ) -> AsyncIterator[tuple[MemoryNetwork, list[Node]]]:
+        network = MemoryNetwork(seed=seed)
+
+        async def gossip(identity: Identity, config: NodeConfig) -> Gossip:
+            return network.join(identity.peer_id)
+
+        nodes: list[Node] = []
+        try:
+            for i, models in enumerate(model_sets):
+                config = NodeConfig.local(
+                    tmp_path / f"swarm{i}", device="cpu", p2p_port=0,
+                    advert_interval=advert_interval,
+                    price_per_request=(prices[i] if prices else 0),
+                    **(options[i] if options else {}))
+                node = Node(config, models=models, gossip_factory=gossip)
+                await node.start()
+                nodes.append(node)
+            yield network, nodes
+        finally:
+            for node in nodes:
+                if node.state.value != "stopped":
+                    await node.stop()
 
     return factory

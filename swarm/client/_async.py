@@ -1,20 +1,30 @@
-"""AsyncClient: the SDK's core, on grpc.aio."""
+"""AsyncClient: the SDK's core, on grpc.aio.
+
+Two modes: `AsyncClient("host:port")` talks to one node directly;
+`AsyncClient(bootstrap=[multiaddr])` joins the swarm as a light peer (it serves
+nothing), learns the peer view from gossip, and routes every call through the
+scheduler (swarm/client/_router.py): no central load balancer.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 import numpy as np
 
-from swarm._errors import InvalidInputError, SwarmError
+from swarm._errors import InvalidInputError, NoProviderError, SwarmError
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from swarm._types import Digest
 from swarm.client._convert import build_request, decode_response, error_from_rpc, to_numpy
+from swarm.client._router import Routed, Router, RoutingOptions
 from swarm.client._types import ModelInfo, TensorInfo
+from swarm.protocol._light import LightPeer
+from swarm.scheduler import Preference
 
 __all__ = ["AsyncClient"]
 
@@ -25,24 +35,75 @@ Inputs = Any  # one array-like, or a mapping of input name -> array-like
 
 
 class AsyncClient:
-    """Talks to one node directly (`AsyncClient("127.0.0.1:7070")`).
+    """An SDK client: `AsyncClient("127.0.0.1:7070")` or `AsyncClient(bootstrap=[ADDR])`.
 
     `infer(model, x)` takes one array (single-input models) or a dict of named
-    arrays, and returns one array (single-output models) or a dict.
+    arrays, and returns one array (single-output models) or a dict. In swarm mode
+    each call may set `max_price` (micro-units per request), `preference`
+    ("latency", "price" or a latency weight in [0, 1]) and `timeout`; the client's
+    own settings are the defaults.
     """
 
-    def __init__(self, address: str, *, timeout: float | None = 30.0) -> None:
-        if not address:
-            raise SwarmError("AsyncClient needs a node address HOST:PORT")
-        self.address = address
+    def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
+                 timeout: float | None = 30.0, max_price: float | None = None,
+                 preference: str | float | Preference = "latency", hedge: bool = True,
+                 peer: LightPeer | None = None, join_timeout: float = 15.0) -> None:
+        if bool(address) == bool(bootstrap or peer):
+            raise SwarmError("give a node address, or bootstrap addresses to join the swarm")
+        self.address = address or ""
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._routing = RoutingOptions(max_price=max_price, preference=_preference(preference),
+                                       timeout=timeout or 30.0, hedge=hedge)
+        self._join_timeout = join_timeout
+        self._peer = peer if peer is not None else (LightPeer.libp2p(bootstrap) if bootstrap
+                                                     else None)
+        self._router: Router | None = None
+        self._started = asyncio.Lock()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
+        if address:
+            self._channel = grpc.aio.insecure_channel(address, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ])
+            self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._info: dict[str, ModelInfo] = {}
         self._closed = False
+
+    @property
+    def in_swarm(self) -> bool:
+        return self._peer is not None
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise SwarmError("this client talks to one node, not to the swarm")
+        return self._router
+
+    async def start(self) -> None:
+        """Join the swarm (swarm mode; called on first use). Idempotent."""
+        if self._closed:
+            raise SwarmError("client is closed")
+        async with self._started:
+            if self._peer is None or self._router is not None:
+                return
+            await self._peer.start()
+            peer = self._peer
+            self._router = Router(lambda: peer.view)
+
+    async def _provider_of(self, model: str) -> Digest:
+        """Wait (up to join_timeout) until some provider of `model` is in the view."""
+        await self.start()
+        router = self.router
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._join_timeout
+        while True:
+            try:
+                return router.resolve(model)
+            except NoProviderError:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -52,9 +113,20 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        if self._channel is not None:
             await self._channel.close()
+        if self._router is not None:
+            await self._router.close()
+        if self._peer is not None:
+            await self._peer.close()
+
+    def _direct(self) -> pb_grpc.GRPCInferenceServiceStub:
+        if self._stub is None:
+            raise SwarmError("no direct node connection in swarm mode")
+        return self._stub
 
     async def _rpc(self, method: Any, request: Any, target: str, timeout: float | None) -> Any:
         if self._closed:
@@ -70,10 +142,13 @@ class AsyncClient:
         info = self._info.get(key)
         if info is not None:
             return info
+        if self.in_swarm:
+            return await self._swarm_metadata(model, version)
+        stub = self._direct()
         meta, config = await asyncio.gather(
-            self._rpc(self._stub.ModelMetadata,
+            self._rpc(stub.ModelMetadata,
                       pb.ModelMetadataRequest(name=model, version=version), model, None),
-            self._rpc(self._stub.ModelConfig,
+            self._rpc(stub.ModelConfig,
                       pb.ModelConfigRequest(name=model, version=version), model, None),
         )
         info = ModelInfo(
@@ -87,11 +162,34 @@ class AsyncClient:
         self._info[key] = info
         return info
 
+    async def _swarm_metadata(self, model: str, version: str) -> ModelInfo:
+        digest = await self._provider_of(model if not version else f"{model.split('@')[0]}@{version}")
+        providers = self.router.view.providers(digest)
+        if not providers:
+            raise NoProviderError(f"no provider serves {model}")
+        advert = providers[0].advert
+        offer = advert.offer(digest)
+        name = offer.name if offer is not None else model
+        async with AsyncClient(advert.endpoints[0], timeout=self.timeout) as direct:
+            info = await direct.metadata(name, version=str(digest))
+        self._info[f"{model}\0{version}"] = info
+        return info
+
     async def models(self) -> list[ModelInfo]:
-        index = await self._rpc(self._stub.RepositoryIndex,
+        """Models served (by the node, or by anyone in the swarm)."""
+        if self.in_swarm:
+            await self.start()
+            await self._peer_settle()
+            names = sorted({o.name for e in self.router.view for o in e.advert.models})
+            return list(await asyncio.gather(*(self.metadata(n) for n in names)))
+        index = await self._rpc(self._direct().RepositoryIndex,
                                 pb.RepositoryIndexRequest(ready=True), "models", None)
         names = sorted({m.name for m in index.models})
         return list(await asyncio.gather(*(self.metadata(n) for n in names)))
+
+    async def _peer_settle(self) -> None:
+        assert self._peer is not None
+        await self._peer.settle(self._join_timeout, quiet=1.0)
 
     async def _named(self, model: str, version: str, inputs: Inputs) -> dict[str, np.ndarray]:
         if isinstance(inputs, Mapping):
@@ -102,27 +200,88 @@ class AsyncClient:
             raise InvalidInputError(f"{model} takes several inputs ({names}): pass a dict")
         return {info.inputs[0].name: to_numpy(inputs)}
 
+    def _options(self, timeout: float | None, max_price: float | None,
+                 preference: str | float | Preference | None) -> RoutingOptions:
+        r = self._routing
+        return RoutingOptions(
+            max_price=r.max_price if max_price is None else max_price,
+            preference=r.preference if preference is None else _preference(preference),
+            timeout=r.timeout if timeout is None else timeout, hedge=r.hedge,
+            max_attempts=r.max_attempts)
+
+    async def infer_routed(self, model: str, inputs: Inputs, *, outputs: Sequence[str] = (),
+                           timeout: float | None = None, max_price: float | None = None,
+                           preference: str | float | Preference | None = None,
+                           ) -> tuple[dict[str, np.ndarray], Routed]:
+        """Swarm mode: the outputs and how the request was routed (provider, price, attempts)."""
+        digest = await self._provider_of(model)
+        named = await self._named(model, "", inputs)
+        items = _items(named)
+        name = model.split("@")[0].split(":")[0]
+        request = build_request(name, named, version=str(digest), outputs=outputs)
+        routed = await self.router.send(request, digest, items,
+                                        self._options(timeout, max_price, preference))
+        return decode_response(routed.response), routed
+
     async def infer_raw(self, model: str, inputs: Inputs, *, version: str = "",
                         outputs: Sequence[str] = (), timeout: float | None = None,
+                        max_price: float | None = None,
+                        preference: str | float | Preference | None = None,
                         ) -> dict[str, np.ndarray]:
         """Like infer, but always returns the dict of outputs."""
+        if self.in_swarm:
+            target = f"{model}@{version}" if version else model
+            result, _ = await self.infer_routed(target, inputs, outputs=outputs, timeout=timeout,
+                                                max_price=max_price, preference=preference)
+            return result
         named = await self._named(model, version, inputs)
         request = build_request(model, named, version=version, outputs=outputs)
-        response = await self._rpc(self._stub.ModelInfer, request, model, timeout)
+        response = await self._rpc(self._direct().ModelInfer, request, model, timeout)
         return decode_response(response)
 
     async def infer(self, model: str, inputs: Inputs, *, version: str = "",
                     outputs: Sequence[str] = (), timeout: float | None = None,
+                    max_price: float | None = None,
+                    preference: str | float | Preference | None = None,
                     ) -> np.ndarray | dict[str, np.ndarray]:
         """Run `model` on `inputs`: an array for single-output models, else a dict."""
         result = await self.infer_raw(model, inputs, version=version, outputs=outputs,
-                                      timeout=timeout)
+                                      timeout=timeout, max_price=max_price,
+                                      preference=preference)
         if len(result) == 1:
             return next(iter(result.values()))
         return result
 
+    async def map(self, model: str, inputs: Iterable[Inputs], *, concurrency: int = 32,
+                  timeout: float | None = None, max_price: float | None = None,
+                  preference: str | float | Preference | None = None,
+                  progress: Callable[[int], None] | None = None,
+                  ) -> list[np.ndarray | dict[str, np.ndarray]]:
+        """`infer` over many inputs at once (in swarm mode, spread over many providers).
+
+        Results come back in input order; `progress(n)` is called as each one completes.
+        """
+        if concurrency < 1:
+            raise InvalidInputError("concurrency must be >= 1")
+        items = list(inputs)
+        results: list[np.ndarray | dict[str, np.ndarray] | None] = [None] * len(items)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int, x: Inputs) -> None:
+            async with gate:
+                results[i] = await self.infer(model, x, timeout=timeout, max_price=max_price,
+                                              preference=preference)
+            if progress is not None:
+                progress(1)
+
+        async with asyncio.TaskGroup() as tg:
+            for i, x in enumerate(items):
+                tg.create_task(one(i, x))
+        return [r for r in results if r is not None]
+
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
-                    timeout: float | None = None) -> np.ndarray:
+                    timeout: float | None = None, max_price: float | None = None,
+                    preference: str | float | Preference | None = None) -> np.ndarray:
         """Sentence embeddings, one row per text (split into batches the model accepts)."""
         if isinstance(texts, str | bytes):
             raise InvalidInputError("embed takes a list of texts")
@@ -133,6 +292,22 @@ class AsyncClient:
         encoded = [t.encode() if isinstance(t, str) else bytes(t) for t in texts]
         chunks = [np.array(encoded[i : i + step], dtype=object)
                   for i in range(0, len(encoded), step)]
-        parts = await asyncio.gather(*(self.infer(model, c, timeout=timeout) for c in chunks))
+        parts = await asyncio.gather(*(self.infer(model, c, timeout=timeout, max_price=max_price,
+                                                  preference=preference) for c in chunks))
         arrays = [p if isinstance(p, np.ndarray) else next(iter(p.values())) for p in parts]
         return np.concatenate(arrays)
+
+
+def _preference(value: str | float | Preference) -> Preference:
+    if isinstance(value, Preference):
+        return value
+    try:
+        return Preference.parse(str(value))
+    except ValueError as exc:
+        raise InvalidInputError(f"preference must be latency, price or a weight in [0, 1]: "
+                                f"{value!r}") from exc
+
+
+def _items(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = {int(a.shape[0]) if a.ndim else 1 for a in inputs.values()}
+    return max(sizes) if sizes else 1

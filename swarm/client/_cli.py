@@ -15,6 +15,7 @@ from swarm import __version__
 from swarm._errors import SwarmError
 from swarm.client._async import AsyncClient
 from swarm.client._types import TensorInfo
+from swarm.protocol._view import PeerView
 
 __all__ = ["main"]
 
@@ -81,6 +82,61 @@ async def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peer_rows(view: PeerView, now: float) -> list[dict[str, Any]]:
+    rows = []
+    for entry in sorted(view, key=lambda e: e.peer_id.value):
+        a = entry.advert
+        rows.append({
+            "peer_id": a.peer_id.value,
+            "grpc": list(a.endpoints),
+            "models": [{"name": m.name, "digest": str(m.digest), "tags": list(m.tags),
+                        "items_per_second": m.items_per_second, "queue_depth": m.queue_depth,
+                        "max_batch_size": m.max_batch_size} for m in a.models],
+            "queue_depth": a.queue_depth,
+            "items_per_second": round(sum(m.items_per_second for m in a.models), 1),
+            "price": {"per_request_micros": a.price.per_request_micros,
+                      "per_1k_items_micros": a.price.per_1k_items_micros},
+            "hardware": {"device_kind": a.hardware.device_kind, "count": a.hardware.device_count,
+                         "memory_bytes": a.hardware.memory_bytes, "name": a.hardware.device_name},
+            "region": a.region,
+            "version": a.software_version,
+            "draining": a.draining,
+            "advert_age_s": round(entry.age(now), 2),
+        })
+    return rows
+
+
+async def _peers(args: argparse.Namespace) -> int:
+    from swarm.protocol._light import LightPeer
+
+    async with LightPeer.libp2p(args.bootstrap) as peer:
+        view = await peer.settle(args.wait)
+        rows = _peer_rows(view, asyncio.get_running_loop().time())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("peer", "grpc", "models", "queue", "items/s", "price/req", "price/1k",
+                  "hardware", "region", "age")
+    for r in rows:
+        hw = r["hardware"]
+        mem = hw["memory_bytes"] / 2**30
+        table.add_row(
+            r["peer_id"][-12:], ", ".join(r["grpc"]),
+            "\n".join(f"{m['name']} {m['digest'][7:19]}" for m in r["models"]),
+            str(r["queue_depth"]), f"{r['items_per_second']:.0f}",
+            str(r["price"]["per_request_micros"]), str(r["price"]["per_1k_items_micros"]),
+            f"{hw['count']}x {hw['device_kind']} {mem:.0f}GiB", r["region"] or "-",
+            f"{r['advert_age_s']:.1f}s" + (" draining" if r["draining"] else ""))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if not rows:
+        print("no peers seen (is the bootstrap address right?)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarm", description="Use a Swarm inference network.")
     parser.add_argument("--version", action="version", version=f"swarm {__version__}")
@@ -98,12 +154,19 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--node", required=True, help="node address HOST:PORT")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.add_argument("--timeout", type=float, default=30.0)
+
+    peers = sub.add_parser("peers", help="join the swarm and list the providers it advertises")
+    peers.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR",
+                       help="a peer's multiaddr (repeatable), as printed by swarm-node")
+    peers.add_argument("--json", action="store_true", help="machine-readable output")
+    peers.add_argument("--wait", type=float, default=8.0,
+                       help="longest time to listen for adverts (seconds)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"infer": _infer, "models": _models}[args.command]
+    handler = {"infer": _infer, "models": _models, "peers": _peers}[args.command]
     try:
         return asyncio.run(handler(args))
     except SwarmError as exc:

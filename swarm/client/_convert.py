@@ -79,5 +79,6 @@ def decode_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 
             array = decode_contents(tensor.datatype, tuple(tensor.shape), tensor.contents,
                                     name=tensor.name)
-        out[tensor.name] = array
+        # Decoded arrays are read-only views of the message; callers own their results.
+        out[tensor.name] = array if array.flags.writeable else array.copy()
     return out

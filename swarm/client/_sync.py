@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -25,7 +25,9 @@ class Client:
     Use it as a context manager or call close(); it owns one background thread.
     """
 
-    def __init__(self, address: str, *, timeout: float | None = 30.0) -> None:
+    def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
+                 timeout: float | None = 30.0, max_price: float | None = None,
+                 preference: str | float = "latency", hedge: bool = True) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -33,9 +35,14 @@ class Client:
         self._closed = False
 
         async def make() -> AsyncClient:
-            return AsyncClient(address, timeout=timeout)
+            return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
+                               max_price=max_price, preference=preference, hedge=hedge)
 
-        self._client = self._run(make())
+        try:
+            self._client = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
 
     @property
     def address(self) -> str:
@@ -58,6 +65,9 @@ class Client:
         if self._closed:
             return
         self._run(self._client.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
@@ -65,13 +75,26 @@ class Client:
 
     def infer(self, model: str, inputs: Inputs, *, version: str = "",
               outputs: Sequence[str] = (), timeout: float | None = None,
+              max_price: float | None = None, preference: str | float | None = None,
               ) -> np.ndarray | dict[str, np.ndarray]:
         return self._run(self._client.infer(model, inputs, version=version, outputs=outputs,
-                                            timeout=timeout))
+                                            timeout=timeout, max_price=max_price,
+                                            preference=preference))
+
+    def map(self, model: str, inputs: Iterable[Inputs], *, concurrency: int = 32,
+            timeout: float | None = None, max_price: float | None = None,
+            preference: str | float | None = None,
+            progress: Callable[[int], None] | None = None,
+            ) -> list[np.ndarray | dict[str, np.ndarray]]:
+        return self._run(self._client.map(model, inputs, concurrency=concurrency,
+                                          timeout=timeout, max_price=max_price,
+                                          preference=preference, progress=progress))
 
     def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
-              timeout: float | None = None) -> np.ndarray:
-        return self._run(self._client.embed(texts, model=model, timeout=timeout))
+              timeout: float | None = None, max_price: float | None = None,
+              preference: str | float | None = None) -> np.ndarray:
+        return self._run(self._client.embed(texts, model=model, timeout=timeout,
+                                            max_price=max_price, preference=preference))
 
     def models(self) -> list[ModelInfo]:
         return self._run(self._client.models())

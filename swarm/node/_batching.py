@@ -203,6 +203,9 @@ class Batcher:
                 f"{self.policy.max_batch_size}"
             )
         if len(self._queue) >= self.policy.max_queue_size:
+            # Requests whose clients gave up (cancelled futures) must not hold slots.
+            self._queue = deque(p for p in self._queue if not p.future.done())
+        if len(self._queue) >= self.policy.max_queue_size:
             raise OverloadedError(
                 f"{self.model.name}: queue full ({self.policy.max_queue_size} requests)"
             )
@@ -260,8 +263,12 @@ class Batcher:
                     if not self._queue:
                         self._idle.set()
                     self._wakeup.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), decision.seconds)
+                    if decision.seconds is None:
+                        await self._wakeup.wait()
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(decision.seconds):
+                                await self._wakeup.wait()
                     continue
                 batch = self._take(decision.requests, now)
                 if batch:

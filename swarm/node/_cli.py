@@ -30,9 +30,20 @@ def _parser() -> argparse.ArgumentParser:
                      help="model to serve (repeatable): builtin/minilm, builtin/mlp, FILE.pt2")
     run.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
     run.add_argument("--metrics-port", type=int, help="metrics/health port (0 = any, -1 = off)")
+    run.add_argument("--http-port", type=int,
+                     help="OpenAI-compatible HTTP API port (0 = any free port, -1 = off)")
     run.add_argument("--listen-host", help="interface to bind (default 127.0.0.1)")
     run.add_argument("--advertise-host", help="host clients use to reach this node")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p2p = run.add_argument_group("peer-to-peer")
+    p2p.add_argument("--p2p-port", type=int, help="libp2p port (0 = any free port, -1 = off)")
+    p2p.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                     help="peer to join through (repeatable)")
+    p2p.add_argument("--mdns", action="store_true", default=None, help="find peers on the LAN")
+    p2p.add_argument("--advert-interval", type=float, help="seconds between capacity adverts")
+    p2p.add_argument("--price-per-request", type=int, help="micro-units per request")
+    p2p.add_argument("--price-per-1k-items", type=int, help="micro-units per 1,000 items")
+    p2p.add_argument("--region", help="region label, e.g. eu-west")
     run.add_argument("--drain-timeout", type=float, help="seconds to finish in-flight work")
     run.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     run.add_argument("--max-message-bytes", type=int, help="largest gRPC message")
@@ -54,8 +65,12 @@ def _config(args: argparse.Namespace) -> NodeConfig:
     flags: dict[str, Any] = {
         "data_dir": args.data_dir, "serve": tuple(args.serve or ()),
         "grpc_port": args.grpc_port, "metrics_port": args.metrics_port,
+        "http_port": args.http_port,
         "listen_host": args.listen_host, "advertise_host": args.advertise_host,
         "device": args.device, "drain_timeout": args.drain_timeout,
+        "p2p_port": args.p2p_port, "bootstrap": tuple(args.bootstrap or ()), "mdns": args.mdns,
+        "advert_interval": args.advert_interval, "price_per_request": args.price_per_request,
+        "price_per_1k_items": args.price_per_1k_items, "region": args.region,
         "torch_threads": args.torch_threads, "max_message_bytes": args.max_message_bytes,
         "log_level": args.log_level, "log_format": args.log_format,
     }
@@ -96,6 +111,10 @@ async def _run(config: NodeConfig) -> None:
         print(f"  metrics  http://{config.advertise_host}:{node.metrics_port}/metrics", flush=True)
     for served in node.table:
         print(f"  model    {served.name}  {served.digest}", flush=True)
+    if node.http_port:
+        print(f"  openai   http://{config.advertise_host}:{node.http_port}/v1", flush=True)
+    for addr in node.multiaddrs:
+        print(f"  p2p      {addr}", flush=True)
     await node.wait_stopped()
 
 

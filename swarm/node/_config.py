@@ -6,6 +6,7 @@ Precedence: command-line flags > environment (SWARM_<FIELD>) > TOML file > defau
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -40,6 +41,17 @@ class ModelOptions:
     # Cache responses of this model (bounded LRU keyed by digest and input bytes).
     cache: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked here, not only when a file is loaded: flags replace() options after loading.
+        if self.max_batch_size < 0:
+            raise ConfigError(f"max_batch_size must be >= 0, not {self.max_batch_size}")
+        if not 0 <= self.max_queue_delay < math.inf:
+            raise ConfigError(f"max_queue_delay must be finite and >= 0, not {self.max_queue_delay}")
+        if self.max_queue_size < 1:
+            raise ConfigError(f"max_queue_size must be >= 1, not {self.max_queue_size}")
+        if any(p < 1 for p in self.preferred_batch_sizes):
+            raise ConfigError(f"preferred_batch_sizes must be >= 1: {list(self.preferred_batch_sizes)}")
+
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
@@ -55,6 +67,21 @@ class NodeConfig:
     grpc_port: int = 7070
     # Prometheus /metrics and health port (0 = pick a free one, -1 = off).
     metrics_port: int = 9090
+    # OpenAI-compatible HTTP API (/v1/embeddings, /v1/models) port (0 = any free, -1 = off).
+    http_port: int = -1
+    # libp2p port for discovery gossip (0 = pick a free one, -1 = no peer-to-peer).
+    p2p_port: int = 7071
+    # Multiaddrs of peers to join through, e.g. /ip4/1.2.3.4/tcp/7071/p2p/12D3KooW...
+    bootstrap: tuple[str, ...] = ()
+    # Find peers on the local network with mDNS.
+    mdns: bool = False
+    # Seconds between periodic capacity adverts (changes are advertised sooner).
+    advert_interval: float = 5.0
+    # Price in micro-units of the settlement currency, per request and per 1,000 items.
+    price_per_request: int = 0
+    price_per_1k_items: int = 0
+    # Free-form region label shown to clients, e.g. "eu-west".
+    region: str = ""
     # "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
     device: str = "auto"
     # Largest gRPC message accepted or sent.
@@ -63,7 +90,7 @@ class NodeConfig:
     drain_timeout: float = 30.0
     # Response cache bound, shared by the models that enable caching.
     cache_max_bytes: int = 64 << 20
-    # Torch intra-op threads (0 = torch's default).
+    # Torch intra-op threads (0 = one fewer than the CPU cores, leaving one for gRPC).
     torch_threads: int = 0
     # "debug", "info", "warning", "error".
     log_level: str = "info"
@@ -81,8 +108,11 @@ class NodeConfig:
 
     @classmethod
     def local(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
-        """A node on this machine only: loopback, free ports."""
-        return cls(data_dir=data_dir, grpc_port=0, metrics_port=0, **overrides)
+        """A node on this machine only: loopback, free ports, no peer-to-peer unless asked."""
+        settings: dict[str, Any] = {"grpc_port": 0, "metrics_port": 0, "p2p_port": -1,
+                                    "http_port": -1}
+        settings.update(overrides)
+        return cls(data_dir=data_dir, **settings)
 
     @classmethod
     def wan(cls, data_dir: Path, advertise_host: str, **overrides: Any) -> NodeConfig:
@@ -110,8 +140,13 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if kind in (int, float, str):
-            if kind is not str and isinstance(value, bool):
+        if kind is str:
+            if not isinstance(value, str):  # str() would turn a TOML list or number into text
+                raise TypeError(value)
+            return value
+        if kind in (int, float):
+            # int(7070.5) truncates and int(True) is 1: neither is what the user wrote.
+            if isinstance(value, bool) or (kind is int and isinstance(value, float)):
                 raise ValueError(value)
             return kind(value)
         if origin is tuple:
@@ -136,7 +171,7 @@ def _model_options(name: str, raw: Any) -> ModelOptions:
     values = {k: _coerce(f"models.{name}.{k}", hints[k], v) for k, v in raw.items()}
     try:
         return ModelOptions(**values)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"models.{name}: {exc}") from exc
 
 
@@ -187,23 +222,32 @@ def _validate(config: NodeConfig) -> None:
         port = getattr(config, port_name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{port_name} {port} is not a port number")
-    if not -1 <= config.metrics_port <= 65535:
-        raise ConfigError(f"metrics_port {config.metrics_port} is not a port number (or -1)")
+    for name in ("metrics_port", "p2p_port", "http_port"):
+        if not -1 <= getattr(config, name) <= 65535:
+            raise ConfigError(f"{name} {getattr(config, name)} is not a port number (or -1)")
+    if config.advert_interval <= 0:
+        raise ConfigError("advert_interval must be positive")
+    if config.price_per_request < 0 or config.price_per_1k_items < 0:
+        raise ConfigError("prices must be >= 0")
+    for addr in config.bootstrap:
+        if not addr.startswith("/") or "/p2p/" not in addr:
+            raise ConfigError(f"bootstrap address {addr!r} must be a multiaddr ending in /p2p/PEERID")
     if config.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be debug, info, warning or error")
     if config.max_message_bytes < 1024:
         raise ConfigError("max_message_bytes must be at least 1024")
+    if not config.drain_timeout >= 0:  # also refuses NaN
+        raise ConfigError("drain_timeout must be >= 0 seconds")
+    if config.cache_max_bytes < 1:
+        raise ConfigError("cache_max_bytes must be at least 1")
     for ref in config.serve:
         if not ref.endswith(".pt2"):
             try:
                 ModelRef.parse(ref)
             except ValueError as exc:
                 raise ConfigError(f"--serve {ref!r}: {exc}") from exc
-    for name, opts in config.models.items():
-        if opts.max_batch_size < 0 or opts.max_queue_delay < 0 or opts.max_queue_size < 1:
-            raise ConfigError(f"models.{name}: batch size, delay and queue size must be positive")
 
 
 def replace(config: NodeConfig, **changes: Any) -> NodeConfig:

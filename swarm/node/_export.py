@@ -65,7 +65,15 @@ def _payload_members(zf: zipfile.ZipFile, prefix: str, names: set[str]) -> dict[
                 path = entry.get("path_name") if isinstance(entry, dict) else None
                 if not isinstance(path, str) or not re.fullmatch(r"[\w.-]+", path):
                     raise UnsafeModelError(f"bad payload path in {rel!r}: {path!r}")
-                out[f"{prefix}data/{kind}/{path}"] = bool(entry.get("use_pickle", False))
+                # torch unpickles custom_obj_*/opaque_obj_* constants with full pickle
+                # whatever use_pickle says: only tensor constants are allowed.
+                if kind == "constants" and not path.startswith("tensor_"):
+                    raise UnsafeModelError(
+                        f"constant {path!r} in {rel!r} is a pickled object; refusing a model "
+                        "that would run code when loaded")
+                # Several entries may name one payload: it is a pickle if any of them says so.
+                member = f"{prefix}data/{kind}/{path}"
+                out[member] = out.get(member, False) or bool(entry.get("use_pickle", False))
     return out
 
 
@@ -76,7 +84,12 @@ def check_archive(data: bytes) -> None:
     except zipfile.BadZipFile as exc:
         raise ModelLoadError("not a torch.export archive (.pt2 is a zip file)") from exc
     with zf:
-        names = {i.filename for i in zf.infolist() if not i.is_dir()}
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        names = {i.filename for i in infos}
+        # zipfile cuts names at a NUL and keeps the last of duplicate names; torch's reader
+        # does neither, so either would let torch load a member other than the one checked.
+        if len(names) != len(infos) or any(i.orig_filename != i.filename for i in infos):
+            raise UnsafeModelError("archive has duplicate or NUL-truncated member names")
         tops = {n.split("/", 1)[0] for n in names}
         if len(tops) != 1 or any("/" not in n or ".." in n.split("/") for n in names):
             raise UnsafeModelError("a .pt2 archive must hold exactly one top-level folder")
@@ -84,11 +97,11 @@ def check_archive(data: bytes) -> None:
         payloads = _payload_members(zf, prefix, names)
         for name in sorted(names):
             rel = name[len(prefix):]
-            if _PLAIN.match(rel):
-                continue
-            if name in payloads:
+            if name in payloads:  # first: a payload torch unpickles may wear any name
                 if payloads[name]:
                     _safe_unpickle(rel, zf.read(name))
+                continue
+            if _PLAIN.match(rel):
                 continue
             if _SAMPLE_INPUTS.match(rel) or _LEGACY_PICKLE.match(rel):
                 _safe_unpickle(rel, zf.read(name))
@@ -129,7 +142,8 @@ def _spec(program: torch.export.ExportedProgram, cap: int) -> ModelSpec:
             )
         sym = val.shape[0].node.expr  # type: ignore[attr-defined]
         bound = program.range_constraints.get(sym)
-        if bound is not None and bound.upper.is_finite:
+        # An unbounded Dim's upper is torch's int_oo, which claims is_finite but is no Integer.
+        if bound is not None and bound.upper.is_Integer:
             batch_max = min(batch_max, int(bound.upper))
         inputs.append(TensorSpec(name, oip_datatype(val.dtype), shape))
     output_node = next(n for n in program.graph.nodes if n.op == "output")

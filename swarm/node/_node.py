@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,15 +33,21 @@ from swarm._errors import ConfigError, SwarmError
 from swarm._proto import _pool
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
+from swarm.client._router import Router
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._cache import ResponseCache
 from swarm.node._config import NodeConfig
+from swarm.node._gateway import OpenAIGateway, RoutingGateway
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import BatchStat, ModelTable, ServedModel, load_model, policy_for
 from swarm.node._runtime import Model, select_device
 from swarm.node._service import InferenceService, NodeStatusService
+from swarm.protocol._advert import Advert, Hardware, ModelOffer, Price
+from swarm.protocol._gossip import Gossip
 from swarm.protocol._identity import Identity
+from swarm.protocol._membership import Membership, MembershipConfig
+from swarm.protocol._view import PeerView
 
 __all__ = ["Node", "NodeState"]
 
@@ -58,9 +65,23 @@ class NodeState(enum.Enum):
     STOPPED = "stopped"
 
 
+GossipFactory = Callable[[Identity, NodeConfig], Awaitable[Gossip]]
+
+
+async def libp2p_gossip(identity: Identity, config: NodeConfig) -> Gossip:
+    from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
+
+    return await Libp2pGossip.start(identity, Libp2pConfig(
+        host=config.listen_host, port=config.p2p_port, bootstrap=config.bootstrap,
+        enable_mdns=config.mdns))
+
+
 class Node:
+    """`gossip_factory` replaces libp2p (simnet and tests pass the in-memory transport)."""
+
     def __init__(self, config: NodeConfig, *, identity: Identity | None = None,
-                 models: list[Model] | None = None) -> None:
+                 models: list[Model] | None = None,
+                 gossip_factory: GossipFactory | None = None) -> None:
         self.config = config
         self.identity = identity
         self.state = NodeState.NEW
@@ -78,6 +99,14 @@ class Node:
         self._run_task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._health = health.aio.HealthServicer()
+        self._gossip_factory = gossip_factory or libp2p_gossip
+        self.gossip: Gossip | None = None
+        self.membership: Membership | None = None
+        self.http_port = 0
+        # Routes requests for models this node does not serve (gateway), over its peer view.
+        self.router = Router(self._peer_view) if config.p2p_port >= 0 else None
+        self._service: InferenceService | None = None
+        self._hardware = detect_hardware(self.device)
 
     # ------------------------------------------------------------------ public surface
 
@@ -134,8 +163,9 @@ class Node:
             raise SwarmError(f"a node cannot be started twice (state {self.state.value})")
         self.state = NodeState.STARTING
         config = self.config
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
+        # Intra-op threads that spin on a core the event loop needs make small batches
+        # 25x slower on a 2-core machine (bench/RESULTS.md): leave one core to gRPC.
+        torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         data_dir = config.data_dir.expanduser()
         data_dir.mkdir(parents=True, exist_ok=True)
         if self.identity is None:
@@ -151,6 +181,7 @@ class Node:
             ("grpc.so_reuseport", 0),
         ])
         site_runner: web.AppRunner | None = None
+        openai_runner: web.AppRunner | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 for model in models:
@@ -160,6 +191,13 @@ class Node:
                 self.grpc_port = self._bind(server)
                 await server.start()
                 site_runner = await self._start_http()
+                openai_runner = await self._start_openai()
+                if config.p2p_port >= 0:
+                    self.gossip = await self._gossip_factory(self.identity, config)
+                    self.membership = Membership(
+                        self.gossip, identity=self.identity, source=self.advert,
+                        config=MembershipConfig(advert_interval=config.advert_interval))
+                    tg.create_task(self.membership.run(), name="membership")
                 await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
                 await self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
                 self.state = NodeState.SERVING
@@ -175,11 +213,19 @@ class Node:
                 raise _Stopped
         except* _Stopped:
             pass
+        except* SwarmError as group:
+            # A start-up failure inside the TaskGroup (a port in use) surfaces as itself.
+            raise group.exceptions[0] from None
         finally:
             self.state = NodeState.STOPPED
+            if self.gossip is not None:
+                await self.gossip.close()
             await server.stop(None)
-            if site_runner is not None:
-                await site_runner.cleanup()
+            for runner in (site_runner, openai_runner):
+                if runner is not None:
+                    await runner.cleanup()
+            if self.router is not None:
+                await self.router.close()
             for model in self._owned:  # preloaded models belong to the caller
                 model.close()
             self._remove_state_file()
@@ -188,13 +234,18 @@ class Node:
     async def _drain(self, server: grpc.aio.Server) -> None:
         self.state = NodeState.DRAINING
         log.info("draining", extra={"timeout_s": self.config.drain_timeout})
+        if self.membership is not None:  # tell clients first, so they route elsewhere
+            with contextlib.suppress(Exception):
+                await self.membership.publish_now()
         await self._health.enter_graceful_shutdown()
-        # Stops accepting RPCs now; in-flight ones get drain_timeout to finish.
-        await server.stop(self.config.drain_timeout)
+        # The service now refuses new inference with UNAVAILABLE (a status clients retry
+        # elsewhere) while in-flight requests finish; only then does the server stop.
+        # Stopping the server first would answer some new calls CANCELLED (grpc#41785).
+        assert self._service is not None
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                for served in self.table:
-                    await served.batcher.drain()
+            async with asyncio.timeout(self.config.drain_timeout):
+                await self._service.wait_idle()
+        await server.stop(1.0)
 
     def _load(self, ref: str) -> Model:
         started = time.perf_counter()
@@ -231,9 +282,14 @@ class Node:
         self.table.add(served)
         return served
 
+    def _peer_view(self) -> PeerView:
+        return self.membership.view if self.membership is not None else PeerView()
+
     def _add_services(self, server: grpc.aio.Server) -> None:
+        gateway = RoutingGateway(self.router) if self.router is not None else None
         inference = InferenceService(self.table, self.metrics, self.cache, version=__version__,
-                                     is_ready=self.is_ready)
+                                     is_ready=self.is_ready, gateway=gateway)
+        self._service = inference
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -251,6 +307,19 @@ class Node:
             raise ConfigError(f"cannot listen for gRPC on {address}")
         return int(port)
 
+    async def _serve_http(self, app: web.Application, port: int,
+                          what: str) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.listen_host, port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"cannot listen for {what} on port {port}: {exc}") from exc
+        sockets = getattr(site._server, "sockets", None) or []
+        return runner, (sockets[0].getsockname()[1] if sockets else port)
+
     async def _start_http(self) -> web.AppRunner | None:
         if self.config.metrics_port < 0:
             return None
@@ -258,19 +327,17 @@ class Node:
         app.router.add_get("/metrics", self._http_metrics)
         app.router.add_get("/healthz", self._http_live)
         app.router.add_get("/readyz", self._http_ready)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.listen_host, self.config.metrics_port,
-                           reuse_port=False)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(f"cannot listen for metrics on port {self.config.metrics_port}: "
-                              f"{exc}") from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.metrics_port = sockets[0].getsockname()[1] if sockets else self.config.metrics_port
+        runner, self.metrics_port = await self._serve_http(app, self.config.metrics_port,
+                                                           "metrics")
+        return runner
+
+    async def _start_openai(self) -> web.AppRunner | None:
+        if self.config.http_port < 0:
+            return None
+        assert self._service is not None
+        gateway = OpenAIGateway(self._service, self.table, lambda: self.router)
+        runner, self.http_port = await self._serve_http(gateway.app(), self.config.http_port,
+                                                        "the OpenAI-compatible API")
         return runner
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
@@ -289,8 +356,34 @@ class Node:
 
     # ------------------------------------------------------------------ status
 
+    @property
+    def multiaddrs(self) -> list[str]:
+        return list(getattr(self.gossip, "listen_addrs", []))
+
+    def advert(self) -> Advert:
+        """What this node offers now (Membership adds sequence, timestamp and TTL)."""
+        assert self.identity is not None
+        hw = self._hardware
+        offers = tuple(ModelOffer(
+            digest=s.digest, name=s.name, max_batch_size=s.batcher.policy.max_batch_size,
+            items_per_second=round(s.batcher.items_per_second, 1),
+            queue_depth=s.batcher.queue_depth) for s in self.table)
+        return Advert(
+            peer_id=self.identity.peer_id,
+            endpoints=(self.grpc_address,),
+            models=offers,
+            sequence=0, timestamp=0.0, ttl=0.0,
+            queue_depth=sum(o.queue_depth for o in offers),
+            free_accelerator_memory=free_accelerator_memory(self.device),
+            hardware=Hardware(hw.device_kind, hw.device_count, hw.memory_bytes, hw.device_name),
+            price=Price(self.config.price_per_request, self.config.price_per_1k_items),
+            region=self.config.region,
+            software_version=__version__,
+            draining=self.state is not NodeState.SERVING,
+        )
+
     def status(self) -> node_pb2.NodeStatus:
-        hw = detect_hardware(self.device)
+        hw = self._hardware
         return node_pb2.NodeStatus(
             peer_id=self.peer_id,
             software_version=__version__,
@@ -302,9 +395,12 @@ class Node:
                 queue_depth=s.batcher.queue_depth, ready=self.is_ready()) for s in self.table],
             hardware=node_pb2.Hardware(device_kind=hw.device_kind, device_count=hw.device_count,
                                        memory_bytes=hw.memory_bytes, device_name=hw.device_name),
+            price=node_pb2.Price(per_request_micros=self.config.price_per_request,
+                                 per_1k_items_micros=self.config.price_per_1k_items),
+            region=self.config.region,
             free_accelerator_memory_bytes=free_accelerator_memory(self.device),
             started_at_unix_ns=int(self.started_at * 1e9),
-            draining=self.state is NodeState.DRAINING,
+            draining=self.state is not NodeState.SERVING,
         )
 
     # ------------------------------------------------------------------ state file
@@ -315,7 +411,7 @@ class Node:
 
     def _state(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "peer_id": self.peer_id, "grpc": self.grpc_address,
-                "metrics_port": self.metrics_port}
+                "metrics_port": self.metrics_port, "multiaddrs": self.multiaddrs}
 
     def _write_state_file(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -22,24 +22,37 @@ from swarm._errors import (
     InferenceError,
     InvalidInputError,
     SwarmError,
+    UnavailableError,
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.inference import model_config_pb2 as mc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
 from swarm._tensors import decode_contents, decode_raw, encode_raw
+from swarm.client._router import FORWARDED
 from swarm.node._cache import ResponseCache, cache_key
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import ModelTable, ServedModel
 from swarm.node._runtime import ModelSpec, TensorSpec
 
-__all__ = ["InferenceService", "NodeStatusService", "decode_request"]
+__all__ = ["FORWARDED", "Gateway", "InferenceService", "NodeStatusService", "decode_request"]
 
 log = logging.getLogger("swarm.node")
 
 SERVER_NAME = "swarm-node"
 EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "schedule_policy")
 MAX_ELEMENTS = 1 << 28
+
+class Gateway(Protocol):
+    """Routes requests for models this node does not serve (see swarm/node/_gateway.py)."""
+
+    def can_serve(self, model: str) -> bool: ...
+
+    async def forward(self, request: pb.ModelInferRequest,
+                      deadline: float | None) -> pb.ModelInferResponse: ...
+
+    async def metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse: ...
+
 
 _STATUS = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -112,6 +125,10 @@ def decode_request(request: pb.ModelInferRequest, spec: ModelSpec,
             )
         shape = tuple(tensor.shape)
         _check_shape(ispec, shape)
+        if shape[0] > max_batch_size:  # before decoding: an oversized batch costs nothing
+            raise InvalidInputError(
+                f"batch of {shape[0]} exceeds the model's max batch size {max_batch_size}"
+            )
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInputError(
@@ -167,8 +184,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, table: ModelTable, metrics: NodeMetrics, cache: ResponseCache,
                  *, version: str, is_ready: Callable[[], bool],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 gateway: Gateway | None = None) -> None:
         self._table = table
+        self._gateway = gateway
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._metrics = metrics
         self._cache = cache
         self._version = version
@@ -203,11 +225,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self._table.resolve(request.name, request.version)
         except InferenceError:
+            if self._gateway is not None and self._gateway.can_serve(request.name):
+                return pb.ModelReadyResponse(ready=self._is_ready())
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self._is_ready())
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        if self._gateway is not None and not self._table.versions(request.name):
+            try:
+                return await self._gateway.metadata(request)
+            except SwarmError as exc:
+                await context.abort(status_of(exc), str(exc))
+                raise
         served = await self._resolve(request.name, request.version, context)
         spec = served.model.spec
         return pb.ModelMetadataResponse(
@@ -298,10 +328,36 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ inference
 
+    async def wait_idle(self) -> None:
+        """Return once no inference request is in flight."""
+        await self._idle.wait()
+
     async def infer(self, request: pb.ModelInferRequest,
                     deadline: float | None) -> pb.ModelInferResponse:
-        """Serve one request; raises SwarmError subclasses (mapped to statuses by callers)."""
+        """Serve one request unless the node is draining (then UNAVAILABLE)."""
+        if not self._is_ready():
+            raise UnavailableError("node is draining: send this request elsewhere")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._infer(request, deadline)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _infer(self, request: pb.ModelInferRequest,
+                     deadline: float | None) -> pb.ModelInferResponse:
+        """Serve one request; raises SwarmError subclasses (mapped to statuses by callers).
+
+        A model this node does not serve goes to the gateway (if any), which routes it
+        to a provider through the scheduler; a request that was already forwarded
+        once is never forwarded again.
+        """
         started = self._clock()
+        if (self._gateway is not None and not self._table.versions(request.model_name)
+                and FORWARDED not in request.parameters):
+            return await self._forward(request, deadline, started)
         served = self._table.resolve(request.model_name, request.model_version)
         name = served.name
         stats = served.stats
@@ -321,17 +377,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     stats.cache_hit.add(self._clock() - started)
                 else:
                     self._metrics.cache_misses.labels(name).inc()
+            queue_s = compute_s = 0.0
+            batch_items = decoded.items
             if outputs is None:
                 lookup_done = self._clock()
                 result = await served.batcher.submit(decoded.inputs, decoded.items, deadline)
                 outputs = result.outputs
+                queue_s, compute_s = result.queue_seconds, result.compute_seconds
+                batch_items = result.batch_size
                 if key is not None:
                     self._cache.put(key, outputs)
                     stats.cache_miss.add(lookup_done - started)
-                self._metrics.queue_time.labels(name).observe(result.queue_seconds)
-                self._metrics.compute_time.labels(name).observe(result.compute_seconds)
-                stats.queue.add(result.queue_seconds)
+                self._metrics.queue_time.labels(name).observe(queue_s)
+                self._metrics.compute_time.labels(name).observe(compute_s)
+                stats.queue.add(queue_s)
             response = self._response(request, served, outputs, decoded.outputs)
+            # Server timing and current load, so routing clients can tell network from
+            # queueing from compute and learn load fresher than adverts.
+            params = response.parameters
+            params["swarm_queue_us"].int64_param = round(queue_s * 1e6)
+            params["swarm_compute_us"].int64_param = round(compute_s * 1e6)
+            params["swarm_batch_items"].int64_param = batch_items
+            params["swarm_queue_depth"].int64_param = served.batcher.queue_depth
         except SwarmError as exc:
             elapsed = self._clock() - started
             stats.fail.add(elapsed)
@@ -343,6 +410,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.last_inference_ms = int(time.time() * 1000)
         self._metrics.requests.labels(name, "OK").inc()
         self._metrics.latency.labels(name).observe(elapsed)
+        return response
+
+    async def _forward(self, request: pb.ModelInferRequest, deadline: float | None,
+                       started: float) -> pb.ModelInferResponse:
+        assert self._gateway is not None
+        name = request.model_name
+        try:
+            response = await self._gateway.forward(request, deadline)
+        except SwarmError as exc:
+            self._metrics.requests.labels(name, f"FORWARD_{status_of(exc).name}").inc()
+            raise
+        self._metrics.requests.labels(name, "FORWARDED").inc()
+        self._metrics.latency.labels(name).observe(self._clock() - started)
         return response
 
     def _response(self, request: pb.ModelInferRequest, served: ServedModel,

@@ -1,0 +1,244 @@
+"""Routing requests over the swarm: choose a provider, call it, retry, hedge, learn.
+
+The decision is `swarm.scheduler.choose` (pure); this module is the I/O around
+it. For each request:
+
+1. candidates = choose(view, request, observations, rng, now)
+2. call the best within the request's deadline (the gRPC timeout is the time left);
+3. if it is slower than that provider's p95, hedge: send the same request to the
+   next candidate and take whichever answers first (once per request);
+4. on UNAVAILABLE, RESOURCE_EXHAUSTED, NOT_FOUND (a stale advert), INTERNAL or a
+   transport error, try the next candidate while the deadline allows;
+   INVALID_ARGUMENT is never retried: the request itself is wrong;
+5. every outcome updates the observations (latency EWMAs, server-reported queue and
+   compute time, failures and the circuit breaker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from swarm._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    NoProviderError,
+)
+from swarm._proto.inference import grpc_service_pb2 as pb
+from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from swarm._types import Digest, ModelRef, PeerId
+from swarm.client._convert import error_from_rpc
+from swarm.protocol._view import PeerView
+from swarm.scheduler import (
+    Candidate,
+    Failure,
+    Observations,
+    Preference,
+    Request,
+    SchedulerConfig,
+    choose,
+)
+
+__all__ = ["FORWARDED", "Routed", "Router", "RoutingOptions"]
+
+# Request parameter a gateway sets on what it forwards (providers never forward it again).
+FORWARDED = "swarm_forwarded"
+MAX_MESSAGE_BYTES = 64 << 20
+_RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
+              "UNKNOWN"}
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingOptions:
+    # Highest acceptable price per request (micro-units); None: no cap.
+    max_price: float | None = None
+    # latency, price, or a weighted balance (Preference(latency_weight=0.7)).
+    preference: Preference = Preference.LATENCY
+    # Seconds the whole request (retries and hedges included) may take.
+    timeout: float = 30.0
+    # Send a second copy when the first is slower than its provider's p95.
+    hedge: bool = True
+    # Most providers tried for one request.
+    max_attempts: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    response: pb.ModelInferResponse
+    peer: PeerId
+    endpoint: str
+    price: float
+    attempts: int
+    latency: float
+
+
+@dataclass
+class _Attempt:
+    candidate: Candidate
+    started: float
+    task: asyncio.Task[pb.ModelInferResponse] = field(repr=False)
+
+
+class Router:
+    """Sends OIP requests to providers chosen from a live peer view."""
+
+    def __init__(self, view: Callable[[], PeerView], *, rng: random.Random | None = None,
+                 config: SchedulerConfig | None = None,
+                 observations: Observations | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._view = view
+        self._rng = rng or random.Random()
+        self._config = config or SchedulerConfig()
+        self.observations = observations or Observations()
+        self._clock = clock
+        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+
+    @property
+    def view(self) -> PeerView:
+        return self._view()
+
+    def resolve(self, model: str) -> Digest:
+        """The digest to route `model` to: `name@sha256:...`, or by name from the adverts.
+
+        When providers advertise several versions under one name, the version most
+        providers serve wins (ties: the lowest digest), so clients agree.
+        """
+        ref = ModelRef.parse(model)
+        if ref.digest is not None:
+            return ref.digest
+        counts: dict[Digest, int] = {}
+        for entry in self.view:
+            for offer in entry.advert.models:
+                if offer.name == ref.name and (ref.tag is None or ref.tag in offer.tags):
+                    counts[offer.digest] = counts.get(offer.digest, 0) + 1
+        if not counts:
+            raise NoProviderError(f"no provider in the swarm serves {model}")
+        return min(counts, key=lambda d: (-counts[d], d.hex))
+
+    def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
+        entry = self._stubs.get(endpoint)
+        if entry is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            entry = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
+            self._stubs[endpoint] = entry
+        return entry[1]
+
+    async def close(self) -> None:
+        stubs, self._stubs = self._stubs, {}
+        for channel, _ in stubs.values():
+            await channel.close()
+
+    def _candidates(self, digest: Digest, items: int, deadline: float,
+                    options: RoutingOptions, tried: frozenset[PeerId]) -> list[Candidate]:
+        request = Request(digest=digest, items=items, deadline=deadline,
+                          max_price=options.max_price, preference=options.preference,
+                          exclude=tried)
+        return choose(self.view, request, self.observations, self._rng, self._clock(),
+                      self._config)
+
+    def _start(self, request: pb.ModelInferRequest, candidate: Candidate, items: int,
+               deadline: float) -> _Attempt:
+        now = self._clock()
+        self.observations.start(candidate.peer, now, items)
+        call = self._stub(candidate.endpoint).ModelInfer(request, timeout=max(0.0, deadline - now))
+        return _Attempt(candidate, now, asyncio.ensure_future(call))
+
+    def _finish(self, attempt: _Attempt, items: int) -> pb.ModelInferResponse | InferenceError:
+        """Record the outcome of a completed attempt; the response, or the error."""
+        now = self._clock()
+        peer = attempt.candidate.peer
+        self.observations.finish(peer, now)
+        try:
+            response = attempt.task.result()
+        except grpc.aio.AioRpcError as exc:
+            kind = Failure.from_code(exc.code().name)
+            if kind is not None:
+                self.observations.record_failure(peer, kind, now)
+            return error_from_rpc(exc, f"{attempt.candidate.endpoint}")
+        params = response.parameters
+        queued = params["swarm_queue_us"].int64_param / 1e6 if "swarm_queue_us" in params else None
+        service = None
+        if "swarm_compute_us" in params:
+            batch = max(1, params["swarm_batch_items"].int64_param) if (
+                "swarm_batch_items" in params) else items
+            service = params["swarm_compute_us"].int64_param / 1e6 * items / batch
+        self.observations.record_success(
+            peer, now - attempt.started, items, now, expected=attempt.candidate.expected_latency,
+            queued=queued, service=service)
+        return response
+
+    async def send(self, request: pb.ModelInferRequest, digest: Digest, items: int,
+                   options: RoutingOptions) -> Routed:
+        """Route one request; raises NoProviderError, DeadlineExceededError or the last error."""
+        started = self._clock()
+        deadline = started + options.timeout
+        tried: set[PeerId] = set()
+        running: list[_Attempt] = []
+        last_error: InferenceError | None = None
+        attempts = 0
+        hedged = False
+        try:
+            while True:
+                if not running:
+                    if attempts >= options.max_attempts or self._clock() >= deadline:
+                        break
+                    try:
+                        candidates = self._candidates(digest, items, deadline, options,
+                                                      frozenset(tried))
+                    except NoProviderError:
+                        if last_error is not None:
+                            break
+                        raise
+                    running.append(self._start(request, candidates[0], items, deadline))
+                    tried.add(candidates[0].peer)
+                    attempts += 1
+                primary = running[0]
+                hedge_at = None
+                if options.hedge and not hedged and len(running) == 1 and attempts < options.max_attempts:
+                    p95 = self.observations.p95(primary.candidate.peer)
+                    if p95 is not None:
+                        hedge_at = primary.started + p95
+                wait = None if hedge_at is None else max(0.0, hedge_at - self._clock())
+                done, _ = await asyncio.wait([a.task for a in running], timeout=wait,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # slower than its p95: hedge on the next candidate
+                    hedged = True
+                    try:
+                        candidates = self._candidates(digest, items, deadline, options,
+                                                      frozenset(tried))
+                    except NoProviderError:
+                        continue
+                    running.append(self._start(request, candidates[0], items, deadline))
+                    tried.add(candidates[0].peer)
+                    attempts += 1
+                    continue
+                for attempt in [a for a in running if a.task in done]:
+                    running.remove(attempt)
+                    outcome = self._finish(attempt, items)
+                    if isinstance(outcome, pb.ModelInferResponse):
+                        c = attempt.candidate
+                        return Routed(outcome, c.peer, c.endpoint, c.price, attempts,
+                                      self._clock() - started)
+                    if outcome.code not in _RETRYABLE:
+                        raise outcome
+                    last_error = outcome
+        finally:
+            for attempt in running:  # the hedge that lost, or everything on error
+                attempt.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await attempt.task
+                self.observations.finish(attempt.candidate.peer, self._clock())
+        if self._clock() >= deadline:
+            raise DeadlineExceededError(
+                f"deadline of {options.timeout:g}s passed after {attempts} attempt(s)"
+                + (f"; last error: {last_error}" if last_error else ""))
+        assert last_error is not None
+        raise last_error

@@ -1,0 +1,292 @@
+"""Membership over the in-memory transport: discovery, expiry, and hostile adverts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from swarm._clock import FakeClock
+from swarm._types import Digest
+from swarm.node import Node, NodeConfig
+from swarm.node._runtime import Model
+from swarm.protocol import _advert
+from swarm.protocol._advert import Advert, ModelOffer, Price
+from swarm.protocol._gossip import Gossip
+from swarm.protocol._identity import Identity
+from swarm.protocol._membership import (
+    ADVERT_TOPIC,
+    Membership,
+    MembershipConfig,
+    RateLimiter,
+    significant_change,
+)
+from swarm.protocol._memory import MemoryNetwork
+from swarm.protocol._view import PeerView
+
+INTERVAL = 0.5
+
+
+def advert_of(identity: Identity, *, sequence: int, timestamp: float, ttl: float = 5.0,
+              queue: int = 0) -> Advert:
+    return Advert(identity.peer_id, ("127.0.0.1:1",),
+                  (ModelOffer(Digest.of(b"m"), "test/m", max_batch_size=8),),
+                  sequence=sequence, timestamp=timestamp, ttl=ttl, queue_depth=queue)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@asynccontextmanager
+async def swarm_of(n: int, tmp_path: Path, mlp: Model, network: MemoryNetwork,
+                   ) -> AsyncIterator[list[Node]]:
+    async def factory(identity: Identity, config: NodeConfig) -> Gossip:
+        return network.join(identity.peer_id)
+
+    nodes = []
+    try:
+        for i in range(n):
+            config = NodeConfig.local(tmp_path / f"n{i}", device="cpu", p2p_port=0,
+                                      advert_interval=INTERVAL, price_per_request=10 * (i + 1),
+                                      region=f"r{i}")
+            node = Node(config, models=[mlp], gossip_factory=factory)
+            await node.start()
+            nodes.append(node)
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def sees_all(nodes: list[Node]) -> bool:
+    ids = {n.identity.peer_id for n in nodes if n.identity}
+    return all(n.membership is not None and set(n.membership.view.entries) == ids - {
+        n.identity.peer_id} for n in nodes if n.identity)
+
+
+async def test_nodes_discover_each_other_and_adverts_carry_capacity(
+        tmp_path: Path, mlp: Model) -> None:
+    network = MemoryNetwork(seed=1)
+    async with swarm_of(3, tmp_path, mlp, network) as nodes:
+        assert await wait_for(lambda: sees_all(nodes), 5.0)
+        view = nodes[0].membership.view  # type: ignore[union-attr]
+        entry = view.get(nodes[1].identity.peer_id)  # type: ignore[union-attr]
+        assert entry is not None
+        advert = entry.advert
+        assert advert.endpoints == (nodes[1].grpc_address,)
+        assert [m.name for m in advert.models] == ["builtin/mlp"]
+        assert advert.models[0].digest == mlp.digest
+        assert advert.price == Price(20, 0)
+        assert advert.region == "r1"
+        assert advert.hardware.device_kind == "cpu"
+        assert not advert.draining
+        assert [e.peer_id for e in view.providers(mlp.digest)] == sorted(
+            (nodes[1].identity.peer_id, nodes[2].identity.peer_id),  # type: ignore[union-attr]
+            key=lambda p: p.value)
+
+
+async def test_killed_node_leaves_every_view_within_three_intervals(
+        tmp_path: Path, mlp: Model) -> None:
+    network = MemoryNetwork(seed=2)
+    async with swarm_of(3, tmp_path, mlp, network) as nodes:
+        assert await wait_for(lambda: sees_all(nodes), 5.0)
+        victim = nodes[2].identity.peer_id  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        network.kill(victim)  # crash: no goodbye, no more adverts
+        gone = await wait_for(lambda: all(
+            victim not in n.membership.view for n in nodes[:2]), 3 * INTERVAL * 1.2 + 1)
+        assert gone
+        assert loop.time() - killed_at <= 3 * INTERVAL * 1.2 + 0.5
+
+
+async def test_draining_node_advertises_it_before_stopping(tmp_path: Path, mlp: Model) -> None:
+    network = MemoryNetwork(seed=3)
+    async with swarm_of(2, tmp_path, mlp, network) as nodes:
+        assert await wait_for(lambda: sees_all(nodes), 5.0)
+        leaving = nodes[1]
+        peer = leaving.identity.peer_id  # type: ignore[union-attr]
+        await leaving.stop()
+        entry = nodes[0].membership.view.get(peer)  # type: ignore[union-attr]
+        assert entry is not None
+        assert entry.advert.draining
+
+
+@pytest.fixture
+def hostile() -> tuple[MemoryNetwork, Membership, Gossip, Identity]:
+    network = MemoryNetwork(seed=4, degree=0)
+    honest_id = Identity.generate()
+    honest = network.join(honest_id.peer_id)
+    rogue = network.join(Identity.generate().peer_id)
+    network.link(honest_id.peer_id, rogue.peer_id)
+    membership = Membership(honest, config=MembershipConfig(rate_per_second=1, rate_burst=3))
+    return network, membership, rogue, honest_id
+
+
+async def run_membership(membership: Membership) -> asyncio.Task[None]:
+    task = asyncio.create_task(membership.run())
+    await asyncio.sleep(0.01)
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_forged_and_tampered_adverts_never_enter_the_view(hostile) -> None:  # type: ignore[no-untyped-def]
+    network, membership, rogue, _ = hostile
+    task = await run_membership(membership)
+    victim = Identity.generate()
+    attacker = Identity.generate()
+    now = asyncio.get_running_loop().time()
+    import time
+
+    good = _advert.encode(advert_of(victim, sequence=1, timestamp=time.time()), victim)
+    # Tampered: flip a byte inside the signed payload.
+    tampered = bytearray(good)
+    tampered[12] ^= 0x01
+    # Forged: the victim's peer id, signed by the attacker's key.
+    forged_payload = advert_of(victim, sequence=2, timestamp=time.time())
+    signed = _advert.encode(dataclasses.replace(forged_payload, peer_id=attacker.peer_id), attacker)
+    from swarm._proto.swarm.v1 import advert_pb2
+
+    msg = advert_pb2.SignedAdvert.FromString(signed)
+    payload = advert_pb2.CapacityAdvert.FromString(msg.payload)
+    payload.peer_id = victim.peer_id.value
+    forged = advert_pb2.SignedAdvert(payload=payload.SerializeToString(),
+                                     signature=msg.signature).SerializeToString()
+    for data in (bytes(tampered), forged, b"\x00garbage"):
+        await rogue.publish(ADVERT_TOPIC, data)
+    await network.settle()
+    await asyncio.sleep(0.05)
+    assert len(membership.view) == 0
+    assert membership.counters["forged"] == 3
+    await rogue.publish(ADVERT_TOPIC, good)
+    assert await wait_for(lambda: victim.peer_id in membership.view, 2.0)
+    assert now is not None
+    await stop(task)
+
+
+async def test_replayed_and_stale_adverts_are_ignored(hostile) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    network, membership, rogue, _ = hostile
+    task = await run_membership(membership)
+    peer = Identity.generate()
+    first = _advert.encode(advert_of(peer, sequence=10, timestamp=time.time(), queue=1), peer)
+    newer = _advert.encode(advert_of(peer, sequence=11, timestamp=time.time(), queue=7), peer)
+    stale = _advert.encode(advert_of(peer, sequence=12, timestamp=time.time() - 3600), peer)
+    future = _advert.encode(advert_of(peer, sequence=13, timestamp=time.time() + 3600), peer)
+    await rogue.publish(ADVERT_TOPIC, first)
+    await rogue.publish(ADVERT_TOPIC, newer)
+    assert await wait_for(lambda: (e := membership.view.get(peer.peer_id)) is not None
+                          and e.advert.sequence == 11, 2.0)
+    for data in (first, stale, future):  # a replay of an older advert, a stale one, a future one
+        await rogue.publish(ADVERT_TOPIC, data)
+    await network.settle()
+    await asyncio.sleep(0.05)
+    entry = membership.view.get(peer.peer_id)
+    assert entry is not None
+    assert entry.advert.sequence == 11
+    assert entry.advert.queue_depth == 7
+    assert membership.counters["replayed"] >= 1
+    assert membership.counters["stale"] == 1
+    assert membership.counters["future"] == 1
+    await stop(task)
+
+
+async def test_a_flood_from_one_peer_is_rate_limited(hostile) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    network, membership, rogue, _ = hostile
+    task = await run_membership(membership)
+    peer = Identity.generate()
+    for seq in range(1, 51):
+        await rogue.publish(ADVERT_TOPIC, _advert.encode(
+            advert_of(peer, sequence=seq, timestamp=time.time()), peer))
+    await network.settle()
+    await asyncio.sleep(0.05)
+    accepted = membership.counters["accepted"]
+    assert 1 <= accepted <= 4  # burst of 3, plus at most one refill in the test's time
+    assert membership.counters["rate_limited"] >= 46
+    await stop(task)
+
+
+async def test_our_own_advert_is_published_and_not_admitted() -> None:
+    network = MemoryNetwork(seed=5)
+    me = Identity.generate()
+    other = Identity.generate()
+    listener = Membership(network.join(other.peer_id))
+    import time
+
+    def source() -> Advert:
+        return advert_of(me, sequence=0, timestamp=0)
+
+    member = Membership(network.join(me.peer_id), identity=me, source=source,
+                        config=MembershipConfig.fast())
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(member.run())]
+    assert await wait_for(lambda: me.peer_id in listener.view, 3.0)
+    entry = listener.view.get(me.peer_id)
+    assert entry is not None
+    assert abs(entry.advert.timestamp - time.time()) < 5
+    assert entry.advert.ttl == MembershipConfig.fast().ttl
+    assert len(member.view) == 0  # SELF
+    for t in tasks:
+        await stop(t)
+
+
+# ---------------------------------------------------------------------------- pure pieces
+
+def test_significant_change() -> None:
+    me = Identity.generate()
+    base = advert_of(me, sequence=1, timestamp=1.0, queue=10)
+    assert significant_change(None, base)
+    assert not significant_change(base, dataclasses.replace(base, sequence=2, queue_depth=12))
+    assert significant_change(base, dataclasses.replace(base, queue_depth=15))
+    assert significant_change(base, dataclasses.replace(base, draining=True))
+    assert significant_change(base, dataclasses.replace(base, price=Price(1, 0)))
+    assert significant_change(base, dataclasses.replace(base, models=()))
+    assert significant_change(base, dataclasses.replace(base, stored=(Digest.of(b"x"),)))
+
+
+def test_rate_limiter_refills_over_time() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=2.0, burst=3.0, clock=clock.monotonic)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")  # keys are independent
+    clock.advance(0.5)
+    assert limiter.allow("a")
+    assert not limiter.allow("a")
+
+
+def test_sequence_is_monotonic_across_restarts_of_the_clock() -> None:
+    network = MemoryNetwork(seed=6)
+    me = Identity.generate()
+    clock = FakeClock()
+    member = Membership(network.join(me.peer_id), identity=me,
+                        source=lambda: advert_of(me, sequence=0, timestamp=0), clock=clock,
+                        rng=random.Random(0))
+    first = member._next_advert()
+    second = member._next_advert()
+    assert second.sequence > first.sequence
+    assert first.sequence >= int(clock.time() * 1000)
+
+
+def test_view_is_a_frozen_snapshot() -> None:
+    view = PeerView()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.own = None  # type: ignore[misc]
