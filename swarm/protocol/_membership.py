@@ -201,10 +201,18 @@ class Membership:
         j = self.config.jitter
         return self.config.advert_interval * self._rng.uniform(1 - j, 1 + j)
 
+    async def _publish_logged(self) -> None:
+        # A transport failure must not take the node down: log it, retry next period.
+        try:
+            await self.publish_now()
+        except Exception as exc:
+            self.counters["publish_failed"] = self.counters.get("publish_failed", 0) + 1
+            log.warning("advert publish failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
     async def _publisher(self) -> None:
         assert self._source is not None
         last = self._clock.monotonic()
-        await self.publish_now()
+        await self._publish_logged()
         period = self._period()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -217,7 +225,7 @@ class Membership:
             if due or self._changed.is_set() or significant_change(
                     self._last_published, self._source()):
                 self._changed.clear()
-                await self.publish_now()
+                await self._publish_logged()
                 last = now
                 period = self._period()
 
