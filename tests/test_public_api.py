@@ -55,3 +55,13 @@ def test_import_swarm_does_not_import_torch() -> None:
         [sys.executable, "-c", "import swarm, sys; print('torch' in sys.modules)"],
         capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_swarm_simnet_exports() -> None:
+    import swarm.simnet
+
+    assert set(swarm.simnet.__all__) == {
+        "Cluster", "ClusterConfig", "DeadlockError", "NodeHandle", "NodeStatus",
+        "RoundRobinRouter", "RoutedResult", "Router", "RunOptions", "RunResult", "Scenario",
+        "VirtualClock", "VirtualTimeError", "VirtualTimeLoop", "load_scenario", "parse_scenario",
+        "run_scenario", "run_virtual", "start_cluster"}

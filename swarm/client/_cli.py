@@ -16,6 +16,7 @@ from swarm._errors import SwarmError
 from swarm.client._async import AsyncClient
 from swarm.client._types import TensorInfo
 from swarm.protocol._view import PeerView
+from swarm.simnet._cli import add_simnet_parser, run_simnet
 
 __all__ = ["main"]
 
@@ -161,11 +162,19 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--json", action="store_true", help="machine-readable output")
     peers.add_argument("--wait", type=float, default=8.0,
                        help="longest time to listen for adverts (seconds)")
+    add_simnet_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import os
+
+    from swarm._logging import configure_logging
+
+    configure_logging(os.environ.get("SWARM_LOG_LEVEL", "warning"))
+    if args.command == "simnet":
+        return run_simnet(args)
     handler = {"infer": _infer, "models": _models, "peers": _peers}[args.command]
     try:
         return asyncio.run(handler(args))

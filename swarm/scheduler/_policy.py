@@ -187,12 +187,13 @@ def choose(view: PeerView, request: Request, obs: Observations | ObservationSnap
     rows = []
     reasons: dict[str, int] = {}
     cheapest: float | None = None
+    typical = _typical(entries, stats, config)
     for entry in entries:
         peer_stats = stats.get(entry.peer_id)
         price = entry.advert.price.cost(request.items)
         reason = _refusal(entry, peer_stats, request, price, now, config)
         if reason is None:
-            rows.append(_estimate(entry, peer_stats, stats, request, price, now, config))
+            rows.append(_estimate(entry, peer_stats, stats, request, price, now, config, typical))
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
         if reason == _PRICE:
@@ -237,21 +238,36 @@ class _Row:
     queue: float
 
 
+def _typical(entries: list[PeerEntry], stats: ObservationSnapshot,
+             config: SchedulerConfig) -> tuple[float, float]:
+    """Median measured (rtt, per-item service) over the providers; defaults when none measured.
+
+    A provider we have not measured yet is assumed typical, not pessimistic: otherwise
+    the first provider measured would win every pick and the others would never be tried.
+    """
+    rtts = sorted(r for e in entries if (r := stats.get(e.peer_id).rtt) is not None)
+    services = sorted(v for e in entries if (v := stats.get(e.peer_id).service) is not None)
+    rtt = rtts[len(rtts) // 2] if rtts else config.default_rtt
+    service = services[len(services) // 2] if services else config.default_service
+    return rtt, service
+
+
 def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapshot,
-              request: Request, price: float, now: float, config: SchedulerConfig) -> _Row:
+              request: Request, price: float, now: float, config: SchedulerConfig,
+              typical: tuple[float, float]) -> _Row:
     advert = entry.advert
     offer = advert.offer(request.digest)
     per_item = peer_stats.service
     if per_item is None:
         speed = offer.items_per_second if offer is not None else 0.0
-        per_item = 1.0 / speed if speed > 0 else config.default_service
+        per_item = 1.0 / speed if speed > 0 else typical[1]
     work = max(_MIN_WORK, request.items * per_item)
     depth = offer.queue_depth if offer is not None else advert.queue_depth
     advertised = max(0.0, depth - max(0.0, now - entry.received_at) / work)
     own_work = peer_stats.items_in_flight(since=entry.received_at) * per_item
     surprise = peer_stats.surprise_now(now, stats.config.surprise_half_life)
     wait = advertised * work + config.in_flight_weight * own_work + surprise
-    rtt = peer_stats.rtt if peer_stats.rtt is not None else config.default_rtt
+    rtt = peer_stats.rtt if peer_stats.rtt is not None else typical[0]
     return _Row(entry, rtt + max(0.0, wait) + work, price, advertised + own_work / work)
 
 

@@ -343,3 +343,17 @@ def test_request_and_preference_validation() -> None:
 def test_config_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         SchedulerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_an_unmeasured_provider_is_assumed_typical_so_it_gets_tried() -> None:
+    # Peer 0 is measured (rtt 10 ms, service 20 ms/item); peers 1 and 2 are new and idle.
+    view = view_of(advert(0, ips=0), advert(1, ips=0), advert(2, ips=0))
+    obs = known(0, rtt=0.01)
+    obs.record_success(PEERS[0], 0.03, items=1, now=0, queued=0.0, service=0.02)
+    got = {c.peer: c.expected_latency for c in pick(view, Request(MODEL), obs)}
+    assert got[PEERS[1]] == pytest.approx(got[PEERS[0]])  # the median of what we measured
+    assert got[PEERS[2]] == pytest.approx(got[PEERS[0]])
+    firsts = Counter(pick(view, Request(MODEL), obs, seed=s, config=SchedulerConfig())[0].peer
+                     for s in range(300))
+    # No herding on the one provider we happen to know: new ones win first picks too.
+    assert sum(n for peer, n in firsts.items() if peer != PEERS[0]) >= 100

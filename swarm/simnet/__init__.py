@@ -1,0 +1,57 @@
+"""Multi-node simulation: many virtual nodes in one process, on virtual time.
+
+_vloop.py  VirtualTimeLoop (asyncio loop whose clock jumps to the next timer),
+           run_virtual, VirtualClock (the injected Clock reading it)
+
+The in-memory gossip network the simulated nodes talk over lives in
+swarm/protocol/_memory.py (MemoryNetwork).
+
+Real processes on this machine (`swarm simnet up`):
+
+_scenario.py   Scenario files (TOML) -> frozen Scenario; send_times / plan_requests
+               (pure, seeded); the shipped scenarios are in scenarios/*.toml
+_cluster.py    start_cluster: N swarm-node processes, one process group each;
+               faults kill / leave / rejoin / set_slowdown (SIGSTOP duty cycle)
+_workload.py   Router protocol, RoundRobinRouter (failover), drive: open-loop requests
+_report.py     summaries and promise checks (pure), LiveView (rich), write_report
+               (report.json, summary.md, latency.png, load.png)
+_run.py        run_scenario: cluster + workload + fault timeline + report
+_netns.py      --netns: one network namespace per node, bridge, tc netem (root)
+_child.py      how a node is run: dies with simnet (PR_SET_PDEATHSIG), then swarm-node
+_cli.py        `swarm simnet up` (add_simnet_parser, run_simnet)
+_testing.py    start_swarm(n): real node processes for the test suite
+"""
+
+from swarm.simnet._cluster import Cluster, ClusterConfig, NodeHandle, NodeStatus, start_cluster
+from swarm.simnet._run import RunOptions, RunResult, run_scenario
+from swarm.simnet._scenario import Scenario, load_scenario, parse_scenario
+from swarm.simnet._vloop import (
+    DeadlockError,
+    VirtualClock,
+    VirtualTimeError,
+    VirtualTimeLoop,
+    run_virtual,
+)
+from swarm.simnet._workload import RoundRobinRouter, RoutedResult, Router
+
+__all__ = [
+    "Cluster",
+    "ClusterConfig",
+    "DeadlockError",
+    "NodeHandle",
+    "NodeStatus",
+    "RoundRobinRouter",
+    "RoutedResult",
+    "Router",
+    "RunOptions",
+    "RunResult",
+    "Scenario",
+    "VirtualClock",
+    "VirtualTimeError",
+    "VirtualTimeLoop",
+    "load_scenario",
+    "parse_scenario",
+    "run_scenario",
+    "run_virtual",
+    "start_cluster",
+]

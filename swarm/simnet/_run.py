@@ -1,0 +1,249 @@
+"""One run of a scenario: start the swarm, drive the workload, apply the faults, report.
+
+    result = await run_scenario(scenario, RunOptions(report_dir=Path("reports/x")), stop=event)
+
+Setting `stop` ends the run early (Ctrl-C): in-flight requests are cancelled and
+recorded, every node is stopped, and the partial report is still written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from swarm._errors import SwarmError
+from swarm.client import AsyncClient
+from swarm.simnet._cluster import Cluster, ClusterConfig, NetworkLayer, NodeStatus, start_cluster
+from swarm.simnet._report import (
+    FaultEvent,
+    LiveView,
+    NodeRow,
+    Summary,
+    render_summary,
+    summarize,
+    write_report,
+)
+from swarm.simnet._scenario import Fault, FaultKind, Scenario, plan_requests
+from swarm.simnet._workload import Endpoint, Recorder, RoundRobinRouter, SchedulerRouter, drive
+
+__all__ = ["RunOptions", "RunResult", "run_scenario"]
+
+NOT_IN_BUILD = ("not available in this build: model rollout and rollback need the registry, "
+                "which simnet does not drive yet")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    # Folder for report.json, summary.md, the plots and logs/node-<i>.log.
+    report_dir: Path
+    # Live view: True, False, or None for "when the console is a terminal".
+    live: bool | None = None
+    # Each node in its own network namespace (root only).
+    netns: bool = False
+    # Peer-to-peer discovery between the nodes.
+    p2p: bool = True
+    # Seconds a node may take to start.
+    start_timeout: float = 120.0
+    # "scheduler" (the SDK's swarm-aware client) or "round-robin" (fixed addresses).
+    router: str = "scheduler"
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    summary: Summary
+    files: tuple[Path, ...]
+    notes: tuple[str, ...]
+
+
+def _endpoints(cluster: Cluster) -> list[Endpoint]:
+    return [Endpoint(h.grpc, frozenset(h.spec.models)) for h in cluster.history]
+
+
+def _rows(cluster: Cluster) -> list[NodeRow]:
+    rows = []
+    for i, handle in enumerate(cluster.nodes):
+        status = cluster.status(i)
+        running = status in (NodeStatus.UP, NodeStatus.SLOW)
+        rows.append(NodeRow(i, status.value, handle.pid if handle and running else None,
+                            handle.grpc if handle else "", cluster.slowdown(i)))
+    return rows
+
+
+class _Timeline:
+    """Applies the scenario's faults at their times; one task per fault."""
+
+    def __init__(self, cluster: Cluster, scenario: Scenario, start: float, netns: bool) -> None:
+        self.cluster = cluster
+        self.scenario = scenario
+        self.start = start
+        self.netns = netns
+        self.events: list[FaultEvent] = []
+        self.lines: list[str] = []
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time() - self.start
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for fault in self.scenario.faults:
+                tg.create_task(self._one(fault))
+
+    async def _one(self, fault: Fault) -> None:
+        await asyncio.sleep(max(0.0, fault.at - self._now()))
+        began = self._now()
+        try:
+            outcome = await self._apply(fault)
+        except SwarmError as exc:
+            outcome = f"failed: {exc}"
+        self.events.append(FaultEvent(fault.at, began if outcome == "applied" else None,
+                                      fault.kind.value, fault.describe(), outcome))
+        self.lines.append(f"{began:5.1f}s  {fault.describe()}: {outcome}"
+                          + (f" (took {self._now() - began:.1f} s)" if outcome == "applied" else ""))
+        if outcome == "applied" and fault.duration is not None:
+            await asyncio.sleep(max(0.0, fault.at + fault.duration - self._now()))
+            await self._undo(fault)
+            self.lines.append(f"{self._now():5.1f}s  {fault.describe()}: over")
+
+    async def _apply(self, fault: Fault) -> str:
+        c = self.cluster
+        node = fault.node if fault.node is not None else -1
+        match fault.kind:
+            case FaultKind.KILL:
+                await c.kill(node)
+            case FaultKind.LEAVE:
+                await c.leave(node)
+            case FaultKind.REJOIN:
+                await c.rejoin(node)
+            case FaultKind.SLOW:
+                c.set_slowdown(node, fault.slowdown)
+            case FaultKind.PARTITION:
+                if not self.netns:
+                    return "unsupported: partition needs --netns (loopback has one network)"
+                await c.partition(node, True)
+            case FaultKind.ROLLOUT | FaultKind.ROLLBACK:
+                return NOT_IN_BUILD
+        return "applied"
+
+    async def _undo(self, fault: Fault) -> None:
+        node = fault.node if fault.node is not None else -1
+        if fault.kind is FaultKind.SLOW:
+            self.cluster.set_slowdown(node, self.scenario.node_specs()[node].slowdown)
+        elif fault.kind is FaultKind.PARTITION:
+            await self.cluster.partition(node, False)
+
+
+@contextlib.asynccontextmanager
+async def _network(scenario: Scenario, options: RunOptions,
+                   notes: list[str]) -> AsyncIterator[NetworkLayer | None]:
+    if not options.netns:
+        yield None
+        return
+    from swarm.simnet._netns import netns_network
+
+    async with netns_network(scenario.node_count, scenario.network) as network:
+        notes.append(f"--netns: one network namespace per node, on {network.subnet}")
+        notes.extend(network.notes)
+        yield network
+
+
+async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio.Event | None = None,
+                       started: asyncio.Event | None = None,
+                       console: Console | None = None) -> RunResult:
+    """Run the scenario end to end and write its report. Raises SwarmError if the swarm
+    cannot start. Once every node serves, `started` is set; from then on setting `stop`
+    ends the run early and returns a summary marked interrupted (before, cancel the call)."""
+    console = console or Console(soft_wrap=True)
+    stop = stop or asyncio.Event()
+    report_dir = options.report_dir
+    started_at = time.time()
+    plan = plan_requests(scenario.workload, scenario.duration, random.Random(scenario.seed))
+    inputs_rng = np.random.default_rng(scenario.seed)
+    recorder = Recorder()
+    title = f"simnet {scenario.name}"
+    console.print(f"[bold]{title}[/]: {scenario.description or scenario.source}")
+    console.print(f"  {scenario.node_count} nodes, {len(plan)} requests over "
+                  f"{scenario.duration:g} s, seed {scenario.seed}, report in {report_dir}")
+    config = ClusterConfig(log_dir=report_dir / "logs", p2p=options.p2p,
+                           advert_interval=scenario.advert_interval,
+                           start_timeout=options.start_timeout)
+    interrupted = False
+    timeline: _Timeline | None = None
+    network_notes: list[str] = []
+    async with _network(scenario, options, network_notes) as network, \
+            start_cluster(scenario.node_specs(), config, network=network) as cluster:
+        for h in cluster.nodes:
+            assert h is not None
+            console.print(f"  node {h.index}  pid {h.pid}  grpc {h.grpc}  "
+                          f"models {','.join(h.spec.models)}"
+                          + (f"  slowdown x{h.spec.slowdown:g}" if h.spec.slowdown > 1 else "")
+                          + (f"  p2p {h.p2p[0]}" if h.p2p else ""), highlight=False)
+        cluster.notes[:0] = network_notes
+        for note in cluster.notes:
+            console.print(f"  [yellow]note[/]: {note}")
+        router: RoundRobinRouter | SchedulerRouter
+        p2p_addrs = [a for h in cluster.nodes if h is not None for a in h.p2p]
+        if options.router == "scheduler" and p2p_addrs:
+            router = SchedulerRouter(AsyncClient(bootstrap=p2p_addrs[:3],
+                                                 timeout=scenario.workload.timeout))
+            if not await router.start(len(cluster.nodes), options.start_timeout):
+                cluster.notes.append("the client did not see every node before the workload")
+        else:
+            if options.router == "scheduler":
+                cluster.notes.append("no peer-to-peer addresses: routing round-robin instead")
+            router = RoundRobinRouter(lambda: _endpoints(cluster))
+        index_of = {h.grpc: h.index for h in cluster.history}
+
+        def node_of(address: str) -> int | None:
+            if address not in index_of:
+                index_of.update({h.grpc: h.index for h in cluster.history})
+            return index_of.get(address)
+
+        def price_of(node: int, items: int) -> float | None:
+            handle = cluster.nodes[node]
+            return handle.price_of(items) if handle is not None else None
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        recorder.started_at = start
+        timeline = _Timeline(cluster, scenario, start, options.netns)
+        view = LiveView(console, title=title, duration=scenario.duration, recorder=recorder,
+                        nodes=lambda: _rows(cluster),
+                        events=lambda: [*cluster.notes, *timeline.lines],
+                        live=options.live)
+        console.print("simnet: workload started", highlight=False)
+        if started is not None:
+            started.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                driving = tg.create_task(drive(
+                    plan, scenario.workload, router, recorder, rng=inputs_rng,
+                    node_of=node_of, price_of=price_of, start=start), name="workload")
+                stopping = tg.create_task(stop.wait(), name="stop")
+                others = [tg.create_task(timeline.run(), name="faults"),
+                          tg.create_task(view.run(), name="live view")]
+                await asyncio.wait({driving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                interrupted = not driving.done()
+                for task in (driving, stopping, *others):
+                    task.cancel()
+        finally:
+            await router.aclose()
+        history = cluster.history
+        notes = [*cluster.notes, *timeline.lines]
+    summary = summarize(recorder.records, duration=scenario.duration,
+                        promises=scenario.promises, faults=timeline.events,
+                        interrupted=interrupted)
+    console.print(render_summary(summary, title=title, faults=timeline.events))
+    files = write_report(report_dir, title=title, scenario=scenario, summary=summary,
+                         records=recorder.records, faults=timeline.events, nodes=history,
+                         notes=notes, started_at=started_at)
+    console.print(f"report: {report_dir}", highlight=False)
+    return RunResult(summary, tuple(files), tuple(notes))
+

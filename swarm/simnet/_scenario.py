@@ -1,0 +1,693 @@
+"""Scenario files (TOML): the swarm, its workload, a fault timeline and the run's promises.
+
+    name = "failover"
+    description = "a node is killed mid-run; no request may be lost"
+    duration = 20                       # seconds of workload
+    seed = 1
+
+    [nodes]
+    count = 3                           # optional when groups are given: their sum
+    [[nodes.group]]
+    count = 3
+    models = ["builtin/mlp"]            # what each node of the group serves
+    price_per_request = 10              # micro-units, advertised by the node
+    price_per_1k_items = 0
+    region = "local"
+    slowdown = 1.0                      # >= 1: the process runs 1/slowdown of the time
+
+    [workload]
+    shape = "poisson"                   # constant | poisson | ramp | burst
+    rate = 20                           # requests/s (ramp: at the start; burst: the base)
+    end_rate = 40                       # ramp only: rate at the end
+    burst_rate = 80                     # burst only: rate inside each burst
+    bursts = [{at = 5, length = 2}]     # burst only
+    items = 1                           # items per request
+    timeout = 5                         # per-request deadline, seconds
+    max_in_flight = 256                 # open loop, but bounded: beyond it requests are shed
+    [[workload.model]]
+    name = "builtin/mlp"
+    weight = 1
+    inputs = "vector"                   # text | vector (inferred for the built-in models)
+
+    [[fault]]
+    at = 8
+    kind = "kill"                       # kill | slow | partition | leave | rejoin | rollout | rollback
+    node = 1
+
+    [promises]
+    max_lost_requests = 0
+    p99_ms = 1500
+
+Everything here is pure: parsing, validation (ConfigError naming the file and
+the field), CLI overrides, and the request plan computed from a seeded RNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import random
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from swarm._errors import ConfigError
+
+__all__ = [
+    "Burst",
+    "Fault",
+    "FaultKind",
+    "ModelMix",
+    "Network",
+    "NodeGroup",
+    "NodeSpec",
+    "PlannedRequest",
+    "Promises",
+    "Scenario",
+    "Shape",
+    "Workload",
+    "builtin_scenarios",
+    "load_scenario",
+    "parse_scenario",
+    "plan_requests",
+    "rate_at",
+    "send_times",
+]
+
+BUILTIN_MODELS = ("builtin/minilm", "builtin/mlp")
+MLP_DIM = 512
+# A run is bounded: plans beyond this many requests are refused at validation.
+MAX_REQUESTS = 1_000_000
+
+
+class Shape(enum.StrEnum):
+    CONSTANT = "constant"  # evenly spaced arrivals
+    POISSON = "poisson"    # exponential inter-arrival times
+    RAMP = "ramp"          # Poisson, rate moving linearly from `rate` to `end_rate`
+    BURST = "burst"        # Poisson at `rate`, at `burst_rate` inside each burst window
+
+
+class FaultKind(enum.StrEnum):
+    KILL = "kill"            # SIGKILL the node
+    SLOW = "slow"            # stop it most of the time (SIGSTOP/SIGCONT duty cycle)
+    PARTITION = "partition"  # cut its links (--netns only)
+    LEAVE = "leave"          # SIGTERM: graceful drain, then exit
+    REJOIN = "rejoin"        # start it again with the same data dir (same identity)
+    ROLLOUT = "rollout"      # publish a new version of a model (needs the registry)
+    ROLLBACK = "rollback"    # return a model to its previous version (needs the registry)
+
+
+_NODE_FAULTS = {FaultKind.KILL, FaultKind.SLOW, FaultKind.PARTITION, FaultKind.LEAVE,
+                FaultKind.REJOIN}
+_MODEL_FAULTS = {FaultKind.ROLLOUT, FaultKind.ROLLBACK}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGroup:
+    """Nodes that share a configuration (a `[[nodes.group]]` table)."""
+
+    # How many nodes of this kind.
+    count: int = 1
+    # Models each node serves (`--serve`).
+    models: tuple[str, ...] = BUILTIN_MODELS
+    # Advertised prices, micro-units.
+    price_per_request: int = 0
+    price_per_1k_items: int = 0
+    # Region label the node advertises.
+    region: str = ""
+    # >= 1. The whole process runs 1/slowdown of the time (SIGSTOP/SIGCONT duty cycle).
+    slowdown: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """One node of the swarm: its position and its group's settings."""
+
+    index: int
+    models: tuple[str, ...] = BUILTIN_MODELS
+    price_per_request: int = 0
+    price_per_1k_items: int = 0
+    region: str = ""
+    slowdown: float = 1.0
+
+    def price_of(self, items: int) -> float:
+        """Micro-units one request of `items` items costs at this node."""
+        return self.price_per_request + self.price_per_1k_items * items / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Burst:
+    # Seconds from the start of the workload.
+    at: float
+    # Seconds the burst lasts.
+    length: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMix:
+    """One model of the workload and its share of the requests."""
+
+    name: str
+    weight: float = 1.0
+    # "text" (sentences, for MiniLM) or "vector" (random FP32 rows of `dim` values).
+    inputs: str = "vector"
+    dim: int = MLP_DIM
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    shape: Shape = Shape.POISSON
+    # Requests per second (ramp: at the start; burst: outside bursts).
+    rate: float = 20.0
+    # Ramp: requests per second at the end.
+    end_rate: float | None = None
+    # Burst: requests per second inside a burst.
+    burst_rate: float | None = None
+    bursts: tuple[Burst, ...] = ()
+    models: tuple[ModelMix, ...] = (ModelMix("builtin/minilm", inputs="text"),
+                                    ModelMix("builtin/mlp"))
+    # Items (texts or vectors) per request.
+    items: int = 1
+    # Deadline of each request, seconds from its scheduled send time.
+    timeout: float = 5.0
+    # Requests in flight at once; a request due beyond that is shed (counted as lost).
+    max_in_flight: int = 256
+
+    def scaled_to(self, rate: float) -> Workload:
+        """The same shape with every rate scaled so that the base rate is `rate`."""
+        factor = rate / self.rate if self.rate > 0 else 0.0
+        return dataclasses.replace(
+            self, rate=rate,
+            end_rate=None if self.end_rate is None else self.end_rate * factor,
+            burst_rate=None if self.burst_rate is None else self.burst_rate * factor)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One event of the fault timeline (a `[[fault]]` table)."""
+
+    # Seconds from the start of the workload.
+    at: float
+    kind: FaultKind
+    # Node index (kill, slow, partition, leave, rejoin).
+    node: int | None = None
+    # slow, partition: seconds until undone (None: until the end of the run).
+    duration: float | None = None
+    # slow: the node runs 1/slowdown of the time.
+    slowdown: float = 5.0
+    # rollout, rollback: which model; rollout: the version (tag or digest) rolled out.
+    model: str | None = None
+    version: str | None = None
+
+    def describe(self) -> str:
+        if self.kind in _MODEL_FAULTS:
+            return f"{self.kind} {self.model}" + (f" to {self.version}" if self.version else "")
+        text = f"{self.kind} node {self.node}"
+        if self.kind is FaultKind.SLOW:
+            text += f" x{self.slowdown:g}"
+        if self.duration is not None:
+            text += f" for {self.duration:g}s"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Link properties of --netns runs (tc netem on every node's link)."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_percent: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Promises:
+    # Requests that may end without a result (errors, deadlines, shed).
+    max_lost_requests: int = 0
+    # Bound on the 99th percentile latency of successful requests (None: no bound).
+    p99_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    # Seconds during which requests are sent.
+    duration: float
+    seed: int
+    groups: tuple[NodeGroup, ...]
+    # Number of nodes; node i gets group expanded[i % len(expanded)] (see node_specs).
+    node_count: int
+    workload: Workload
+    faults: tuple[Fault, ...] = ()
+    promises: Promises = Promises()
+    network: Network = Network()
+    # Seconds between capacity adverts (None: the node's default).
+    advert_interval: float | None = None
+    # Where it came from: a path or "builtin:NAME".
+    source: str = ""
+
+    def node_specs(self) -> tuple[NodeSpec, ...]:
+        """One spec per node. Groups are expanded in order and repeated when --nodes asks
+        for more nodes than they hold (or cut when it asks for fewer)."""
+        expanded = [g for g in self.groups for _ in range(g.count)]
+        return tuple(
+            NodeSpec(index=i, models=g.models, price_per_request=g.price_per_request,
+                     price_per_1k_items=g.price_per_1k_items, region=g.region,
+                     slowdown=g.slowdown)
+            for i, g in ((i, expanded[i % len(expanded)]) for i in range(self.node_count)))
+
+    def with_overrides(self, *, nodes: int | None = None, duration: float | None = None,
+                       rate: float | None = None, seed: int | None = None) -> Scenario:
+        """Apply command-line overrides and validate the result again."""
+        changed = self
+        if nodes is not None:
+            changed = dataclasses.replace(changed, node_count=nodes)
+        if duration is not None:
+            changed = dataclasses.replace(changed, duration=duration)
+        if rate is not None:
+            changed = dataclasses.replace(changed, workload=changed.workload.scaled_to(rate))
+        if seed is not None:
+            changed = dataclasses.replace(changed, seed=seed)
+        validate(changed, where=f"{self.source or self.name} (with command-line overrides)")
+        return changed
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def builtin_scenarios() -> list[str]:
+    """Names of the scenarios shipped in swarm/simnet/scenarios/."""
+    folder = resources.files("swarm.simnet") / "scenarios"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_scenario(ref: str | Path) -> Scenario:
+    """A scenario from a file path, or by name from the shipped scenarios."""
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read scenario {path}: {exc.strerror or exc}") from exc
+        return parse_scenario(text, source=str(path))
+    name = str(ref)
+    if name not in builtin_scenarios():
+        raise ConfigError(f"no scenario file or built-in scenario named {name!r} "
+                          f"(built-in: {', '.join(builtin_scenarios())})")
+    text = (resources.files("swarm.simnet") / "scenarios" / f"{name}.toml").read_text()
+    return parse_scenario(text, source=f"builtin:{name}")
+
+
+def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
+    """Parse and validate a scenario; every problem is a ConfigError naming the field."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    r = _Reader(raw, source, "")
+    r.known({"name", "description", "duration", "seed", "nodes", "workload", "fault",
+             "promises", "network"})
+    nodes = r.table("nodes")
+    nodes.known({"count", "group", "advert_interval"})
+    groups = tuple(_group(g) for g in nodes.tables("group")) or (NodeGroup(count=1),)
+    count = nodes.integer("count", None)
+    if count is None:
+        count = sum(g.count for g in groups)
+    elif nodes.has("group") and count != sum(g.count for g in groups):
+        raise ConfigError(f"{source}: nodes.count is {count} but the groups hold "
+                          f"{sum(g.count for g in groups)} nodes")
+    elif not nodes.has("group"):
+        groups = (NodeGroup(count=count),)
+    scenario = Scenario(
+        name=r.string("name", Path(source.removeprefix("builtin:")).stem),
+        description=r.string("description", ""),
+        duration=r.number("duration", 30.0),
+        seed=r.integer("seed", 0) or 0,
+        groups=groups,
+        node_count=count,
+        workload=_workload(r.table("workload")),
+        faults=tuple(_fault(f) for f in r.tables("fault")),
+        promises=_promises(r.table("promises")),
+        network=_network(r.table("network")),
+        advert_interval=nodes.optional_number("advert_interval"),
+        source=source,
+    )
+    validate(scenario, where=source)
+    return scenario
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name file and field."""
+
+    def __init__(self, raw: Any, source: str, path: str) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: {path or 'the file'} must be a table")
+        self.raw = raw
+        self.source = source
+        self.path = path
+
+    def sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def where(self, key: str) -> str:
+        return f"{self.source}: {self.sub(key)}"
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def known(self, keys: set[str]) -> None:
+        unknown = sorted(set(self.raw) - keys)
+        if unknown:
+            table = f"[{self.path}]" if self.path else "the top level"
+            raise ConfigError(f"{self.source}: unknown key {unknown[0]!r} in {table} "
+                              f"(known: {', '.join(sorted(keys))})")
+
+    def _get(self, key: str, kinds: tuple[type, ...], what: str) -> Any:
+        value = self.raw[key]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise ConfigError(f"{self.where(key)} must be {what}, got {value!r}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        return str(self._get(key, (str,), "a string")) if key in self.raw else default
+
+    def number(self, key: str, default: float) -> float:
+        return float(self._get(key, (int, float), "a number")) if key in self.raw else default
+
+    def optional_number(self, key: str) -> float | None:
+        return float(self._get(key, (int, float), "a number")) if key in self.raw else None
+
+    def integer(self, key: str, default: int | None) -> int | None:
+        return int(self._get(key, (int,), "an integer")) if key in self.raw else default
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        if key not in self.raw:
+            return default
+        value = self._get(key, (list,), "a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.where(key)} must be a list of strings, got {value!r}")
+        return tuple(value)
+
+    def table(self, key: str) -> _Reader:
+        return _Reader(self.raw.get(key, {}), self.source, self.sub(key))
+
+    def tables(self, key: str) -> list[_Reader]:
+        value = self.raw.get(key, [])
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.where(key)} must be an array of tables ([[{key}]])")
+        return [_Reader(v, self.source, f"{self.sub(key)}[{i}]") for i, v in enumerate(value)]
+
+
+def _group(r: _Reader) -> NodeGroup:
+    r.known({f.name for f in dataclasses.fields(NodeGroup)})
+    return NodeGroup(
+        count=r.integer("count", 1) or 0,
+        models=r.strings("models", BUILTIN_MODELS),
+        price_per_request=r.integer("price_per_request", 0) or 0,
+        price_per_1k_items=r.integer("price_per_1k_items", 0) or 0,
+        region=r.string("region", ""),
+        slowdown=r.number("slowdown", 1.0),
+    )
+
+
+def _model_mix(r: _Reader) -> ModelMix:
+    r.known({"name", "weight", "inputs", "dim"})
+    if not r.has("name"):
+        raise ConfigError(f"{r.where('name')} is required")
+    name = r.string("name", "")
+    default_inputs = "text" if name == "builtin/minilm" else "vector"
+    if name not in BUILTIN_MODELS and not r.has("inputs"):
+        raise ConfigError(f"{r.where('inputs')}: say which inputs {name!r} takes "
+                          f"(\"text\" or \"vector\")")
+    return ModelMix(name=name, weight=r.number("weight", 1.0),
+                    inputs=r.string("inputs", default_inputs), dim=r.integer("dim", MLP_DIM) or 0)
+
+
+def _workload(r: _Reader) -> Workload:
+    r.known({"shape", "rate", "end_rate", "burst_rate", "bursts", "model", "items", "timeout",
+             "max_in_flight"})
+    shape_text = r.string("shape", "poisson")
+    try:
+        shape = Shape(shape_text)
+    except ValueError:
+        raise ConfigError(f"{r.where('shape')}: unknown shape {shape_text!r} "
+                          f"(one of: {', '.join(s.value for s in Shape)})") from None
+    bursts = []
+    for b in r.tables("bursts"):
+        b.known({"at", "length"})
+        if not (b.has("at") and b.has("length")):
+            raise ConfigError(f"{b.where('at')}: a burst needs `at` and `length`")
+        bursts.append(Burst(at=b.number("at", 0.0), length=b.number("length", 0.0)))
+    models = tuple(_model_mix(m) for m in r.tables("model")) or Workload().models
+    return Workload(
+        shape=shape,
+        rate=r.number("rate", 20.0),
+        end_rate=r.optional_number("end_rate"),
+        burst_rate=r.optional_number("burst_rate"),
+        bursts=tuple(bursts),
+        models=models,
+        items=r.integer("items", 1) or 0,
+        timeout=r.number("timeout", 5.0),
+        max_in_flight=r.integer("max_in_flight", 256) or 0,
+    )
+
+
+def _fault(r: _Reader) -> Fault:
+    r.known({f.name for f in dataclasses.fields(Fault)})
+    for key in ("at", "kind"):
+        if not r.has(key):
+            raise ConfigError(f"{r.where(key)} is required")
+    kind_text = r.string("kind", "")
+    try:
+        kind = FaultKind(kind_text)
+    except ValueError:
+        raise ConfigError(f"{r.where('kind')}: unknown fault kind {kind_text!r} "
+                          f"(one of: {', '.join(k.value for k in FaultKind)})") from None
+    allowed = {"at", "kind"}
+    if kind in _NODE_FAULTS:
+        allowed.add("node")
+        if not r.has("node"):
+            raise ConfigError(f"{r.where('node')} is required for a {kind} fault")
+    if kind in (FaultKind.SLOW, FaultKind.PARTITION):
+        allowed.add("duration")
+    if kind is FaultKind.SLOW:
+        allowed.add("slowdown")
+    if kind in _MODEL_FAULTS:
+        allowed |= {"model", "version"}
+        if not r.has("model"):
+            raise ConfigError(f"{r.where('model')} is required for a {kind} fault")
+    for key in sorted(set(r.raw) - allowed):
+        raise ConfigError(f"{r.where(key)} does not apply to a {kind} fault")
+    return Fault(at=r.number("at", 0.0), kind=kind, node=r.integer("node", None),
+                 duration=r.optional_number("duration"), slowdown=r.number("slowdown", 5.0),
+                 model=r.string("model", "") or None, version=r.string("version", "") or None)
+
+
+def _promises(r: _Reader) -> Promises:
+    r.known({"max_lost_requests", "p99_ms"})
+    return Promises(max_lost_requests=r.integer("max_lost_requests", 0) or 0,
+                    p99_ms=r.optional_number("p99_ms"))
+
+
+def _network(r: _Reader) -> Network:
+    r.known({"latency_ms", "jitter_ms", "loss_percent"})
+    return Network(latency_ms=r.number("latency_ms", 0.0), jitter_ms=r.number("jitter_ms", 0.0),
+                   loss_percent=r.number("loss_percent", 0.0))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(s: Scenario, *, where: str) -> None:
+    """Raise ConfigError for the first problem found (values, then the fault timeline)."""
+
+    def bad(message: str) -> ConfigError:
+        return ConfigError(f"{where}: {message}")
+
+    if not s.duration > 0 or not math.isfinite(s.duration):
+        raise bad(f"duration must be a positive number of seconds, got {s.duration}")
+    if s.node_count < 1:
+        raise bad(f"the swarm needs at least one node, got {s.node_count}")
+    if s.advert_interval is not None and not s.advert_interval > 0:
+        raise bad("nodes.advert_interval must be positive")
+    for i, g in enumerate(s.groups):
+        at = f"nodes.group[{i}]"
+        if g.count < 1:
+            raise bad(f"{at}.count must be at least 1, got {g.count}")
+        if not g.models:
+            raise bad(f"{at}.models must name at least one model")
+        if g.price_per_request < 0 or g.price_per_1k_items < 0:
+            raise bad(f"{at}: prices cannot be negative")
+        if not (g.slowdown >= 1 and math.isfinite(g.slowdown)):
+            raise bad(f"{at}.slowdown must be >= 1 (1 = full speed, 4 = a quarter), "
+                      f"got {g.slowdown}")
+    _validate_workload(s.workload, s.duration, bad)
+    served = {m for spec in s.node_specs() for m in spec.models}
+    for m in s.workload.models:
+        if m.name not in served:
+            raise bad(f"workload.model {m.name!r} is served by no node "
+                      f"(served: {', '.join(sorted(served))})")
+    if s.promises.max_lost_requests < 0:
+        raise bad("promises.max_lost_requests cannot be negative")
+    if s.promises.p99_ms is not None and not s.promises.p99_ms > 0:
+        raise bad("promises.p99_ms must be positive")
+    n = s.network
+    if n.latency_ms < 0 or n.jitter_ms < 0 or not 0 <= n.loss_percent <= 100:
+        raise bad("network: latency and jitter must be >= 0 and loss_percent in 0..100")
+    _validate_timeline(s, bad)
+
+
+def _validate_workload(w: Workload, duration: float, bad: Callable[[str], ConfigError]) -> None:
+    if not w.rate >= 0 or not math.isfinite(w.rate):
+        raise bad(f"workload.rate must be >= 0 requests/s, got {w.rate}")
+    if w.shape is Shape.RAMP:
+        if w.end_rate is None or not w.end_rate >= 0:
+            raise bad("workload.end_rate (>= 0) is required for shape = \"ramp\"")
+    elif w.end_rate is not None:
+        raise bad("workload.end_rate applies only to shape = \"ramp\"")
+    if w.shape is Shape.BURST:
+        if w.burst_rate is None or not w.burst_rate >= 0:
+            raise bad("workload.burst_rate (>= 0) is required for shape = \"burst\"")
+        if not w.bursts:
+            raise bad("workload.bursts is required for shape = \"burst\", "
+                      "e.g. bursts = [{at = 5, length = 2}]")
+        for i, b in enumerate(w.bursts):
+            if b.at < 0 or b.length <= 0 or b.at >= duration:
+                raise bad(f"workload.bursts[{i}] must start within the run (0 <= at < "
+                          f"{duration:g}) and last > 0 s")
+    elif w.burst_rate is not None or w.bursts:
+        raise bad("workload.burst_rate and workload.bursts apply only to shape = \"burst\"")
+    if not w.models:
+        raise bad("workload needs at least one [[workload.model]]")
+    for i, m in enumerate(w.models):
+        if not m.weight > 0:
+            raise bad(f"workload.model[{i}].weight must be positive")
+        if m.inputs not in ("text", "vector"):
+            raise bad(f"workload.model[{i}].inputs must be \"text\" or \"vector\", got "
+                      f"{m.inputs!r}")
+        if m.dim < 1:
+            raise bad(f"workload.model[{i}].dim must be positive")
+    if w.items < 1:
+        raise bad(f"workload.items must be at least 1, got {w.items}")
+    if not w.timeout > 0:
+        raise bad("workload.timeout must be positive")
+    if w.max_in_flight < 1:
+        raise bad("workload.max_in_flight must be at least 1")
+    expected = _expected_count(w, duration)
+    if expected > MAX_REQUESTS:
+        raise bad(f"the workload would send about {expected:.0f} requests; the limit is "
+                  f"{MAX_REQUESTS}")
+
+
+def _validate_timeline(s: Scenario, bad: Callable[[str], ConfigError]) -> None:
+    down: set[int] = set()
+    rolled: dict[str, int] = {}
+    served = {m for spec in s.node_specs() for m in spec.models}
+    for i, f in sorted(enumerate(s.faults), key=lambda p: (p[1].at, p[0])):
+        at = f"fault[{i}] ({f.kind} at {f.at:g}s)"
+        if not 0 <= f.at < s.duration:
+            raise bad(f"{at}: must happen during the run (0 <= at < duration {s.duration:g})")
+        if f.kind in _NODE_FAULTS:
+            if f.node is None or not 0 <= f.node < s.node_count:
+                raise bad(f"{at}: node {f.node} is out of range (the swarm has "
+                          f"{s.node_count} nodes: 0..{s.node_count - 1})")
+            if f.kind is FaultKind.REJOIN:
+                if f.node not in down:
+                    raise bad(f"{at}: node {f.node} is not down (kill or leave it first)")
+                down.discard(f.node)
+            elif f.node in down:
+                raise bad(f"{at}: node {f.node} is already down")
+            elif f.kind in (FaultKind.KILL, FaultKind.LEAVE):
+                down.add(f.node)
+        if f.duration is not None and not f.duration > 0:
+            raise bad(f"{at}: duration must be positive")
+        if f.kind is FaultKind.SLOW and not f.slowdown > 1:
+            raise bad(f"{at}: slowdown must be > 1")
+        if f.kind in _MODEL_FAULTS:
+            assert f.model is not None  # parser guarantees it for model faults
+            if f.model not in served:
+                raise bad(f"{at}: model {f.model!r} is served by no node")
+            if f.kind is FaultKind.ROLLOUT:
+                rolled[f.model] = rolled.get(f.model, 0) + 1
+            elif rolled.get(f.model, 0) == 0:
+                raise bad(f"{at}: nothing to roll back for {f.model!r} (no rollout before it)")
+            else:
+                rolled[f.model] -= 1
+    if len(down) == s.node_count and s.faults:
+        raise bad("the fault timeline takes every node down and never brings one back")
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    index: int
+    # Seconds from the start of the workload.
+    at: float
+    model: str
+
+
+def rate_at(w: Workload, t: float, duration: float) -> float:
+    """Requests per second the workload asks for at time t (0 <= t < duration)."""
+    if w.shape is Shape.RAMP:
+        assert w.end_rate is not None
+        return w.rate + (w.end_rate - w.rate) * min(max(t / duration, 0.0), 1.0)
+    if w.shape is Shape.BURST:
+        assert w.burst_rate is not None
+        if any(b.at <= t < b.at + b.length for b in w.bursts):
+            return w.burst_rate
+    return w.rate
+
+
+def _expected_count(w: Workload, duration: float) -> float:
+    if w.shape is Shape.RAMP:
+        return (w.rate + (w.end_rate or 0.0)) / 2 * duration
+    if w.shape is Shape.BURST:
+        inside = sum(max(0.0, min(b.at + b.length, duration) - b.at) for b in w.bursts)
+        return w.rate * (duration - inside) + (w.burst_rate or 0.0) * inside
+    return w.rate * duration
+
+
+def send_times(w: Workload, duration: float, rng: random.Random) -> tuple[float, ...]:
+    """Seconds from the start at which requests are sent, ascending, all in [0, duration).
+
+    constant: every 1/rate seconds from 0. poisson: exponential gaps. ramp and
+    burst: a Poisson process whose rate follows `rate_at` (thinning).
+    """
+    if w.shape is Shape.CONSTANT:
+        if w.rate <= 0:
+            return ()
+        n = math.ceil(duration * w.rate - 1e-9)
+        return tuple(k / w.rate for k in range(n) if k / w.rate < duration)
+    peak = max(rate_at(w, t, duration) for t in _breakpoints(w, duration))
+    if peak <= 0:
+        return ()
+    times: list[float] = []
+    t = rng.expovariate(peak)
+    while t < duration:
+        if w.shape is Shape.POISSON or rng.random() * peak < rate_at(w, t, duration):
+            times.append(t)
+        t += rng.expovariate(peak)
+    return tuple(times)
+
+
+def _breakpoints(w: Workload, duration: float) -> list[float]:
+    points = [0.0, math.nextafter(duration, 0.0)]
+    points += [b.at for b in w.bursts if b.at < duration]
+    return points
+
+
+def plan_requests(w: Workload, duration: float, rng: random.Random) -> tuple[PlannedRequest, ...]:
+    """Send times, each with the model it asks for (weighted by the model mix)."""
+    times = send_times(w, duration, rng)
+    names = [m.name for m in w.models]
+    weights = [m.weight for m in w.models]
+    models = rng.choices(names, weights=weights, k=len(times))
+    return tuple(PlannedRequest(i, t, m) for i, (t, m) in enumerate(zip(times, models, strict=True)))
+
