@@ -192,13 +192,18 @@ class AsyncClient:
         await self._peer.settle(self._join_timeout, quiet=1.0)
 
     async def _named(self, model: str, version: str, inputs: Inputs) -> dict[str, np.ndarray]:
-        if isinstance(inputs, Mapping):
-            return {str(k): to_numpy(v) for k, v in inputs.items()}
+        """Name the inputs, and give a lone item (no batch dimension) a batch of one."""
         info = await self.metadata(model, version=version)
-        if len(info.inputs) != 1:
+        if isinstance(inputs, Mapping):
+            named = {str(k): to_numpy(v) for k, v in inputs.items()}
+        elif len(info.inputs) != 1:
             names = ", ".join(t.name for t in info.inputs)
             raise InvalidInputError(f"{model} takes several inputs ({names}): pass a dict")
-        return {info.inputs[0].name: to_numpy(inputs)}
+        else:
+            named = {info.inputs[0].name: to_numpy(inputs)}
+        ranks = {t.name: len(t.shape) for t in info.inputs}
+        return {name: array[np.newaxis] if array.ndim == ranks.get(name, -1) - 1 else array
+                for name, array in named.items()}
 
     def _options(self, timeout: float | None, max_price: float | None,
                  preference: str | float | Preference | None) -> RoutingOptions:
@@ -274,9 +279,12 @@ class AsyncClient:
             if progress is not None:
                 progress(1)
 
-        async with asyncio.TaskGroup() as tg:
-            for i, x in enumerate(items):
-                tg.create_task(one(i, x))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i, x in enumerate(items):
+                    tg.create_task(one(i, x))
+        except* SwarmError as group:  # the first failure cancels the rest; report it as itself
+            raise group.exceptions[0] from None
         return [r for r in results if r is not None]
 
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from swarm import __version__
 from swarm._errors import SwarmError
@@ -36,28 +37,82 @@ def _jsonable(value: np.ndarray) -> Any:
     return value.tolist()
 
 
+def _client(args: argparse.Namespace) -> AsyncClient:
+    if bool(args.node) == bool(args.bootstrap):
+        raise SwarmError("give --node HOST:PORT, or --bootstrap MULTIADDR to use the swarm")
+    if args.node:
+        if args.max_price is not None or args.prefer is not None:
+            raise SwarmError("--max-price and --prefer need --bootstrap (routing in the swarm)")
+        return AsyncClient(args.node, timeout=args.timeout)
+    return AsyncClient(bootstrap=args.bootstrap, timeout=args.timeout, max_price=args.max_price,
+                       preference=args.prefer or "latency")
+
+
+def _as_inputs(value: Any) -> Any:
+    """One JSON value -> model inputs: text(s), a numeric array, or named arrays."""
+    if isinstance(value, str):
+        return np.array([value.encode()], dtype=object)
+    if isinstance(value, dict):
+        return {k: _as_inputs(v) for k, v in value.items()}
+    array = np.asarray(value)
+    if array.dtype.kind == "U":
+        return np.array([s.encode() for s in array.reshape(-1)], dtype=object).reshape(array.shape)
+    return array.astype(np.float32) if array.dtype.kind in "fiu" else array
+
+
+def _read_lines(path: Path) -> list[Any]:
+    items = []
+    with path.open() as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(_as_inputs(json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise SwarmError(f"{path}:{number}: not JSON: {exc.msg}") from exc
+    if not items:
+        raise SwarmError(f"{path} holds no inputs (one JSON value per line)")
+    return items
+
+
+async def _infer_file(args: argparse.Namespace, client: AsyncClient) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    items = _read_lines(args.file)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(args.model, total=len(items))
+        results = await client.map(args.model, items, concurrency=args.concurrency,
+                                   progress=lambda n: bar.advance(task, n))
+    for result in results:
+        outputs = result if isinstance(result, dict) else {"output": result}
+        print(json.dumps({k: _jsonable(v) for k, v in outputs.items()}))
+    return 0
+
+
 async def _infer(args: argparse.Namespace) -> int:
-    if sum(x is not None for x in (args.text, args.input, args.json)) != 1:
-        raise SwarmError("give the input as --text (repeatable), --input FILE or --json VALUE")
-    if args.text is not None:
-        inputs: Any = np.array([t.encode() for t in args.text], dtype=object)
-    elif args.input is not None:
-        inputs = _load_input(args.input)
-    else:
-        inputs = json.loads(args.json)
-    if isinstance(inputs, dict):
-        inputs = {k: np.asarray(v, dtype=np.float32) if not isinstance(v, np.ndarray) else v
-                  for k, v in inputs.items()}
-    elif not isinstance(inputs, np.ndarray):
-        inputs = np.asarray(inputs, dtype=np.float32)
-    async with AsyncClient(args.node, timeout=args.timeout) as client:
+    given = sum(x is not None for x in (args.text, args.input, args.json, args.file))
+    if given != 1:
+        raise SwarmError("give the input as --text (repeatable), --input FILE, --json VALUE "
+                         "or --file FILE.jsonl")
+    async with _client(args) as client:
+        if args.file is not None:
+            return await _infer_file(args, client)
+        if args.text is not None:
+            inputs: Any = np.array([t.encode() for t in args.text], dtype=object)
+        elif args.input is not None:
+            inputs = _load_input(args.input)
+            inputs = inputs if isinstance(inputs, np.ndarray) else _as_inputs(inputs)
+        else:
+            inputs = _as_inputs(json.loads(args.json))
         outputs = await client.infer_raw(args.model, inputs)
     print(json.dumps({name: _jsonable(v) for name, v in outputs.items()}))
     return 0
 
 
 async def _models(args: argparse.Namespace) -> int:
-    async with AsyncClient(args.node, timeout=args.timeout) as client:
+    args.max_price = args.prefer = None
+    async with _client(args) as client:
         models = await client.models()
     if args.json:
         print(json.dumps([{
@@ -145,14 +200,26 @@ def _parser() -> argparse.ArgumentParser:
 
     infer = sub.add_parser("infer", help="run a model on inputs; prints outputs as JSON")
     infer.add_argument("model", help="model name, e.g. builtin/minilm")
-    infer.add_argument("--node", required=True, help="node address HOST:PORT")
+    infer.add_argument("--node", help="a node's address HOST:PORT (talk to it directly)")
+    infer.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                       help="join the swarm through this peer and let the scheduler route")
     infer.add_argument("--text", action="append", help="a text input (repeatable)")
     infer.add_argument("--input", type=Path, help="inputs from a .npy or .json file")
     infer.add_argument("--json", help="inputs as a JSON value (array, or object of arrays)")
+    infer.add_argument("--file", type=Path,
+                       help="many inputs, one JSON value per line: spread over providers, "
+                            "outputs printed one JSON line each, in order")
+    infer.add_argument("--concurrency", type=int, default=32,
+                       help="requests in flight at once with --file")
+    infer.add_argument("--max-price", type=float,
+                       help="highest price per request, micro-units (with --bootstrap)")
+    infer.add_argument("--prefer", help="latency, price, or a latency weight in [0, 1]")
     infer.add_argument("--timeout", type=float, default=30.0)
 
-    models = sub.add_parser("models", help="list the models a node serves")
-    models.add_argument("--node", required=True, help="node address HOST:PORT")
+    models = sub.add_parser("models", help="list the models a node (or the swarm) serves")
+    models.add_argument("--node", help="node address HOST:PORT")
+    models.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                        help="list what the whole swarm serves, joining through this peer")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.add_argument("--timeout", type=float, default=30.0)
 
