@@ -63,3 +63,5 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     lib.handlers[:] = [handler]
     lib.setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
     lib.propagate = False
+    # libp2p pins its auto-connector's logger at INFO (a line every 10 s): let it inherit.
+    logging.getLogger("libp2p.network.auto_connector").setLevel(logging.NOTSET)

@@ -358,7 +358,9 @@ class Node:
 
     @property
     def multiaddrs(self) -> list[str]:
-        return list(getattr(self.gossip, "listen_addrs", []))
+        # A wildcard listen address is not dialable: advertise the advertised host instead.
+        return [a.replace("/ip4/0.0.0.0/", f"/ip4/{self.config.advertise_host}/", 1)
+                for a in getattr(self.gossip, "listen_addrs", [])]
 
     def advert(self) -> Advert:
         """What this node offers now (Membership adds sequence, timestamp and TTL)."""

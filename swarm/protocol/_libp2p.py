@@ -50,6 +50,10 @@ MAX_MESSAGE_BYTES = 1024 * 1024 - 16 * 1024
 _PENDING_FORWARDERS = 4096
 # How often we look for new pubsub peers to (re)announce our topics to.
 _ANNOUNCE_CHECK_INTERVAL = 0.2
+# Publish waits (at most _PUBLISH_WAIT_MAX) while a peer's outbound queue (32) is this full.
+_QUEUE_HIGH_WATER = 16
+_PUBLISH_WAIT_MAX = 0.25
+_PUBLISH_WAIT_POLL = 0.002
 # How often a bootstrap link is checked once it is up.
 _LINK_CHECK_INTERVAL = 0.5
 # After close() asks the host to stop, how long a graceful shutdown may take before it
@@ -199,8 +203,8 @@ class Libp2pGossip(Gossip):
     def _ready_from_trio(self, token: trio.lowlevel.TrioToken, addrs: list[str]) -> None:
         self._call_in_loop(self._on_ready, token, addrs)
 
-    def _deliver_from_trio(self, msg: GossipMessage) -> None:
-        self._call_in_loop(self._on_message, msg)
+    def _deliver_from_trio(self, batch: list[GossipMessage]) -> None:
+        self._call_in_loop(self._on_messages, batch)
 
     def _call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -341,10 +345,11 @@ class Libp2pGossip(Gossip):
         self._send_trio(self._running_host().spawn, afn, args, settle)
         await done
 
-    def _on_message(self, msg: GossipMessage) -> None:
-        for sub in self._subs.get(msg.topic, ()):
-            if not sub.push(msg):
-                self._dropped += 1
+    def _on_messages(self, batch: list[GossipMessage]) -> None:
+        for msg in batch:
+            for sub in self._subs.get(msg.topic, ()):
+                if not sub.push(msg):
+                    self._dropped += 1
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         subs = self._subs.get(sub.topic)
@@ -425,7 +430,7 @@ class _TrioHost:
     """
 
     def __init__(self, identity: Identity, config: Libp2pConfig,
-                 deliver: Callable[[GossipMessage], None]) -> None:
+                 deliver: Callable[[list[GossipMessage]], None]) -> None:
         self._identity = identity
         self._config = config
         self._deliver = deliver
@@ -528,6 +533,11 @@ class _TrioHost:
             spam_protection_enabled=False,
             # "Adapts" the heartbeat to 30-60 s whenever the mesh looks small.
             adaptive_gossip_enabled=False,
+            # Publishes are also queued for connected peers not (yet) known to subscribe,
+            # to cover the subscription exchange after a connect; the defaults (100 per
+            # 30 s) log a warning per publish above ~3 msg/s on a topic some peer skips.
+            max_pending_messages_per_peer=256,
+            pending_messages_ttl=5.0,
         )
         pubsub = Pubsub(
             host, gossipsub, strict_signing=True,
@@ -651,29 +661,57 @@ class _TrioHost:
         self._wrap_validator(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
+        import trio
+
         assert self._pubsub is not None
         ready = self._topic_ready.get(topic)
         if ready is not None:
             await ready.wait()  # a subscribe sent before this publish is in place first
+        # Each peer's outbound queue holds 32 RPCs and silently drops when full, so a
+        # burst would lose most of itself: wait for room, but never long, so one stuck
+        # peer (frozen until the health check drops it) cannot stall every publish.
+        queues = self._pubsub.peer_queues
+        deadline = trio.current_time() + _PUBLISH_WAIT_MAX
+        # Polled: RpcQueue wakes its consumer only, it has no event for producers.
+        while (any(len(q) >= _QUEUE_HIGH_WATER for q in queues.values())  # noqa: ASYNC110
+               and trio.current_time() < deadline):
+            await trio.sleep(_PUBLISH_WAIT_POLL)
         await self._pubsub.publish(topic, data)
 
     # -------------------------------------------------------------- messages
 
     async def _drain(self, topic: str, ready: trio.Event) -> None:
-        """Empty libp2p's 32-slot subscription buffer continuously into asyncio."""
+        """Empty libp2p's 32-slot subscription buffer continuously into asyncio.
+
+        Everything buffered goes in one batch: a receive per message would yield to
+        the publishers after each one, and they can refill the buffer faster.
+        """
+        import trio
+
         assert self._pubsub is not None
         try:
-            sub = await self._pubsub.subscribe(topic)
+            await self._pubsub.subscribe(topic)
         finally:
             ready.set()
-        async for msg in sub:
-            seen = self._accepted.pop((topic, msg.from_id, msg.seqno), None)
-            if seen is None:
-                try:
-                    seen = _to_gossip(topic, msg, None)
-                except ValueError:
-                    continue
-            self._deliver(seen)
+        channel = self._pubsub.subscribed_topics_receive[topic].receive_channel
+        while True:
+            try:
+                raw = [await channel.receive()]
+            except trio.EndOfChannel:
+                return
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                while True:
+                    raw.append(channel.receive_nowait())
+            batch = []
+            for msg in raw:
+                seen = self._accepted.pop((topic, msg.from_id, msg.seqno), None)
+                if seen is None:
+                    try:
+                        seen = _to_gossip(topic, msg, None)
+                    except ValueError:
+                        continue
+                batch.append(seen)
+            self._deliver(batch)
 
     def _wrap_validator(self, topic: str) -> None:
         # Every topic we touch gets our wrapper, validator or not: it records who forwarded

@@ -209,6 +209,37 @@ async def test_close_stops_threads_and_ends_subscriptions() -> None:
     await eventually(lambda: not leftovers(), 2, "no threads left behind")
 
 
+async def test_burst_is_delivered_completely(start: Start) -> None:
+    # py-libp2p drops RPCs silently once a peer's outbound queue (32) is full.
+    a = await start()
+    b = await start(a)
+    subs = {a: a.subscribe(TOPIC), b: b.subscribe(TOPIC)}
+    await eventually(lambda: a.connected_peers() == [b.peer_id], 5, "A connected to B")
+    await warm_up(subs)
+    sent = [b"burst-%d" % i for i in range(200)]
+    for data in sent:
+        await a.publish(TOPIC, data)
+    assert [m.data for m in await receive(subs[b], len(sent), timeout=20)] == sent
+    assert b.dropped == 0
+
+
+async def test_concurrent_publishers_lose_nothing_locally(start: Start) -> None:
+    # libp2p's own subscription buffer (32) overflows unless it is drained in batches.
+    a = await start()
+    sub = a.subscribe(TOPIC)
+
+    async def publisher(n: int) -> None:
+        for i in range(100):
+            await a.publish(TOPIC, b"%d-%d" % (n, i))
+
+    async with asyncio.TaskGroup() as tg:
+        for n in range(4):
+            tg.create_task(publisher(n))
+    got = await receive(sub, 400)
+    assert len({m.data for m in got}) == 400
+    assert a.dropped == 0
+
+
 async def test_slow_subscriber_drops_oldest(start: Start) -> None:
     a = await start(max_queued_messages=4)
     sub = a.subscribe(TOPIC)
