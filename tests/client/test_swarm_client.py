@@ -111,7 +111,7 @@ async def test_a_leaving_node_costs_no_request(memory_swarm: Any, mlp: Model) ->
                     try:
                         await client.infer("builtin/mlp", x(), timeout=10)
                         done += 1
-                    except Exception as exc:  # noqa: BLE001 - counted and asserted below
+                    except Exception as exc:
                         failures.append(exc)
 
             workers = [asyncio.create_task(load()) for _ in range(4)]
@@ -154,7 +154,7 @@ async def test_map_spreads_inputs_and_keeps_order(memory_swarm: Any, mlp: Model)
 
 
 async def test_unknown_model_in_swarm_mode(memory_swarm: Any, mlp: Model) -> None:
-    async with memory_swarm([[mlp]]) as (network, nodes):
+    async with memory_swarm([[mlp]]) as (network, _nodes):
         client = AsyncClient(peer=light_peer(network), join_timeout=0.5)
         try:
             with pytest.raises(NoProviderError, match="no/such"):
