@@ -17,6 +17,7 @@ from swarm._errors import SwarmError
 from swarm.client._async import AsyncClient
 from swarm.client._types import TensorInfo
 from swarm.protocol._view import PeerView
+from swarm.registry import add_model_parser, run_model
 from swarm.simnet._cli import add_simnet_parser, run_simnet
 
 __all__ = ["main"]
@@ -230,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--wait", type=float, default=8.0,
                        help="longest time to listen for adverts (seconds)")
     add_simnet_parser(sub)
+    add_model_parser(sub)
     return parser
 
 
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(os.environ.get("SWARM_LOG_LEVEL", "warning"))
     if args.command == "simnet":
         return run_simnet(args)
+    if args.command == "model":
+        return run_model(args)
     handler = {"infer": _infer, "models": _models, "peers": _peers}[args.command]
     try:
         return asyncio.run(handler(args))

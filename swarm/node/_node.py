@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,16 +27,20 @@ import torch
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from swarm import __version__
-from swarm._errors import ConfigError, SwarmError
+from swarm._errors import ConfigError, ModelLoadError, ModelNotFoundError, SwarmError
 from swarm._proto import _pool
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
+from swarm._types import Digest, ModelRef
 from swarm.client._router import Router
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
+from swarm.node._builtins import BUILTINS
 from swarm.node._cache import ResponseCache
 from swarm.node._config import NodeConfig
+from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
@@ -48,6 +52,17 @@ from swarm.protocol._gossip import Gossip
 from swarm.protocol._identity import Identity
 from swarm.protocol._membership import Membership, MembershipConfig
 from swarm.protocol._view import PeerView
+from swarm.registry import (
+    BlobStore,
+    ManifestStore,
+    ModelFormat,
+    RegistryAgent,
+    RegistryConfig,
+    RegistryServicer,
+    Rollout,
+    RolloutConfig,
+    add_registry_service,
+)
 
 __all__ = ["Node", "NodeState"]
 
@@ -55,6 +70,15 @@ log = logging.getLogger("swarm.node")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 NODE_SERVICE = "swarm.v1.NodeService"
+REGISTRY_SERVICE = "swarm.v1.RegistryService"
+
+
+def registry_ref(ref: str) -> ModelRef | None:
+    """The registry model a --serve reference names (None: a built-in or a .pt2 file)."""
+    if ref.endswith(".pt2"):
+        return None
+    parsed = ModelRef.parse(ref)
+    return None if parsed.name in BUILTINS else parsed
 
 
 class NodeState(enum.Enum):
@@ -81,7 +105,9 @@ class Node:
 
     def __init__(self, config: NodeConfig, *, identity: Identity | None = None,
                  models: list[Model] | None = None,
-                 gossip_factory: GossipFactory | None = None) -> None:
+                 gossip_factory: GossipFactory | None = None,
+                 registry_config: RegistryConfig | None = None,
+                 rollout_config: RolloutConfig | None = None) -> None:
         self.config = config
         self.identity = identity
         self.state = NodeState.NEW
@@ -107,6 +133,18 @@ class Node:
         self.router = Router(self._peer_view) if config.p2p_port >= 0 else None
         self._service: InferenceService | None = None
         self._hardware = detect_hardware(self.device)
+        self._registry_config = registry_config or RegistryConfig()
+        self._rollout_config = rollout_config or RolloutConfig()
+        self.manifests: ManifestStore | None = None
+        self.registry: RegistryAgent | None = None
+        self.rollout: Rollout[Model] | None = None
+        # Versions stored here in full (advertised; cached: computing it reads the disk).
+        self._stored: tuple[Digest, ...] = ()
+        self._tg: asyncio.TaskGroup | None = None
+        self._batchers: dict[Digest, asyncio.Task[None]] = {}
+        # Registry models named by tag on --serve: served as their tags move.
+        self._follow: list[ModelRef] = []
+        self.metrics.registry.register(_RegistryCollector(self))
 
     # ------------------------------------------------------------------ public surface
 
@@ -171,10 +209,17 @@ class Node:
         if self.identity is None:
             self.identity = await asyncio.to_thread(Identity.load_or_create, config.key_path)
         models = list(self._preloaded)
+        follow = self._follow
         for ref in config.serve:
+            tagged = registry_ref(ref)
+            if tagged is not None:  # served once fetched; follows its tag (rollout/rollback)
+                follow.append(tagged)
+                continue
             model = await asyncio.to_thread(self._load, ref)
             self._owned.append(model)
             models.append(model)
+        self.manifests = ManifestStore(BlobStore(data_dir / "registry"))
+        self._stored = tuple(await asyncio.to_thread(self.manifests.complete_versions))
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -184,20 +229,34 @@ class Node:
         openai_runner: web.AppRunner | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 for model in models:
-                    served = self._serve_model(model)
-                    tg.create_task(served.batcher.run(), name=f"batcher:{model.name}")
+                    self._start_serving(model, default=True)
+                if config.p2p_port >= 0:
+                    # Before the services: the registry service answers from the agent's tags.
+                    self.gossip = await self._gossip_factory(self.identity, config)
+                    self.registry = RegistryAgent(
+                        self.gossip, self.manifests, view=self._peer_view,
+                        config=self._registry_config, on_stored=self._on_stored)
+                elif follow:
+                    raise ConfigError("serving registry models needs peer-to-peer (p2p_port >= 0)")
                 self._add_services(server)
                 self.grpc_port = self._bind(server)
                 await server.start()
                 site_runner = await self._start_http()
                 openai_runner = await self._start_openai()
-                if config.p2p_port >= 0:
-                    self.gossip = await self._gossip_factory(self.identity, config)
+                if self.gossip is not None and self.registry is not None:
                     self.membership = Membership(
                         self.gossip, identity=self.identity, source=self.advert,
                         config=MembershipConfig(advert_interval=config.advert_interval))
                     tg.create_task(self.membership.run(), name="membership")
+                    tg.create_task(self.registry.run(), name="registry")
+                    self.rollout = Rollout(_NodeDeployment(self), self._load_version,
+                                           config=self._rollout_config)
+                    for tagged in follow:
+                        tg.create_task(self.rollout.follow(
+                            tagged.name, self.registry.watch(tagged), self.registry.ensure),
+                            name=f"follow:{tagged}")
                 await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
                 await self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
                 self.state = NodeState.SERVING
@@ -256,6 +315,52 @@ class Node:
             "seconds": round(time.perf_counter() - started, 2)})
         return model
 
+    def _start_serving(self, model: Model, *, default: bool) -> ServedModel:
+        """Run a batcher for `model`, then make it reachable (the name's default if asked)."""
+        assert self._tg is not None
+        served = self._serve_model(model)
+        self._batchers[model.digest] = self._tg.create_task(
+            served.batcher.run(), name=f"batcher:{model.name}:{model.digest.short}")
+        self.table.add(served, default=default)
+        self.metrics.models_ready.set(len(self.table))
+        if self.membership is not None:
+            self.membership.notify_change()
+        return served
+
+    def _load_version(self, digest: Digest) -> Model:
+        """Load and warm up a stored registry version (runs in a thread; Rollout's loader)."""
+        assert self.manifests is not None
+        manifest = self.manifests.get(digest)
+        if manifest.format is not ModelFormat.TORCH_EXPORT or len(manifest.files) != 1:
+            raise ModelLoadError(f"{manifest.name} {digest.short}: only single-file "
+                                 "torch_export versions are served so far")
+        data = self.manifests.blobs.read(manifest.files[0].digest)  # verified
+        started = time.perf_counter()
+        model = ExportedModel(manifest.name, data, self.device,
+                              max_batch_size=manifest.batching.max_batch_size, digest=digest)
+        model.warmup()
+        log.info("model loaded", extra={
+            "model": model.name, "digest": digest.short, "device": str(model.device),
+            "seconds": round(time.perf_counter() - started, 2)})
+        return model
+
+    def _tags_of(self, name: str, digest: Digest) -> tuple[str, ...]:
+        """Tags this node follows for `name` that point at `digest` now (advertised)."""
+        if self.registry is None:
+            return ()
+        tags = []
+        for ref in self._follow:
+            if ref.name == name and ref.tag is not None:
+                with contextlib.suppress(ModelNotFoundError):
+                    if self.registry.resolve(ref) == digest:
+                        tags.append(ref.tag)
+        return tuple(tags)
+
+    def _on_stored(self, digest: Digest) -> None:
+        self._stored = tuple(sorted({*self._stored, digest}, key=lambda d: d.hex))
+        if self.membership is not None:
+            self.membership.notify_change()
+
     def _serve_model(self, model: Model) -> ServedModel:
         options = self.config.model_options(model.name)
         name = model.name
@@ -279,7 +384,6 @@ class Node:
         hooks = BatcherHooks(on_batch=on_batch, on_expired=expired.inc, on_queue_depth=depth.set)
         batcher = Batcher(model, policy_for(model, options), hooks=hooks)
         served = ServedModel(model, batcher, options)
-        self.table.add(served)
         return served
 
     def _peer_view(self) -> PeerView:
@@ -293,9 +397,12 @@ class Node:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server, pool=_pool.POOL)
+        services = [INFERENCE_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.registry is not None and self.manifests is not None:
+            add_registry_service(RegistryServicer(self.manifests, self.registry,
+                                                  on_stored=self._on_stored), server)
+            services.append(REGISTRY_SERVICE)
+        reflection.enable_server_reflection(tuple(services), server, pool=_pool.POOL)
 
     def _bind(self, server: grpc.aio.Server) -> int:
         address = f"{self.config.listen_host}:{self.config.grpc_port}"
@@ -367,7 +474,8 @@ class Node:
         assert self.identity is not None
         hw = self._hardware
         offers = tuple(ModelOffer(
-            digest=s.digest, name=s.name, max_batch_size=s.batcher.policy.max_batch_size,
+            digest=s.digest, name=s.name, tags=self._tags_of(s.name, s.digest),
+            max_batch_size=s.batcher.policy.max_batch_size,
             items_per_second=round(s.batcher.items_per_second, 1),
             queue_depth=s.batcher.queue_depth) for s in self.table)
         return Advert(
@@ -382,6 +490,7 @@ class Node:
             region=self.config.region,
             software_version=__version__,
             draining=self.state is not NodeState.SERVING,
+            stored=self._stored,
         )
 
     def status(self) -> node_pb2.NodeStatus:
@@ -428,3 +537,78 @@ class Node:
 
 class _Stopped(Exception):
     """Raised inside the node's TaskGroup to cancel its long-running tasks on stop."""
+
+
+class _RegistryCollector:
+    """The registry agent's and rollout's event counters as Prometheus counters."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for prefix, source in (("registry", self._node.registry), ("rollout", self._node.rollout)):
+            family = CounterMetricFamily(f"swarm_{prefix}_events", f"{prefix.capitalize()} events "
+                                         "(tags, fetches, chunks rejected, rollouts).",
+                                         labels=["event"])
+            for event, count in (source.counters if source is not None else {}).items():
+                family.add_metric([event], count)
+            yield family
+
+
+class _Withdrawn:
+    """A version taken out of the table, finishing its queue (swarm.registry.Served)."""
+
+    def __init__(self, node: Node, served: ServedModel, batcher: asyncio.Task[None] | None) -> None:
+        self._node = node
+        self._served = served
+        self._batcher = batcher
+
+    async def drain(self) -> None:
+        await self._served.batcher.drain()
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        model = self._served.model
+        if model in self._node._owned:  # preloaded models belong to the caller
+            self._node._owned.remove(model)
+            model.close()
+
+
+class _NodeDeployment:
+    """The node's ModelTable and batchers as a swarm.registry.Deployment."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def current(self, name: str) -> Digest | None:
+        try:
+            return self._node.table.resolve(name).digest
+        except ModelNotFoundError:
+            return None
+
+    def has(self, name: str, digest: Digest) -> bool:
+        return any(s.digest == digest for s in self._node.table.versions(name))
+
+    async def add(self, model: Model, *, default: bool) -> None:
+        self._node._owned.append(model)  # closed when withdrawn, or when the node stops
+        self._node._start_serving(model, default=default)
+
+    def set_default(self, name: str, digest: Digest) -> None:
+        table = self._node.table
+        table.add(table.resolve(name, digest.hex), default=True)
+
+    def withdraw(self, name: str, digest: Digest) -> _Withdrawn | None:
+        node = self._node
+        served = node.table.remove(name, digest)
+        if served is None:
+            return None
+        node.metrics.models_ready.set(len(node.table))
+        if node.membership is not None:
+            node.membership.notify_change()
+        return _Withdrawn(node, served, node._batchers.pop(digest, None))

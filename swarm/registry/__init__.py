@@ -6,8 +6,29 @@ _manifest.py  Manifest (a model version), its canonical protobuf encoding and di
               publisher signatures; manifest_for_file hashes a model file in one pass
 _tags.py      signed TagRecords and the pure TagState machine: highest sequence wins,
               namespace ownership (allowlist, else trust on first use), history for rollback
+_manifests.py ManifestStore: signed manifests beside their blobs (payload blob + signature sidecar)
+_service.py   RegistryServicer: the swarm.v1.RegistryService gRPC servicer (manifests, blob
+              ranges, listing, pushes, tags)
+_client.py    RegistryClient: its gRPC client (a fetch Source; the CLI's connection)
+_fetch.py     fetch_version: parallel, verified, resumable fetch of a version from several peers
+_agent.py     RegistryAgent: tags over gossip, resolve/watch, tag sync, volunteer replication;
+              the pure `volunteer` decision
+_rollout.py   Rollout: load + warm up, atomic switch, linger, drain, unload; `follow` a tag
+_publish.py   the publisher's side: key location, manifests from .pt2, push, tag sequences
+_cli.py       `swarm model push|ls|tag|rollback|pull`
 """
 
+from swarm.registry._agent import (
+    TAG_TOPIC,
+    RegistryAgent,
+    RegistryConfig,
+    pinned_versions,
+    under_replicated,
+    volunteer,
+)
+from swarm.registry._cli import add_model_parser, run_model
+from swarm.registry._client import RegistryClient
+from swarm.registry._fetch import FetchConfig, FetchResult, FetchStats, Source, fetch_version
 from swarm.registry._manifest import (
     BatchingDefaults,
     FileEntry,
@@ -20,6 +41,10 @@ from swarm.registry._manifest import (
     sign_manifest,
     verify_manifest,
 )
+from swarm.registry._manifests import ManifestStore
+from swarm.registry._publish import next_sequence, publisher_key_path
+from swarm.registry._rollout import Deployment, Loaded, Rollout, RolloutConfig, Served
+from swarm.registry._service import RegistryServicer, ServiceConfig, TagBook, add_registry_service
 from swarm.registry._store import DEFAULT_CHUNK_SIZE, BlobStore, BlobWriter, StoreUsage
 from swarm.registry._tags import (
     Outcome,
@@ -36,27 +61,53 @@ from swarm.registry._tags import (
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "TAG_TOPIC",
     "BatchingDefaults",
     "BlobStore",
     "BlobWriter",
+    "Deployment",
+    "FetchConfig",
+    "FetchResult",
+    "FetchStats",
     "FileEntry",
+    "Loaded",
     "Manifest",
+    "ManifestStore",
     "ModelFormat",
     "Outcome",
+    "RegistryAgent",
+    "RegistryClient",
+    "RegistryConfig",
+    "RegistryServicer",
+    "Rollout",
+    "RolloutConfig",
     "RuntimeNeeds",
+    "Served",
+    "ServiceConfig",
+    "Source",
     "StoreUsage",
+    "TagBook",
     "TagEntry",
     "TagRecord",
     "TagState",
     "TagVersion",
+    "add_model_parser",
+    "add_registry_service",
     "apply_tag",
+    "fetch_version",
     "file_entry",
     "manifest_digest",
     "manifest_for_file",
+    "next_sequence",
+    "pinned_versions",
     "previous",
+    "publisher_key_path",
     "resolve",
+    "run_model",
     "sign_manifest",
     "sign_tag",
+    "under_replicated",
     "verify_manifest",
     "verify_tag",
+    "volunteer",
 ]

@@ -1,0 +1,447 @@
+"""RegistryAgent: a node's registry brain — tags over gossip, resolution, replication.
+
+- Tags arrive on the gossip topic `swarm/tags/v1`. The transport-side validator
+  REJECTs records that do not verify (forged or malformed: the forwarding peer
+  is penalised) and IGNOREs stale, duplicate and unauthorized ones (an
+  unauthorized key moving someone else's tag is logged and counted). Accepted
+  records go through the pure `apply_tag`; the agent keeps the TagState and the
+  signed bytes of every current record, so peers can sync tags from it (gossip
+  has no memory: a node that joins later pulls them with ListModels).
+- `resolve(ref)` answers what `acme/classifier:stable` names now; `watch(ref)`
+  yields each new target (the node rolls out/back on it).
+- Replication: every pinned version (the current and previous target of every
+  tag) should be stored by `replication_factor` live nodes. The pure
+  `volunteer` decides which under-replicated versions this node fetches; the
+  loop waits a random jitter first and looks again, so nodes that noticed the
+  same deficit do not all fetch at once.
+
+The counters dict is for the node's metrics; every key is present from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from swarm._errors import IntegrityError, ModelNotFoundError, SwarmError, UnavailableError
+from swarm._proto.swarm.v1 import registry_pb2
+from swarm._types import Digest, ModelRef
+from swarm.protocol._gossip import Gossip, GossipMessage, Validation
+from swarm.protocol._view import PeerView
+from swarm.registry._client import RegistryClient
+from swarm.registry._fetch import FetchConfig, FetchStats, Progress, Source, fetch_version
+from swarm.registry._manifest import Manifest
+from swarm.registry._manifests import ManifestStore
+from swarm.registry._tags import Outcome, TagRecord, TagState, apply_tag, previous, resolve, verify_tag
+
+__all__ = [
+    "TAG_TOPIC",
+    "RegistryAgent",
+    "RegistryConfig",
+    "pinned_versions",
+    "under_replicated",
+    "volunteer",
+]
+
+log = logging.getLogger("swarm.registry")
+
+TAG_TOPIC = "swarm/tags/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    # Live nodes that should store each pinned version (current and previous tag targets).
+    replication_factor: int = 3
+    # Namespace -> the keys (raw Ed25519 public keys) that own it. Namespaces not listed
+    # are bound to the first key seen publishing in them (trust on first use).
+    allowlist: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
+    # Take part in keeping pinned versions replicated.
+    volunteer: bool = True
+    # Seconds between looks for under-replicated versions (each stretched by +/- 50%).
+    replicate_interval: float = 30.0
+    # Longest random wait before fetching a volunteered version (others may take it first).
+    jitter: float = 10.0
+    # Seconds between tag syncs from a random peer (records that gossip did not bring).
+    sync_interval: float = 60.0
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+
+    def __post_init__(self) -> None:
+        if self.replication_factor < 1:
+            raise ValueError("replication_factor must be >= 1")
+        if self.replicate_interval <= 0 or self.jitter < 0 or self.sync_interval <= 0:
+            raise ValueError("intervals must be > 0 and jitter >= 0")
+        # Frozen all the way down: the config may be shared between components.
+        object.__setattr__(self, "allowlist", types.MappingProxyType(
+            {ns: frozenset(keys) for ns, keys in self.allowlist.items()}))
+
+    @classmethod
+    def local(cls, **overrides: Any) -> RegistryConfig:
+        """Short intervals for tests and local demos."""
+        return dataclasses.replace(
+            cls(replicate_interval=1.0, jitter=0.2, sync_interval=2.0), **overrides)
+
+
+class RegistryPeer(Source, Protocol):
+    """A connection to a peer's registry service (RegistryClient is the real one)."""
+
+    async def list_models(self, name: str = "") -> registry_pb2.ListModelsResponse: ...
+
+    async def close(self) -> None: ...
+
+
+# Opens a connection to a peer's registry service by gRPC address.
+Connect = Callable[[str], RegistryPeer]
+
+
+# -- pure decisions ------------------------------------------------------------------------
+
+
+def pinned_versions(state: TagState) -> set[Digest]:
+    """Versions the swarm keeps replicated: every tag's target and the one it would roll back to."""
+    pinned: set[Digest] = set()
+    for (name, tag), entry in state.tags.items():
+        pinned.add(entry.target)
+        back = previous(state, name, tag)
+        if back is not None:
+            pinned.add(back)
+    return pinned
+
+
+def _holders(view: PeerView, digest: Digest) -> int:
+    return sum(1 for e in view.holders(digest) if not e.advert.draining)
+
+
+def under_replicated(view: PeerView, digest: Digest, replication_factor: int) -> bool:
+    """Fewer than `replication_factor` live peers in `view` store `digest`."""
+    return _holders(view, digest) < replication_factor
+
+
+def volunteer(view: PeerView, pinned: Set[Digest], own_stored: Set[Digest],
+              replication_factor: int, rng: random.Random) -> list[Digest]:
+    """Pinned versions this node should fetch now, fewest holders first.
+
+    A version qualifies if this node does not store it, at least one live
+    (non-draining) peer does (someone to fetch from), and fewer than
+    `replication_factor` do. Every node that sees the same deficit makes this
+    same decision, so each volunteers with probability deficit / candidates
+    (candidates: the live peers that do not hold it, plus this node): about
+    `deficit` nodes step forward in expectation, not all of them.
+    """
+    live = sum(1 for e in view if not e.advert.draining)
+    chosen: list[tuple[int, str, Digest]] = []
+    for digest in sorted(pinned, key=lambda d: d.hex):
+        if digest in own_stored:
+            continue
+        holders = _holders(view, digest)
+        if holders == 0 or holders >= replication_factor:
+            continue
+        deficit = replication_factor - holders
+        candidates = live - holders + 1
+        if rng.random() < deficit / candidates:
+            chosen.append((holders, digest.hex, digest))
+    return [digest for _, _, digest in sorted(chosen)]
+
+
+# -- the agent -----------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """Raised inside the agent's TaskGroup to end its tasks on stop()."""
+
+
+class RegistryAgent:
+    """Tags over gossip, resolution and watches, and volunteer replication, for one node.
+
+    `view` returns the current PeerView (Membership.view); `connect` opens a
+    peer's registry service by address; `on_stored(digest)` runs when a fetch
+    completes a version here (the node re-advertises what it stores). Every
+    random choice (jitter, volunteering, sync peer, holder order) draws from
+    `rng`; waits are asyncio sleeps, which simnet's virtual-time loop drives.
+    The agent takes no timestamps, so it needs no clock.
+    """
+
+    def __init__(self, gossip: Gossip, manifests: ManifestStore, *,
+                 view: Callable[[], PeerView], config: RegistryConfig = RegistryConfig(),
+                 rng: random.Random | None = None,
+                 connect: Connect = RegistryClient,
+                 on_stored: Callable[[Digest], None] = lambda digest: None) -> None:
+        self.config = config
+        self._gossip = gossip
+        self._manifests = manifests
+        self._view = view
+        self._rng = rng or random.Random()
+        self._connect = connect
+        self._on_stored = on_stored
+        self._state = TagState()
+        self._signed: dict[tuple[str, str], bytes] = {}
+        self._changed = asyncio.Event()
+        self._fetch_locks: dict[Digest, asyncio.Lock] = {}
+        self._stop = asyncio.Event()
+        self._closed = False
+        self.counters: dict[str, int] = {
+            "tags_accepted": 0, "tags_bound": 0, "tags_duplicate": 0, "tags_stale": 0,
+            "tags_unauthorized": 0, "tags_rejected": 0, "tags_published": 0,
+            "tag_syncs": 0, "tag_sync_failures": 0,
+            "fetches_completed": 0, "fetches_failed": 0, "bytes_fetched": 0,
+            "chunks_rejected": 0, "manifests_rejected": 0, "source_failures": 0,
+        }
+        gossip.set_validator(TAG_TOPIC, self.validate)
+
+    # -- TagBook (the service's view of us) --------------------------------------------------
+
+    @property
+    def state(self) -> TagState:
+        """The current tag snapshot (immutable)."""
+        return self._state
+
+    @property
+    def allowlist(self) -> Mapping[str, Set[bytes]]:
+        return self.config.allowlist
+
+    def signed_record(self, name: str, tag: str) -> bytes | None:
+        """SignedTag bytes of the current record of `name:tag`, if known."""
+        return self._signed.get((name, tag))
+
+    # -- tags ----------------------------------------------------------------------------------
+
+    def validate(self, msg: GossipMessage) -> Validation:
+        """Gossip validator for TAG_TOPIC (pure over the current state; may run on another thread)."""
+        try:
+            record = verify_tag(msg.data)
+        except IntegrityError as exc:
+            self._count_rejected(exc, str(msg.received_from))
+            return Validation.REJECT
+        _, outcome = apply_tag(self._state, record, allowlist=self.config.allowlist)
+        if outcome.ok:
+            return Validation.ACCEPT
+        self._count(record, outcome, str(msg.received_from))
+        return Validation.IGNORE
+
+    def receive(self, signed: bytes, *, origin: str = "") -> Outcome | None:
+        """Apply a SignedTag (from gossip or a sync); None if it does not verify."""
+        try:
+            record = verify_tag(signed)
+        except IntegrityError as exc:
+            self._count_rejected(exc, origin)
+            return None
+        return self._apply(record, signed, origin)
+
+    async def publish(self, signed: bytes, *,
+                      check: Callable[[TagRecord], Awaitable[None]] | None = None) -> Outcome:
+        """Apply a SignedTag here and, if it moved the tag, gossip it.
+
+        Raises IntegrityError if it does not verify; `check(record)` may refuse
+        it by raising before it is applied. UNAUTHORIZED and STALE records are
+        returned as such and not gossiped.
+        """
+        try:
+            record = verify_tag(signed)
+        except IntegrityError as exc:
+            self._count_rejected(exc, "local")
+            raise
+        if check is not None:
+            await check(record)
+        outcome = self._apply(record, signed, "local")
+        if outcome.ok:
+            await self._gossip.publish(TAG_TOPIC, signed)
+            self.counters["tags_published"] += 1
+        return outcome
+
+    def _apply(self, record: TagRecord, signed: bytes, origin: str) -> Outcome:
+        self._state, outcome = apply_tag(self._state, record, allowlist=self.config.allowlist)
+        self._count(record, outcome, origin)
+        if outcome.ok:
+            self._signed[(record.name, record.tag)] = signed
+            log.info("tag moved", extra={"tag": str(record.ref), "target": record.target.short,
+                                         "sequence": record.sequence, "origin": origin})
+            self._fire()
+        return outcome
+
+    def _count(self, record: TagRecord, outcome: Outcome, origin: str) -> None:
+        self.counters[f"tags_{outcome.value}"] += 1
+        if outcome is Outcome.UNAUTHORIZED:
+            log.warning("tag move refused: key does not own the namespace", extra={
+                "tag": str(record.ref), "publisher": record.publisher.hex()[:16],
+                "target": record.target.short, "origin": origin})
+
+    def _count_rejected(self, exc: IntegrityError, origin: str) -> None:
+        self.counters["tags_rejected"] += 1
+        log.warning("tag record rejected", extra={"error": str(exc), "origin": origin})
+
+    def _fire(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def resolve(self, ref: ModelRef | str) -> Digest:
+        """The manifest digest `ref` names now; ModelNotFoundError for an unknown tag."""
+        return resolve(self._state, ModelRef.parse(ref) if isinstance(ref, str) else ref)
+
+    async def watch(self, ref: ModelRef | str) -> AsyncIterator[Digest]:
+        """Each target `ref` takes, starting with the current one (if known).
+
+        Only the latest target is reported when several moves happen at once
+        (a rollout cares where the tag points, not the path it took). Ends when
+        the agent stops.
+        """
+        parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        last: Digest | None = None
+        while not self._closed:
+            changed = self._changed
+            try:
+                current: Digest | None = resolve(self._state, parsed)
+            except ModelNotFoundError:
+                current = None
+            if current is not None and current != last:
+                last = current
+                yield current
+                continue
+            await changed.wait()
+
+    async def sync(self) -> int:
+        """Pull every tag record a random peer holds; returns how many moved a tag here."""
+        peers = [e for e in self._view() if e.advert.endpoints]
+        if not peers:
+            return 0
+        address = self._rng.choice(peers).advert.endpoints[0]
+        client = self._connect(address)
+        try:
+            listing = await client.list_models()
+        except (SwarmError, OSError) as exc:
+            self.counters["tag_sync_failures"] += 1
+            log.info("tag sync failed", extra={"peer": address, "error": str(exc)})
+            return 0
+        finally:
+            await client.close()
+        self.counters["tag_syncs"] += 1
+        moved = 0
+        for info in listing.tags:
+            if not info.signed.payload:
+                continue
+            outcome = self.receive(info.signed.SerializeToString(), origin=address)
+            moved += outcome is not None and outcome.ok
+        return moved
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def holders(self, digest: Digest) -> list[str]:
+        """gRPC addresses of live peers that store `digest`, in random order."""
+        addresses = [e.advert.endpoints[0] for e in self._view().holders(digest)
+                     if e.advert.endpoints and not e.advert.draining]
+        self._rng.shuffle(addresses)
+        return addresses
+
+    async def ensure(self, digest: Digest, *, progress: Progress | None = None) -> Manifest:
+        """The version's manifest, fetching the version from its holders unless stored here.
+
+        Raises UnavailableError when no peer holds it or none could supply it.
+        """
+        lock = self._fetch_locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if await asyncio.to_thread(self._manifests.complete, digest):
+                return await asyncio.to_thread(self._manifests.get, digest)
+            addresses = self.holders(digest)
+            if not addresses:
+                raise UnavailableError(f"no live peer stores version {digest}")
+            return await self._fetch(digest, addresses, progress)
+
+    async def _fetch(self, digest: Digest, addresses: list[str],
+                     progress: Progress | None) -> Manifest:
+        stats = FetchStats()
+        sources = [self._connect(a) for a in addresses]
+        try:
+            result = await fetch_version(self._manifests, digest, sources,
+                                         config=self.config.fetch, progress=progress, stats=stats)
+        except (SwarmError, OSError) as exc:
+            self.counters["fetches_failed"] += 1
+            log.warning("fetch failed", extra={"digest": digest.short, "error": str(exc)})
+            raise
+        finally:
+            for source in sources:
+                await source.close()
+            self.counters["bytes_fetched"] += stats.bytes_fetched
+            self.counters["chunks_rejected"] += stats.chunks_rejected
+            self.counters["manifests_rejected"] += stats.manifests_rejected
+            self.counters["source_failures"] += stats.source_failures
+        self.counters["fetches_completed"] += 1
+        self._on_stored(digest)
+        return result.manifest
+
+    async def replicate_once(self) -> list[Digest]:
+        """One replication pass: fetch what `volunteer` picks; returns the versions fetched."""
+        pinned = pinned_versions(self._state)
+        if not pinned:
+            return []
+        own = set(await asyncio.to_thread(self._manifests.complete_versions))
+        chosen = volunteer(self._view(), pinned, own, self.config.replication_factor, self._rng)
+        fetched = []
+        for digest in chosen:
+            await asyncio.sleep(self._rng.uniform(0, self.config.jitter))
+            # Others may have stepped forward during the jitter.
+            if not under_replicated(self._view(), digest, self.config.replication_factor):
+                continue
+            log.info("volunteering to store a version", extra={"digest": digest.short})
+            try:
+                await self.ensure(digest)
+            except (SwarmError, OSError):
+                continue  # counted and logged by _fetch; the next pass tries again
+            fetched.append(digest)
+        return fetched
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Receive tags, sync them and volunteer replicas until `stop()`."""
+        if self._closed:
+            raise RuntimeError("a registry agent runs once")
+        subscription = self._gossip.subscribe(TAG_TOPIC)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receiver(subscription), name="registry-tags")
+                tg.create_task(self._syncer(), name="registry-sync")
+                if self.config.volunteer:
+                    tg.create_task(self._replicator(), name="registry-replicate")
+                await self._stop.wait()
+                raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            self._closed = True
+            self._fire()  # ends watchers
+            # Transports' subscriptions end when the transport closes; ours ends now, so an
+            # agent stopped before its node does not keep buffering tags.
+            close = getattr(subscription, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    def stop(self) -> None:
+        """Make `run()` return (its tasks are cancelled; watchers end)."""
+        self._stop.set()
+
+    async def _receiver(self, subscription: AsyncIterator[GossipMessage]) -> None:
+        async for msg in subscription:
+            self.receive(msg.data, origin=str(msg.received_from))
+
+    async def _syncer(self) -> None:
+        synced = False
+        while True:
+            # Until the first sync, look for a peer every second: a node that just joined
+            # knows no tags yet.
+            delay = self.config.sync_interval * self._rng.uniform(0.5, 1.5) if synced else 1.0
+            await asyncio.sleep(delay)
+            if any(e.advert.endpoints for e in self._view()):
+                await self.sync()
+                synced = True
+
+    async def _replicator(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.replicate_interval * self._rng.uniform(0.5, 1.5))
+            await self.replicate_once()
+

@@ -1,0 +1,336 @@
+"""`swarm model ...`: push, ls, tag, rollback, pull (hooked into the `swarm` CLI).
+
+Every command acts through one node: `--node HOST:PORT`, or `--bootstrap
+MULTIADDR` to join the swarm as a light peer and use a node from its view (a
+pull then fetches from every peer that stores the version).
+
+    parser = argparse.ArgumentParser(prog="swarm")
+    add_model_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args()
+    sys.exit(run_model(args))
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from swarm._errors import SwarmError, UnavailableError
+from swarm._proto.swarm.v1 import registry_pb2
+from swarm._types import Digest, ModelRef
+from swarm.registry._client import RegistryClient
+from swarm.registry._fetch import FetchStats, Progress, Source, fetch_version
+from swarm.registry._manifests import ManifestStore
+from swarm.registry._publish import (
+    build_manifest,
+    export_files,
+    load_publisher,
+    publish_tag,
+    push,
+    resolve_target,
+    rollback_target,
+)
+from swarm.registry._store import DEFAULT_CHUNK_SIZE, BlobStore
+
+if TYPE_CHECKING:
+    from swarm.protocol._light import LightPeer
+
+__all__ = ["add_model_parser", "run_model"]
+
+
+# -- reaching a node -----------------------------------------------------------------------
+
+
+@dataclass
+class _Link:
+    """The node a command acts through, and who stores what (for pulls)."""
+
+    client: RegistryClient
+    holders: Callable[[Digest], list[str]]
+    opened: list[RegistryClient] = field(default_factory=list)
+
+    def sources(self, digest: Digest) -> list[Source]:
+        out: list[Source] = []
+        for address in self.holders(digest) or [self.client.address]:
+            if address == self.client.address:
+                out.append(self.client)
+            else:
+                client = RegistryClient(address, timeout=self.client.timeout)
+                self.opened.append(client)
+                out.append(client)
+        return out
+
+
+def _light_peer(bootstrap: Sequence[str]) -> LightPeer:
+    from swarm.protocol._light import LightPeer
+
+    return LightPeer.libp2p(bootstrap)
+
+
+@contextlib.asynccontextmanager
+async def _link(args: argparse.Namespace) -> AsyncIterator[_Link]:
+    if args.node:
+        async with RegistryClient(args.node, timeout=args.timeout) as client:
+            yield _Link(client, lambda digest: [args.node])
+        return
+    async with _light_peer(args.bootstrap) as peer:
+        view = await peer.settle(args.wait)
+        nodes = [e for e in view if e.advert.endpoints and not e.advert.draining]
+        if not nodes:
+            raise UnavailableError("no node seen in the swarm (is the bootstrap address right?)")
+        entry = random.choice(nodes)
+
+        def holders(digest: Digest) -> list[str]:
+            return [e.advert.endpoints[0] for e in peer.view.holders(digest)
+                    if e.advert.endpoints and not e.advert.draining]
+
+        link = _Link(RegistryClient(entry.advert.endpoints[0], timeout=args.timeout), holders)
+        try:
+            yield link
+        finally:
+            for client in (link.client, *link.opened):
+                await client.close()
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str) -> Iterator[Progress]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import Progress as Bar
+
+    with Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+             TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _model_name(text: str) -> str:
+    ref = ModelRef.parse(text)
+    if ref.tag is not None or ref.digest is not None:
+        raise ValueError(f"--name takes a bare 'namespace/name', not {text!r}")
+    return ref.name
+
+
+def _tag_ref(text: str) -> tuple[str, str]:
+    ref = ModelRef.parse(text)
+    if ref.tag is None:
+        raise ValueError(f"expected 'namespace/name:tag', got {text!r}")
+    return ref.name, ref.tag
+
+
+async def _push(args: argparse.Namespace) -> int:
+    name = _model_name(args.name)
+    identity = await asyncio.to_thread(load_publisher, args.key)
+    version = args.version or args.tag or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    manifest = await asyncio.to_thread(build_manifest, args.file, name, version, identity,
+                                       created_at=time.time(), chunk_size=args.chunk_size)
+    async with _link(args) as link:
+        with _progress_bar(f"push {name} {version}") as progress:
+            result = await push(link.client, args.file, manifest, identity, progress=progress)
+        _say(f"pushed {name} {version} as {result.digest} to {link.client.address} "
+             f"({result.bytes_stored} bytes stored)")
+        if args.tag:
+            record = await publish_tag(link.client, identity, name, args.tag, result.digest,
+                                       now=time.time())
+            _say(f"tagged {name}:{args.tag} -> {result.digest} (sequence {record.sequence})")
+    return 0
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    name = _model_name(args.name) if args.name else ""
+    async with _link(args) as link:
+        listing = await link.client.list_models(name)
+    if args.json:
+        print(json.dumps(_listing_json(listing), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    tags = Table("tag", "digest", "sequence", "previous", title="tags")
+    for t in listing.tags:
+        tags.add_row(f"{t.name}:{t.tag}", t.target[:19], str(t.sequence),
+                     t.previous[:19] if t.previous else "-")
+    versions = Table("name", "version", "digest", "size", "stored", title="versions on the node")
+    for v in listing.versions:
+        versions.add_row(v.name, v.version, v.digest[:19], f"{v.size:,}",
+                         "yes" if v.complete else "partial")
+    console.print(tags)
+    console.print(versions)
+    return 0
+
+
+def _listing_json(listing: registry_pb2.ListModelsResponse) -> dict[str, Any]:
+    return {
+        "tags": [{"name": t.name, "tag": t.tag, "target": t.target, "sequence": t.sequence,
+                  "previous": t.previous or None, "publisher": t.publisher.hex()}
+                 for t in listing.tags],
+        "versions": [{"digest": v.digest, "name": v.name, "version": v.version, "size": v.size,
+                      "complete": v.complete} for v in listing.versions],
+    }
+
+
+async def _tag(args: argparse.Namespace) -> int:
+    name, tag = _tag_ref(args.tag)
+    identity = await asyncio.to_thread(load_publisher, args.key)
+    async with _link(args) as link:
+        listing = await link.client.list_models(name)
+        target = resolve_target(listing, name, args.target)
+        record = await publish_tag(link.client, identity, name, tag, target, now=time.time(),
+                                   listing=listing)
+    _say(f"tagged {name}:{tag} -> {target} (sequence {record.sequence})")
+    return 0
+
+
+async def _rollback(args: argparse.Namespace) -> int:
+    name, tag = _tag_ref(args.tag)
+    identity = await asyncio.to_thread(load_publisher, args.key)
+    async with _link(args) as link:
+        listing = await link.client.list_models(name)
+        target = rollback_target(listing, name, tag)
+        record = await publish_tag(link.client, identity, name, tag, target, now=time.time(),
+                                   listing=listing)
+    _say(f"rolled {name}:{tag} back to {target} (sequence {record.sequence})")
+    return 0
+
+
+async def _pull(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        root: Path = (args.store.expanduser() if args.store is not None else
+                      Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-pull-"))))
+        manifests = ManifestStore(BlobStore(root))
+        stats = FetchStats()
+        async with _link(args) as link:
+            name = ""
+            if args.ref.startswith("sha256:"):
+                digest = Digest.parse(args.ref)
+            else:
+                name = ModelRef.parse(args.ref).name
+                digest = resolve_target(await link.client.list_models(name), name, args.ref)
+            with _progress_bar(f"pull {args.ref}") as progress:
+                result = await fetch_version(manifests, digest, link.sources(digest),
+                                             progress=progress, stats=stats)
+        manifest = result.manifest
+        if name and manifest.name != name:
+            raise SwarmError(f"{digest.short} is a version of {manifest.name}, not {name}")
+        _say(f"pulled {manifest.name} {manifest.version} {digest}: {manifest.total_size} bytes "
+             f"verified ({stats.bytes_fetched} fetched from {len(stats.bytes_by_source)} "
+             f"source(s), {stats.bytes_resumed} resumed, {stats.chunks_rejected} chunks rejected)")
+        if args.output is not None:
+            for path in await asyncio.to_thread(export_files, manifests, digest, args.output):
+                _say(f"wrote {path}")
+        if args.store is not None:
+            _say(f"stored in {args.store}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _reach(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--node", metavar="HOST:PORT", help="act through this node")
+    where.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                       help="join the swarm through this peer (repeatable) and use a node it knows")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--wait", type=float, default=8.0,
+                        help="with --bootstrap: longest time to listen for nodes (seconds)")
+
+
+def _key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", type=Path, metavar="FILE",
+                        help="publisher key (default: ~/.config/swarm/publisher.key, "
+                             "created on first use)")
+
+
+def add_model_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `model` and its subcommands to the `swarm` CLI's subparsers."""
+    model = subparsers.add_parser("model", help="publish, tag, roll back and pull model versions")
+    sub = model.add_subparsers(dest="model_command", required=True)
+
+    p = sub.add_parser("push", help="publish a torch.export program (.pt2) as a new version")
+    p.add_argument("file", type=Path, help="the .pt2 file")
+    p.add_argument("--name", required=True, help="namespace/name, e.g. acme/classifier")
+    p.add_argument("--tag", help="tag to point at the new version, e.g. v1")
+    p.add_argument("--version", help="version label in the manifest (default: the tag)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help="bytes per verified chunk (default 4 MiB)")
+    _key(p)
+    _reach(p)
+
+    p = sub.add_parser("ls", help="list tags and the versions a node stores")
+    p.add_argument("name", nargs="?", help="only this namespace/name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _reach(p)
+
+    p = sub.add_parser("tag", help="point a tag at a version: tag NAME:TAG TARGET")
+    p.add_argument("tag", help="the tag to move, e.g. acme/classifier:stable")
+    p.add_argument("target", help="a tag (acme/classifier:v1) or digest (sha256:...)")
+    _key(p)
+    _reach(p)
+
+    p = sub.add_parser("rollback", help="move a tag back to the version it pointed at before")
+    p.add_argument("tag", help="e.g. acme/classifier:stable")
+    _key(p)
+    _reach(p)
+
+    p = sub.add_parser("pull", help="fetch and verify a version (with a progress bar)")
+    p.add_argument("ref", help="acme/classifier:stable, acme/classifier@sha256:... or sha256:...")
+    p.add_argument("--store", type=Path, metavar="DIR",
+                   help="keep the version in a registry store here (default: verify only)")
+    p.add_argument("--output", type=Path, metavar="DIR", help="also write its files here")
+    _reach(p)
+    return model  # type: ignore[no-any-return]
+
+
+_COMMANDS = {"push": _push, "ls": _ls, "tag": _tag, "rollback": _rollback, "pull": _pull}
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """Run a parsed `swarm model ...` command; returns the exit status."""
+    try:
+        return asyncio.run(_COMMANDS[args.model_command](args))
+    except (SwarmError, OSError, ValueError) as exc:
+        print(f"swarm: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m swarm.registry._cli model ...` until the `swarm` CLI hooks this in."""
+    parser = argparse.ArgumentParser(prog="swarm")
+    add_model_parser(parser.add_subparsers(dest="command", required=True))
+    return run_model(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

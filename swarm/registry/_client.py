@@ -1,0 +1,138 @@
+"""RegistryClient: the gRPC client of swarm.v1.RegistryService (peers and the CLI use it).
+
+gRPC failures are translated at this edge: NOT_FOUND -> ModelNotFoundError,
+DATA_LOSS -> IntegrityError, INVALID_ARGUMENT -> InvalidInputError,
+DEADLINE_EXCEEDED -> DeadlineExceededError; PERMISSION_DENIED, FAILED_PRECONDITION,
+RESOURCE_EXHAUSTED and ABORTED become an InferenceError carrying that code;
+everything else (connection refused or reset, ...) -> UnavailableError.
+A client is also a fetch `Source` (swarm.registry._fetch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from types import TracebackType
+
+import grpc
+
+from swarm._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    IntegrityError,
+    InvalidInputError,
+    ModelNotFoundError,
+    SwarmError,
+    UnavailableError,
+)
+from swarm._proto.swarm.v1 import registry_pb2, registry_pb2_grpc
+from swarm._types import Digest
+from swarm.registry._manifest import MAX_CHUNK_SIZE
+
+__all__ = ["CHANNEL_OPTIONS", "RegistryClient", "translate"]
+
+# A blob chunk (up to MAX_CHUNK_SIZE) plus framing must fit in one message.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_CHUNK_SIZE + (1 << 20)),
+    ("grpc.max_send_message_length", MAX_CHUNK_SIZE + (1 << 20)),
+]
+
+
+def translate(exc: grpc.aio.AioRpcError, what: str) -> SwarmError:
+    """The Swarm error for a failed registry RPC (callers raise it `from exc`)."""
+    code = exc.code()
+    detail = f"{what}: {exc.details() or code.name}"
+    if code is grpc.StatusCode.NOT_FOUND:
+        return ModelNotFoundError(detail)
+    if code is grpc.StatusCode.DATA_LOSS:
+        return IntegrityError(detail)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInputError(detail)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(detail)
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
+        return InferenceError(detail, code=code.name)
+    return UnavailableError(detail)
+
+
+class RegistryClient:
+    """One connection to a node's RegistryService. `async with RegistryClient(addr) as c:`."""
+
+    def __init__(self, address: str, *, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    @property
+    def name(self) -> str:
+        return self.address
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- Source ------------------------------------------------------------------------------
+
+    async def manifest(self, digest: Digest) -> bytes:
+        """SignedManifest bytes of `digest` as the node has them (the caller verifies)."""
+        try:
+            signed = await self._stub.GetManifest(
+                registry_pb2.GetManifestRequest(digest=str(digest)), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"{self.address}: manifest {digest.short}") from exc
+        data: bytes = signed.SerializeToString()
+        return data
+
+    async def chunks(self, blob: Digest, manifest: Digest | None, offset: int,
+                     length: int) -> AsyncGenerator[tuple[int, bytes], None]:
+        """(offset, bytes) pieces of `blob` from `offset`, `length` bytes (0: to the end).
+
+        Unverified: the caller checks them against the manifest. Closing the
+        iterator early cancels the stream.
+        """
+        call = self._stub.ReadBlob(registry_pb2.ReadBlobRequest(
+            digest=str(blob), offset=offset, length=length,
+            manifest=str(manifest) if manifest is not None else ""))
+        try:
+            async for piece in call:
+                yield piece.offset, piece.data
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"{self.address}: blob {blob.short}") from exc
+        finally:
+            call.cancel()
+
+    # -- the rest of the service -------------------------------------------------------------
+
+    async def list_models(self, name: str = "") -> registry_pb2.ListModelsResponse:
+        try:
+            response: registry_pb2.ListModelsResponse = await self._stub.ListModels(
+                registry_pb2.ListModelsRequest(name=name), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"{self.address}: list models") from exc
+        return response
+
+    async def push(self, messages: Iterable[registry_pb2.PushChunk] | AsyncIterator[
+            registry_pb2.PushChunk], *, timeout: float | None = None) -> registry_pb2.PushModelResponse:
+        """Upload a version (see RegistryService.PushModel); no deadline unless `timeout`."""
+        try:
+            response: registry_pb2.PushModelResponse = await self._stub.PushModel(
+                messages, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"{self.address}: push") from exc
+        return response
+
+    async def publish_tag(self, signed: bytes) -> str:
+        """Send SignedTag bytes; returns the node's outcome ("accepted", "bound", "duplicate")."""
+        try:
+            response: registry_pb2.PublishTagResponse = await self._stub.PublishTag(
+                registry_pb2.SignedTag.FromString(signed), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, f"{self.address}: publish tag") from exc
+        return response.outcome

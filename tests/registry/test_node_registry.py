@@ -1,0 +1,119 @@
+"""Registry wired into the node: publish -> replicate -> serve on another node; rollout and
+rollback under continuous load with zero failed requests.
+
+Skipped until the node wiring (Node(registry_config=..., rollout_config=...)) lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swarm.client import AsyncClient
+from swarm.node import Node, NodeConfig
+from swarm.protocol._gossip import Gossip
+from swarm.protocol._identity import Identity
+from swarm.protocol._memory import MemoryNetwork
+from swarm.registry import RegistryClient, RegistryConfig, RolloutConfig
+from swarm.registry._publish import build_manifest, publish_tag, push
+from tests.registry.support import PUBLISHER
+
+pytestmark = pytest.mark.skipif("registry_config" not in inspect.signature(Node).parameters,
+                                reason="the node does not wire the registry yet")
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = torch.nn.Parameter(torch.tensor(factor), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = x * self.factor
+        return out
+
+
+def export(path: Path, factor: float) -> Path:
+    program = torch.export.export(Scale(factor).eval(), (torch.zeros(2, 4),), dynamic_shapes={
+        "x": {0: torch.export.Dim("batch", min=1, max=16)}})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:
+    network = MemoryNetwork(0)
+
+    async def gossip(identity: Identity, config: NodeConfig) -> Gossip:
+        return network.join(identity.peer_id)
+
+    registry = RegistryConfig.local(jitter=0.0, replication_factor=2)
+    rollout = RolloutConfig(linger=0.3, retry_initial=0.1, retry_max=0.5)
+
+    def node(i: int, serve: tuple[str, ...] = ()) -> Node:
+        config = NodeConfig.local(tmp_path / f"n{i}", device="cpu", p2p_port=0,
+                                  advert_interval=0.3, serve=serve)
+        return Node(config, gossip_factory=gossip, registry_config=registry,
+                    rollout_config=rollout)
+
+    v1, v2 = export(tmp_path / "v1.pt2", 1.0), export(tmp_path / "v2.pt2", 2.0)
+    async with node(0) as a, node(1, serve=("acme/classifier:stable",)) as b, \
+            RegistryClient(a.grpc_address) as publisher:
+        m1 = build_manifest(v1, "acme/classifier", "v1", PUBLISHER, created_at=1.0)
+        d1 = (await push(publisher, v1, m1, PUBLISHER)).digest
+        await publish_tag(publisher, PUBLISHER, "acme/classifier", "stable", d1, now=2.0)
+        # B fetches v1 from A (the only holder), loads it and serves it.
+        await until(lambda: any(s.name == "acme/classifier" for s in b.table))
+        assert b.table.resolve("acme/classifier").digest == d1
+        assert b.manifests is not None
+        assert b.manifests.complete(d1)
+
+        failures: list[BaseException] = []
+        answers: list[float] = []
+        running = True
+
+        async def load(client: AsyncClient) -> None:
+            x = np.ones((1, 4), np.float32)
+            while running:
+                try:
+                    out = await client.infer_raw("acme/classifier", x)
+                    answers.append(float(next(iter(out.values()))[0, 0]))
+                except Exception as exc:
+                    failures.append(exc)
+
+        async with AsyncClient(b.grpc_address) as client, asyncio.TaskGroup() as tg:
+            for _ in range(4):
+                tg.create_task(load(client))
+            await until(lambda: len(answers) > 10)
+            m2 = build_manifest(v2, "acme/classifier", "v2", PUBLISHER, created_at=3.0)
+            d2 = (await push(publisher, v2, m2, PUBLISHER)).digest
+            await publish_tag(publisher, PUBLISHER, "acme/classifier", "stable", d2, now=4.0)
+            await until(lambda: answers[-1] == 2.0)
+            await until(lambda: len(b.table.versions("acme/classifier")) == 1)  # v1 retired
+            # Rollback: the tag moves back; B switches back without failing a request.
+            await publish_tag(publisher, PUBLISHER, "acme/classifier", "stable", d1, now=5.0)
+            await until(lambda: answers[-1] == 1.0)
+            await asyncio.sleep(0.3)
+            running = False
+        assert failures == []
+        assert {1.0, 2.0} <= set(answers)
+        assert b.rollout is not None
+        assert b.rollout.counters["rollouts"] == 3
+        metrics = b.metrics.render().decode()
+        assert 'swarm_registry_events_total{event="fetches_completed"} 2.0' in metrics
+        assert 'swarm_rollout_events_total{event="rollouts"} 3.0' in metrics

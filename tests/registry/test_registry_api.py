@@ -1,0 +1,25 @@
+"""swarm.registry's public surface, pinned: a change here is a change users can see."""
+
+from __future__ import annotations
+
+import swarm.registry
+
+
+def test_registry_exports() -> None:
+    assert set(swarm.registry.__all__) == {
+        # the store, manifests and tags (registry core)
+        "DEFAULT_CHUNK_SIZE", "BatchingDefaults", "BlobStore", "BlobWriter", "FileEntry",
+        "Manifest", "ModelFormat", "Outcome", "RuntimeNeeds", "StoreUsage", "TagEntry",
+        "TagRecord", "TagState", "TagVersion", "apply_tag", "file_entry", "manifest_digest",
+        "manifest_for_file", "previous", "resolve", "sign_manifest", "sign_tag",
+        "verify_manifest", "verify_tag",
+        # replication, tags over gossip, rollout, the service and the CLI
+        "TAG_TOPIC", "Deployment", "FetchConfig", "FetchResult", "FetchStats", "Loaded",
+        "ManifestStore", "RegistryAgent", "RegistryClient", "RegistryConfig", "RegistryServicer",
+        "Rollout", "RolloutConfig", "Served", "ServiceConfig", "Source", "TagBook",
+        "add_model_parser", "add_registry_service", "fetch_version", "next_sequence",
+        "pinned_versions", "publisher_key_path", "run_model", "under_replicated", "volunteer",
+    }
+    for name in swarm.registry.__all__:
+        assert hasattr(swarm.registry, name), name
+    assert len(swarm.registry.__all__) == len(set(swarm.registry.__all__))
