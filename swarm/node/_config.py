@@ -96,6 +96,11 @@ class NodeConfig:
     log_level: str = "info"
     # "text" (key=value) or "json" (one object per line).
     log_format: str = "text"
+    # Live nodes that should store each pinned registry version.
+    replication_factor: int = 3
+    # Namespace -> hex Ed25519 public keys that own it (the `[allowlist]` table). Other
+    # namespaces are bound to the first publisher seen (trust on first use).
+    allowlist: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Per-model options by model name; "*" applies to every model.
     models: Mapping[str, ModelOptions] = field(default_factory=dict)
 
@@ -175,6 +180,20 @@ def _model_options(name: str, raw: Any) -> ModelOptions:
         raise ConfigError(f"models.{name}: {exc}") from exc
 
 
+def _allowlist(raw: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("allowlist must be a table: namespace = [\"hex key\", ...]")
+    out: dict[str, tuple[str, ...]] = {}
+    for namespace, keys in raw.items():
+        keys = [keys] if isinstance(keys, str) else keys
+        if not isinstance(keys, list) or not keys or not all(
+                isinstance(k, str) and len(k) == 64 and all(c in "0123456789abcdef" for c in k)
+                for k in keys):
+            raise ConfigError(f"allowlist.{namespace}: a list of 64-hex-digit Ed25519 public keys")
+        out[str(namespace)] = tuple(keys)
+    return out
+
+
 def load_config(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -197,6 +216,8 @@ def load_config(
                 if not isinstance(value, Mapping):
                     raise ConfigError("models must be a table of tables")
                 models = {name: _model_options(name, opts) for name, opts in value.items()}
+            elif key == "allowlist":
+                merged["allowlist"] = _allowlist(value)
             elif key in hints:
                 merged[key] = _coerce(key, hints[key], value)
             else:
@@ -204,12 +225,12 @@ def load_config(
     for key, value in (env if env is not None else os.environ).items():
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX):].lower()
-            if name in hints and name != "models":
+            if name in hints and name not in ("models", "allowlist"):
                 merged[name] = _coerce(key, hints[name], value)
     for key, value in (flags or {}).items():
         if value is None or value == ():
             continue
-        if key not in hints or key == "models":
+        if key not in hints or key in ("models", "allowlist"):
             raise ConfigError(f"unknown flag {key!r}")
         merged[key] = _coerce(f"--{key.replace('_', '-')}", hints[key], value)
     config = NodeConfig(models=models, **merged)
@@ -225,6 +246,8 @@ def _validate(config: NodeConfig) -> None:
     for name in ("metrics_port", "p2p_port", "http_port"):
         if not -1 <= getattr(config, name) <= 65535:
             raise ConfigError(f"{name} {getattr(config, name)} is not a port number (or -1)")
+    if config.replication_factor < 1:
+        raise ConfigError("replication_factor must be >= 1")
     if config.advert_interval <= 0:
         raise ConfigError("advert_interval must be positive")
     if config.price_per_request < 0 or config.price_per_1k_items < 0:

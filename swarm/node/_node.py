@@ -133,7 +133,10 @@ class Node:
         self.router = Router(self._peer_view) if config.p2p_port >= 0 else None
         self._service: InferenceService | None = None
         self._hardware = detect_hardware(self.device)
-        self._registry_config = registry_config or RegistryConfig()
+        self._registry_config = registry_config or RegistryConfig(
+            replication_factor=config.replication_factor,
+            allowlist={ns: frozenset(bytes.fromhex(k) for k in keys)
+                       for ns, keys in config.allowlist.items()})
         self._rollout_config = rollout_config or RolloutConfig()
         self.manifests: ManifestStore | None = None
         self.registry: RegistryAgent | None = None

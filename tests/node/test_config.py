@@ -158,3 +158,25 @@ def test_presets() -> None:
     wan = NodeConfig.wan(Path("/tmp/x"), advertise_host="203.0.113.7")
     assert (wan.listen_host, wan.advertise_host) == ("0.0.0.0", "203.0.113.7")
     assert NodeConfig().key_path == NodeConfig().data_dir / "identity.key"
+
+
+def test_registry_settings_from_toml(tmp_path: Path) -> None:
+    key = "ab" * 32
+    path = tmp_path / "node.toml"
+    path.write_text(f'replication_factor = 2\n\n[allowlist]\nacme = ["{key}"]\nother = "{key}"\n')
+    config = load_config(path, env={})
+    assert config.replication_factor == 2
+    assert config.allowlist == {"acme": (key,), "other": (key,)}
+
+
+@pytest.mark.parametrize("body", [
+    'replication_factor = 0\n',
+    '[allowlist]\nacme = ["not-hex"]\n',
+    '[allowlist]\nacme = []\n',
+    'allowlist = "acme"\n',
+])
+def test_bad_registry_settings_are_config_errors(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError):
+        load_config(path, env={})
