@@ -43,7 +43,7 @@ from swarm._errors import SwarmError
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
-from swarm.simnet._scenario import NodeSpec
+from swarm.simnet._scenario import BUILTIN_MODELS, NodeSpec
 
 __all__ = ["Banner", "Cluster", "ClusterConfig", "NodeHandle", "NodeStatus", "parse_banner",
            "start_cluster"]
@@ -372,7 +372,9 @@ class Cluster:
         served_since: float | None = None
         while True:
             banner = parse_banner(_read_from(slot.log, offset))
-            if banner.grpc and len(banner.models) >= len(slot.spec.models):
+            # Registry models (name:tag) are served later, once their tag resolves.
+            loaded_now = [m for m in slot.spec.models if m in BUILTIN_MODELS or m.endswith(".pt2")]
+            if banner.grpc and len(banner.models) >= len(loaded_now):
                 if not want_p2p or banner.p2p:
                     return banner
                 served_since = served_since or time.monotonic()

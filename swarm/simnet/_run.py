@@ -20,8 +20,10 @@ import numpy as np
 from rich.console import Console
 
 from swarm._errors import SwarmError
+from swarm._types import Digest
 from swarm.client import AsyncClient
 from swarm.simnet._cluster import Cluster, ClusterConfig, NetworkLayer, NodeStatus, start_cluster
+from swarm.simnet._registry import PublishedModels, publish_models, registry_refs
 from swarm.simnet._report import (
     FaultEvent,
     LiveView,
@@ -35,10 +37,6 @@ from swarm.simnet._scenario import Fault, FaultKind, Scenario, plan_requests
 from swarm.simnet._workload import Endpoint, Recorder, RoundRobinRouter, SchedulerRouter, drive
 
 __all__ = ["RunOptions", "RunResult", "run_scenario"]
-
-NOT_IN_BUILD = ("not available in this build: model rollout and rollback need the registry, "
-                "which simnet does not drive yet")
-
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
@@ -80,8 +78,10 @@ def _rows(cluster: Cluster) -> list[NodeRow]:
 class _Timeline:
     """Applies the scenario's faults at their times; one task per fault."""
 
-    def __init__(self, cluster: Cluster, scenario: Scenario, start: float, netns: bool) -> None:
+    def __init__(self, cluster: Cluster, scenario: Scenario, start: float, netns: bool,
+                 models: PublishedModels | None = None) -> None:
         self.cluster = cluster
+        self.models = models
         self.scenario = scenario
         self.start = start
         self.netns = netns
@@ -129,7 +129,9 @@ class _Timeline:
                     return "unsupported: partition needs --netns (loopback has one network)"
                 await c.partition(node, True)
             case FaultKind.ROLLOUT | FaultKind.ROLLBACK:
-                return NOT_IN_BUILD
+                if self.models is None:
+                    return "unsupported: the model is not served from the registry in this run"
+                return await self.models.apply(fault)
         return "applied"
 
     async def _undo(self, fault: Fault) -> None:
@@ -200,6 +202,24 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
                 cluster.notes.append("no peer-to-peer addresses: routing round-robin instead")
             router = RoundRobinRouter(lambda: _endpoints(cluster))
         index_of = {h.grpc: h.index for h in cluster.history}
+        published = None
+        if registry_refs(scenario):
+            if not isinstance(router, SchedulerRouter) or cluster.nodes[0] is None:
+                raise SwarmError("registry models need peer-to-peer and the scheduler router")
+            expected = {ref.name: sum(1 for spec in scenario.node_specs()
+                                      if str(ref) in spec.models)
+                        for ref in registry_refs(scenario)}
+
+            def served(name: str, digest: Digest) -> bool:
+                holders = router.client.router.view.providers(digest)
+                return len(holders) >= expected[name]
+
+            console.print("simnet: publishing registry models", highlight=False)
+            published = await publish_models(scenario, cluster.nodes[0].grpc,
+                                             report_dir / "models", served, options.start_timeout)
+            for name, versions in published.versions.items():
+                for label, digest in versions.items():
+                    console.print(f"  {name} {label} {digest.short}", highlight=False)
 
         def node_of(address: str) -> int | None:
             if address not in index_of:
@@ -213,7 +233,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
         loop = asyncio.get_running_loop()
         start = loop.time()
         recorder.started_at = start
-        timeline = _Timeline(cluster, scenario, start, options.netns)
+        timeline = _Timeline(cluster, scenario, start, options.netns, published)
         view = LiveView(console, title=title, duration=scenario.duration, recorder=recorder,
                         nodes=lambda: _rows(cluster),
                         events=lambda: [*cluster.notes, *timeline.lines],

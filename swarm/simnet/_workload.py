@@ -91,6 +91,10 @@ class SchedulerRouter:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
+    @property
+    def client(self) -> AsyncClient:
+        return self._client
+
     async def start(self, providers: int, timeout: float) -> bool:
         """Join the swarm; True once `providers` nodes are in the client's view."""
         await self._client.start()
