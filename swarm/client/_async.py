@@ -201,9 +201,17 @@ class AsyncClient:
             raise InvalidInputError(f"{model} takes several inputs ({names}): pass a dict")
         else:
             named = {info.inputs[0].name: to_numpy(inputs)}
-        ranks = {t.name: len(t.shape) for t in info.inputs}
-        return {name: array[np.newaxis] if array.ndim == ranks.get(name, -1) - 1 else array
-                for name, array in named.items()}
+        specs = {t.name: t for t in info.inputs}
+        out = {}
+        for name, array in named.items():
+            spec = specs.get(name)
+            if spec is not None:
+                if array.ndim == len(spec.shape) - 1:
+                    array = array[np.newaxis]
+                if spec.datatype == "FP32" and array.dtype == np.float64:
+                    array = array.astype(np.float32)  # numpy's default float; the model's is FP32
+            out[name] = array
+        return out
 
     def _options(self, timeout: float | None, max_price: float | None,
                  preference: str | float | Preference | None) -> RoutingOptions:

@@ -29,6 +29,8 @@ from swarm.node._runtime import ModelSpec, TensorSpec, TorchModel, oip_datatype
 __all__ = ["ExportedModel", "check_archive", "load_program"]
 
 MAX_ARCHIVE_BYTES = 8 << 30
+# torch.export.save stores weights uncompressed; far more than this unpacked is a zip bomb.
+MAX_UNPACKED_BYTES = 16 << 30
 
 _PLAIN = re.compile(
     r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
@@ -85,6 +87,11 @@ def check_archive(data: bytes) -> None:
         raise ModelLoadError("not a torch.export archive (.pt2 is a zip file)") from exc
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
+        unpacked = sum(i.file_size for i in infos)
+        if unpacked > MAX_UNPACKED_BYTES:
+            raise UnsafeModelError(
+                f"archive unpacks to {unpacked} bytes (limit {MAX_UNPACKED_BYTES}): refusing a "
+                "possible zip bomb")
         names = {i.filename for i in infos}
         # zipfile cuts names at a NUL and keeps the last of duplicate names; torch's reader
         # does neither, so either would let torch load a member other than the one checked.

@@ -404,6 +404,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             stats.fail.add(elapsed)
             self._metrics.requests.labels(name, status_of(exc).name).inc()
             raise
+        except asyncio.CancelledError:  # the client gave up, or its deadline passed
+            self._metrics.requests.labels(name, "CANCELLED").inc()
+            raise
         elapsed = self._clock() - started
         stats.success.add(elapsed)
         stats.inference_count += decoded.items

@@ -225,3 +225,11 @@ def test_sync_client_with_a_bad_address_leaves_no_thread() -> None:
     with pytest.raises(swarm.SwarmError):
         swarm.Client("")
     assert client_threads() == []
+
+
+async def test_float64_arrays_are_sent_as_the_models_fp32(start_node: NodeFactory, mlp: Model) -> None:
+    x = np.random.default_rng(5).standard_normal((2, 512))  # numpy's default dtype: float64
+    async with start_node([mlp]) as node, swarm.AsyncClient(node.grpc_address) as client:
+        out = await client.infer("builtin/mlp", x)
+    expected = mlp.execute({"input": x.astype(np.float32)})["output"]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)  # type: ignore[arg-type]

@@ -293,3 +293,20 @@ def test_duplicate_and_nul_truncated_member_names_are_refused(tmp_path: Path,
 def test_good_archive_passes_the_check(tiny_pt2: bytes, two_pt2: bytes) -> None:
     check_archive(tiny_pt2)
     check_archive(two_pt2)
+
+
+def test_archive_that_unpacks_huge_is_refused_as_a_zip_bomb(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from swarm._errors import UnsafeModelError
+    from swarm.node import _export
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/archive_format", b"pt2")
+        zf.writestr("m/data/weights/weight_0", bytes(1 << 20))  # 1 MiB of zeros, deflated tiny
+    monkeypatch.setattr(_export, "MAX_UNPACKED_BYTES", 1 << 19)
+    with pytest.raises(UnsafeModelError, match="zip bomb"):
+        _export.check_archive(buf.getvalue())
