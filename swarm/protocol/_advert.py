@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from google.protobuf.message import DecodeError
-
 from swarm._errors import IntegrityError
 from swarm._proto.swarm.v1 import advert_pb2, node_pb2
 from swarm._types import Digest, PeerId
-from swarm.protocol._identity import Identity, public_key_of_peer, verify
+from swarm.protocol._identity import Identity, public_key_of_peer
+from swarm.protocol._signed import open_envelope, seal
 
 __all__ = ["ADVERT_DOMAIN", "Advert", "Hardware", "ModelOffer", "Price", "decode", "encode"]
 
@@ -132,24 +131,19 @@ def encode(advert: Advert, identity: Identity) -> bytes:
     if advert.peer_id != identity.peer_id:
         raise ValueError("an advert is signed by its own peer")
     payload = _to_proto(advert).SerializeToString(deterministic=True)
-    return advert_pb2.SignedAdvert(
-        payload=payload, signature=identity.sign(ADVERT_DOMAIN + payload)
-    ).SerializeToString()
+    return seal(advert_pb2.SignedAdvert, ADVERT_DOMAIN, payload, identity)
+
+
+def _author_key(msg: advert_pb2.CapacityAdvert) -> bytes:
+    try:
+        return public_key_of_peer(PeerId(msg.peer_id))
+    except ValueError:
+        raise ValueError(f"author {msg.peer_id!r} is not an Ed25519 peer id") from None
 
 
 def decode(data: bytes) -> Advert:
     """Parse and verify SignedAdvert bytes; raises IntegrityError on anything wrong."""
-    if len(data) > MAX_ADVERT_BYTES:
-        raise IntegrityError(f"advert of {len(data)} bytes exceeds {MAX_ADVERT_BYTES}")
-    try:
-        signed = advert_pb2.SignedAdvert.FromString(data)
-        msg = advert_pb2.CapacityAdvert.FromString(signed.payload)
-    except DecodeError as exc:
-        raise IntegrityError("advert is not a valid SignedAdvert") from exc
-    try:
-        key = public_key_of_peer(PeerId(msg.peer_id))
-    except ValueError as exc:
-        raise IntegrityError(f"advert author {msg.peer_id!r} is not an Ed25519 peer id") from exc
-    if not verify(key, signed.signature, ADVERT_DOMAIN + signed.payload):
-        raise IntegrityError(f"bad signature on advert from {msg.peer_id}")
+    msg, _ = open_envelope(data, advert_pb2.SignedAdvert, advert_pb2.CapacityAdvert,
+                           domain=ADVERT_DOMAIN, max_bytes=MAX_ADVERT_BYTES, what="advert",
+                           key=_author_key)
     return _from_proto(msg)

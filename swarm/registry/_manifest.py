@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
 from swarm._errors import IntegrityError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._tensors import DATATYPES
 from swarm._types import Digest, ModelRef, TensorSpec
-from swarm.protocol._identity import Identity, verify
+from swarm.protocol._identity import Identity
+from swarm.protocol._signed import open_envelope, seal
 from swarm.registry._store import DEFAULT_CHUNK_SIZE, chunk_count
 
 __all__ = [
@@ -273,9 +272,7 @@ def sign_manifest(manifest: Manifest, identity: Identity) -> bytes:
     if identity.public_key != manifest.publisher:
         raise ValueError("a manifest is signed by its publisher's key")
     payload = canonical_payload(manifest)
-    return registry_pb2.SignedManifest(
-        payload=payload, signature=identity.sign(MANIFEST_DOMAIN + payload)
-    ).SerializeToString()
+    return seal(registry_pb2.SignedManifest, MANIFEST_DOMAIN, payload, identity)
 
 
 def verify_manifest(data: bytes) -> tuple[Manifest, Digest]:
@@ -286,19 +283,12 @@ def verify_manifest(data: bytes) -> tuple[Manifest, Digest]:
     that publisher may publish under the manifest's namespace is the tag
     layer's decision (a tag by the namespace owner is what points at a digest).
     """
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise IntegrityError(f"manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}")
-    try:
-        signed = registry_pb2.SignedManifest.FromString(data)
-        msg = registry_pb2.Manifest.FromString(signed.payload)
-    except DecodeError as exc:
-        raise IntegrityError("manifest is not a valid SignedManifest") from exc
-    if len(msg.publisher) != 32 or not verify(msg.publisher, signed.signature,
-                                              MANIFEST_DOMAIN + signed.payload):
-        raise IntegrityError(f"bad signature on manifest of {msg.name!r} {msg.version!r}")
+    msg, payload = open_envelope(data, registry_pb2.SignedManifest, registry_pb2.Manifest,
+                                 domain=MANIFEST_DOMAIN, max_bytes=MAX_MANIFEST_BYTES,
+                                 what="manifest", key=lambda m: m.publisher)
     # The digest is over the exact signed bytes (which may carry fields this version
     # does not know), not over a re-encoding.
-    return _from_proto(msg), Digest.of(signed.payload)
+    return _from_proto(msg), Digest.of(payload)
 
 
 # -- building ------------------------------------------------------------------------------

@@ -31,12 +31,12 @@ from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
 
 import immutables
-from google.protobuf.message import DecodeError
 
 from swarm._errors import IntegrityError, ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol._identity import Identity, verify
+from swarm.protocol._identity import Identity
+from swarm.protocol._signed import open_envelope, seal
 
 __all__ = [
     "DEFAULT_TAG",
@@ -242,23 +242,14 @@ def sign_tag(record: TagRecord, identity: Identity) -> bytes:
         publisher=record.publisher, name=record.name, tag=record.tag, target=str(record.target),
         sequence=record.sequence, timestamp_unix_ms=round(record.timestamp * 1000),
     ).SerializeToString(deterministic=True)
-    return registry_pb2.SignedTag(
-        payload=payload, signature=identity.sign(TAG_DOMAIN + payload)
-    ).SerializeToString()
+    return seal(registry_pb2.SignedTag, TAG_DOMAIN, payload, identity)
 
 
 def verify_tag(data: bytes) -> TagRecord:
     """Parse and verify SignedTag bytes; raises IntegrityError on anything wrong."""
-    if len(data) > MAX_TAG_BYTES:
-        raise IntegrityError(f"tag record of {len(data)} bytes exceeds {MAX_TAG_BYTES}")
-    try:
-        signed = registry_pb2.SignedTag.FromString(data)
-        msg = registry_pb2.TagRecord.FromString(signed.payload)
-    except DecodeError as exc:
-        raise IntegrityError("tag record is not a valid SignedTag") from exc
-    if len(msg.publisher) != 32 or not verify(msg.publisher, signed.signature,
-                                              TAG_DOMAIN + signed.payload):
-        raise IntegrityError(f"bad signature on tag record {msg.name!r}:{msg.tag!r}")
+    msg, _ = open_envelope(data, registry_pb2.SignedTag, registry_pb2.TagRecord,
+                           domain=TAG_DOMAIN, max_bytes=MAX_TAG_BYTES, what="tag record",
+                           key=lambda m: m.publisher)
     try:
         return TagRecord(publisher=msg.publisher, name=msg.name, tag=msg.tag,
                          target=Digest.parse(msg.target), sequence=msg.sequence,
