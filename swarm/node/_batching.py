@@ -180,7 +180,8 @@ class Batcher:
         self._arrival_gap = _Ewma(0.2)
         self._execution_time = _Ewma(0.2)
         self._items_per_second = _Ewma(0.2)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{model.name}")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{model.name}",
+                                            initializer=model.prepare_thread)
         self._idle = asyncio.Event()
         self._idle.set()
 

@@ -94,6 +94,9 @@ class Model(abc.ABC):
     def memory_bytes(self) -> int:
         return 0
 
+    def prepare_thread(self) -> None:  # noqa: B027
+        """Called once in each thread that will execute this model (the batcher's)."""
+
     def close(self) -> None:  # noqa: B027
         """Release resources (device memory)."""
 
@@ -142,6 +145,13 @@ class TorchModel(Model):
             else:
                 out[spec.name] = np.zeros(shape, dtype=_np_dtype(spec.datatype))
         return out
+
+    def prepare_thread(self) -> None:
+        # OpenMP's thread count is per calling thread, and oneDNN kernels (GELU, ...) size
+        # their teams from it: without this, a batcher thread runs 2-thread teams whatever
+        # torch.set_num_threads said on the main thread, and their spinning worker fights
+        # the event loop for the CPU (8x slower GELU, 10x tail latency on 2 cores).
+        torch.set_num_threads(torch.get_num_threads())
 
     def memory_bytes(self) -> int:
         params = getattr(self._module, "parameters", None)
