@@ -23,7 +23,6 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-import torch
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -45,7 +44,7 @@ from swarm.node._gateway import OpenAIGateway, RoutingGateway
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import BatchStat, ModelTable, ServedModel, load_model, policy_for
-from swarm.node._runtime import Model, select_device
+from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
 from swarm.node._service import InferenceService, NodeStatusService
 from swarm.protocol._advert import Advert, Hardware, ModelOffer, Price
 from swarm.protocol._gossip import Gossip
@@ -205,8 +204,9 @@ class Node:
         self.state = NodeState.STARTING
         config = self.config
         # Intra-op threads that spin on a core the event loop needs make small batches
-        # 25x slower on a 2-core machine (bench/RESULTS.md): leave one core to gRPC.
-        torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
+        # 25x slower on a 2-core machine (bench/RESULTS.md): short passes leave a core to
+        # gRPC, long ones (big batches) use them all.
+        set_thread_policy(ThreadPolicy.for_machine(os.cpu_count() or 2, config.torch_threads))
         data_dir = config.data_dir.expanduser()
         data_dir.mkdir(parents=True, exist_ok=True)
         if self.identity is None:

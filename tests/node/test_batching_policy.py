@@ -81,3 +81,18 @@ def test_arrival_not_due_before_the_delay_expires_dispatches() -> None:
 def test_invalid_policies_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must"):
         BatchPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- intra-op threads (pure)
+
+def test_short_passes_run_narrow_and_long_ones_wide() -> None:
+    from swarm.node._runtime import ThreadPolicy, intra_op_threads
+
+    policy = ThreadPolicy.for_machine(cores=8)
+    assert (policy.narrow, policy.wide) == (7, 8)
+    assert intra_op_threads(policy, None) == 7  # nothing measured yet
+    assert intra_op_threads(policy, 0.001) == 7
+    assert intra_op_threads(policy, 0.050) == 8
+    fixed = ThreadPolicy.for_machine(cores=8, fixed=3)
+    assert intra_op_threads(fixed, 0.050) == intra_op_threads(fixed, 0.0001) == 3
+    assert ThreadPolicy.for_machine(cores=1) == ThreadPolicy(1, 1)
