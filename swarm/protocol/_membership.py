@@ -52,6 +52,9 @@ class MembershipConfig:
     rate_per_second: float = 2.0
     rate_burst: float = 6.0
     view_policy: ViewPolicy = field(default_factory=ViewPolicy)
+    # Keep a peer view (subscribe to adverts). A provider that routes nothing may only
+    # publish: in a large swarm that spares it every other provider's adverts.
+    listen: bool = True
 
     @property
     def ttl(self) -> float:
@@ -220,6 +223,9 @@ class Membership:
                     await self._changed.wait()
             now = self._clock.monotonic()
             if now - last < self.config.min_interval:
+                # Too soon: sleep it off. (With a change pending, the event stays set and
+                # waiting on it again would spin without yielding.)
+                await asyncio.sleep(self.config.min_interval - (now - last))
                 continue
             due = now - last >= period
             if due or self._changed.is_set() or significant_change(
@@ -258,8 +264,11 @@ class Membership:
 
     async def run(self) -> None:
         """Publish (if publishing), receive and sweep until cancelled."""
+        if not self.config.listen and self._source is None:
+            raise ValueError("a member that neither listens nor publishes has nothing to do")
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._receiver(), name="membership-receiver")
-            tg.create_task(self._sweeper(), name="membership-sweeper")
+            if self.config.listen:
+                tg.create_task(self._receiver(), name="membership-receiver")
+                tg.create_task(self._sweeper(), name="membership-sweeper")
             if self._source is not None:
                 tg.create_task(self._publisher(), name="membership-publisher")

@@ -290,3 +290,26 @@ def test_view_is_a_frozen_snapshot() -> None:
     view = PeerView()
     with pytest.raises(dataclasses.FrozenInstanceError):
         view.own = None  # type: ignore[misc]
+
+
+def test_a_change_right_after_an_advert_waits_min_interval_without_spinning() -> None:
+    from swarm.simnet._vloop import VirtualClock, run_virtual
+
+    async def scenario() -> tuple[int, float]:
+        network = MemoryNetwork(seed=7)
+        me = Identity.generate()
+        clock = VirtualClock.current()
+        member = Membership(network.join(me.peer_id), identity=me, clock=clock,
+                            source=lambda: advert_of(me, sequence=0, timestamp=0),
+                            config=MembershipConfig(advert_interval=60, min_interval=5,
+                                                    check_interval=0.5))
+        task = asyncio.create_task(member.run())
+        await asyncio.sleep(0.1)  # first advert went out at t=0
+        member.notify_change()  # too soon: must wait until t=5, not spin
+        await asyncio.sleep(6)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return member.counters["published"], asyncio.get_running_loop().time()
+
+    published, _ = run_virtual(scenario())  # a spin would never let virtual time advance
+    assert published == 2
