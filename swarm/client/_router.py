@@ -98,6 +98,9 @@ class Router:
         self.observations = observations or Observations()
         self._clock = clock
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+        # resolve() scans every advert; its answers hold for one view snapshot.
+        self._resolved_view: PeerView | None = None
+        self._resolved: dict[str, Digest] = {}
 
     @property
     def view(self) -> PeerView:
@@ -112,8 +115,18 @@ class Router:
         ref = ModelRef.parse(model)
         if ref.digest is not None:
             return ref.digest
+        view = self.view
+        if view is not self._resolved_view:  # a new snapshot: forget what the old one said
+            self._resolved_view, self._resolved = view, {}
+        digest = self._resolved.get(model)
+        if digest is None:
+            digest = self._resolved[model] = self._resolve(view, ref, model)
+        return digest
+
+    @staticmethod
+    def _resolve(view: PeerView, ref: ModelRef, model: str) -> Digest:
         counts: dict[Digest, int] = {}
-        for entry in self.view:
+        for entry in view:
             for offer in entry.advert.models:
                 if offer.name == ref.name and (ref.tag is None or ref.tag in offer.tags):
                     counts[offer.digest] = counts.get(offer.digest, 0) + 1
@@ -204,6 +217,8 @@ class Router:
                 hedge_at = None
                 if options.hedge and not hedged and len(running) == 1 and attempts < options.max_attempts:
                     p95 = self.observations.p95(primary.candidate.peer)
+                    if p95 is None:  # too few samples of this peer: judge by all of them
+                        p95 = self.observations.overall_p95()
                     if p95 is not None:
                         hedge_at = primary.started + p95
                 wait = None if hedge_at is None else max(0.0, hedge_at - self._clock())

@@ -19,6 +19,7 @@ escalating while a peer that recovered for good is forgiven.
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 from collections.abc import Iterator
@@ -138,6 +139,8 @@ class PeerStats:
     # (start time, items) of this client's requests in flight to the peer, oldest first.
     in_flight: tuple[tuple[float, int], ...] = ()
     successes: int = 0
+    # When the last success was recorded (the age of rtt/service/latency).
+    sampled_at: float = -math.inf
     failures: int = 0
     # Times of failures, oldest first (pruned to failure_window on each new failure).
     failure_times: tuple[float, ...] = ()
@@ -218,12 +221,23 @@ class Observations:
     def __init__(self, config: ObservationConfig | None = None) -> None:
         self.config = config or ObservationConfig()
         self._peers: immutables.Map[PeerId, PeerStats] = immutables.Map()
+        # The latest latencies over every peer: the hedging threshold for a peer we have
+        # too few samples of (with many providers, most of them).
+        self._recent: collections.deque[float] = collections.deque(
+            maxlen=max(self.config.latency_window, 64))
 
     def snapshot(self) -> ObservationSnapshot:
         return ObservationSnapshot(self._peers, self.config)
 
     def get(self, peer: PeerId) -> PeerStats:
         return self._peers.get(peer, _NEW)
+
+    def overall_p95(self) -> float | None:
+        """95th percentile of this client's recent latencies over all peers (None: too few)."""
+        n = len(self._recent)
+        if n < max(1, self.config.p95_min_samples):
+            return None
+        return sorted(self._recent)[math.ceil(0.95 * n) - 1]
 
     def p95(self, peer: PeerId) -> float | None:
         """`peer`'s recent latency p95 (the hedging threshold), or None with too few samples."""
@@ -271,6 +285,7 @@ class Observations:
             raise ValueError(f"need latency >= 0 and items >= 1, got {latency}, {items}")
         cfg = self.config
         s = self.get(peer)
+        self._recent.append(latency)
         rtt, per_item = s.rtt, s.service
         if service is not None:
             per_item = _ewma(per_item, max(0.0, service) / items, cfg.service_alpha)
@@ -285,7 +300,8 @@ class Observations:
         self._put(peer, replace(
             s, rtt=rtt, service=per_item, surprise=surprise, surprise_at=surprise_at,
             latency=_ewma(s.latency, latency, cfg.latency_alpha),
-            latencies=(*window, latency), successes=s.successes + 1, consecutive_failures=0,
+            latencies=(*window, latency), successes=s.successes + 1, sampled_at=now,
+            consecutive_failures=0,
             opened=opened, probing=False,
             closed_since=s.closed_since if opened or not s.opened else now,
         ))

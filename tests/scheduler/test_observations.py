@@ -219,3 +219,13 @@ def test_bad_samples_are_refused() -> None:
     with pytest.raises(ValueError, match="items"):
         obs.record_success(PEER, 0.1, 0, now=0)
     assert math.isinf(obs.get(PEER).closed_since)
+
+
+def test_overall_p95_covers_every_peer() -> None:
+    obs = Observations()
+    assert obs.overall_p95() is None
+    peers = [Identity.from_seed(bytes([40 + i]) * 32).peer_id for i in range(20)]
+    for i, peer in enumerate(peers):  # one sample per peer: no peer has a p95 of its own
+        obs.record_success(peer, latency=0.01 * (i + 1), items=1, now=float(i))
+    assert all(obs.p95(p) is None for p in peers)
+    assert obs.overall_p95() == pytest.approx(0.19)
