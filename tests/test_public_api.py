@@ -61,7 +61,8 @@ def test_swarm_simnet_exports() -> None:
     import swarm.simnet
 
     assert set(swarm.simnet.__all__) == {
-        "Cluster", "ClusterConfig", "DeadlockError", "NodeHandle", "NodeStatus",
+        "Cluster", "ClusterConfig", "DeadlockError", "ModelResult", "ModelSettings",
+        "NodeHandle", "NodeStatus",
         "RoundRobinRouter", "RoutedResult", "Router", "RunOptions", "RunResult", "Scenario",
         "VirtualClock", "VirtualTimeError", "VirtualTimeLoop", "load_scenario", "parse_scenario",
-        "run_scenario", "run_virtual", "start_cluster"}
+        "run_model", "run_scenario", "run_virtual", "start_cluster"}

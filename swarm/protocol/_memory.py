@@ -6,7 +6,16 @@ implements the same `Gossip` interface as the libp2p transport. Messages flood
 the overlay with GossipSub's forwarding rules: a host validates each message
 the first time it sees it; only an ACCEPTed message is delivered to the host's
 subscribers and forwarded, once, to every link except the one it came from and
-its author. Every host relays every topic (all Swarm nodes join all topics).
+its author.
+
+Two kinds of overlay. By default one overlay joins every host and every host
+relays every topic (small swarms, where all nodes join all topics). With
+`topic_meshes=True` the network behaves as GossipSub at scale: the subscribers
+of a topic form that topic's own overlay (`degree` links each) and only they
+relay it; a host that publishes on a topic it does not subscribe to sends to
+`degree` random subscribers (its fanout, kept while they last) and relays
+nothing. A publish-only host (a provider announcing itself) then costs the
+swarm `degree` transmissions per message instead of a place in every mesh.
 Behaviour shared with the libp2p transport (swarm/protocol/_libp2p.py): own
 publishes skip our validators and reach our own subscribers; a subscriber that
 falls behind loses its oldest messages; use after close raises RuntimeError.
@@ -252,7 +261,14 @@ class MemoryGossip(Gossip):
         self._peer_id = peer_id
         self._state = _State.LIVE
         # Insertion-ordered dicts, never sets: iteration order must not depend on hashing.
+        # Links per overlay: None is the network-wide one (`_links`), else a topic's mesh;
+        # a topic's entry exists exactly while this host is in that topic's mesh.
         self._links: dict[PeerId, MemoryGossip] = {}
+        self._overlay_links: dict[str | None, dict[PeerId, MemoryGossip]] = {None: self._links}
+        # Topic -> subscribers this host publishes to without subscribing (topic meshes).
+        self._fanout: dict[str, dict[PeerId, MemoryGossip]] = {}
+        # A crashed host's peers have noticed (crash_detection passed) and dropped it.
+        self._noticed = False
         self._subs: dict[str, list[_Subscription]] = {}
         self._validators: dict[str, Validator] = {}
         # Seen-message ids in two generations: an id is remembered for at least
@@ -260,7 +276,6 @@ class MemoryGossip(Gossip):
         self._seen: set[int] = set()
         self._seen_before: set[int] = set()
         self._seen_since: float | None = None
-        self._index = -1  # position in network._order while live
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._published = self._delivered = self._duplicates = 0
         self._ignored = self._rejected = self._overflowed = 0
@@ -286,7 +301,10 @@ class MemoryGossip(Gossip):
         """
         sub = _Subscription(self, topic, self._network._buffer)
         if self._state is _State.LIVE:
-            self._subs.setdefault(topic, []).append(sub)
+            subs = self._subs.setdefault(topic, [])
+            subs.append(sub)
+            if len(subs) == 1:
+                self._network._subscribed(self, topic)
         else:
             sub._end(discard=True)
         return sub
@@ -295,7 +313,13 @@ class MemoryGossip(Gossip):
         self._validators[topic] = validator
 
     def connected_peers(self) -> list[PeerId]:
-        return list(self._links)
+        """Peers linked in any overlay, and fanout peers (topic meshes), without repeats."""
+        if len(self._overlay_links) == 1 and not self._fanout:
+            return list(self._links)
+        peers: dict[PeerId, None] = {}
+        for links in (*self._overlay_links.values(), *self._fanout.values()):
+            peers.update(dict.fromkeys(links))
+        return list(peers)
 
     async def close(self) -> None:
         """Leave: links go away on both ends now; subscriptions end after their buffer."""
@@ -313,7 +337,8 @@ class MemoryGossip(Gossip):
         )
 
     def __repr__(self) -> str:
-        return f"<MemoryGossip {self._peer_id.short} {self._state.value} links={len(self._links)}>"
+        return (f"<MemoryGossip {self._peer_id.short} {self._state.value} "
+                f"links={len(self.connected_peers())}>")
 
     # ------------------------------------------------------------------ internals
 
@@ -325,6 +350,10 @@ class MemoryGossip(Gossip):
         subs = self._subs.get(sub.topic)
         if subs is not None and sub in subs:
             subs.remove(sub)
+            if not subs:
+                del self._subs[sub.topic]
+                if self._state is _State.LIVE:
+                    self._network._unsubscribed(self, sub.topic)
 
     def _end_subscriptions(self, *, discard: bool) -> None:
         for subs in self._subs.values():
@@ -362,6 +391,44 @@ class MemoryGossip(Gossip):
         return verdict
 
 
+class _Overlay:
+    """A random graph of `degree` links per host: every host's (key None), or a topic's mesh.
+
+    Members are kept in a list for O(1) random picks (swap-removed on leave); the
+    links live on the hosts (`MemoryGossip._overlay_links[key]`).
+    """
+
+    __slots__ = ("_pos", "key", "members")
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.members: list[MemoryGossip] = []
+        self._pos: dict[MemoryGossip, int] = {}
+
+    def __contains__(self, host: object) -> bool:
+        return host in self._pos
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def add(self, host: MemoryGossip) -> None:
+        self._pos[host] = len(self.members)
+        self.members.append(host)
+
+    def discard(self, host: MemoryGossip) -> None:
+        index = self._pos.pop(host, None)
+        if index is None:
+            return
+        last = self.members.pop()
+        if last is not host:
+            self.members[index] = last
+            self._pos[last] = index
+
+    def links(self, host: MemoryGossip) -> dict[PeerId, MemoryGossip]:
+        """`host`'s links in this overlay (empty once it has left)."""
+        return host._overlay_links.get(self.key, {})
+
+
 # ---------------------------------------------------------------------------- network
 
 
@@ -382,17 +449,23 @@ class MemoryNetwork:
     seen_ttl         seconds a host remembers a message id for de-duplication.
     subscription_buffer  messages a subscription holds; when full the oldest is
                      dropped (as Libp2pConfig.max_queued_messages).
+    topic_meshes     False: one overlay, every host relays every topic. True:
+                     each topic's subscribers form its mesh and only they relay
+                     it; others publish to `degree` subscribers (fanout). Needs
+                     degree >= 1; `link`/`unlink` are refused.
     """
 
     def __init__(self, seed: int, *, degree: int = 6, default_latency: float = 0.0005,
                  crash_detection: float = 0.2, overhead_bytes: int = 0, seen_ttl: float = 120.0,
-                 subscription_buffer: int = 1024) -> None:
+                 subscription_buffer: int = 1024, topic_meshes: bool = False) -> None:
         if degree < 0:
             raise ValueError(f"degree must be >= 0, got {degree}")
         if default_latency < 0 or crash_detection < 0 or overhead_bytes < 0 or seen_ttl <= 0:
             raise ValueError("latencies, overhead and crash detection are >= 0; seen_ttl > 0")
         if subscription_buffer < 1:
             raise ValueError(f"subscription_buffer must be >= 1, got {subscription_buffer}")
+        if topic_meshes and degree < 1:
+            raise ValueError("topic meshes need degree >= 1")
         self._rng = random.Random(seed)
         self._degree = degree
         self._latency = default_latency
@@ -400,9 +473,11 @@ class MemoryNetwork:
         self._overhead = overhead_bytes
         self._seen_ttl = seen_ttl
         self._buffer = subscription_buffer
+        self._topic_meshes = topic_meshes
         self._hosts: dict[PeerId, MemoryGossip] = {}
-        # Live hosts in a list for O(1) random picks (swap-removed on leave).
-        self._order: list[MemoryGossip] = []
+        # Every live host; it is also the overlay unless topic_meshes.
+        self._everyone = _Overlay(None)
+        self._meshes: dict[str, _Overlay] = {}
         self._route: Route | None = None
         self._groups: dict[PeerId, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -419,54 +494,66 @@ class MemoryNetwork:
         takes degree/2 random links (x, y) and splits each into (x, new) and
         (new, y): every host keeps `degree` links, the graph stays connected,
         and it is a random regular graph (diameter ~ log n) whatever the join
-        order. Leaving hosts' neighbours are re-paired the same way.
+        order. Leaving hosts' neighbours are re-paired the same way. With topic
+        meshes the same happens in a topic's mesh when a host subscribes to it.
         """
         if peer_id in self._hosts:
             raise ValueError(f"{peer_id} is already in the network")
         host = MemoryGossip(self, peer_id)
-        if self._degree:
-            self._attach(host)
+        if self._degree and not self._topic_meshes:
+            self._attach(self._everyone, host)
         self._hosts[peer_id] = host
-        host._index = len(self._order)
-        self._order.append(host)
+        self._everyone.add(host)
         return host
 
     def peers(self) -> list[PeerId]:
         """Live hosts, in join order."""
         return list(self._hosts)
 
+    def subscribers(self, topic: str) -> list[PeerId]:
+        """Live hosts in `topic`'s mesh (topic meshes), in no particular but fixed order."""
+        mesh = self._meshes.get(topic)
+        return [] if mesh is None else [h._peer_id for h in mesh.members]
+
     def link(self, a: PeerId, b: PeerId) -> None:
         """Connect two live hosts (explicit topologies)."""
+        self._explicit()
         ha, hb = self._live(a), self._live(b)
         if ha is hb:
             raise ValueError("a host does not link to itself")
-        self._connect(ha, hb)
+        self._connect(self._everyone, ha, hb)
 
     def unlink(self, a: PeerId, b: PeerId) -> None:
         """Disconnect two hosts (no re-linking follows)."""
+        self._explicit()
         ha, hb = self._live(a), self._live(b)
-        self._disconnect(ha, hb)
+        self._disconnect(self._everyone, ha, hb)
 
     def kill(self, peer_id: PeerId) -> None:
         """Crash a host: it stops at once, says no goodbye; its subscriptions end unread.
 
         Its neighbours keep their links to it (and lose what they send there)
-        for `crash_detection` seconds, then drop them and re-link.
+        for `crash_detection` seconds, then drop them and re-link; so do
+        publishers that had it in their fanout.
         """
         host = self._live(peer_id)
         host._state = _State.DEAD
         self._remove(host)
         host._end_subscriptions(discard=True)
-        neighbours = list(host._links.values())
-        host._links.clear()
+        lost = []
+        for overlay in (self._everyone, *self._overlays_of(host)):
+            links = overlay.links(host)
+            lost.append((overlay, list(links.values())))
+            links.clear()
+            overlay.discard(host)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is None or self._crash_detection == 0:
-            self._forget(host, neighbours)
+            self._forget(host, lost)
         else:
-            loop.call_later(self._crash_detection, self._forget, host, neighbours)
+            loop.call_later(self._crash_detection, self._forget, host, lost)
 
     # ------------------------------------------------------------------ conditions
 
@@ -494,6 +581,11 @@ class MemoryNetwork:
         """End the partition."""
         self._groups = None
 
+    def reachable(self, a: PeerId, b: PeerId) -> bool:
+        """Are `a` and `b` on the same side of the partition (if any)?"""
+        groups = self._groups
+        return groups is None or groups.get(a) == groups.get(b)
+
     @property
     def in_flight(self) -> int:
         """Scheduled deliveries that have not happened yet."""
@@ -508,98 +600,153 @@ class MemoryNetwork:
 
     # ------------------------------------------------------------------ topology internals
 
+    def _explicit(self) -> None:
+        if self._topic_meshes:
+            raise ValueError("explicit links are for networks without topic meshes")
+
     def _live(self, peer_id: PeerId) -> MemoryGossip:
         host = self._hosts.get(peer_id)
         if host is None:
             raise ValueError(f"{peer_id} is not a live host of this network")
         return host
 
-    def _connect(self, a: MemoryGossip, b: MemoryGossip) -> None:
-        a._links[b._peer_id] = b
-        b._links[a._peer_id] = a
+    def _overlays_of(self, host: MemoryGossip) -> list[_Overlay]:
+        return [self._meshes[key] for key in host._overlay_links if key is not None]
 
-    def _disconnect(self, a: MemoryGossip, b: MemoryGossip) -> None:
-        if a._links.get(b._peer_id) is b:
-            del a._links[b._peer_id]
-        if b._links.get(a._peer_id) is a:
-            del b._links[a._peer_id]
+    def _connect(self, overlay: _Overlay, a: MemoryGossip, b: MemoryGossip) -> None:
+        overlay.links(a)[b._peer_id] = b
+        overlay.links(b)[a._peer_id] = a
+
+    def _disconnect(self, overlay: _Overlay, a: MemoryGossip, b: MemoryGossip) -> None:
+        la, lb = overlay.links(a), overlay.links(b)
+        if la.get(b._peer_id) is b:
+            del la[b._peer_id]
+        if lb.get(a._peer_id) is a:
+            del lb[a._peer_id]
 
     def _remove(self, host: MemoryGossip) -> None:
         if self._hosts.get(host._peer_id) is host:
             del self._hosts[host._peer_id]
-        if host._index >= 0:
-            last = self._order.pop()
-            if last is not host:
-                self._order[host._index] = last
-                last._index = host._index
-            host._index = -1
+        self._everyone.discard(host)
 
-    def _random_host(self) -> MemoryGossip:
-        return self._order[self._rng.randrange(len(self._order))]
+    def _random_member(self, overlay: _Overlay) -> MemoryGossip:
+        return overlay.members[self._rng.randrange(len(overlay.members))]
 
-    def _attach(self, host: MemoryGossip) -> None:
+    def _attach(self, overlay: _Overlay, host: MemoryGossip) -> None:
+        # `host` is not a member yet: it links to members.
         rng, degree = self._rng, self._degree
-        if len(self._order) <= degree:
-            for other in self._order:
-                self._connect(host, other)
+        mine = overlay.links(host)
+        if len(overlay) <= degree:
+            for other in overlay.members:
+                self._connect(overlay, host, other)
             return
         attempts = 8 * degree
-        while len(host._links) + 2 <= degree and attempts:
+        while len(mine) + 2 <= degree and attempts:
             attempts -= 1
-            x = self._random_host()
-            if x._peer_id in host._links:
+            x = self._random_member(overlay)
+            if x._peer_id in mine:
                 continue
-            neighbours = list(x._links.values())
+            neighbours = list(overlay.links(x).values())
             if not neighbours:
-                self._connect(host, x)
+                self._connect(overlay, host, x)
                 continue
             y = neighbours[rng.randrange(len(neighbours))]
-            if y is host or y._state is not _State.LIVE or y._peer_id in host._links:
+            if y is host or y._state is not _State.LIVE or y._peer_id in mine:
                 continue
-            self._disconnect(x, y)
-            self._connect(host, x)
-            self._connect(host, y)
-        self._top_up(host, attempts)
+            self._disconnect(overlay, x, y)
+            self._connect(overlay, host, x)
+            self._connect(overlay, host, y)
+        self._top_up(overlay, host, attempts)
 
-    def _top_up(self, host: MemoryGossip, attempts: int) -> None:
-        # Odd degrees and unlucky draws end here: plain links to random hosts.
-        while len(host._links) < self._degree and attempts and len(self._order) > 1:
+    def _top_up(self, overlay: _Overlay, host: MemoryGossip, attempts: int) -> None:
+        # Odd degrees and unlucky draws end here: plain links to random members.
+        mine = overlay.links(host)
+        while len(mine) < self._degree and attempts and len(overlay) > 1:
             attempts -= 1
-            other = self._random_host()
-            if other is not host and other._peer_id not in host._links:
-                self._connect(host, other)
+            other = self._random_member(overlay)
+            if other is not host and other._peer_id not in mine:
+                self._connect(overlay, host, other)
 
-    def _mend(self, neighbours: list[MemoryGossip]) -> None:
+    def _mend(self, overlay: _Overlay, neighbours: list[MemoryGossip]) -> None:
         # The inverse of a join's edge splits: pair up the hosts that lost a
         # link (in random order) so each gets one back and the graph stays whole.
         if not self._degree:
             return
-        live = [n for n in neighbours if n._state is _State.LIVE]
+        live = [n for n in neighbours if n._state is _State.LIVE and n in overlay]
         self._rng.shuffle(live)
         lonely = []
         while len(live) >= 2:
             a, b = live.pop(), live.pop()
-            if b._peer_id in a._links:
+            if b._peer_id in overlay.links(a):
                 lonely += [a, b]
             else:
-                self._connect(a, b)
+                self._connect(overlay, a, b)
         for n in lonely + live:
-            self._top_up(n, 4 * self._degree)
+            self._top_up(overlay, n, 4 * self._degree)
+
+    def _depart(self, overlay: _Overlay, host: MemoryGossip) -> None:
+        """`host` leaves `overlay` gracefully: its links go now and its neighbours re-pair."""
+        overlay.discard(host)
+        neighbours = list(overlay.links(host).values())
+        for other in neighbours:
+            self._disconnect(overlay, host, other)
+        if overlay.key is not None:
+            del host._overlay_links[overlay.key]
+        self._mend(overlay, neighbours)
 
     def _leave(self, host: MemoryGossip) -> None:
         host._state = _State.CLOSED
         self._remove(host)
-        neighbours = list(host._links.values())
-        for other in neighbours:
-            self._disconnect(host, other)
-        self._mend(neighbours)
+        for overlay in (self._everyone, *self._overlays_of(host)):
+            self._depart(overlay, host)
+        host._fanout.clear()
         host._end_subscriptions(discard=False)
 
-    def _forget(self, dead: MemoryGossip, neighbours: list[MemoryGossip]) -> None:
-        still = [n for n in neighbours if n._links.get(dead._peer_id) is dead]
-        for other in still:
-            del other._links[dead._peer_id]
-        self._mend(still)
+    def _forget(self, dead: MemoryGossip,
+                lost: list[tuple[_Overlay, list[MemoryGossip]]]) -> None:
+        dead._noticed = True
+        for overlay, neighbours in lost:
+            still = [n for n in neighbours if overlay.links(n).get(dead._peer_id) is dead]
+            for other in still:
+                del overlay.links(other)[dead._peer_id]
+            self._mend(overlay, still)
+
+    def _subscribed(self, host: MemoryGossip, topic: str) -> None:
+        if not self._topic_meshes:
+            return
+        mesh = self._meshes.get(topic)
+        if mesh is None:
+            mesh = self._meshes[topic] = _Overlay(topic)
+        host._fanout.pop(topic, None)  # a subscriber publishes to its mesh
+        host._overlay_links[topic] = {}
+        self._attach(mesh, host)
+        mesh.add(host)
+
+    def _unsubscribed(self, host: MemoryGossip, topic: str) -> None:
+        mesh = self._meshes.get(topic)
+        if mesh is not None and host in mesh:
+            self._depart(mesh, host)
+
+    def _fanout_of(self, host: MemoryGossip, topic: str) -> dict[PeerId, MemoryGossip]:
+        """The subscribers `host` publishes `topic` to without subscribing, topped up to degree."""
+        fanout = host._fanout.get(topic)
+        if fanout is None:
+            fanout = host._fanout[topic] = {}
+        mesh = self._meshes.get(topic)
+        # A peer stays until it is known to be gone: unsubscribed, left, or noticed dead.
+        for peer_id, peer in list(fanout.items()):
+            if not ((mesh is not None and peer in mesh)
+                    or (peer._state is _State.DEAD and not peer._noticed)):
+                del fanout[peer_id]
+        if mesh is None:
+            return fanout
+        attempts = 4 * self._degree
+        while len(fanout) < self._degree and attempts and len(mesh):
+            attempts -= 1
+            other = self._random_member(mesh)
+            if other is not host and other._peer_id not in fanout:
+                fanout[other._peer_id] = other
+        return fanout
 
     # ------------------------------------------------------------------ message path
 
@@ -625,7 +772,9 @@ class MemoryNetwork:
         if host._state is _State.LIVE:
             host._received += 1
             host._received_bytes += size
-            self._receive(host, msg_id, msg, size)
+            # With topic meshes a host that is no longer in the topic's mesh ignores it.
+            if not self._topic_meshes or msg.topic in host._overlay_links:
+                self._receive(host, msg_id, msg, size)
         if not self._in_flight and self._settlers:
             settlers, self._settlers = self._settlers, []
             for waiter in settlers:
@@ -646,7 +795,17 @@ class MemoryNetwork:
         for sub in host._subs.get(msg.topic, ()):
             if not sub._push(msg):
                 host._overflowed += 1
-        if not host._links:
+        if not self._topic_meshes:
+            links = host._links
+        else:
+            mesh_links = host._overlay_links.get(msg.topic)
+            if mesh_links is not None:
+                links = mesh_links
+            elif own:
+                links = self._fanout_of(host, msg.topic)
+            else:
+                return
+        if not links:
             return
         me = host._peer_id
         out = GossipMessage(msg.topic, msg.data, received_from=me, source=msg.source)
@@ -654,7 +813,7 @@ class MemoryNetwork:
         route, groups, rng = self._route, self._groups, self._rng
         my_group = groups.get(me) if groups is not None else None
         base = self._latency
-        for peer, dst in host._links.items():
+        for peer, dst in links.items():
             if peer in (came_from, author):
                 continue
             host._sent += 1

@@ -38,11 +38,20 @@ w = 0.5 a provider twice as slow must be more than twice as cheap to win, and
 a cheap provider's score keeps rising with its queue, so load spills over
 instead of piling up there. w = 0 (PRICE) weighs latency only to break ties:
 give such requests a deadline, since candidates expected to miss it rank last.
+
+At scale (`SchedulerConfig.max_considered`), `choose` estimates only a bounded
+set of providers: those that answered this client most recently (within
+`recent_window`), up to half of the set, and a random sample for the rest
+(power of d choices). Scoring thousands of providers per request
+costs milliseconds; a client needs a few good ones and fresh samples to find
+better. Only when no sampled provider qualifies does it look at all of them.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import operator
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +138,9 @@ class SchedulerConfig:
     p2c_slack: float = 1.5
     # Two candidates whose scores differ by less than this factor count as equal in p2c.
     p2c_tie: float = 1.05
+    # Seconds after which a provider's measured RTT and service time count half toward the
+    # typical provider's: one slow answer must not keep a provider out of rotation forever.
+    stale_half_life: float = 10.0
     # Our own in-flight work at a provider counts this many times in its queue estimate:
     # others send there too while ours wait. 1 is exact for a lone client; 2 cut p99 by
     # 14% with 8 clients in bench/scheduler_bench.py and costs a lone client nothing.
@@ -139,10 +151,22 @@ class SchedulerConfig:
     default_service: float = 0.1
     # Stake requirement (staking comes later): False excludes the peer; None allows all.
     stake_ok: Callable[[PeerId], bool] | None = None
+    # Most providers estimated per call (module docstring): up to half of them the ones
+    # used most recently, a random sample for the rest. None: every provider (exact, and
+    # O(providers) per call: fine for tens, milliseconds at thousands).
+    max_considered: int | None = None
+    # Seconds since its last answer during which a provider counts as recently used.
+    recent_window: float = 10.0
 
     def __post_init__(self) -> None:
         if self.candidates < 1 or self.p2c_pool < 1:
             raise ValueError("candidates and p2c_pool must be at least 1")
+        if self.max_considered is not None and self.max_considered < 2:
+            raise ValueError(f"max_considered must be at least 2, got {self.max_considered}")
+        if not self.recent_window >= 0:
+            raise ValueError(f"recent_window must not be negative, got {self.recent_window}")
+        if not self.stale_half_life > 0:
+            raise ValueError(f"stale_half_life must be positive, got {self.stale_half_life}")
         if not self.p2c_slack >= 1 or not self.p2c_tie >= 1:
             raise ValueError(f"p2c_slack and p2c_tie must be at least 1, got {self.p2c_slack}, "
                              f"{self.p2c_tie}")
@@ -184,9 +208,27 @@ def choose(view: PeerView, request: Request, obs: Observations | ObservationSnap
     Raises NoProviderError, saying why, when no provider qualifies.
     """
     stats = obs.snapshot() if isinstance(obs, Observations) else obs
-    entries = view.providers(request.digest)
-    if not entries:
+    serving = view.by_digest.get(request.digest, frozenset())
+    if not serving:
         raise NoProviderError(f"no provider serves {request.digest}")
+    rows: list[_Row] = []
+    d = config.max_considered
+    if d is not None and len(serving) > d:
+        sample = _sample(view, serving, stats, rng, now, d, config.recent_window)
+        rows, _, _ = _evaluate(sample, stats, request, now, config)
+    if not rows:  # all of them: no sampling, or nothing sampled qualified
+        entries = view.providers(request.digest)
+        rows, reasons, cheapest = _evaluate(entries, stats, request, now, config)
+        if not rows:
+            raise _no_provider(request, len(entries), reasons, cheapest)
+    return _order(_score(rows, request, now), request.preference, rng, config)
+
+
+def _evaluate(entries: list[PeerEntry], stats: ObservationSnapshot, request: Request,
+              now: float, config: SchedulerConfig
+              ) -> tuple[list[_Row], dict[str, int], float | None]:
+    """Estimates for the qualifying entries; why the others were refused; cheapest refused
+    on price."""
     rows = []
     reasons: dict[str, int] = {}
     cheapest: float | None = None
@@ -201,9 +243,46 @@ def choose(view: PeerView, request: Request, obs: Observations | ObservationSnap
         reasons[reason] = reasons.get(reason, 0) + 1
         if reason == _PRICE:
             cheapest = price if cheapest is None else min(cheapest, price)
-    if not rows:
-        raise _no_provider(request, len(entries), reasons, cheapest)
-    return _order(_score(rows, request, now), request.preference, rng, config)
+    return rows, reasons, cheapest
+
+
+# Sorted peer ids per provider set: a view's set object changes only when a provider
+# joins or leaves, so each is sorted once, not on every request. Keyed by identity (the
+# entry holds the set, so its id is not reused): views of many clients hold equal sets,
+# and a lookup by value would compare them element by element. Bounded, oldest out.
+_SORTED: dict[int, tuple[frozenset[PeerId], tuple[PeerId, ...]]] = {}
+_SORTED_MAX = 512
+_BY_VALUE = operator.attrgetter("value")
+
+
+def _sorted(peers: frozenset[PeerId]) -> tuple[PeerId, ...]:
+    cached = _SORTED.get(id(peers))
+    if cached is not None and cached[0] is peers:
+        return cached[1]
+    # Sorted, never in set order: that depends on PYTHONHASHSEED (determinism).
+    ordered = tuple(sorted(peers, key=_BY_VALUE))
+    if len(_SORTED) >= _SORTED_MAX:
+        del _SORTED[next(iter(_SORTED))]
+    _SORTED[id(peers)] = (peers, ordered)
+    return ordered
+
+
+def _sample(view: PeerView, serving: frozenset[PeerId], stats: ObservationSnapshot,
+            rng: random.Random, now: float, size: int, window: float) -> list[PeerEntry]:
+    """`size` of the providers in `serving`: recently used ones first (at most half), then
+    random ones. Costs O(size) estimates and one comparison per observed peer (a client
+    should forget peers it stopped using: `Observations.forget`), not O(providers)."""
+    cutoff = now - window
+    # The last answer with an expected latency sets surprise_at (Router always passes it).
+    recent = [(s.surprise_at, peer.value, peer) for peer, s in stats.peers.items()
+              if s.surprise_at >= cutoff]
+    recent = [r for r in recent if r[2] in serving]
+    picked = dict.fromkeys(p for _, _, p in heapq.nlargest(size // 2, recent))
+    for peer in rng.sample(_sorted(serving), size):
+        if len(picked) == size:
+            break
+        picked[peer] = None
+    return sorted((view.entries[p] for p in picked), key=lambda e: e.peer_id.value)
 
 
 _PRICE = "price"
@@ -260,17 +339,21 @@ def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapsho
               typical: tuple[float, float]) -> _Row:
     advert = entry.advert
     offer = advert.offer(request.digest)
+    # Unsampled for a while: trust the old measurement less, the typical provider more.
+    fresh = 0.5 ** (max(0.0, now - peer_stats.sampled_at) / config.stale_half_life)
     per_item = peer_stats.service
     if per_item is None:
         speed = offer.items_per_second if offer is not None else 0.0
         per_item = 1.0 / speed if speed > 0 else typical[1]
+    else:
+        per_item = fresh * per_item + (1 - fresh) * typical[1]
     work = max(_MIN_WORK, request.items * per_item)
     depth = offer.queue_depth if offer is not None else advert.queue_depth
     advertised = max(0.0, depth - max(0.0, now - entry.received_at) / work)
     own_work = peer_stats.items_in_flight(since=entry.received_at) * per_item
     surprise = peer_stats.surprise_now(now, stats.config.surprise_half_life)
     wait = advertised * work + config.in_flight_weight * own_work + surprise
-    rtt = peer_stats.rtt if peer_stats.rtt is not None else typical[0]
+    rtt = typical[0] if peer_stats.rtt is None else fresh * peer_stats.rtt + (1 - fresh) * typical[0]
     return _Row(entry, rtt + max(0.0, wait) + work, price, advertised + own_work / work)
 
 

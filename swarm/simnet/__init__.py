@@ -6,10 +6,16 @@ _vloop.py  VirtualTimeLoop (asyncio loop whose clock jumps to the next timer),
 The in-memory gossip network the simulated nodes talk over lives in
 swarm/protocol/_memory.py (MemoryNetwork).
 
+A whole swarm in one process, in virtual time (`swarm simnet model`):
+
+_model.py  run_model(scenario): providers and clients with the real Membership,
+           gossip (topic meshes) and scheduler; simulated batching servers,
+           latency, workload and faults; ModelResult, write_model_report
+
 Real processes on this machine (`swarm simnet up`):
 
-_scenario.py   Scenario files (TOML) -> frozen Scenario; send_times / plan_requests
-               (pure, seeded); the shipped scenarios are in scenarios/*.toml
+_scenario.py   Scenario files (TOML) -> frozen Scenario (its [model] table: ModelSettings);
+               send_times / plan_requests (pure, seeded); shipped ones in scenarios/*.toml
 _cluster.py    start_cluster: N swarm-node processes, one process group each;
                faults kill / leave / rejoin / set_slowdown (SIGSTOP duty cycle)
 _workload.py   Router protocol, RoundRobinRouter (failover), drive: open-loop requests
@@ -18,13 +24,14 @@ _report.py     summaries and promise checks (pure), LiveView (rich), write_repor
 _run.py        run_scenario: cluster + workload + fault timeline + report
 _netns.py      --netns: one network namespace per node, bridge, tc netem (root)
 _child.py      how a node is run: dies with simnet (PR_SET_PDEATHSIG), then swarm-node
-_cli.py        `swarm simnet up` (add_simnet_parser, run_simnet)
+_cli.py        `swarm simnet up` and `swarm simnet model` (add_simnet_parser, run_simnet)
 _testing.py    start_swarm(n): real node processes for the test suite
 """
 
 from swarm.simnet._cluster import Cluster, ClusterConfig, NodeHandle, NodeStatus, start_cluster
+from swarm.simnet._model import ModelResult, run_model
 from swarm.simnet._run import RunOptions, RunResult, run_scenario
-from swarm.simnet._scenario import Scenario, load_scenario, parse_scenario
+from swarm.simnet._scenario import ModelSettings, Scenario, load_scenario, parse_scenario
 from swarm.simnet._vloop import (
     DeadlockError,
     VirtualClock,
@@ -38,6 +45,8 @@ __all__ = [
     "Cluster",
     "ClusterConfig",
     "DeadlockError",
+    "ModelResult",
+    "ModelSettings",
     "NodeHandle",
     "NodeStatus",
     "RoundRobinRouter",
@@ -51,6 +60,7 @@ __all__ = [
     "VirtualTimeLoop",
     "load_scenario",
     "parse_scenario",
+    "run_model",
     "run_scenario",
     "run_virtual",
     "start_cluster",

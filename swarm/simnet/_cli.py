@@ -1,4 +1,4 @@
-"""`swarm simnet up`: the command line of simnet.
+"""`swarm simnet up` and `swarm simnet model`: the command line of simnet.
 
 The `swarm` CLI hooks it in with `add_simnet_parser(subparsers)` and dispatches
 `args.command == "simnet"` to `run_simnet(args)`. Until then it also runs as
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -46,7 +47,7 @@ def _nonnegative_float(text: str) -> float:
 
 
 def add_simnet_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `simnet` (with its `up` subcommand) to an argparse subparsers object."""
+    """Add `simnet` (with its `up` and `model` subcommands) to an argparse subparsers object."""
     simnet: argparse.ArgumentParser = subparsers.add_parser(
         "simnet", help="run a whole swarm on this machine: workload, faults, report",
         description="Simulate a swarm with real swarm-node processes on this machine.")
@@ -76,6 +77,28 @@ def add_simnet_parser(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--router", choices=["scheduler", "round-robin"], default="scheduler",
                     help="how the workload picks nodes: the SDK's scheduler (default) or "
                          "round-robin over fixed addresses (a baseline)")
+    model = sub.add_parser(
+        "model", help="simulate a large swarm in virtual time, in one process",
+        description="Run providers and clients with the real membership, gossip and "
+                    "scheduler in virtual time, with simulated inference, latency and faults; "
+                    "print a summary and write a report. Deterministic for a seed. Flags "
+                    "override the scenario.")
+    model.add_argument("--scenario", metavar="FILE|NAME",
+                       help="scenario file (TOML, with an optional [model] table) or a "
+                            "built-in name (default: 200 providers serving two models at "
+                            "0.1 requests/s each)")
+    model.add_argument("--nodes", type=_positive_int, metavar="N", help="number of providers")
+    model.add_argument("--clients", type=_positive_int, metavar="C",
+                       help="number of clients (default: 50)")
+    model.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                       help="virtual seconds of workload (default: 120)")
+    model.add_argument("--rate", type=_nonnegative_float, metavar="R",
+                       help="requests per second (default: 0.1 per provider)")
+    model.add_argument("--seed", type=int, metavar="N", help="random seed of the whole run")
+    model.add_argument("--report", type=Path, metavar="DIR",
+                       help="report folder (default: ./reports/simnet-model-<timestamp>/)")
+    model.add_argument("--quiet", action="store_true",
+                       help="no progress lines while it runs")
     return simnet
 
 
@@ -127,17 +150,103 @@ async def _up(args: argparse.Namespace, scenario: Any) -> int:
     return 0 if result.summary.kept else 1
 
 
+def _model_scenario(args: argparse.Namespace) -> Any:
+    from swarm.simnet._model import default_model_scenario
+    from swarm.simnet._scenario import load_scenario, validate
+
+    if args.scenario is None:
+        scenario = default_model_scenario(args.nodes or 200).with_overrides(
+            duration=args.duration, rate=args.rate, seed=args.seed)
+    else:
+        scenario = load_scenario(args.scenario).with_overrides(
+            nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
+    if args.clients is not None:
+        scenario = dataclasses.replace(
+            scenario, model=dataclasses.replace(scenario.model, clients=args.clients))
+        validate(scenario, where=f"{scenario.source} (with command-line overrides)")
+    return scenario
+
+
+def _run_model(args: argparse.Namespace, scenario: Any) -> int:
+    from rich.console import Console
+
+    from swarm.simnet._model import run_model, write_model_report
+    from swarm.simnet._report import render_summary
+
+    def progress(line: str) -> None:
+        print(f"simnet model: {line}", file=sys.stderr, flush=True)
+
+    s = scenario
+    print(f"simnet model: {s.name}: {s.node_count} providers, {s.model.clients} clients, "
+          f"{s.duration:g} virtual s of workload at {s.workload.rate:g} requests/s, "
+          f"seed {s.seed}", file=sys.stderr, flush=True)
+    try:
+        result = run_model(s, progress=None if args.quiet else progress)
+    except KeyboardInterrupt:
+        print("\nsimnet model: interrupted", file=sys.stderr)
+        return 130
+    title = f"simnet model: {s.name}"
+    console = Console()
+    summary = result.summary
+    if len(summary.node_share) > 10:  # thousands of providers: the busiest few, then spread
+        busiest = sorted(summary.node_share.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        summary = dataclasses.replace(summary, node_share=dict(sorted(busiest)))
+    console.print(render_summary(summary, title=title, faults=result.faults))
+    console.print(_model_table(result.stats, busiest=summary is not result.summary))
+    report = args.report or Path("reports") / f"simnet-model-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_model_report(report, result, title=title)
+    console.print(f"report: {paths[0].parent}/ ({', '.join(p.name for p in paths)})",
+                  highlight=False)
+    return 0 if result.summary.kept else 1
+
+
+def _model_table(st: Any, *, busiest: bool) -> Any:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    load = st.load
+    if busiest:
+        table.add_row("", "(per node: the 10 busiest providers; all of them in the report)")
+    table.add_row("load spread", f"Gini {load.gini:.2f}, busiest {load.max_over_mean:.1f}x the "
+                                 f"mean, {load.used}/{st.providers} providers used; fastest "
+                                 f"quarter {load.fastest_quarter:.0%}, slowest "
+                                 f"{load.slowest_quarter:.0%}")
+    table.add_row("views", ("converged " + (f"{st.convergence_s:.2f} s after the last join"
+                                           if st.convergence_s is not None else "never"))
+                  + f"; lowest completeness {st.min_view_completeness:.1%}, "
+                    f"most stale entries {st.max_stale_entries}")
+    table.add_row("gossip", f"{st.adverts} adverts; per provider {st.provider_msgs_per_s:.1f} "
+                            f"msgs/s {st.provider_bytes_per_s / 1000:.1f} kB/s; per client "
+                            f"{st.client_msgs_per_s:.0f} msgs/s "
+                            f"{st.client_bytes_per_s / 1000:.0f} kB/s (sent + received)")
+    table.add_row("simulation", f"{st.virtual_s:.0f} virtual s in {st.wall_s:.1f} wall s "
+                                f"({st.cpu_s:.1f} CPU s), {st.events:,} events, "
+                                f"{st.events_per_wall_s:,.0f} events/wall s")
+    return table
+
+
 def run_simnet(args: argparse.Namespace) -> int:
     """Run `swarm simnet <command>` for parsed arguments; returns the exit code."""
     from swarm.simnet._scenario import load_scenario
 
-    if args.simnet_command != "up":
+    if args.simnet_command not in ("up", "model"):
         raise SwarmError(f"unknown simnet command {args.simnet_command!r}")
     try:
-        scenario = load_scenario(args.scenario).with_overrides(
-            nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
+        if args.simnet_command == "model":
+            scenario = _model_scenario(args)
+        else:
+            scenario = load_scenario(args.scenario).with_overrides(
+                nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
     except ConfigError as exc:
         print(f"swarm simnet: {exc}", file=sys.stderr)
+        return 2
+    if args.simnet_command == "model":
+        return _run_model(args, scenario)
+    if any(f.fraction is not None for f in scenario.faults):
+        print("swarm simnet: faults with a `fraction` of the nodes are for `swarm simnet "
+              "model`; `up` takes a node index", file=sys.stderr)
         return 2
     if args.netns and os.geteuid() != 0:
         print("swarm simnet: --netns creates network namespaces and needs root "

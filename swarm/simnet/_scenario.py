@@ -32,11 +32,14 @@
     [[fault]]
     at = 8
     kind = "kill"                       # kill | slow | partition | leave | rejoin | rollout | rollback
-    node = 1
+    node = 1                            # or (simnet model only) fraction = 0.1 of the swarm
 
     [promises]
     max_lost_requests = 0
     p99_ms = 1500
+
+    [model]                             # read only by `swarm simnet model` (ModelSettings)
+    clients = 50
 
 Everything here is pure: parsing, validation (ConfigError naming the file and
 the field), CLI overrides, and the request plan computed from a seeded RNG.
@@ -56,12 +59,14 @@ from pathlib import Path
 from typing import Any
 
 from swarm._errors import ConfigError
+from swarm.scheduler._policy import Preference
 
 __all__ = [
     "Burst",
     "Fault",
     "FaultKind",
     "ModelMix",
+    "ModelSettings",
     "Network",
     "NodeGroup",
     "NodeSpec",
@@ -195,6 +200,9 @@ class Fault:
     kind: FaultKind
     # Node index (kill, slow, partition, leave, rejoin).
     node: int | None = None
+    # Instead of `node` (simnet model only): this fraction of the swarm's nodes, picked
+    # at random among those up (kill, slow, partition, leave) or down (rejoin).
+    fraction: float | None = None
     # slow, partition: seconds until undone (None: until the end of the run).
     duration: float | None = None
     # slow: the node runs 1/slowdown of the time.
@@ -206,7 +214,8 @@ class Fault:
     def describe(self) -> str:
         if self.kind in _MODEL_FAULTS:
             return f"{self.kind} {self.model}" + (f" to {self.version}" if self.version else "")
-        text = f"{self.kind} node {self.node}"
+        text = (f"{self.kind} node {self.node}" if self.fraction is None
+                else f"{self.kind} {self.fraction:.0%} of the nodes")
         if self.kind is FaultKind.SLOW:
             text += f" x{self.slowdown:g}"
         if self.duration is not None:
@@ -232,6 +241,52 @@ class Promises:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """The `[model]` table: what only the virtual-time model (`swarm simnet model`) reads.
+
+    Defaults describe a swarm at internet scale; swarm/simnet/_model.py says why.
+    The advert interval is `nodes.advert_interval` (the model's default: 60 s).
+    """
+
+    # Clients: light peers, each with its own peer view, observations and scheduler.
+    clients: int = 50
+    # One-way latency between two peers, ms: lognormal across pairs with this median and
+    # sigma (drawn once per pair), times a per-message lognormal factor of sigma `jitter`.
+    latency_ms: float = 30.0
+    latency_sigma: float = 0.6
+    jitter: float = 0.1
+    # Fraction of gossip transmissions lost (requests ride TCP: late, never lost).
+    loss: float = 0.0
+    # Gossip mesh degree (GossipSub D).
+    degree: int = 6
+    # Providers' Membership: seconds between checks for a significant change, and the
+    # least seconds between two adverts.
+    check_interval: float = 5.0
+    min_interval: float = 5.0
+    # One batch of n items takes (base_ms + per_item_ms * n) at the fastest provider; each
+    # provider is slower by a factor drawn log-uniformly in [1, speed_spread], times its
+    # group's slowdown; each batch varies by a lognormal factor of sigma service_sigma.
+    base_ms: float = 750.0
+    per_item_ms: float = 400.0
+    speed_spread: float = 4.0
+    service_sigma: float = 0.1
+    # Most items per batch; requests waiting per model before RESOURCE_EXHAUSTED.
+    max_batch: int = 8
+    max_queue: int = 64
+    # Providers join at uniform times in [0, join_window); the workload starts at warmup.
+    join_window: float = 5.0
+    warmup: float = 10.0
+    # Clients' scheduler: providers estimated per request (SchedulerConfig.max_considered;
+    # 0: all), the price cap per request in micros, and "latency", "price" or a weight.
+    max_considered: int = 16
+    max_price: float | None = None
+    preference: str = "latency"
+    # Clients' retries: hedge slow attempts, and most providers tried per request.
+    hedge: bool = True
+    max_attempts: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     description: str
@@ -247,6 +302,8 @@ class Scenario:
     network: Network = Network()
     # Seconds between capacity adverts (None: the node's default).
     advert_interval: float | None = None
+    # Settings of `swarm simnet model` (the `[model]` table).
+    model: ModelSettings = ModelSettings()
     # Where it came from: a path or "builtin:NAME".
     source: str = ""
 
@@ -311,7 +368,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     r = _Reader(raw, source, "")
     r.known({"name", "description", "duration", "seed", "nodes", "workload", "fault",
-             "promises", "network"})
+             "promises", "network", "model"})
     nodes = r.table("nodes")
     nodes.known({"count", "group", "advert_interval"})
     groups = tuple(_group(g) for g in nodes.tables("group")) or (NodeGroup(count=1),)
@@ -335,6 +392,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         promises=_promises(r.table("promises")),
         network=_network(r.table("network")),
         advert_interval=nodes.optional_number("advert_interval"),
+        model=_model(r.table("model")),
         source=source,
     )
     validate(scenario, where=source)
@@ -384,6 +442,9 @@ class _Reader:
 
     def integer(self, key: str, default: int | None) -> int | None:
         return int(self._get(key, (int,), "an integer")) if key in self.raw else default
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, (bool,), "true or false")) if key in self.raw else default
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         if key not in self.raw:
@@ -470,9 +531,13 @@ def _fault(r: _Reader) -> Fault:
                           f"(one of: {', '.join(k.value for k in FaultKind)})") from None
     allowed = {"at", "kind"}
     if kind in _NODE_FAULTS:
-        allowed.add("node")
-        if not r.has("node"):
-            raise ConfigError(f"{r.where('node')} is required for a {kind} fault")
+        allowed |= {"node", "fraction"}
+        if not r.has("node") and not r.has("fraction"):
+            raise ConfigError(f"{r.where('node')} is required for a {kind} fault (or, in "
+                              f"simnet model only, a `fraction` of the nodes)")
+        if r.has("node") and r.has("fraction"):
+            raise ConfigError(f"{r.where('fraction')}: a {kind} fault takes `node` or "
+                              f"`fraction`, not both")
     if kind in (FaultKind.SLOW, FaultKind.PARTITION):
         allowed.add("duration")
     if kind is FaultKind.SLOW:
@@ -484,7 +549,8 @@ def _fault(r: _Reader) -> Fault:
     for key in sorted(set(r.raw) - allowed):
         raise ConfigError(f"{r.where(key)} does not apply to a {kind} fault")
     return Fault(at=r.number("at", 0.0), kind=kind, node=r.integer("node", None),
-                 duration=r.optional_number("duration"), slowdown=r.number("slowdown", 5.0),
+                 fraction=r.optional_number("fraction"), duration=r.optional_number("duration"),
+                 slowdown=r.number("slowdown", 5.0),
                  model=r.string("model", "") or None, version=r.string("version", "") or None)
 
 
@@ -492,6 +558,25 @@ def _promises(r: _Reader) -> Promises:
     r.known({"max_lost_requests", "p99_ms"})
     return Promises(max_lost_requests=r.integer("max_lost_requests", 0) or 0,
                     p99_ms=r.optional_number("p99_ms"))
+
+
+def _model(r: _Reader) -> ModelSettings:
+    fields = {f.name: f for f in dataclasses.fields(ModelSettings)}
+    r.known(set(fields))
+    values: dict[str, Any] = {}
+    for name in fields:
+        if not r.has(name):
+            continue
+        default = getattr(ModelSettings(), name)
+        if isinstance(default, bool):
+            values[name] = r.boolean(name, default)
+        elif isinstance(default, int):
+            values[name] = r.integer(name, default)
+        elif isinstance(default, str):
+            values[name] = r.string(name, default)
+        else:
+            values[name] = r.optional_number(name)
+    return ModelSettings(**values)
 
 
 def _network(r: _Reader) -> Network:
@@ -539,7 +624,51 @@ def validate(s: Scenario, *, where: str) -> None:
     n = s.network
     if n.latency_ms < 0 or n.jitter_ms < 0 or not 0 <= n.loss_percent <= 100:
         raise bad("network: latency and jitter must be >= 0 and loss_percent in 0..100")
+    _validate_model(s.model, s.workload, bad)
     _validate_timeline(s, bad)
+
+
+def _validate_model(m: ModelSettings, w: Workload, bad: Callable[[str], ConfigError]) -> None:
+    def finite(value: float) -> bool:
+        return math.isfinite(value)
+
+    if m.clients < 1:
+        raise bad(f"model.clients must be at least 1, got {m.clients}")
+    if not (m.latency_ms > 0 and finite(m.latency_ms)):
+        raise bad(f"model.latency_ms must be positive, got {m.latency_ms}")
+    for name in ("latency_sigma", "jitter", "service_sigma"):
+        value = getattr(m, name)
+        if not (0 <= value <= 3):
+            raise bad(f"model.{name} must be in 0..3, got {value}")
+    if not 0 <= m.loss < 1:
+        raise bad(f"model.loss is a fraction of transmissions in [0, 1), got {m.loss}")
+    if not 1 <= m.degree <= 64:
+        raise bad(f"model.degree must be in 1..64, got {m.degree}")
+    if not (m.check_interval > 0 and m.min_interval >= 0 and finite(m.check_interval)
+            and finite(m.min_interval)):
+        raise bad("model.check_interval must be positive and model.min_interval >= 0")
+    if not (m.base_ms >= 0 and m.per_item_ms >= 0 and m.base_ms + m.per_item_ms > 0
+            and finite(m.base_ms + m.per_item_ms)):
+        raise bad("model.base_ms and model.per_item_ms must be >= 0, and not both 0")
+    if not (m.speed_spread >= 1 and finite(m.speed_spread)):
+        raise bad(f"model.speed_spread must be >= 1 (1: all equal), got {m.speed_spread}")
+    if m.max_batch < w.items:
+        raise bad(f"model.max_batch ({m.max_batch}) must hold a request of workload.items "
+                  f"({w.items})")
+    if m.max_queue < 1:
+        raise bad(f"model.max_queue must be at least 1, got {m.max_queue}")
+    if not (0 <= m.join_window <= m.warmup and finite(m.warmup)):
+        raise bad("model: need 0 <= join_window <= warmup (providers join before the workload)")
+    if m.max_considered < 0 or m.max_considered == 1:
+        raise bad(f"model.max_considered must be 0 (all) or at least 2, got {m.max_considered}")
+    if m.max_price is not None and not m.max_price >= 0:
+        raise bad(f"model.max_price must be >= 0, got {m.max_price}")
+    try:
+        Preference.parse(m.preference)
+    except ValueError as exc:
+        raise bad(f"model.{exc}") from None
+    if m.max_attempts < 1:
+        raise bad(f"model.max_attempts must be at least 1, got {m.max_attempts}")
 
 
 def _validate_workload(w: Workload, duration: float, bad: Callable[[str], ConfigError]) -> None:
@@ -592,7 +721,11 @@ def _validate_timeline(s: Scenario, bad: Callable[[str], ConfigError]) -> None:
         at = f"fault[{i}] ({f.kind} at {f.at:g}s)"
         if not 0 <= f.at < s.duration:
             raise bad(f"{at}: must happen during the run (0 <= at < duration {s.duration:g})")
-        if f.kind in _NODE_FAULTS:
+        if f.fraction is not None:
+            # Which nodes it takes is drawn when it happens: only the fraction is checked.
+            if not 0 < f.fraction <= 1:
+                raise bad(f"{at}: fraction must be in (0, 1], got {f.fraction}")
+        elif f.kind in _NODE_FAULTS:
             if f.node is None or not 0 <= f.node < s.node_count:
                 raise bad(f"{at}: node {f.node} is out of range (the swarm has "
                           f"{s.node_count} nodes: 0..{s.node_count - 1})")

@@ -527,3 +527,134 @@ def test_seen_cache_forgets_after_its_ttl_but_not_before() -> None:
     assert delivered == 31
     assert 10 <= remembered <= 21  # bounded: between one and two TTLs of ids
 
+
+
+# ---------------------------------------------------------------------------- topic meshes
+
+
+def mesh_connected(net: MemoryNetwork, hosts: list[MemoryGossip], topic: str) -> bool:
+    """Is the subgraph of `topic`'s mesh links among `hosts` connected?"""
+    members = set(net.subscribers(topic))
+    by_id = {h.peer_id: h for h in hosts if h.peer_id in members}
+    start = next(iter(by_id))
+    seen, todo = {start}, [by_id[start]]
+    while todo:
+        for p in todo.pop()._overlay_links[topic]:
+            if p not in seen:
+                seen.add(p)
+                todo.append(by_id[p])
+    return seen == set(by_id)
+
+
+def test_topic_subscribers_form_their_own_mesh_and_publishers_use_fanout() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(5, topic_meshes=True)
+        hosts = [net.join(p) for p in PEERS[:300]]
+        subscribers, publishers = hosts[:40], hosts[50:]
+        subs = [h.subscribe(TOPIC) for h in subscribers]
+        other = [h.subscribe("other") for h in hosts[30:50]]  # a second, overlapping mesh
+        assert all(h.connected_peers() == [] for h in publishers)  # no network-wide overlay
+        assert {len(h._overlay_links[TOPIC]) for h in subscribers} == {6}
+        assert mesh_connected(net, hosts, TOPIC)
+        assert mesh_connected(net, hosts, "other")
+        assert net.subscribers(TOPIC) == [h.peer_id for h in subscribers]
+        for i, h in enumerate(publishers[:100]):
+            await h.publish(TOPIC, i.to_bytes(2, "big"))
+        await net.settle()
+        for h in publishers[:100]:  # one transmission to each of `degree` subscribers
+            assert h.stats().messages_sent == 6
+            assert set(h.connected_peers()) <= set(net.subscribers(TOPIC))
+        # Publishers are not in the mesh: they neither receive nor relay others' messages.
+        assert all(h.stats().messages_received == 0 for h in publishers)
+        got = await close_and_collect(hosts, subs + other)
+        assert all(sorted(m.data for m in g) == [i.to_bytes(2, "big") for i in range(100)]
+                   for g in got[:40])
+        assert all(g == [] for g in got[40:])  # "other" carried nothing
+
+    run_virtual(main())
+
+
+def test_fanout_is_kept_and_refreshed_when_subscribers_go() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(8, topic_meshes=True, default_latency=0.01, crash_detection=0.2)
+        hosts = [net.join(p) for p in PEERS[:30]]
+        publisher, subscribers = hosts[0], hosts[1:21]
+        subs = {h.peer_id: h.subscribe(TOPIC) for h in subscribers}
+        await publisher.publish(TOPIC, b"1")
+        await net.settle()
+        fanout = publisher.connected_peers()
+        assert len(fanout) == 6
+        await publisher.publish(TOPIC, b"2")
+        assert publisher.connected_peers() == fanout  # the same peers while they last
+        by_id = {h.peer_id: h for h in subscribers}
+        gone, dead, quitter = by_id[fanout[0]], by_id[fanout[1]], by_id[fanout[2]]
+        await gone.close()
+        await subs[quitter.peer_id].aclose()  # unsubscribes: leaves the mesh
+        net.kill(dead.peer_id)
+        await publisher.publish(TOPIC, b"3")  # the crash is not noticed yet: lost there
+        assert dead.peer_id in publisher.connected_peers()
+        assert gone.peer_id not in publisher.connected_peers()
+        assert quitter.peer_id not in publisher.connected_peers()
+        await asyncio.sleep(0.3)
+        await publisher.publish(TOPIC, b"4")
+        await net.settle()
+        now = publisher.connected_peers()
+        assert len(now) == 6
+        assert not {gone.peer_id, dead.peer_id, quitter.peer_id} & set(now)
+        assert mesh_connected(net, [h for h in subscribers if h not in (gone, dead, quitter)],
+                              TOPIC)
+        rest = [h for h in subscribers if h not in (gone, dead, quitter)]
+        got = await close_and_collect(rest, [subs[h.peer_id] for h in rest])
+        assert all(sorted(m.data for m in g) == [b"1", b"2", b"3", b"4"] for g in got)
+        assert publisher.stats().messages_sent == 24
+
+    run_virtual(main())
+
+
+def test_a_host_that_left_a_topic_ignores_it_and_relays_nothing() -> None:
+    async def main() -> tuple[int, int]:
+        net = MemoryNetwork(3, topic_meshes=True, default_latency=0.01)
+        hosts = [net.join(p) for p in PEERS[:12]]
+        subs = [h.subscribe(TOPIC) for h in hosts[:10]]
+        await hosts[11].publish(TOPIC, b"a")
+        await subs[0].aclose()  # while "a" is in flight
+        assert hosts[0].peer_id not in net.subscribers(TOPIC)
+        assert TOPIC not in hosts[0]._overlay_links
+        await net.settle()
+        assert mesh_connected(net, hosts[1:10], TOPIC)
+        hosts[0].subscribe(TOPIC)  # and back in
+        assert len(hosts[0]._overlay_links[TOPIC]) == 6
+        return hosts[0].stats().delivered, hosts[0].stats().messages_sent
+
+    delivered, sent = run_virtual(main())
+    assert (delivered, sent) == (0, 0)
+
+
+def test_topic_meshes_refuse_explicit_links_and_need_a_degree() -> None:
+    net = MemoryNetwork(1, topic_meshes=True)
+    net.join(PEERS[0])
+    net.join(PEERS[1])
+    with pytest.raises(ValueError, match="explicit"):
+        net.link(PEERS[0], PEERS[1])
+    with pytest.raises(ValueError, match="degree"):
+        MemoryNetwork(1, degree=0, topic_meshes=True)
+
+
+def test_topic_meshes_are_deterministic_for_a_seed() -> None:
+    def topology(seed: int) -> list[list[PeerId]]:
+        async def main() -> list[list[PeerId]]:
+            net = MemoryNetwork(seed, topic_meshes=True)
+            hosts = [net.join(p) for p in PEERS[:60]]
+            for h in hosts[:30]:
+                h.subscribe(TOPIC)
+            for h in hosts[30:]:
+                await h.publish(TOPIC, b"x")
+            await hosts[3].close()
+            net.kill(PEERS[4])
+            await net.settle()
+            return [h.connected_peers() for h in hosts]
+
+        return run_virtual(main())
+
+    assert topology(1) == topology(1)
+    assert topology(1) != topology(2)

@@ -371,3 +371,16 @@ def test_an_unmeasured_provider_is_assumed_typical_so_it_gets_tried() -> None:
                      for s in range(300))
     # No herding on the one provider we happen to know: new ones win first picks too.
     assert sum(n for peer, n in firsts.items() if peer != PEERS[0]) >= 100
+
+
+def test_a_stale_slow_measurement_fades_toward_the_typical_provider() -> None:
+    view = view_of(*(advert(i, ips=0, ttl=600) for i in range(3)))
+    obs = known(0, 1, 2, rtt=0.01)
+    for peer, service in ((0, 0.02), (1, 0.02), (2, 0.5)):  # peer 2 answered slowly once
+        obs.record_success(PEERS[peer], 0.01 + service, items=1, now=0, queued=0.0,
+                           service=service)
+    now_estimates = {c.peer: c.expected_latency for c in pick(view, Request(MODEL), obs, now=0)}
+    later = {c.peer: c.expected_latency for c in pick(view, Request(MODEL), obs, now=60)}
+    assert now_estimates[PEERS[2]] > 10 * now_estimates[PEERS[0]]
+    # Six half-lives later the old sample barely counts: peer 2 is back within p2c's slack.
+    assert later[PEERS[2]] < 1.3 * later[PEERS[0]]

@@ -14,6 +14,7 @@ from swarm._errors import ConfigError
 from swarm.simnet._scenario import (
     Burst,
     FaultKind,
+    ModelSettings,
     Shape,
     Workload,
     builtin_scenarios,
@@ -218,6 +219,20 @@ def test_fault_fields_are_parsed() -> None:
     ("[promises]\np99_ms = 0", "promises.p99_ms must be positive"),
     ("[network]\nloss_percent = 120", "loss_percent in 0..100"),
     ("fault = 3", r"fault must be an array of tables \(\[\[fault\]\]\)"),
+    ("[[fault]]\nat = 1\nkind = \"kill\"\nnode = 0\nfraction = 0.5",
+     r"fault\[0\].fraction: a kill fault takes `node` or `fraction`, not both"),
+    ("[[fault]]\nat = 1\nkind = \"kill\"\nfraction = 1.5", r"fraction must be in \(0, 1\]"),
+    ("[[fault]]\nat = 1\nkind = \"rollout\"\nmodel = \"builtin/mlp\"\nfraction = 0.5",
+     r"fault\[0\].fraction does not apply to a rollout fault"),
+    ("[model]\nclient = 3", r"unknown key 'client' in \[model\]"),
+    ("[model]\nclients = 0", "model.clients must be at least 1"),
+    ("[model]\nclients = 2.5", "model.clients must be an integer"),
+    ("[model]\nhedge = 1", "model.hedge must be true or false"),
+    ("[model]\nloss = 1", r"model.loss is a fraction of transmissions in \[0, 1\)"),
+    ("[model]\nmax_batch = 2\n[workload]\nitems = 3", r"model.max_batch \(2\) must hold"),
+    ("[model]\njoin_window = 20", "need 0 <= join_window <= warmup"),
+    ("[model]\nmax_considered = 1", "model.max_considered must be 0 .all. or at least 2"),
+    ("[model]\npreference = \"cheap\"", "model.preference must be 'latency', 'price' or a"),
 ])
 def test_bad_files_give_clear_errors(text: str, message: str) -> None:
     nodes = "" if "[nodes" in text else "[nodes]\ncount = 2\n"
@@ -320,3 +335,29 @@ def test_plan_picks_models_by_weight() -> None:
     assert share == pytest.approx(0.75, abs=0.03)
     assert [p.index for p in plan] == list(range(len(plan)))
     assert plan == plan_requests(s.workload, s.duration, random.Random(0))
+
+
+def test_the_model_table_and_fraction_faults_parse() -> None:
+    s = parse_scenario(textwrap.dedent("""
+        [model]
+        clients = 7
+        latency_ms = 12.5
+        hedge = false
+        max_price = 20
+        preference = "0.7"
+        [[fault]]
+        at = 1
+        kind = "kill"
+        fraction = 0.25
+        [[fault]]
+        at = 2
+        kind = "rejoin"
+        fraction = 0.25
+        """), source="m.toml")
+    assert (s.model.clients, s.model.latency_ms, s.model.hedge) == (7, 12.5, False)
+    assert (s.model.max_price, s.model.preference) == (20.0, "0.7")
+    assert s.model.speed_spread == ModelSettings().speed_spread
+    assert [(f.kind, f.node, f.fraction) for f in s.faults] == [
+        (FaultKind.KILL, None, 0.25), (FaultKind.REJOIN, None, 0.25)]
+    assert s.faults[0].describe() == "kill 25% of the nodes"
+    assert parse_scenario("").model == ModelSettings()
