@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,7 +65,9 @@ async def worker(index: int, n: int, port: int, bootstrap: str, interval: float,
         port=port, bootstrap=(bootstrap,) if bootstrap else ()))
     print(json.dumps({"event": "listening", "t": time.time()}), flush=True)
     membership = Membership(gossip, identity=identity,
-                            source=lambda: advert_source(identity, f"127.0.0.1:{port}"),
+                            source=lambda: dataclasses.replace(
+                                advert_source(identity, f"127.0.0.1:{port}"),
+                                p2p_addrs=tuple(gossip.listen_addrs)),
                             config=MembershipConfig(advert_interval=interval))
     task = asyncio.create_task(membership.run())
     converged = await membership.wait_until(lambda v: len(v) >= n - 1, timeout=120)

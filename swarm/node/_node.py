@@ -494,6 +494,7 @@ class Node:
             software_version=__version__,
             draining=self.state is not NodeState.SERVING,
             stored=self._stored,
+            p2p_addrs=tuple(self.multiaddrs),
         )
 
     def status(self) -> node_pb2.NodeStatus:

@@ -68,6 +68,8 @@ class Advert:
     draining: bool = False
     # Registry versions (manifest digests) this node stores and serves to peers.
     stored: tuple[Digest, ...] = ()
+    # Gossip addresses (multiaddrs) peers may connect to.
+    p2p_addrs: tuple[str, ...] = ()
 
     def offer(self, digest: Digest) -> ModelOffer | None:
         for model in self.models:
@@ -97,6 +99,7 @@ def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
         ttl_ms=round(advert.ttl * 1000),
         draining=advert.draining,
         stored=[str(d) for d in advert.stored],
+        p2p_addrs=list(advert.p2p_addrs),
     )
 
 
@@ -121,6 +124,7 @@ def _from_proto(msg: advert_pb2.CapacityAdvert) -> Advert:
             software_version=msg.software_version,
             draining=msg.draining,
             stored=tuple(Digest.parse(d) for d in msg.stored),
+            p2p_addrs=tuple(msg.p2p_addrs),
         )
     except ValueError as exc:
         raise IntegrityError(f"malformed advert: {exc}") from exc

@@ -65,6 +65,19 @@ class Gossip(abc.ABC):
     def connected_peers(self) -> list[PeerId]:
         """Peers with a live connection now."""
 
+    @property
+    @abc.abstractmethod
+    def listen_addrs(self) -> list[str]:
+        """Addresses other peers can `connect` to (advertised)."""
+
+    @abc.abstractmethod
+    async def connect(self, addr: str) -> None:
+        """Open a connection to the peer at `addr` (one of its `listen_addrs`).
+
+        Raises SwarmError subclasses (ConfigError for a malformed address) or
+        OSError/TimeoutError when the peer cannot be reached.
+        """
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the network; subscriptions end; idempotent."""

@@ -317,6 +317,11 @@ class Libp2pGossip(Gossip):
             return []
         return self._host.connected_peers()
 
+    async def connect(self, addr: str) -> None:
+        """Dial the peer at multiaddr `addr` (ending in /p2p/<peer id>) once."""
+        info = _parse_bootstrap(addr)
+        await self._call_trio(self._running_host().dial, info)
+
     # ------------------------------------------------------------------ plumbing
 
     def _running_host(self) -> _TrioHost:
@@ -527,6 +532,7 @@ class _TrioHost:
         gossipsub = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             degree=6, degree_low=4, degree_high=12,
+            do_px=True,
             heartbeat_interval=cfg.heartbeat_interval,  # type: ignore[arg-type]  # float works
             # Caps every topic at 10 msg/s per forwarding peer, our own publishes included,
             # and drops the rest silently; our validators rate-limit per author instead.
@@ -599,6 +605,16 @@ class _TrioHost:
                 queue = pubsub.peer_queues.get(peer)
                 if queue is not None:
                     queue.push(announce)
+
+    async def dial(self, info: PeerInfo) -> None:
+        """Connect to `info` once (no-op when connected); TooSlowError past dial_timeout."""
+        import trio
+
+        assert self._host is not None
+        if self._is_connected(info.peer_id):
+            return
+        with trio.fail_after(self._config.dial_timeout):
+            await self._host.connect(info)
 
     def _is_connected(self, peer: ID) -> bool:
         assert self._host is not None

@@ -55,6 +55,12 @@ class MembershipConfig:
     # Keep a peer view (subscribe to adverts). A provider that routes nothing may only
     # publish: in a large swarm that spares it every other provider's adverts.
     listen: bool = True
+    # Keep connections to at least this many peers, dialing random ones from the view
+    # (their adverts carry addresses): a swarm that knows only its bootstrap peer is a
+    # star, and GossipSub's mesh around one hub drops members (bench/RESULTS.md).
+    min_peers: int = 4
+    # Seconds between looks at the connection count (each stretched by +/- 50%).
+    connect_interval: float = 2.0
 
     @property
     def ttl(self) -> float:
@@ -251,6 +257,24 @@ class Membership:
                 self._view_changed.set()
             self._view = swept
 
+    async def _connector(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.connect_interval * self._rng.uniform(0.5, 1.5))
+            connected = set(self.gossip.connected_peers())
+            want = self.config.min_peers - len(connected)
+            if want <= 0:
+                continue
+            candidates = [e for e in self._view
+                          if e.peer_id not in connected and e.advert.p2p_addrs]
+            for entry in self._rng.sample(candidates, min(want, len(candidates))):
+                try:
+                    async with asyncio.timeout(10):
+                        await self.gossip.connect(entry.advert.p2p_addrs[0])
+                except Exception as exc:  # an unreachable peer is routine; try others later
+                    self.counters["dial_failed"] = self.counters.get("dial_failed", 0) + 1
+                    log.debug("peer dial failed", extra={"peer": entry.peer_id.short,
+                                                         "error": f"{type(exc).__name__}"})
+
     async def wait_until(self, predicate: Callable[[PeerView], bool], timeout: float) -> bool:
         """Wait until the view satisfies `predicate` (True) or `timeout` passes (False)."""
         try:
@@ -270,5 +294,7 @@ class Membership:
             if self.config.listen:
                 tg.create_task(self._receiver(), name="membership-receiver")
                 tg.create_task(self._sweeper(), name="membership-sweeper")
+                if self.config.min_peers > 0:
+                    tg.create_task(self._connector(), name="membership-connector")
             if self._source is not None:
                 tg.create_task(self._publisher(), name="membership-publisher")

@@ -39,6 +39,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
+from swarm._errors import ConfigError
 from swarm._types import PeerId
 from swarm.protocol._gossip import Gossip, GossipMessage, Validation, Validator
 
@@ -62,6 +63,8 @@ log = logging.getLogger("swarm.protocol")
 # The libp2p transport's limit (GossipSub frames are 1 MiB with the envelope), so
 # simulations refuse what production would.
 MAX_MESSAGE_BYTES = 1024 * 1024 - 16 * 1024
+# A host's address, as listen_addrs gives it: the prefix and its peer id.
+MEMORY_ADDR_PREFIX = "/memory/"
 
 
 # ---------------------------------------------------------------------------- routes
@@ -320,6 +323,22 @@ class MemoryGossip(Gossip):
         for links in (*self._overlay_links.values(), *self._fanout.values()):
             peers.update(dict.fromkeys(links))
         return list(peers)
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        return [f"{MEMORY_ADDR_PREFIX}{self._peer_id}"]
+
+    async def connect(self, addr: str) -> None:
+        """The network keeps the overlay itself: this only checks the peer is reachable."""
+        self._check_live()
+        if not addr.startswith(MEMORY_ADDR_PREFIX):
+            raise ConfigError(f"not an in-memory address: {addr!r}")
+        try:
+            peer = PeerId(addr[len(MEMORY_ADDR_PREFIX):])
+        except ValueError as exc:
+            raise ConfigError(f"not an in-memory address: {addr!r}") from exc
+        if peer not in self._network._hosts:
+            raise ConnectionRefusedError(f"no live host {peer.short} on this network")
 
     async def close(self) -> None:
         """Leave: links go away on both ends now; subscriptions end after their buffer."""

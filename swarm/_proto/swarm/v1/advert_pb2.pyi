@@ -24,7 +24,7 @@ class ModelOffer(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class CapacityAdvert(_message.Message):
-    __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored")
+    __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored", "p2p_addrs")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class CapacityAdvert(_message.Message):
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    P2P_ADDRS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     grpc_endpoints: _containers.RepeatedScalarFieldContainer[str]
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
@@ -53,7 +54,8 @@ class CapacityAdvert(_message.Message):
     ttl_ms: int
     draining: bool
     stored: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, peer_id: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., hardware: _Optional[_Union[_node_pb2.Hardware, _Mapping]] = ..., price: _Optional[_Union[_node_pb2.Price, _Mapping]] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
+    p2p_addrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peer_id: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., hardware: _Optional[_Union[_node_pb2.Hardware, _Mapping]] = ..., price: _Optional[_Union[_node_pb2.Price, _Mapping]] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., stored: _Optional[_Iterable[str]] = ..., p2p_addrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignedAdvert(_message.Message):
     __slots__ = ("payload", "signature")
