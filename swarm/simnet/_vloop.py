@@ -116,9 +116,10 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     def _run_once(self) -> None:
         # BaseEventLoop._run_once, minus the selector: where a real loop would
         # block in select() until the next timer, the clock jumps to it.
+        if (self._timer_cancelled_count > 100
+                and self._timer_cancelled_count * 2 > len(self._timers)):
+            self._drop_cancelled()  # replaces self._timers: read it only after this
         timers, ready = self._timers, self._ready
-        if self._timer_cancelled_count > 100 and self._timer_cancelled_count * 2 > len(timers):
-            self._drop_cancelled()
         if not ready and not self._stopping:
             while timers and timers[0][2]._cancelled:
                 self._forget(heapq.heappop(timers)[2])

@@ -287,3 +287,20 @@ def test_cancelled_timers_do_not_pile_up() -> None:
         return len(loop._timers)
 
     assert run_virtual(main()) < 300
+
+
+def test_timers_run_once_even_when_cancelled_ones_are_swept() -> None:
+    # Many cancelled timers make the loop rebuild its heap; a live timer due in that
+    # same iteration must still run exactly once.
+    runs: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        handles = [loop.call_later(5.0 + i * 1e-3, runs.append, -1.0) for i in range(300)]
+        loop.call_later(1.0, lambda: runs.append(loop.time()))
+        for handle in handles:
+            handle.cancel()
+        await asyncio.sleep(2.0)
+
+    run_virtual(main())
+    assert runs == [1.0]
