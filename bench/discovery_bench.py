@@ -5,9 +5,9 @@
 libp2p   N real processes on loopback, each a libp2p host + Membership publishing
          signed adverts every --interval s (no models: the protocol layer alone);
          node 0 starts first, the others bootstrap to it. Convergence = time from
-         the launch until every node's view holds the N-1 others. Bytes: socket and
-         file bytes the process read + wrote (/proc/PID/io rchar+wchar) during a
-         steady window after convergence, per node per second.
+         the launch until every node's view holds the N-1 others. Bytes: what the
+         loopback interface carried (tx, all protocol overhead included) over a
+         --steady window once every node has converged, per node per second.
 memory   N Membership instances on one in-memory gossip network (degree 6, lognormal
          20 ms per hop) in virtual time; the same adverts, validators and views.
          Bytes: payload bytes each host sent + received (HostStats), per node per s.
@@ -50,14 +50,7 @@ def advert_source(identity: Identity, endpoint: str) -> Advert:
 
 # --------------------------------------------------------------------------- libp2p worker
 
-def _io_bytes() -> int:
-    with open("/proc/self/io") as f:
-        fields = dict(line.split(": ") for line in f.read().splitlines())
-    return int(fields["rchar"]) + int(fields["wchar"])
-
-
-async def worker(index: int, n: int, port: int, bootstrap: str, interval: float,
-                 steady: float) -> None:
+async def worker(index: int, n: int, port: int, bootstrap: str, interval: float) -> None:
     from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
 
     identity = Identity.from_seed(hashlib.sha256(f"discovery-bench:{index}".encode()).digest())
@@ -73,14 +66,15 @@ async def worker(index: int, n: int, port: int, bootstrap: str, interval: float,
     converged = await membership.wait_until(lambda v: len(v) >= n - 1, timeout=120)
     print(json.dumps({"event": "converged" if converged else "timeout", "t": time.time(),
                       "view": len(membership.view)}), flush=True)
-    await asyncio.sleep(2.0)  # let every peer converge before measuring steady state
-    io0, t0 = _io_bytes(), time.time()
-    await asyncio.sleep(steady)
-    print(json.dumps({"event": "steady", "bytes_per_s": (_io_bytes() - io0) / (time.time() - t0),
-                      "view": len(membership.view)}), flush=True)
+    # Keep advertising until the harness has measured the steady state (stdin closes).
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await gossip.close()
+
+
+def _loopback_tx() -> int:
+    return int(Path("/sys/class/net/lo/statistics/tx_bytes").read_text())
 
 
 def free_port() -> int:
@@ -98,10 +92,9 @@ def run_libp2p(n: int, interval: float, steady: float) -> dict[str, float]:
     for i in range(n):
         port = port0 if i == 0 else free_port()
         cmd = [sys.executable, __file__, "--worker", str(i), "--n", str(n), "--port", str(port),
-               "--bootstrap", "" if i == 0 else bootstrap, "--interval", str(interval),
-               "--steady", str(steady)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                      stderr=subprocess.DEVNULL))
+               "--bootstrap", "" if i == 0 else bootstrap, "--interval", str(interval)]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, stderr=subprocess.DEVNULL))
     events: list[dict[str, dict[str, float]]] = []
     try:
         for p in procs:
@@ -110,10 +103,17 @@ def run_libp2p(n: int, interval: float, steady: float) -> dict[str, float]:
             for line in p.stdout:
                 e = json.loads(line)
                 got[e["event"]] = e
-                if e["event"] == "steady":
+                if e["event"] in ("converged", "timeout"):
                     break
             events.append(got)
+        time.sleep(2.0)
+        tx0, t0 = _loopback_tx(), time.time()
+        time.sleep(steady)
+        per_node = (_loopback_tx() - tx0) / (time.time() - t0) / n
     finally:
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.close()
         for p in procs:
             p.wait(60)
     listening = max(e["listening"]["t"] for e in events)
@@ -123,7 +123,7 @@ def run_libp2p(n: int, interval: float, steady: float) -> dict[str, float]:
         "nodes": n, "converged": float(ok),
         "convergence_from_launch_s": max(converged) - launched,
         "convergence_after_all_listen_s": max(converged) - listening,
-        "bytes_per_node_s": sum(e["steady"]["bytes_per_s"] for e in events) / n,
+        "bytes_per_node_s": per_node,
     }
 
 
@@ -188,14 +188,14 @@ def main() -> int:
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        asyncio.run(worker(args.worker, args.n, args.port, args.bootstrap, args.interval,
-                           args.steady))
+        asyncio.run(worker(args.worker, args.n, args.port, args.bootstrap, args.interval))
         return 0
     from swarm.simnet._vloop import run_virtual
 
     print(f"advert interval {args.interval:g} s; cpu cores {os.cpu_count()}\n", flush=True)
     if args.libp2p:
-        print("| libp2p nodes | converged | from launch s | after all listen s | bytes/node/s |")
+        print("| libp2p nodes | converged | from launch s | after all listen s "
+              "| loopback bytes/node/s |")
         print("|---:|---|---:|---:|---:|", flush=True)
         for n in (int(x) for x in args.libp2p.split(",")):
             r = run_libp2p(n, args.interval, args.steady)
