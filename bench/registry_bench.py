@@ -6,8 +6,8 @@ Setup: one version of `--size-mb` random bytes (a real signed manifest, `--chunk
 stored by two source nodes. Each source node is its own process: a grpc.aio server with
 swarm.registry's RegistryServicer over a BlobStore (the blob is in the page cache after the
 first run). Each fetching node is its own process running `fetch_version` into an empty
-BlobStore on local disk: every chunk verified on receipt and again by the BlobWriter, the
-whole blob hashed at commit, fsync, atomic rename; the source re-verifies every chunk it reads.
+BlobStore on local disk: every chunk verified on receipt, the whole blob hashed as it is
+written, fsync, atomic rename; the source re-verifies every chunk it reads.
 The baseline is a tiny TCP server process (`socket.sendfile` of the same file) and clients
 that receive over one connection each and write the bytes to a file, fsynced: a plain
 sequential copy. "copy+sha256" also hashes the stream once, as a lower bound for any
@@ -22,29 +22,7 @@ Scenarios (wall time from a common start signal to the last finisher, median of 
   fetch N<-1             N fetchers at once from one source (replicate one node to N)
 Exits 0; it reports, it does not judge (the machine's disk and loopback are shared and noisy).
 
-Results, 2026-11-23, the shared 2-core dev VM (load average 4.7-7.3 from other work during
-the runs), 200 MB, 4 MiB chunks; wall seconds, median (min) over 5 repeats, and one more
-run of 3 repeats:
-
-  scenario          run A (x5)     run B (x3)
-  plain copy x1     0.26 (0.17)    0.66 (0.21)
-  copy+sha256 x1    0.36 (0.29)    0.50 (0.45)
-  fetch 1<-1        1.25 (0.92)    1.79 (1.76)
-  fetch 1<-2        1.18 (0.97)    1.47 (1.05)
-  plain copy x4     1.64 (1.35)    3.53 (2.20)
-  fetch 4<-1        4.72 (3.28)    5.30 (4.87)
-
-  fetch 1<-1 / plain copy: 4.9x (median), 5.4x (min); the 1.5x target is not met here.
-  fetch 4<-1 / plain copy x4: 2.9x; fetch 1<-2 / fetch 1<-1: 0.95 (sources split ~50/50).
-
-Why: a verified fetch hashes every byte four times (the source checks each chunk it
-reads; the fetcher checks it on receipt; BlobWriter checks it again and feeds the
-whole-blob hash) at ~1.2 GB/s per core, and grpcio moves ~0.5-1 GB/s on loopback (1 MiB
-messages; 4 MiB messages were 4x slower, hence ServiceConfig.max_piece_bytes). The
-writer is sequential (chunk check + whole-blob hash + write + partial record per chunk,
-~12-20 ms per 4 MiB chunk here), so it, not the network, bounds one fetch, and a second
-source barely helps on this machine. With 2 cores shared by source, fetcher(s) and other
-engineers' jobs, 4 concurrent fetchers are CPU-bound.
+Results, with the command and the reasons for the gap, are in bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ class _FileTransfer:
                 await wake.wait()
                 continue
             try:
-                await asyncio.to_thread(self.writer.write_chunk, self.written, data)
+                await asyncio.to_thread(self.writer.write_chunk, self.written, data, verified=True)
             except (IntegrityError, OSError) as exc:
                 self.failure = exc
                 self.signal.fire()

@@ -465,12 +465,15 @@ class BlobWriter:
         """Every chunk is held (or the blob was already stored)."""
         return self._next == len(self.chunks)
 
-    def write_chunk(self, index: int, data: bytes) -> None:
+    def write_chunk(self, index: int, data: bytes, *, verified: bool = False) -> None:
         """Append chunk `index`, which must be `next_index`.
 
         Raises IntegrityError if `data` has the wrong length or digest (nothing is
         written), ValueError if `index` is not the next chunk (out of order or past
-        the end) or the writer is closed.
+        the end) or the writer is closed. `verified=True` says the caller has just
+        hashed these very bytes against `chunks[index]` (a fetcher does, to blame the
+        source), so the chunk is not hashed a second time; `commit()` still checks
+        the whole blob, so a wrong claim can never publish a bad blob.
         """
         self._check_open()
         if self._stored:
@@ -485,7 +488,7 @@ class BlobWriter:
         if len(data) != want:
             raise IntegrityError(f"chunk {index} of blob {self.digest.short} is {len(data)} bytes, "
                                  f"expected {want}")
-        if hashlib.sha256(data).hexdigest() != self.chunks[index].hex:
+        if not verified and hashlib.sha256(data).hexdigest() != self.chunks[index].hex:
             raise IntegrityError(f"chunk {index} of blob {self.digest.short} does not match "
                                  f"{self.chunks[index]}")
         if self._file is None:  # only a stored blob's writer has no file

@@ -106,10 +106,10 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     original = BlobWriter.write_chunk
 
-    def spy(self: BlobWriter, index: int, data: bytes) -> None:
+    def spy(self: BlobWriter, index: int, data: bytes, *, verified: bool = False) -> None:
         assert hashlib.sha256(data).hexdigest() == self.chunks[index].hex, "bad bytes reached the writer"
         seen.append(index)
-        original(self, index, data)
+        original(self, index, data, verified=verified)
 
     monkeypatch.setattr(BlobWriter, "write_chunk", spy)
     return seen

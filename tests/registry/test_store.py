@@ -336,6 +336,25 @@ def test_commit_refuses_incomplete_and_wrong_whole_digest(tmp_path: Path) -> Non
     assert not (tmp_path / "partial" / other.hex).exists()
 
 
+def test_a_false_verified_claim_never_publishes(tmp_path: Path) -> None:
+    """`verified=True` skips the chunk hash, not the whole-blob check at commit."""
+    store = BlobStore(tmp_path)
+    data = blob(2 * CHUNK)
+    digest, pieces, chunks = layout(data)
+    bad = bytearray(pieces[1])
+    bad[5] ^= 0xFF
+    writer = store.begin(digest, len(data), chunks, CHUNK)
+    writer.write_chunk(0, pieces[0], verified=True)
+    writer.write_chunk(1, bytes(bad), verified=True)  # a caller that lied
+    with pytest.raises(IntegrityError, match="partial discarded"):
+        writer.commit()
+    assert not store.has(digest)
+    assert not (tmp_path / "partial" / digest.hex).exists()
+    with store.begin(digest, len(data), chunks, CHUNK) as writer, \
+            pytest.raises(IntegrityError):  # the length is still checked
+        writer.write_chunk(0, pieces[0][:-1], verified=True)
+
+
 def test_existing_blob_is_never_rewritten(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     data = blob(2 * CHUNK)
