@@ -251,6 +251,8 @@ async def _pull(args: argparse.Namespace) -> int:
                 _say(f"wrote {path}")
         if args.store is not None:
             _say(f"stored in {args.store}")
+        if args.output is None and args.store is None:
+            _say("nothing kept: --output DIR writes the files, --store DIR keeps a registry store")
     return 0
 
 

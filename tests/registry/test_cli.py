@@ -152,7 +152,9 @@ def test_push_tag_rollback_pull_through_a_node(node: str, programs: tuple[Path, 
     assert manifest.batching.max_batch_size == 32  # the Dim's upper bound
     assert manifest.version == "v1"
     assert cli("pull", d2, "--node", node) == 0  # verify only, by digest
-    assert "pulled acme/classifier v2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pulled acme/classifier v2" in out
+    assert "nothing kept" in out
 
 
 def test_cli_errors_are_clear(node: str, programs: tuple[Path, Path], tmp_path: Path,
