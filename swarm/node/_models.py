@@ -74,11 +74,41 @@ class ServedModel:
 
 
 class ModelTable:
-    """Models by name; each name has one default version and may hold several by digest."""
+    """Models by name; each name has one default version and may hold several by digest.
+
+    A request may also name a model as `--serve` did: `acme/classifier:stable` (a tag
+    the node follows: its rollout keeps the name's default version at what the tag
+    names) or `acme/classifier@sha256:...` (that version).
+    """
 
     def __init__(self) -> None:
         self._versions: dict[str, dict[str, ServedModel]] = {}
         self._default: dict[str, str] = {}
+        self._tags: dict[str, set[str]] = {}
+
+    def follow(self, name: str, tag: str) -> None:
+        """Requests for `name:tag` go to `name`'s default version."""
+        self._tags.setdefault(name, set()).add(tag)
+
+    def _split(self, model: str, version: str) -> tuple[str, str]:
+        """(name, version) for a model named by a reference with a tag or a digest."""
+        if ":" not in model and "@" not in model:
+            return model, version
+        try:
+            ref = ModelRef.parse(model)
+        except ValueError as exc:
+            raise ModelNotFoundError(f"model {model!r} is not served here ({exc})") from exc
+        if ref.digest is not None:
+            if version and version.removeprefix("sha256:") != ref.digest.hex:
+                raise ModelNotFoundError(
+                    f"model {model!r} names version {ref.digest}, the request {version!r}")
+            return ref.name, ref.digest.hex
+        tags = self._tags.get(ref.name, set())
+        if ref.tag not in tags:
+            following = ", ".join(f"{ref.name}:{t}" for t in sorted(tags)) or "no tag of it"
+            raise ModelNotFoundError(
+                f"model {model!r} is not served here (this node follows {following})")
+        return ref.name, version
 
     def add(self, served: ServedModel, *, default: bool = True) -> None:
         versions = self._versions.setdefault(served.name, {})
@@ -98,6 +128,7 @@ class ModelTable:
 
     def resolve(self, name: str, version: str = "") -> ServedModel:
         """The served model for a name and optional version (digest, bare hex or unique prefix)."""
+        name, version = self._split(name, version)
         versions = self._versions.get(name)
         if not versions:
             raise ModelNotFoundError(f"model {name!r} is not served here")
@@ -112,6 +143,12 @@ class ModelTable:
         raise ModelNotFoundError(f"model {name!r} has no version {version!r} here")
 
     def versions(self, name: str) -> list[ServedModel]:
+        """Every version served for `name` (for a reference: the one it names, if served)."""
+        if ":" in name or "@" in name:
+            try:
+                return [self.resolve(name)]
+            except ModelNotFoundError:
+                return []
         return list(self._versions.get(name, {}).values())
 
     def __iter__(self) -> Iterator[ServedModel]:

@@ -52,6 +52,7 @@ from swarm.protocol._identity import Identity
 from swarm.protocol._membership import Membership, MembershipConfig
 from swarm.protocol._view import PeerView
 from swarm.registry import (
+    DEFAULT_TAG,
     BlobStore,
     ManifestStore,
     ModelFormat,
@@ -217,6 +218,8 @@ class Node:
             tagged = registry_ref(ref)
             if tagged is not None:  # served once fetched; follows its tag (rollout/rollback)
                 follow.append(tagged)
+                if tagged.digest is None:
+                    self.table.follow(tagged.name, tagged.tag or DEFAULT_TAG)
                 continue
             model = await asyncio.to_thread(self._load, ref)
             self._owned.append(model)

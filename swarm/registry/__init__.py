@@ -47,6 +47,7 @@ from swarm.registry._rollout import Deployment, Loaded, Rollout, RolloutConfig, 
 from swarm.registry._service import RegistryServicer, ServiceConfig, TagBook, add_registry_service
 from swarm.registry._store import DEFAULT_CHUNK_SIZE, BlobStore, BlobWriter, StoreUsage
 from swarm.registry._tags import (
+    DEFAULT_TAG,
     Outcome,
     TagEntry,
     TagRecord,
@@ -61,6 +62,7 @@ from swarm.registry._tags import (
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_TAG",
     "TAG_TOPIC",
     "BatchingDefaults",
     "BlobStore",

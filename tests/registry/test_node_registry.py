@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from swarm._errors import ModelNotFoundError
 from swarm.client import AsyncClient
 from swarm.node import Node, NodeConfig
 from swarm.protocol._gossip import Gossip
@@ -82,23 +83,31 @@ async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:
         assert b.table.resolve("acme/classifier").digest == d1
         assert b.manifests is not None
         assert b.manifests.complete(d1)
+        # Clients name the model as --serve did, or pin a version by digest.
+        async with AsyncClient(b.grpc_address) as client:
+            x = np.ones((2, 4), np.float32)
+            by_tag = await client.infer("acme/classifier:stable", x)
+            assert np.array_equal(by_tag, await client.infer("acme/classifier", x))
+            assert np.array_equal(by_tag, await client.infer(f"acme/classifier@{d1}", x))
+            with pytest.raises(ModelNotFoundError, match="acme/classifier:stable"):
+                await client.infer("acme/classifier:canary", x)
 
         failures: list[BaseException] = []
         answers: list[float] = []
         running = True
 
-        async def load(client: AsyncClient) -> None:
+        async def load(client: AsyncClient, model: str) -> None:
             x = np.ones((1, 4), np.float32)
             while running:
                 try:
-                    out = await client.infer_raw("acme/classifier", x)
+                    out = await client.infer_raw(model, x)
                     answers.append(float(next(iter(out.values()))[0, 0]))
                 except Exception as exc:
                     failures.append(exc)
 
         async with AsyncClient(b.grpc_address) as client, asyncio.TaskGroup() as tg:
-            for _ in range(4):
-                tg.create_task(load(client))
+            for model in ("acme/classifier", "acme/classifier:stable") * 2:
+                tg.create_task(load(client, model))
             await until(lambda: len(answers) > 10)
             m2 = build_manifest(v2, "acme/classifier", "v2", PUBLISHER, created_at=3.0)
             d2 = (await push(publisher, v2, m2, PUBLISHER)).digest

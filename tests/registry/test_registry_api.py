@@ -8,7 +8,7 @@ import swarm.registry
 def test_registry_exports() -> None:
     assert set(swarm.registry.__all__) == {
         # the store, manifests and tags (registry core)
-        "DEFAULT_CHUNK_SIZE", "BatchingDefaults", "BlobStore", "BlobWriter", "FileEntry",
+        "DEFAULT_CHUNK_SIZE", "DEFAULT_TAG", "BatchingDefaults", "BlobStore", "BlobWriter", "FileEntry",
         "Manifest", "ModelFormat", "Outcome", "RuntimeNeeds", "StoreUsage", "TagEntry",
         "TagRecord", "TagState", "TagVersion", "apply_tag", "file_entry", "manifest_digest",
         "manifest_for_file", "previous", "resolve", "sign_manifest", "sign_tag",
