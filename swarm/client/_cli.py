@@ -163,6 +163,12 @@ def _peer_rows(view: PeerView, now: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _model_cell(model: dict[str, Any]) -> str:
+    """`acme/classifier:stable,v2 3085ca515f8c`: name, the tags naming it, short digest."""
+    tags = ":" + ",".join(model["tags"]) if model["tags"] else ""
+    return f"{model['name']}{tags} {model['digest'].removeprefix('sha256:')[:12]}"
+
+
 async def _peers(args: argparse.Namespace) -> int:
     from swarm.protocol._light import LightPeer
 
@@ -175,14 +181,15 @@ async def _peers(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("peer", "grpc", "models", "queue", "items/s", "price/req", "price/1k",
+    # Prices are in micro-units of the swarm's settlement currency (proto/swarm/v1/node.proto).
+    table = Table("peer", "grpc", "models", "queue", "items/s", "µ/request", "µ/1k items",
                   "hardware", "region", "age")
     for r in rows:
         hw = r["hardware"]
         mem = hw["memory_bytes"] / 2**30
         table.add_row(
             r["peer_id"][-12:], ", ".join(r["grpc"]),
-            "\n".join(f"{m['name']} {m['digest'][7:19]}" for m in r["models"]),
+            "\n".join(_model_cell(m) for m in r["models"]),
             str(r["queue_depth"]), f"{r['items_per_second']:.0f}",
             str(r["price"]["per_request_micros"]), str(r["price"]["per_1k_items_micros"]),
             f"{hw['count']}x {hw['device_kind']} {mem:.0f}GiB", r["region"] or "-",

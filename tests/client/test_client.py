@@ -233,3 +233,13 @@ async def test_float64_arrays_are_sent_as_the_models_fp32(start_node: NodeFactor
         out = await client.infer("builtin/mlp", x)
     expected = mlp.execute({"input": x.astype(np.float32)})["output"]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_peers_table_names_models_with_their_tags() -> None:
+    from swarm.client._cli import _model_cell
+
+    digest = "sha256:" + "ab" * 32
+    assert _model_cell({"name": "builtin/mlp", "tags": [], "digest": digest}) == \
+        "builtin/mlp abababababab"
+    assert _model_cell({"name": "acme/c", "tags": ["stable", "v2"], "digest": digest}) == \
+        "acme/c:stable,v2 abababababab"

@@ -81,3 +81,9 @@ async def test_cli_routes_a_file_and_refuses_an_impossible_price(tmp_path: Path)
         assert peers.returncode == 0, peers.stderr
         listed = json.loads(peers.stdout)
         assert sorted(p["price"]["per_request_micros"] for p in listed) == [5, 8]
+        table = await asyncio.to_thread(swarm_cli, "peers", "--bootstrap", addr)
+        assert table.returncode == 0, table.stderr
+        for p in listed:
+            assert p["peer_id"][-12:] in table.stdout
+            assert f"builtin/mlp {p['models'][0]['digest'][7:19]}" in table.stdout
+        assert "µ/request" in table.stdout
