@@ -1,0 +1,53 @@
+"""Every scenario shipped in swarm/simnet/scenarios/ runs end to end and keeps its promises.
+
+Small size for CI: the shipped node counts, the timeline compressed (the workload and
+every fault happen in a fraction of the shipped seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from swarm.simnet import RunOptions, Scenario, load_scenario, run_scenario
+from swarm.simnet._scenario import builtin_scenarios
+
+pytestmark = pytest.mark.slow
+
+# Seconds of workload at most, per scenario, in CI.
+_BUDGET = 12.0
+
+
+def compressed(scenario: Scenario, duration: float) -> Scenario:
+    """The same scenario with its timeline scaled to `duration` seconds of workload."""
+    factor = min(1.0, duration / scenario.duration)
+    faults = tuple(dataclasses.replace(
+        f, at=f.at * factor, duration=None if f.duration is None else f.duration * factor)
+        for f in scenario.faults)
+    return dataclasses.replace(scenario, duration=scenario.duration * factor, faults=faults)
+
+
+def test_every_shipped_scenario_is_covered() -> None:
+    assert set(builtin_scenarios()) == {"default", "failover", "heterogeneous", "churn", "rollout"}
+
+
+@pytest.mark.parametrize("name", sorted(builtin_scenarios()))
+async def test_shipped_scenario_keeps_its_promises(name: str, tmp_path: Path) -> None:
+    scenario = compressed(load_scenario(name), _BUDGET)
+    with (tmp_path / "console.txt").open("w") as out:
+        result = await run_scenario(
+            scenario, RunOptions(report_dir=tmp_path / "report", live=False),
+            console=Console(file=out, width=120))
+    s = result.summary
+    console = (tmp_path / "console.txt").read_text()
+    assert s.kept, f"{name}: {s.promises}\n{console}"
+    assert s.lost == 0, console
+    assert s.errors == {}, console
+    assert s.requests == s.ok > 0.5 * scenario.workload.rate * scenario.duration
+    assert s.faults_applied == s.faults_total == len(scenario.faults)
+    assert (tmp_path / "report" / "report.json").stat().st_size > 0
+    if name == "heterogeneous":  # node 0 runs at full speed, node 3 a quarter of the time
+        assert s.node_share[0] > s.node_share[3], s.node_share
