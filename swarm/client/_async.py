@@ -24,6 +24,7 @@ from swarm.client._convert import build_request, decode_response, error_from_rpc
 from swarm.client._router import Routed, Router, RoutingOptions
 from swarm.client._types import ModelInfo, TensorInfo
 from swarm.protocol._light import LightPeer
+from swarm.registry import RegistryAgent, RegistryConfig
 from swarm.scheduler import Preference
 
 __all__ = ["AsyncClient"]
@@ -47,7 +48,8 @@ class AsyncClient:
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float | Preference = "latency", hedge: bool = True,
-                 peer: LightPeer | None = None, join_timeout: float = 15.0) -> None:
+                 peer: LightPeer | None = None, join_timeout: float = 15.0,
+                 allowlist: Mapping[str, Iterable[bytes]] | None = None) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise SwarmError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -58,6 +60,11 @@ class AsyncClient:
         self._peer = peer if peer is not None else (LightPeer.libp2p(bootstrap) if bootstrap
                                                      else None)
         self._router: Router | None = None
+        # Namespace -> publisher keys (raw Ed25519) that may move its tags; namespaces not
+        # listed are bound to the first publisher seen (trust on first use), as on nodes.
+        self._allowlist = {ns: frozenset(keys) for ns, keys in (allowlist or {}).items()}
+        self._tags: RegistryAgent | None = None
+        self._tags_task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
@@ -89,7 +96,14 @@ class AsyncClient:
                 return
             await self._peer.start()
             peer = self._peer
-            self._router = Router(lambda: peer.view)
+            assert peer.gossip is not None
+            # Tags resolve through the owners' signed records (gossip, and a sync from a
+            # node), never through what providers claim in their adverts.
+            self._tags = RegistryAgent(
+                peer.gossip, None, view=lambda: peer.view,
+                config=RegistryConfig(allowlist=self._allowlist, volunteer=False))
+            self._tags_task = asyncio.create_task(self._tags.run(), name="client-tags")
+            self._router = Router(lambda: peer.view, signed_tags=self._tags.signed_targets)
 
     async def _provider_of(self, model: str) -> Digest:
         """Wait (up to join_timeout) until some provider of `model` is in the view."""
@@ -120,6 +134,9 @@ class AsyncClient:
             await self._channel.close()
         if self._router is not None:
             await self._router.close()
+        if self._tags is not None and self._tags_task is not None:
+            self._tags.stop()
+            await self._tags_task
         if self._peer is not None:
             await self._peer.close()
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -52,6 +52,10 @@ FORWARDED = "swarm_forwarded"
 MAX_MESSAGE_BYTES = 64 << 20
 _RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
               "UNKNOWN"}
+
+
+# Signed targets of a tag, oldest first and current last (None: no signed record known).
+SignedTags = Callable[[ModelRef], Sequence[Digest] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,10 @@ class Router:
     def __init__(self, view: Callable[[], PeerView], *, rng: random.Random | None = None,
                  config: SchedulerConfig | None = None,
                  observations: Observations | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 signed_tags: SignedTags | None = None) -> None:
         self._view = view
+        self._signed_tags = signed_tags
         self._rng = rng or random.Random()
         self._config = config or SchedulerConfig()
         self.observations = observations or Observations()
@@ -107,10 +113,15 @@ class Router:
         return self._view()
 
     def resolve(self, model: str) -> Digest:
-        """The digest to route `model` to: `name@sha256:...`, or by name from the adverts.
+        """The digest to route `model` to.
 
-        When providers advertise several versions under one name, the version most
-        providers serve wins (ties: the lowest digest), so clients agree.
+        `name@sha256:...` names it. With `signed_tags` (the registry's signed tag records),
+        a tag resolves to one of the targets its owner signed, never to what providers
+        merely claim: the one most providers serve (a rollout switches clients once most
+        providers have switched; ties: the newest). A bare name resolves through its
+        signed `latest` tag if there is one. Otherwise (built-ins, local programs, or no
+        `signed_tags`) the version most providers advertise under the name (and tag)
+        wins, ties to the lowest digest, so clients agree.
         """
         ref = ModelRef.parse(model)
         if ref.digest is not None:
@@ -123,13 +134,23 @@ class Router:
             digest = self._resolved[model] = self._resolve(view, ref, model)
         return digest
 
-    @staticmethod
-    def _resolve(view: PeerView, ref: ModelRef, model: str) -> Digest:
+    def _resolve(self, view: PeerView, ref: ModelRef, model: str) -> Digest:
+        signed = self._signed_tags(ref) if self._signed_tags is not None else None
+        if signed is None and ref.tag is not None and self._signed_tags is not None:
+            raise NoProviderError(f"no signed record of tag {model} is known (yet)")
         counts: dict[Digest, int] = {}
         for entry in view:
             for offer in entry.advert.models:
-                if offer.name == ref.name and (ref.tag is None or ref.tag in offer.tags):
+                if offer.name != ref.name:
+                    continue
+                if signed is not None or ref.tag is None or ref.tag in offer.tags:
                     counts[offer.digest] = counts.get(offer.digest, 0) + 1
+        if signed is not None:
+            served = [(counts.get(d, 0), age, d) for age, d in enumerate(signed)]
+            best = max(served, key=lambda c: (c[0], c[1]))
+            if best[0] == 0:
+                raise NoProviderError(f"{model} is {signed[-1]}; no provider serves it (yet)")
+            return best[2]
         if not counts:
             raise NoProviderError(f"no provider in the swarm serves {model}")
         return min(counts, key=lambda d: (-counts[d], d.hex))

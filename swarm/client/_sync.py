@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -27,7 +27,8 @@ class Client:
 
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
                  timeout: float | None = 30.0, max_price: float | None = None,
-                 preference: str | float = "latency", hedge: bool = True) -> None:
+                 preference: str | float = "latency", hedge: bool = True,
+                 allowlist: Mapping[str, Iterable[bytes]] | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -36,7 +37,8 @@ class Client:
 
         async def make() -> AsyncClient:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
-                               max_price=max_price, preference=preference, hedge=hedge)
+                               max_price=max_price, preference=preference, hedge=hedge,
+                               allowlist=allowlist)
 
         try:
             self._client = self._run(make())

@@ -103,6 +103,8 @@ class ModelTable:
                 raise ModelNotFoundError(
                     f"model {model!r} names version {ref.digest}, the request {version!r}")
             return ref.name, ref.digest.hex
+        if version:  # the version pins it (a gateway forwards `name:tag` with the digest)
+            return ref.name, version
         tags = self._tags.get(ref.name, set())
         if ref.tag not in tags:
             following = ", ".join(f"{ref.name}:{t}" for t in sorted(tags)) or "no tag of it"

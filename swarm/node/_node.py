@@ -130,7 +130,8 @@ class Node:
         self.membership: Membership | None = None
         self.http_port = 0
         # Routes requests for models this node does not serve (gateway), over its peer view.
-        self.router = Router(self._peer_view) if config.p2p_port >= 0 else None
+        self.router = (Router(self._peer_view, signed_tags=self._signed_targets)
+                       if config.p2p_port >= 0 else None)
         self._service: InferenceService | None = None
         self._hardware = detect_hardware(self.device)
         self._registry_config = registry_config or RegistryConfig(
@@ -349,6 +350,10 @@ class Node:
             "model": model.name, "digest": digest.short, "device": str(model.device),
             "seconds": round(time.perf_counter() - started, 2)})
         return model
+
+    def _signed_targets(self, ref: ModelRef) -> tuple[Digest, ...] | None:
+        """What the gateway routes a tag to: the targets of its signed records."""
+        return None if self.registry is None else self.registry.signed_targets(ref)
 
     def _tags_of(self, name: str, digest: Digest) -> tuple[str, ...]:
         """Tags this node follows for `name` that point at `digest` now (advertised)."""

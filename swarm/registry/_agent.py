@@ -39,7 +39,16 @@ from swarm.registry._client import RegistryClient
 from swarm.registry._fetch import FetchConfig, FetchStats, Progress, Source, fetch_version
 from swarm.registry._manifest import Manifest
 from swarm.registry._manifests import ManifestStore
-from swarm.registry._tags import Outcome, TagRecord, TagState, apply_tag, previous, resolve, verify_tag
+from swarm.registry._tags import (
+    DEFAULT_TAG,
+    Outcome,
+    TagRecord,
+    TagState,
+    apply_tag,
+    previous,
+    resolve,
+    verify_tag,
+)
 
 __all__ = [
     "TAG_TOPIC",
@@ -165,13 +174,19 @@ class RegistryAgent:
     random choice (jitter, volunteering, sync peer, holder order) draws from
     `rng`; waits are asyncio sleeps, which simnet's virtual-time loop drives.
     The agent takes no timestamps, so it needs no clock.
+
+    Without a store (`manifests=None`, a client's light peer) it only tracks signed
+    tags: it receives, validates and syncs them, and resolves references; it never
+    fetches or volunteers.
     """
 
-    def __init__(self, gossip: Gossip, manifests: ManifestStore, *,
+    def __init__(self, gossip: Gossip, manifests: ManifestStore | None, *,
                  view: Callable[[], PeerView], config: RegistryConfig = RegistryConfig(),
                  rng: random.Random | None = None,
                  connect: Connect = RegistryClient,
                  on_stored: Callable[[Digest], None] = lambda digest: None) -> None:
+        if manifests is None and config.volunteer:
+            raise ValueError("an agent without a store cannot volunteer to store versions")
         self.config = config
         self._gossip = gossip
         self._manifests = manifests
@@ -283,6 +298,12 @@ class RegistryAgent:
         """The manifest digest `ref` names now; ModelNotFoundError for an unknown tag."""
         return resolve(self._state, ModelRef.parse(ref) if isinstance(ref, str) else ref)
 
+    def signed_targets(self, ref: ModelRef) -> tuple[Digest, ...] | None:
+        """Targets the signed records of `ref`'s tag named (bare name: `latest`), oldest
+        first and current last, as far as this agent has seen; None for an unknown tag."""
+        entry = self._state.get(ref.name, ref.tag if ref.tag is not None else DEFAULT_TAG)
+        return None if entry is None else tuple(v.target for v in entry.history)
+
     async def watch(self, ref: ModelRef | str) -> AsyncIterator[Digest]:
         """Each target `ref` takes, starting with the current one (if known).
 
@@ -342,21 +363,27 @@ class RegistryAgent:
 
         Raises UnavailableError when no peer holds it or none could supply it.
         """
+        manifests = self._store()
         lock = self._fetch_locks.setdefault(digest, asyncio.Lock())
         async with lock:
-            if await asyncio.to_thread(self._manifests.complete, digest):
-                return await asyncio.to_thread(self._manifests.get, digest)
+            if await asyncio.to_thread(manifests.complete, digest):
+                return await asyncio.to_thread(manifests.get, digest)
             addresses = self.holders(digest)
             if not addresses:
                 raise UnavailableError(f"no live peer stores version {digest}")
-            return await self._fetch(digest, addresses, progress)
+            return await self._fetch(manifests, digest, addresses, progress)
 
-    async def _fetch(self, digest: Digest, addresses: list[str],
+    def _store(self) -> ManifestStore:
+        if self._manifests is None:
+            raise UnavailableError("this peer keeps no registry store")
+        return self._manifests
+
+    async def _fetch(self, manifests: ManifestStore, digest: Digest, addresses: list[str],
                      progress: Progress | None) -> Manifest:
         stats = FetchStats()
         sources = [self._connect(a) for a in addresses]
         try:
-            result = await fetch_version(self._manifests, digest, sources,
+            result = await fetch_version(manifests, digest, sources,
                                          config=self.config.fetch, progress=progress, stats=stats)
         except (SwarmError, OSError) as exc:
             self.counters["fetches_failed"] += 1
@@ -378,7 +405,7 @@ class RegistryAgent:
         pinned = pinned_versions(self._state)
         if not pinned:
             return []
-        own = set(await asyncio.to_thread(self._manifests.complete_versions))
+        own = set(await asyncio.to_thread(self._store().complete_versions))
         chosen = volunteer(self._view(), pinned, own, self.config.replication_factor, self._rng)
         fetched = []
         for digest in chosen:

@@ -35,6 +35,7 @@ def test_name_version_and_references(table: tuple[ModelTable, ServedModel, Serve
     assert t.resolve("acme/classifier", v2.digest.hex[:12]) is v2  # a unique prefix
     assert t.resolve("acme/classifier:stable") is v1  # a followed tag: the default
     assert t.resolve("acme/classifier:stable", str(v2.digest)) is v2
+    assert t.resolve("acme/classifier:canary", str(v2.digest)) is v2  # the version decides
     assert t.resolve(f"acme/classifier@{v2.digest}") is v2  # pinned by digest
     assert t.resolve(f"acme/classifier@{v2.digest}", v2.digest.hex) is v2
     assert t.versions("acme/classifier:stable") == [v1]

@@ -12,7 +12,7 @@ import pytest
 
 from swarm._errors import UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
-from swarm._types import Digest
+from swarm._types import Digest, ModelRef
 from swarm.protocol._gossip import GossipMessage, Validation
 from swarm.protocol._identity import Identity
 from swarm.protocol._memory import MemoryNetwork
@@ -240,3 +240,23 @@ async def test_a_node_volunteers_and_replicates_a_pinned_version(tmp_path: Path)
         # Once B advertises it, the version has R holders: nobody else volunteers.
         a.view.view = view_of([(peer_id(2), b.address, [v.digest])])
         assert await a.agent.replicate_once() == []
+
+
+async def test_a_storeless_agent_tracks_signed_tags_only(tmp_path: Path) -> None:
+    """What a client's light peer runs: tags and their history, no store, no fetching."""
+    network = MemoryNetwork(0)
+    with pytest.raises(ValueError, match="cannot volunteer"):
+        RegistryAgent(network.join(peer_id(7)), None, view=StaticView(), config=RegistryConfig())
+    light = RegistryAgent(network.join(peer_id(8)), None, view=StaticView(),
+                          config=RegistryConfig.local(volunteer=False))
+    ref = ModelRef.parse("acme/classifier:stable")
+    assert light.signed_targets(ref) is None
+    assert light.receive(tag(1, V1)) is Outcome.BOUND
+    assert light.receive(tag(2, V2)) is Outcome.ACCEPTED
+    assert light.receive(tag(3, V1)) is Outcome.ACCEPTED  # a rollback
+    assert light.signed_targets(ref) == (V1, V2, V1)
+    assert light.signed_targets(ModelRef.parse("acme/classifier")) is None  # no `latest`
+    assert light.receive(tag(4, V3, INTRUDER)) is Outcome.UNAUTHORIZED
+    assert light.signed_targets(ref) == (V1, V2, V1)
+    with pytest.raises(UnavailableError, match="keeps no registry store"):
+        await light.ensure(V1)
