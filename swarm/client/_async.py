@@ -49,7 +49,7 @@ class AsyncClient:
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float | Preference = "latency", hedge: bool = True,
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
-                 allowlist: Mapping[str, Iterable[bytes]] | None = None) -> None:
+                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise SwarmError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -60,9 +60,11 @@ class AsyncClient:
         self._peer = peer if peer is not None else (LightPeer.libp2p(bootstrap) if bootstrap
                                                      else None)
         self._router: Router | None = None
-        # Namespace -> publisher keys (raw Ed25519) that may move its tags; namespaces not
-        # listed are bound to the first publisher seen (trust on first use), as on nodes.
-        self._allowlist = {ns: frozenset(keys) for ns, keys in (allowlist or {}).items()}
+        # Namespace -> publisher keys (Ed25519, raw or hex as `swarm model key` prints)
+        # that may move its tags; namespaces not listed are bound to the first publisher
+        # seen (trust on first use), as on nodes.
+        self._allowlist = {ns: frozenset(_public_key(k) for k in keys)
+                           for ns, keys in (allowlist or {}).items()}
         self._tags: RegistryAgent | None = None
         self._tags_task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
@@ -329,6 +331,17 @@ class AsyncClient:
                                                   preference=preference) for c in chunks))
         arrays = [p if isinstance(p, np.ndarray) else next(iter(p.values())) for p in parts]
         return np.concatenate(arrays)
+
+
+def _public_key(key: bytes | str) -> bytes:
+    if isinstance(key, str):
+        try:
+            key = bytes.fromhex(key)
+        except ValueError:
+            raise SwarmError(f"allowlist key {key!r} is not hex") from None
+    if len(key) != 32:
+        raise SwarmError(f"allowlist keys are 32-byte Ed25519 public keys, not {len(key)} bytes")
+    return key
 
 
 def _preference(value: str | float | Preference) -> Preference:

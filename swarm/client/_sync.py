@@ -28,7 +28,7 @@ class Client:
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float = "latency", hedge: bool = True,
-                 allowlist: Mapping[str, Iterable[bytes]] | None = None) -> None:
+                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)

@@ -312,10 +312,21 @@ def add_model_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="keep the version in a registry store here (default: verify only)")
     p.add_argument("--output", type=Path, metavar="DIR", help="also write its files here")
     _reach(p)
+
+    p = sub.add_parser("key", help="print the publisher's public key (hex), for allowlists")
+    _key(p)
     return model  # type: ignore[no-any-return]
 
 
-_COMMANDS = {"push": _push, "ls": _ls, "tag": _tag, "rollback": _rollback, "pull": _pull}
+async def _show_key(args: argparse.Namespace) -> int:
+    identity = await asyncio.to_thread(load_publisher, args.key)
+    # The form an `[allowlist]` (node config) or `allowlist=` (SDK) takes.
+    print(identity.public_key.hex())
+    return 0
+
+
+_COMMANDS = {"push": _push, "ls": _ls, "tag": _tag, "rollback": _rollback, "pull": _pull,
+             "key": _show_key}
 
 
 def run_model(args: argparse.Namespace) -> int:

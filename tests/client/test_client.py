@@ -243,3 +243,15 @@ def test_peers_table_names_models_with_their_tags() -> None:
         "builtin/mlp abababababab"
     assert _model_cell({"name": "acme/c", "tags": ["stable", "v2"], "digest": digest}) == \
         "acme/c:stable,v2 abababababab"
+
+
+def test_swarm_client_allowlist_takes_hex_or_raw_keys() -> None:
+    from swarm._errors import SwarmError
+    from swarm.client import AsyncClient
+
+    key = bytes(range(32))
+    AsyncClient(bootstrap=["/ip4/127.0.0.1/tcp/1/p2p/x"], allowlist={"acme": [key, key.hex()]})
+    with pytest.raises(SwarmError, match="not hex"):
+        AsyncClient(bootstrap=["/ip4/127.0.0.1/tcp/1/p2p/x"], allowlist={"acme": ["zz"]})
+    with pytest.raises(SwarmError, match="32-byte"):
+        AsyncClient(bootstrap=["/ip4/127.0.0.1/tcp/1/p2p/x"], allowlist={"acme": [b"short"]})

@@ -220,3 +220,17 @@ async def test_bootstrap_joins_as_a_light_peer_and_pulls_from_holders(
     out = capsys.readouterr().out
     assert f"pulled acme/classifier v1 {v.digest}" in out
     assert "from 2 source(s)" in out
+
+
+def test_key_prints_the_publisher_public_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert cli("key") == 0  # the user's key, created on first use (0600)
+    printed = capsys.readouterr().out.strip()
+    key = tmp_path / "swarm" / "publisher.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert printed == Identity.load(key).public_key.hex()
+    assert cli("key", "--key", str(key)) == 0
+    assert capsys.readouterr().out.strip() == printed  # the same key, named
+    assert cli("key", "--key", str(tmp_path / "missing.key")) == 1
+    assert "no publisher key" in capsys.readouterr().err
