@@ -9,6 +9,7 @@ scheduler (swarm/client/_router.py): no central load balancer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -138,7 +139,9 @@ class AsyncClient:
             await self._router.close()
         if self._tags is not None and self._tags_task is not None:
             self._tags.stop()
-            await self._tags_task
+            # A failure of the tag tracker is no reason for close() to fail.
+            with contextlib.suppress(Exception):
+                await self._tags_task
         if self._peer is not None:
             await self._peer.close()
 

@@ -106,7 +106,7 @@ class Router:
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
         # resolve() scans every advert; its answers hold for one view snapshot.
         self._resolved_view: PeerView | None = None
-        self._resolved: dict[str, Digest] = {}
+        self._resolved: dict[tuple[str, tuple[Digest, ...] | None], Digest] = {}
 
     @property
     def view(self) -> PeerView:
@@ -126,16 +126,18 @@ class Router:
         ref = ModelRef.parse(model)
         if ref.digest is not None:
             return ref.digest
+        signed = None if self._signed_tags is None else self._signed_tags(ref)
         view = self.view
         if view is not self._resolved_view:  # a new snapshot: forget what the old one said
             self._resolved_view, self._resolved = view, {}
-        digest = self._resolved.get(model)
+        key = (model, None if signed is None else tuple(signed))  # a tag moved: look again
+        digest = self._resolved.get(key)
         if digest is None:
-            digest = self._resolved[model] = self._resolve(view, ref, model)
+            digest = self._resolved[key] = self._resolve(view, ref, model, signed)
         return digest
 
-    def _resolve(self, view: PeerView, ref: ModelRef, model: str) -> Digest:
-        signed = self._signed_tags(ref) if self._signed_tags is not None else None
+    def _resolve(self, view: PeerView, ref: ModelRef, model: str,
+                 signed: Sequence[Digest] | None) -> Digest:
         if signed is None and ref.tag is not None and self._signed_tags is not None:
             raise NoProviderError(f"no signed record of tag {model} is known (yet)")
         counts: dict[Digest, int] = {}

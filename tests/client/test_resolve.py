@@ -67,3 +67,12 @@ def test_an_unknown_tag_is_refused_whatever_providers_claim() -> None:
     view = view_of((EVIL, ("canary",)))
     with pytest.raises(NoProviderError, match="no signed record of tag acme/clf:canary"):
         router(view, {"acme/clf:stable": (V1,)}).resolve("acme/clf:canary")
+
+
+def test_a_tag_move_is_seen_even_when_the_view_did_not_change() -> None:
+    view = view_of((V1, ()), (V2, ()))
+    signed: dict[str, Sequence[Digest]] = {"acme/clf:stable": (V1,)}
+    r = router(view, signed)
+    assert r.resolve("acme/clf:stable") == V1
+    signed["acme/clf:stable"] = (V1, V2)  # the owner moved the tag; same peer view snapshot
+    assert r.resolve("acme/clf:stable") == V2
