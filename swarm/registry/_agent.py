@@ -61,6 +61,10 @@ __all__ = [
 
 log = logging.getLogger("swarm.registry")
 
+# Seconds before the first tag sync is tried, doubled after each failure up to the max.
+_FIRST_SYNC_RETRY = 0.1
+_FIRST_SYNC_RETRY_MAX = 5.0
+
 TAG_TOPIC = "swarm/tags/v1"
 
 
@@ -458,14 +462,19 @@ class RegistryAgent:
 
     async def _syncer(self) -> None:
         synced = False
+        retry = _FIRST_SYNC_RETRY
         while True:
-            # Until the first sync, look for a peer every second: a node that just joined
-            # knows no tags yet.
-            delay = self.config.sync_interval * self._rng.uniform(0.5, 1.5) if synced else 1.0
+            # Until a first sync succeeds, try soon and back off: a peer that just joined
+            # knows no tags yet (a client's first request by tag waits for them).
+            if synced:
+                delay = self.config.sync_interval * self._rng.uniform(0.5, 1.5)
+            else:
+                delay, retry = retry, min(retry * 2, _FIRST_SYNC_RETRY_MAX)
             await asyncio.sleep(delay)
             if any(e.advert.endpoints for e in self._view()):
+                before = self.counters["tag_syncs"]
                 await self.sync()
-                synced = True
+                synced = synced or self.counters["tag_syncs"] > before
 
     async def _replicator(self) -> None:
         while True:

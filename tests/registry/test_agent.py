@@ -39,6 +39,7 @@ from tests.registry.support import (
     peer_id,
     registry_node,
     store_version,
+    until,
     view_of,
 )
 
@@ -173,6 +174,26 @@ async def test_a_late_joiner_syncs_tags_from_a_peer(tmp_path: Path) -> None:
         view.view = view_of([(peer_id(3), "127.0.0.1:1", [])])  # nobody listens there
         assert await late.sync() == 0
         assert late.counters["tag_sync_failures"] == 1
+
+
+async def test_a_failed_first_sync_is_retried_soon(tmp_path: Path) -> None:
+    v = make_version(tmp_path / "src")
+    async with registry_node(tmp_path / "old", MemoryNetwork(0), 1) as old:
+        await old.agent.publish(tag(1, v.digest))
+        view = StaticView(view_of([(peer_id(3), "127.0.0.1:1", [])]))  # nobody listens there
+        late = agent_for(tmp_path, MemoryNetwork(1), 2, view=view,
+                         config=RegistryConfig(sync_interval=600.0, volunteer=False))
+        task = asyncio.create_task(late.run())
+        try:
+            await until(lambda: late.counters["tag_sync_failures"] > 0, seconds=10)
+            view.view = view_of([(peer_id(1), old.address, [])])
+            # Soon, not after sync_interval (600 s).
+            await until(lambda: late.state.get("acme/classifier", "stable") is not None,
+                        seconds=10)
+            assert late.resolve("acme/classifier:stable") == v.digest
+        finally:
+            late.stop()
+            await task
 
 
 # -- the pure replication decision ----------------------------------------------------------

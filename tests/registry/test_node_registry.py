@@ -7,9 +7,7 @@ Skipped until the node wiring (Node(registry_config=..., rollout_config=...)) la
 from __future__ import annotations
 
 import asyncio
-import inspect
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +22,7 @@ from swarm.protocol._identity import Identity
 from swarm.protocol._memory import MemoryNetwork
 from swarm.registry import RegistryClient, RegistryConfig, RolloutConfig
 from swarm.registry._publish import build_manifest, publish_tag, push
-from tests.registry.support import PUBLISHER
-
-pytestmark = pytest.mark.skipif("registry_config" not in inspect.signature(Node).parameters,
-                                reason="the node does not wire the registry yet")
+from tests.registry.support import PUBLISHER, until
 
 
 class Scale(torch.nn.Module):
@@ -49,12 +44,6 @@ def export(path: Path, factor: float) -> Path:
     return path
 
 
-async def until(predicate: Callable[[], bool], seconds: float = 15.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:
