@@ -233,8 +233,6 @@ def _evaluate(entries: list[PeerEntry], stats: ObservationSnapshot, request: Req
     reasons: dict[str, int] = {}
     cheapest: float | None = None
     typical = _typical(entries, stats, config)
-    if request.exclude:  # a retry: no time for exploring, unmeasured is merely typical
-        typical = _Typical(typical.rtt, typical.service, typical.rtt, typical.service)
     for entry in entries:
         peer_stats = stats.get(entry.peer_id)
         price = entry.advert.price.cost(request.items)
@@ -322,38 +320,23 @@ class _Row:
     queue: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Typical:
-    """What the measured providers look like: the median (where stale measurements fade
-    to) and the best (what an unmeasured provider is assumed to be)."""
-
-    rtt: float
-    service: float
-    best_rtt: float
-    best_service: float
-
-
 def _typical(entries: list[PeerEntry], stats: ObservationSnapshot,
-             config: SchedulerConfig) -> _Typical:
-    """Median and best measured (rtt, per-item service) over the providers; defaults when
-    none is measured.
+             config: SchedulerConfig) -> tuple[float, float]:
+    """Median measured (rtt, per-item service) over the providers; defaults when none measured.
 
-    A provider we have not measured yet is assumed as good as the best one measured
-    (optimism under uncertainty): it then wins picks until one answer measures it.
-    Assuming it typical (the median) is not enough: once slow providers pull the
-    median down, a fast newcomer would never be tried. Retries do not explore (see
-    _evaluate): a crashed provider not yet expired from the view is often unmeasured.
+    A provider we have not measured yet is assumed typical, not pessimistic: otherwise
+    the first provider measured would win every pick and the others would never be tried.
     """
     rtts = sorted(r for e in entries if (r := stats.get(e.peer_id).rtt) is not None)
     services = sorted(v for e in entries if (v := stats.get(e.peer_id).service) is not None)
     rtt = rtts[len(rtts) // 2] if rtts else config.default_rtt
     service = services[len(services) // 2] if services else config.default_service
-    return _Typical(rtt, service, rtts[0] if rtts else rtt, services[0] if services else service)
+    return rtt, service
 
 
 def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapshot,
               request: Request, price: float, now: float, config: SchedulerConfig,
-              typical: _Typical) -> _Row:
+              typical: tuple[float, float]) -> _Row:
     advert = entry.advert
     offer = advert.offer(request.digest)
     # Unsampled for a while: trust the old measurement less, the typical provider more.
@@ -361,17 +344,16 @@ def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapsho
     per_item = peer_stats.service
     if per_item is None:
         speed = offer.items_per_second if offer is not None else 0.0
-        per_item = 1.0 / speed if speed > 0 else typical.best_service
+        per_item = 1.0 / speed if speed > 0 else typical[1]
     else:
-        per_item = fresh * per_item + (1 - fresh) * typical.service
+        per_item = fresh * per_item + (1 - fresh) * typical[1]
     work = max(_MIN_WORK, request.items * per_item)
     depth = offer.queue_depth if offer is not None else advert.queue_depth
     advertised = max(0.0, depth - max(0.0, now - entry.received_at) / work)
     own_work = peer_stats.items_in_flight(since=entry.received_at) * per_item
     surprise = peer_stats.surprise_now(now, stats.config.surprise_half_life)
     wait = advertised * work + config.in_flight_weight * own_work + surprise
-    rtt = (typical.best_rtt if peer_stats.rtt is None
-           else fresh * peer_stats.rtt + (1 - fresh) * typical.rtt)
+    rtt = typical[0] if peer_stats.rtt is None else fresh * peer_stats.rtt + (1 - fresh) * typical[0]
     return _Row(entry, rtt + max(0.0, wait) + work, price, advertised + own_work / work)
 
 

@@ -373,26 +373,6 @@ def test_an_unmeasured_provider_is_assumed_typical_so_it_gets_tried() -> None:
     assert sum(n for peer, n in firsts.items() if peer != PEERS[0]) >= 100
 
 
-def test_an_unmeasured_provider_is_assumed_as_good_as_the_best_measured() -> None:
-    # Peer 0 is fast, peers 1 and 2 slow (the median is slow); peer 3 is new and idle.
-    view = view_of(*(advert(i, ips=0) for i in range(4)))
-    obs = known(0, 1, 2, rtt=0.01)
-    for peer, service in ((0, 0.002), (1, 0.02), (2, 0.02)):
-        obs.record_success(PEERS[peer], 0.01 + service, items=1, now=0, queued=0.0,
-                           service=service)
-    got = {c.peer: c.expected_latency for c in pick(view, Request(MODEL), obs)}
-    assert got[PEERS[3]] == pytest.approx(got[PEERS[0]])
-    assert got[PEERS[3]] < got[PEERS[1]]
-    firsts = Counter(pick(view, Request(MODEL), obs, seed=s, config=SchedulerConfig())[0].peer
-                     for s in range(300))
-    assert firsts[PEERS[3]] >= 100  # it gets tried (then its own answers decide)
-    assert firsts[PEERS[1]] == firsts[PEERS[2]] == 0
-    # A retry does not explore: there the newcomer is merely typical (the median).
-    retry = {c.peer: c.expected_latency
-             for c in pick(view, Request(MODEL, exclude=frozenset({PEERS[0]})), obs)}
-    assert retry[PEERS[3]] == pytest.approx(retry[PEERS[1]])
-
-
 def test_a_stale_slow_measurement_fades_toward_the_typical_provider() -> None:
     view = view_of(*(advert(i, ips=0, ttl=600) for i in range(3)))
     obs = known(0, 1, 2, rtt=0.01)
