@@ -49,5 +49,3 @@ async def test_shipped_scenario_keeps_its_promises(name: str, tmp_path: Path) ->
     assert s.requests == s.ok > 0.5 * scenario.workload.rate * scenario.duration
     assert s.faults_applied == s.faults_total == len(scenario.faults)
     assert (tmp_path / "report" / "report.json").stat().st_size > 0
-    if name == "heterogeneous":  # node 0 runs at full speed, node 3 a quarter of the time
-        assert s.node_share[0] > s.node_share[3], s.node_share
