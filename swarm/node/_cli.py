@@ -104,17 +104,19 @@ async def _run(config: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
     await node.start()
-    print(f"swarm-node {__version__} serving", flush=True)
-    print(f"  peer id  {node.peer_id}", flush=True)
-    print(f"  grpc     {node.grpc_address}", flush=True)
+    lines = [f"swarm-node {__version__} serving", f"  peer id  {node.peer_id}",
+             f"  grpc     {node.grpc_address}"]
     if node.metrics_port:
-        print(f"  metrics  http://{config.advertise_host}:{node.metrics_port}/metrics", flush=True)
-    for served in node.table:
-        print(f"  model    {served.name}  {served.digest}", flush=True)
+        lines.append(f"  metrics  http://{config.advertise_host}:{node.metrics_port}/metrics")
+    lines += [f"  model    {served.name}  {served.digest}" for served in node.table]
     if node.http_port:
-        print(f"  openai   http://{config.advertise_host}:{node.http_port}/v1", flush=True)
-    for addr in node.multiaddrs:
-        print(f"  p2p      {addr}", flush=True)
+        lines.append(f"  openai   http://{config.advertise_host}:{node.http_port}/v1")
+    lines += [f"  p2p      {addr}" for addr in node.multiaddrs]
+    # One write: with stdout and stderr on one file (simnet, systemd), a log line from
+    # another thread must not land inside a banner line that tools parse. print() writes
+    # the text and the newline separately.
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
     await node.wait_stopped()
 
 

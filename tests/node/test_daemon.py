@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -274,3 +275,28 @@ async def test_port_in_use_is_a_configuration_error(tmp_path: Path) -> None:
     assert "configuration error" in err
     assert str(port) in err
     assert "Traceback" not in err
+
+
+async def test_the_banner_is_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """simnet and service managers read the banner from a file that also gets the logs:
+    a log line from another thread must not be able to split a banner line."""
+    from swarm.node import NodeConfig
+    from swarm.node._cli import _run
+
+    writes: list[str] = []
+
+    class Recorder(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            if "p2p" in text or "model" in text:  # the banner is out: stop the node
+                os.kill(os.getpid(), signal.SIGTERM)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    config = NodeConfig.local(tmp_path, serve=("builtin/mlp",), device="cpu", metrics_port=-1)
+    await asyncio.wait_for(_run(config), 60)
+    banner = [w for w in writes if "serving" in w]
+    assert len(banner) == 1
+    assert "  grpc     127.0.0.1:" in banner[0]
+    assert "  model    builtin/mlp  sha256:" in banner[0]
+    assert banner[0].endswith("\n")
