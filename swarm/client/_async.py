@@ -25,7 +25,7 @@ from swarm.client._convert import build_request, decode_response, error_from_rpc
 from swarm.client._router import Routed, Router, RoutingOptions
 from swarm.client._types import ModelInfo, TensorInfo
 from swarm.protocol._light import LightPeer
-from swarm.registry import RegistryAgent, RegistryConfig
+from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.scheduler import Preference
 
 __all__ = ["AsyncClient"]
@@ -64,8 +64,7 @@ class AsyncClient:
         # Namespace -> publisher keys (Ed25519, raw or hex as `swarm model key` prints)
         # that may move its tags; namespaces not listed are bound to the first publisher
         # seen (trust on first use), as on nodes.
-        self._allowlist = {ns: frozenset(_public_key(k) for k in keys)
-                           for ns, keys in (allowlist or {}).items()}
+        self._allowlist = {ns: owner_keys(keys) for ns, keys in (allowlist or {}).items()}
         self._tags: RegistryAgent | None = None
         self._tags_task: asyncio.Task[None] | None = None
         self._started = asyncio.Lock()
@@ -334,17 +333,6 @@ class AsyncClient:
                                                   preference=preference) for c in chunks))
         arrays = [p if isinstance(p, np.ndarray) else next(iter(p.values())) for p in parts]
         return np.concatenate(arrays)
-
-
-def _public_key(key: bytes | str) -> bytes:
-    if isinstance(key, str):
-        try:
-            key = bytes.fromhex(key)
-        except ValueError:
-            raise SwarmError(f"allowlist key {key!r} is not hex") from None
-    if len(key) != 32:
-        raise SwarmError(f"allowlist keys are 32-byte Ed25519 public keys, not {len(key)} bytes")
-    return key
 
 
 def _preference(value: str | float | Preference) -> Preference:

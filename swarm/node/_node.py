@@ -62,6 +62,7 @@ from swarm.registry import (
     Rollout,
     RolloutConfig,
     add_registry_service,
+    owner_keys,
 )
 
 __all__ = ["Node", "NodeState"]
@@ -136,8 +137,7 @@ class Node:
         self._hardware = detect_hardware(self.device)
         self._registry_config = registry_config or RegistryConfig(
             replication_factor=config.replication_factor,
-            allowlist={ns: frozenset(bytes.fromhex(k) for k in keys)
-                       for ns, keys in config.allowlist.items()})
+            allowlist={ns: owner_keys(keys) for ns, keys in config.allowlist.items()})
         self._rollout_config = rollout_config or RolloutConfig()
         self.manifests: ManifestStore | None = None
         self.registry: RegistryAgent | None = None

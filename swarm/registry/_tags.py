@@ -27,12 +27,12 @@ A bare name (no tag, no digest) means the tag `latest`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 
 import immutables
 
-from swarm._errors import IntegrityError, ModelNotFoundError
+from swarm._errors import ConfigError, IntegrityError, ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
 from swarm.protocol._identity import Identity
@@ -48,6 +48,7 @@ __all__ = [
     "TagState",
     "TagVersion",
     "apply_tag",
+    "owner_keys",
     "previous",
     "resolve",
     "sign_tag",
@@ -61,6 +62,23 @@ DEFAULT_TAG = "latest"
 _MAX_SEQUENCE = 2**64 - 1
 
 Allowlist = Mapping[str, Set[bytes]]
+
+
+def owner_keys(keys: Iterable[bytes | str]) -> frozenset[bytes]:
+    """A namespace's owner keys as an allowlist holds them: raw 32-byte Ed25519 public
+    keys, given raw or in hex (as `swarm model key` prints and node configs hold them)."""
+    out = set()
+    for key in keys:
+        if isinstance(key, str):
+            try:
+                key = bytes.fromhex(key)
+            except ValueError:
+                raise ConfigError(f"allowlist key {key!r} is not hex") from None
+        if len(key) != 32:
+            raise ConfigError(
+                f"allowlist keys are 32-byte Ed25519 public keys, not {len(key)} bytes")
+        out.add(key)
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)

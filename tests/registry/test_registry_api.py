@@ -18,7 +18,8 @@ def test_registry_exports() -> None:
         "ManifestStore", "RegistryAgent", "RegistryClient", "RegistryConfig", "RegistryServicer",
         "Rollout", "RolloutConfig", "Served", "ServiceConfig", "Source", "TagBook",
         "add_model_parser", "add_registry_service", "fetch_version", "next_sequence",
-        "pinned_versions", "publisher_key_path", "run_model", "under_replicated", "volunteer",
+        "owner_keys", "pinned_versions", "publisher_key_path", "run_model", "under_replicated",
+        "volunteer",
     }
     for name in swarm.registry.__all__:
         assert hasattr(swarm.registry, name), name
