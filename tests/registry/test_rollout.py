@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import numpy as np
 import pytest
@@ -22,6 +22,7 @@ from swarm.node._config import ModelOptions
 from swarm.node._models import ModelTable, ServedModel, policy_for
 from swarm.node._runtime import Model, ModelSpec, TensorSpec
 from swarm.registry import Rollout, RolloutConfig
+from tests.registry.support import until
 
 NAME = "acme/classifier"
 V1, V2, V3 = (Digest.of(b"version %d" % i) for i in (1, 2, 3))
@@ -236,25 +237,18 @@ async def test_follow_tracks_a_tag_retries_fetches_and_skips_unloadable_versions
         while (digest := await targets.get()) is not None:
             yield digest
 
-    async def until(predicate: Callable[[], bool]) -> None:
-        for _ in range(200):  # 2 s
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("condition not reached in time")
-
     config = RolloutConfig(linger=0.0, retry_initial=0.05, retry_max=0.1)
     async with serving(loader, config) as (rollout, load, deployment), asyncio.TaskGroup() as tg:
         tg.create_task(rollout.follow(NAME, watch(), prepare))
         targets.put_nowait(V2)
-        await until(lambda: deployment.current(NAME) == V2)
+        await until(lambda: deployment.current(NAME) == V2, seconds=2)
         assert prepared == [V2, V2]  # retried after the failed fetch
         targets.put_nowait(V3)  # fails to warm up: V2 keeps serving, no retry loop
-        await until(lambda: rollout.counters["rollouts_failed"] == 1)
+        await until(lambda: rollout.counters["rollouts_failed"] == 1, seconds=2)
         await asyncio.sleep(0.2)
         assert loader.loads.count(V3) == 1
         targets.put_nowait(V1)  # the tag moves on: followed
-        await until(lambda: deployment.current(NAME) == V1)
-        await until(lambda: not deployment.has(NAME, V2))
+        await until(lambda: deployment.current(NAME) == V1, seconds=2)
+        await until(lambda: not deployment.has(NAME, V2), seconds=2)
         targets.put_nowait(None)  # the watch ends: follow returns
     assert load.failures == []
