@@ -33,9 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from swarm._types import Digest  # noqa: E402
-from swarm.protocol._advert import Advert, Hardware, ModelOffer, Price  # noqa: E402
-from swarm.protocol._identity import Identity  # noqa: E402
-from swarm.protocol._membership import Membership, MembershipConfig  # noqa: E402
+from swarm.protocol import (  # noqa: E402  # noqa: E402
+    Advert,
+    Hardware,
+    Identity,
+    Membership,
+    MembershipConfig,
+    ModelOffer,
+    Price,
+)
 
 MODEL = Digest.of(b"bench-model")
 
@@ -51,7 +57,7 @@ def advert_source(identity: Identity, endpoint: str) -> Advert:
 # --------------------------------------------------------------------------- libp2p worker
 
 async def worker(index: int, n: int, port: int, bootstrap: str, interval: float) -> None:
-    from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
+    from swarm.protocol import Libp2pConfig, Libp2pGossip
 
     identity = Identity.from_seed(hashlib.sha256(f"discovery-bench:{index}".encode()).digest())
     gossip = await Libp2pGossip.start(identity, Libp2pConfig(
@@ -130,7 +136,7 @@ def run_libp2p(n: int, interval: float, steady: float) -> dict[str, float]:
 # --------------------------------------------------------------------------- in-memory
 
 async def memory_swarm(n: int, interval: float, steady: float) -> dict[str, float]:
-    from swarm.protocol._memory import MemoryNetwork, lognormal_delay
+    from swarm.protocol.testing import MemoryNetwork, lognormal_delay
     from swarm.simnet._vloop import VirtualClock
 
     loop = asyncio.get_running_loop()

@@ -23,8 +23,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from swarm._types import PeerId
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork, lognormal_delay
+from swarm.protocol import Identity
+from swarm.protocol.testing import MemoryNetwork, lognormal_delay
 from swarm.simnet._vloop import VirtualTimeLoop, run_virtual
 
 

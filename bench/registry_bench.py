@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from swarm._types import Digest  # noqa: E402
-from swarm.protocol._identity import Identity  # noqa: E402
+from swarm.protocol import Identity  # noqa: E402
 from swarm.registry import (  # noqa: E402
     BlobStore,
     FetchConfig,

@@ -56,9 +56,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from swarm._types import Digest, PeerId
-from swarm.protocol._advert import Advert, ModelOffer, Price
-from swarm.protocol._identity import Identity
-from swarm.protocol._view import PeerView, admit
+from swarm.protocol import Advert, Identity, ModelOffer, PeerView, Price, admit
 from swarm.scheduler import Observations, Preference, Request, choose
 
 DIGEST = Digest.of(b"bench-model")

@@ -1,4 +1,4 @@
-"""Distinct identifier types (Digest, ModelRef, PeerId) and TensorSpec, shared without torch."""
+"""Distinct identifier types (Digest, ModelRef, PeerId), TensorSpec and ModelSpec, shared without torch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["Digest", "ModelRef", "PeerId", "TensorSpec"]
+__all__ = ["Digest", "ModelRef", "ModelSpec", "PeerId", "TensorSpec"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)+$")
@@ -109,3 +109,15 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What a model version takes and gives, as the Open Inference Protocol describes it."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Most items (rows along dim 0) one forward pass takes.
+    max_batch_size: int
+    # OIP "platform" string reported in metadata.
+    platform: str

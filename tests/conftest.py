@@ -75,9 +75,8 @@ class SlowModel(Model):
 def memory_swarm(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Any]]:
     """`async with memory_swarm([[models], ...], **config) as (network, nodes)`: in-process
     nodes that discover each other over one in-memory gossip network."""
-    from swarm.protocol._gossip import Gossip
-    from swarm.protocol._identity import Identity
-    from swarm.protocol._memory import MemoryNetwork
+    from swarm.protocol import Gossip, Identity
+    from swarm.protocol.testing import MemoryNetwork
 
     @asynccontextmanager
     async def factory(model_sets: list[list[Model]], *, seed: int = 0,

@@ -25,9 +25,57 @@ def test_swarm_exports() -> None:
 
 def test_swarm_node_exports() -> None:
     assert set(swarm.node.__all__) == {
-        "BatchPolicy", "Model", "ModelOptions", "ModelSpec", "Node", "NodeConfig", "NodeState",
-        "TensorSpec", "decide", "load_config",
+        "MLP_DIMS", "BatchPolicy", "Dispatch", "Model", "ModelOptions", "ModelSpec", "Node",
+        "NodeConfig", "NodeState", "QueueView", "TensorSpec", "Wait", "decide", "load_config",
+        "main", "mlp_module",
     }
+
+
+def test_swarm_routing_exports() -> None:
+    import swarm.routing
+
+    assert set(swarm.routing.__all__) == {
+        "FORWARDED", "MAX_MESSAGE_BYTES", "Routed", "Router", "RoutingOptions", "error_from_rpc"}
+
+
+def test_swarm_modelfile_exports() -> None:
+    import swarm.modelfile
+
+    assert set(swarm.modelfile.__all__) == {
+        "MAX_ARCHIVE_BYTES", "MAX_UNPACKED_BYTES", "check_archive", "load_program",
+        "oip_datatype", "program_spec"}
+
+
+def test_swarm_cli_exports() -> None:
+    import swarm.cli
+
+    assert swarm.cli.__all__ == ["main"]
+
+
+def test_every_front_exports_what_it_names() -> None:
+    import importlib
+
+    for name in ("swarm.protocol", "swarm.protocol.testing", "swarm.modelfile",
+                 "swarm.scheduler", "swarm.routing", "swarm.registry", "swarm.node",
+                 "swarm.client", "swarm.simnet", "swarm.cli"):
+        module = importlib.import_module(name)
+        assert len(module.__all__) == len(set(module.__all__)), name
+        for attr in module.__all__:
+            assert getattr(module, attr) is not None, f"{name}.{attr}"
+
+
+def test_protocol_front_does_not_import_libp2p() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import swarm.protocol, sys; print('libp2p' in sys.modules)"],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_batching_policy_does_not_import_torch() -> None:
+    code = "from swarm.node import decide, BatchPolicy; import sys; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_swarm_client_exports() -> None:
@@ -65,4 +113,5 @@ def test_swarm_simnet_exports() -> None:
         "NodeHandle", "NodeStatus",
         "RoundRobinRouter", "RoutedResult", "Router", "RunOptions", "RunResult", "Scenario",
         "VirtualClock", "VirtualTimeError", "VirtualTimeLoop", "load_scenario", "parse_scenario",
-        "run_model", "run_scenario", "run_virtual", "start_cluster"}
+        "run_model", "run_scenario", "run_virtual", "start_cluster", "default_model_scenario",
+        "write_model_report", "render_summary", "validate"}

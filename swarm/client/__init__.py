@@ -1,10 +1,9 @@
-"""The SDK and the `swarm` CLI.
+"""The SDK (routing itself is swarm.routing's; the `swarm` command is swarm.cli's).
 
 _async.py   AsyncClient (grpc.aio): infer, embed, models, metadata
 _sync.py    Client: the same API, blocking, on a private event-loop thread
-_convert.py arrays/tensors <-> Open Inference Protocol messages; gRPC errors -> SwarmError
+_convert.py arrays/tensors <-> Open Inference Protocol messages
 _types.py   ModelInfo, TensorInfo
-_cli.py     `swarm` command line
 """
 
 from swarm.client._async import AsyncClient

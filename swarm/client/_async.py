@@ -3,7 +3,7 @@
 Two modes: `AsyncClient("host:port")` talks to one node directly;
 `AsyncClient(bootstrap=[multiaddr])` joins the swarm as a light peer (it serves
 nothing), learns the peer view from gossip, and routes every call through the
-scheduler (swarm/client/_router.py): no central load balancer.
+scheduler (swarm.routing.Router): no central load balancer.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from swarm._errors import InvalidInputError, NoProviderError, SwarmError
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest
-from swarm.client._convert import build_request, decode_response, error_from_rpc, to_numpy
-from swarm.client._router import Routed, Router, RoutingOptions
+from swarm.client._convert import build_request, decode_response, to_numpy
 from swarm.client._types import ModelInfo, TensorInfo
-from swarm.protocol._light import LightPeer
+from swarm.protocol import LightPeer
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
+from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
 from swarm.scheduler import Preference
 
 __all__ = ["AsyncClient"]

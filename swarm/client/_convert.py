@@ -1,44 +1,16 @@
-"""Client-side conversions: user inputs -> ModelInferRequest, responses -> arrays, errors."""
+"""Client-side conversions: user inputs -> ModelInferRequest, responses -> arrays."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
 import numpy as np
 
-from swarm._errors import (
-    DeadlineExceededError,
-    InferenceError,
-    InvalidInputError,
-    ModelNotFoundError,
-    OverloadedError,
-    UnavailableError,
-)
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._tensors import decode_raw, encode_raw
 
-__all__ = ["build_request", "decode_response", "error_from_rpc", "to_numpy"]
-
-_ERRORS: dict[grpc.StatusCode, type[InferenceError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
-    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.CANCELLED: UnavailableError,
-}
-
-
-def error_from_rpc(exc: grpc.aio.AioRpcError, target: str) -> InferenceError:
-    code = exc.code()
-    cls = _ERRORS.get(code, InferenceError)
-    message = f"{target}: {exc.details() or code.name}"
-    if cls is InferenceError:
-        return InferenceError(message, code=code.name)
-    return cls(message)
-
+__all__ = ["build_request", "decode_response", "to_numpy"]
 
 def to_numpy(value: Any) -> np.ndarray:
     """numpy array, torch tensor (without importing torch), list of numbers or strings."""

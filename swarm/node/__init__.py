@@ -2,32 +2,83 @@
 
 _node.py      Node: lifecycle (start, serve, drain on SIGTERM), gRPC + metrics servers
 _service.py   Open Inference Protocol servicer and swarm.v1.NodeService; request checks
+_gateway.py   forwarding for models served elsewhere; the OpenAI-compatible HTTP API
 _batching.py  dynamic batching: the pure policy `decide` and the asyncio Batcher
-_runtime.py   Model, ModelSpec, TensorSpec; device selection
+_runtime.py   Model, TorchModel; device and thread selection
 _builtins.py  builtin/minilm (all-MiniLM-L6-v2) and builtin/mlp
-_export.py    safe loading of torch.export programs (.pt2)
+_export.py    torch.export programs as served models (loading is swarm.modelfile's)
 _models.py    ServedModel, ModelTable (name/version lookup), loading by reference
 _cache.py     response cache (bounded LRU)
 _metrics.py   Prometheus metrics
 _config.py    NodeConfig: TOML + environment + flags
 _hardware.py  device and memory detection
 _cli.py       `swarm-node` command line
+
+Names are imported on first use, so `swarm-node --help` and the batching policy
+(`decide`, which the simulator runs) do not import torch.
 """
 
-from swarm.node._batching import BatchPolicy, decide
-from swarm.node._config import ModelOptions, NodeConfig, load_config
-from swarm.node._node import Node, NodeState
-from swarm.node._runtime import Model, ModelSpec, TensorSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swarm._types import ModelSpec, TensorSpec
+    from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide
+    from swarm.node._builtins import MLP_DIMS, mlp_module
+    from swarm.node._cli import main
+    from swarm.node._config import ModelOptions, NodeConfig, load_config
+    from swarm.node._node import Node, NodeState
+    from swarm.node._runtime import Model
+
+_WHERE = {
+    "BatchPolicy": "swarm.node._batching",
+    "Dispatch": "swarm.node._batching",
+    "MLP_DIMS": "swarm.node._builtins",
+    "Model": "swarm.node._runtime",
+    "ModelOptions": "swarm.node._config",
+    "ModelSpec": "swarm._types",
+    "Node": "swarm.node._node",
+    "NodeConfig": "swarm.node._config",
+    "NodeState": "swarm.node._node",
+    "QueueView": "swarm.node._batching",
+    "TensorSpec": "swarm._types",
+    "Wait": "swarm.node._batching",
+    "decide": "swarm.node._batching",
+    "load_config": "swarm.node._config",
+    "main": "swarm.node._cli",
+    "mlp_module": "swarm.node._builtins",
+}
 
 __all__ = [
+    "MLP_DIMS",
     "BatchPolicy",
+    "Dispatch",
     "Model",
     "ModelOptions",
     "ModelSpec",
     "Node",
     "NodeConfig",
     "NodeState",
+    "QueueView",
     "TensorSpec",
+    "Wait",
     "decide",
     "load_config",
+    "main",
+    "mlp_module",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swarm.node' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +30,9 @@ from swarm._errors import (
     SwarmError,
     UnavailableError,
 )
-from swarm.node._runtime import Model
+
+if TYPE_CHECKING:
+    from swarm.node._runtime import Model
 
 __all__ = [
     "BatchPolicy",

@@ -25,7 +25,7 @@ from swarm._errors import InvalidInputError, ModelLoadError
 from swarm._types import Digest
 from swarm.node._runtime import Model, ModelSpec, TensorSpec, TorchModel
 
-__all__ = ["BUILTINS", "load_builtin"]
+__all__ = ["BUILTINS", "MLP_DIMS", "load_builtin", "mlp_module"]
 
 MAX_TEXT_BYTES = 64 * 1024
 
@@ -188,7 +188,7 @@ MLP_DIMS = (512, 1024, 1024, 512)
 MLP_SEED = 20261123
 
 
-def _mlp_module(dims: tuple[int, ...], seed: int) -> nn.Sequential:
+def mlp_module(dims: tuple[int, ...], seed: int) -> nn.Sequential:
     g = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(dims)):
@@ -205,7 +205,7 @@ def _mlp_module(dims: tuple[int, ...], seed: int) -> nn.Sequential:
 
 class MLP(TorchModel):
     def __init__(self, device: torch.device, max_batch_size: int = 256) -> None:
-        module = _mlp_module(MLP_DIMS, MLP_SEED).eval()
+        module = mlp_module(MLP_DIMS, MLP_SEED).eval()
         h = hashlib.sha256(f"swarm-builtin:mlp:v1:{MLP_DIMS}:{MLP_SEED}\0".encode())
         for name, tensor in module.state_dict().items():
             h.update(name.encode())

@@ -121,7 +121,7 @@ async def _run(config: NodeConfig) -> None:
 
 
 def _identity(data_dir: Path) -> int:
-    from swarm.protocol._identity import Identity
+    from swarm.protocol import Identity
 
     config = NodeConfig(data_dir=data_dir.expanduser())
     print(Identity.load_or_create(config.key_path).peer_id)

@@ -1,7 +1,7 @@
 """The gateway: serve clients that cannot join the swarm.
 
 A node's gRPC inference service forwards requests for models it does not serve
-through the same scheduler the SDK uses (`swarm.client._router.Router` over the
+through the same scheduler the SDK uses (`swarm.routing.Router` over the
 node's own peer view). `swarm-node run --http-port N` adds an OpenAI-compatible
 HTTP API (`POST /v1/embeddings`, `GET /v1/models`) routed the same way, so the
 official `openai` client works against a node.
@@ -23,10 +23,9 @@ from swarm._errors import InferenceError, InvalidInputError, NoProviderError, Sw
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._tensors import decode_raw, encode_bytes_elements
-from swarm.client._convert import error_from_rpc
-from swarm.client._router import FORWARDED, Router, RoutingOptions
 from swarm.node._models import ModelTable
 from swarm.node._service import InferenceService
+from swarm.routing import FORWARDED, Router, RoutingOptions, error_from_rpc
 
 __all__ = ["OpenAIGateway", "RoutingGateway"]
 

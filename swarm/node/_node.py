@@ -34,7 +34,6 @@ from swarm._proto import _pool
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
 from swarm._types import Digest, ModelRef
-from swarm.client._router import Router
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._builtins import BUILTINS
 from swarm.node._cache import ResponseCache
@@ -46,11 +45,17 @@ from swarm.node._metrics import NodeMetrics
 from swarm.node._models import BatchStat, ModelTable, ServedModel, load_model, policy_for
 from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
 from swarm.node._service import InferenceService, NodeStatusService
-from swarm.protocol._advert import Advert, Hardware, ModelOffer, Price
-from swarm.protocol._gossip import Gossip
-from swarm.protocol._identity import Identity
-from swarm.protocol._membership import Membership, MembershipConfig
-from swarm.protocol._view import PeerView
+from swarm.protocol import (
+    Advert,
+    Gossip,
+    Hardware,
+    Identity,
+    Membership,
+    MembershipConfig,
+    ModelOffer,
+    PeerView,
+    Price,
+)
 from swarm.registry import (
     DEFAULT_TAG,
     BlobStore,
@@ -64,6 +69,7 @@ from swarm.registry import (
     add_registry_service,
     owner_keys,
 )
+from swarm.routing import Router
 
 __all__ = ["Node", "NodeState"]
 
@@ -94,7 +100,7 @@ GossipFactory = Callable[[Identity, NodeConfig], Awaitable[Gossip]]
 
 
 async def libp2p_gossip(identity: Identity, config: NodeConfig) -> Gossip:
-    from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
+    from swarm.protocol import Libp2pConfig, Libp2pGossip
 
     return await Libp2pGossip.start(identity, Libp2pConfig(
         host=config.listen_host, port=config.p2p_port, bootstrap=config.bootstrap,

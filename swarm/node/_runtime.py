@@ -3,7 +3,7 @@
 A `Model` executes one batch synchronously (the batcher calls it from its
 executor thread, off the event loop) under `torch.inference_mode()` on the
 node's device. Loaders never run untrusted Python: built-ins are our own code
-with safetensors weights, and `.pt2` programs go through `_export.load_program`.
+with safetensors weights, and `.pt2` programs go through `swarm.modelfile.load_program`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from swarm._errors import ConfigError, InvalidInputError
-from swarm._types import Digest, TensorSpec
+from swarm._errors import ConfigError
+from swarm._types import Digest, ModelSpec, TensorSpec
 
 __all__ = [
     "Model",
@@ -32,36 +32,6 @@ __all__ = [
     "select_device",
     "set_thread_policy",
 ]
-
-_TORCH_TO_OIP: dict[torch.dtype, str] = {
-    torch.bool: "BOOL",
-    torch.uint8: "UINT8",
-    torch.int8: "INT8",
-    torch.int16: "INT16",
-    torch.int32: "INT32",
-    torch.int64: "INT64",
-    torch.float16: "FP16",
-    torch.float32: "FP32",
-    torch.float64: "FP64",
-}
-
-
-def oip_datatype(dtype: torch.dtype) -> str:
-    try:
-        return _TORCH_TO_OIP[dtype]
-    except KeyError:
-        raise InvalidInputError(f"torch dtype {dtype} has no supported wire datatype") from None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    # Most items (rows along dim 0) one forward pass takes.
-    max_batch_size: int
-    # OIP "platform" string reported in metadata.
-    platform: str
-
 
 @dataclass(frozen=True, slots=True)
 class ThreadPolicy:

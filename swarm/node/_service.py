@@ -29,11 +29,11 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.inference import model_config_pb2 as mc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
 from swarm._tensors import decode_contents, decode_raw, encode_raw
-from swarm.client._router import FORWARDED
 from swarm.node._cache import ResponseCache, cache_key
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import ModelTable, ServedModel
 from swarm.node._runtime import ModelSpec, TensorSpec
+from swarm.routing import FORWARDED
 
 __all__ = ["FORWARDED", "Gateway", "InferenceService", "NodeStatusService", "decode_request"]
 

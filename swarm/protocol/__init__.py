@@ -1,15 +1,81 @@
 """Peer-to-peer layer: identity, gossip, membership (libp2p lives only in this package).
 
 _identity.py    Ed25519 identity, libp2p peer ids, signatures
-_gossip.py      the Gossip transport interface (publish, subscribe, validators)
+_signed.py      signed envelopes (domain-separated Ed25519 over a protobuf payload)
+_gossip.py      the Gossip transport interface (publish, subscribe, validators) and the
+                subscription buffer both transports share
 _libp2p.py      Gossip over py-libp2p (GossipSub, Noise, yamux) on a trio thread
 _memory.py      in-memory Gossip: seeded overlay, route hook (drop/delay/duplicate), partitions
 _advert.py      capacity adverts and their signed wire form
 _view.py        PeerView: pure admit/expire over immutable maps
 _membership.py  Membership: publish adverts, validate and admit others', expire silent peers
 _light.py       LightPeer: listen-only membership for clients
+testing.py      the in-memory network for tests and the simulator (MemoryNetwork, ...)
+
+`Libp2pGossip` and `Libp2pConfig` are imported on first use: importing this package does
+not import libp2p or trio.
 """
 
-from swarm.protocol._identity import Identity, peer_id_of, verify
+from __future__ import annotations
 
-__all__ = ["Identity", "peer_id_of", "verify"]
+from typing import TYPE_CHECKING, Any
+
+from swarm.protocol._advert import ADVERT_DOMAIN, Advert, Hardware, ModelOffer, Price
+from swarm.protocol._gossip import Gossip, GossipMessage, Validation, Validator
+from swarm.protocol._identity import Identity, peer_id_of, public_key_of_peer, verify
+from swarm.protocol._light import LightPeer
+from swarm.protocol._membership import (
+    ADVERT_TOPIC,
+    Membership,
+    MembershipConfig,
+    RateLimiter,
+    significant_change,
+)
+from swarm.protocol._signed import open_envelope, seal
+from swarm.protocol._view import Admission, PeerEntry, PeerView, ViewPolicy, admit, check, expire
+
+if TYPE_CHECKING:
+    from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
+
+__all__ = [
+    "ADVERT_DOMAIN",
+    "ADVERT_TOPIC",
+    "Admission",
+    "Advert",
+    "Gossip",
+    "GossipMessage",
+    "Hardware",
+    "Identity",
+    "Libp2pConfig",
+    "Libp2pGossip",
+    "LightPeer",
+    "Membership",
+    "MembershipConfig",
+    "ModelOffer",
+    "PeerEntry",
+    "PeerView",
+    "Price",
+    "RateLimiter",
+    "Validation",
+    "Validator",
+    "ViewPolicy",
+    "admit",
+    "check",
+    "expire",
+    "open_envelope",
+    "peer_id_of",
+    "public_key_of_peer",
+    "seal",
+    "significant_change",
+    "verify",
+]
+
+_LAZY = {"Libp2pConfig", "Libp2pGossip"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from swarm.protocol import _libp2p
+
+        return getattr(_libp2p, name)
+    raise AttributeError(f"module 'swarm.protocol' has no attribute {name!r}")

@@ -15,7 +15,6 @@ _agent.py     RegistryAgent: tags over gossip, resolve/watch, tag sync, voluntee
               the pure `volunteer` decision
 _rollout.py   Rollout: load + warm up, atomic switch, linger, drain, unload; `follow` a tag
 _publish.py   the publisher's side: key location, manifests from .pt2, push, tag sequences
-_cli.py       `swarm model push|ls|tag|rollback|pull`
 """
 
 from swarm.registry._agent import (
@@ -26,9 +25,15 @@ from swarm.registry._agent import (
     under_replicated,
     volunteer,
 )
-from swarm.registry._cli import add_model_parser, run_model
 from swarm.registry._client import RegistryClient
-from swarm.registry._fetch import FetchConfig, FetchResult, FetchStats, Source, fetch_version
+from swarm.registry._fetch import (
+    FetchConfig,
+    FetchResult,
+    FetchStats,
+    Progress,
+    Source,
+    fetch_version,
+)
 from swarm.registry._manifest import (
     BatchingDefaults,
     FileEntry,
@@ -42,7 +47,17 @@ from swarm.registry._manifest import (
     verify_manifest,
 )
 from swarm.registry._manifests import ManifestStore
-from swarm.registry._publish import next_sequence, publisher_key_path
+from swarm.registry._publish import (
+    build_manifest,
+    export_files,
+    load_publisher,
+    next_sequence,
+    publish_tag,
+    publisher_key_path,
+    push,
+    resolve_target,
+    rollback_target,
+)
 from swarm.registry._rollout import Deployment, Loaded, Rollout, RolloutConfig, Served
 from swarm.registry._service import RegistryServicer, ServiceConfig, TagBook, add_registry_service
 from swarm.registry._store import DEFAULT_CHUNK_SIZE, BlobStore, BlobWriter, StoreUsage
@@ -78,6 +93,7 @@ __all__ = [
     "ManifestStore",
     "ModelFormat",
     "Outcome",
+    "Progress",
     "RegistryAgent",
     "RegistryClient",
     "RegistryConfig",
@@ -94,20 +110,25 @@ __all__ = [
     "TagRecord",
     "TagState",
     "TagVersion",
-    "add_model_parser",
     "add_registry_service",
     "apply_tag",
+    "build_manifest",
+    "export_files",
     "fetch_version",
     "file_entry",
+    "load_publisher",
     "manifest_digest",
     "manifest_for_file",
     "next_sequence",
     "owner_keys",
     "pinned_versions",
     "previous",
+    "publish_tag",
     "publisher_key_path",
+    "push",
     "resolve",
-    "run_model",
+    "resolve_target",
+    "rollback_target",
     "sign_manifest",
     "sign_tag",
     "under_replicated",

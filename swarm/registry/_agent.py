@@ -33,8 +33,7 @@ from typing import Any, Protocol
 from swarm._errors import IntegrityError, ModelNotFoundError, SwarmError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol._gossip import Gossip, GossipMessage, Validation
-from swarm.protocol._view import PeerView
+from swarm.protocol import Gossip, GossipMessage, PeerView, Validation
 from swarm.registry._client import RegistryClient
 from swarm.registry._fetch import FetchConfig, FetchStats, Progress, Source, fetch_version
 from swarm.registry._manifest import Manifest

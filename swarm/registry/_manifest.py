@@ -22,8 +22,7 @@ from swarm._errors import IntegrityError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._tensors import DATATYPES
 from swarm._types import Digest, ModelRef, TensorSpec
-from swarm.protocol._identity import Identity
-from swarm.protocol._signed import open_envelope, seal
+from swarm.protocol import Identity, open_envelope, seal
 from swarm.registry._store import DEFAULT_CHUNK_SIZE, chunk_count
 
 __all__ = [

@@ -17,7 +17,7 @@ from pathlib import Path
 from swarm._errors import ConfigError, IntegrityError, ModelLoadError, ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol._identity import Identity
+from swarm.protocol import Identity
 from swarm.registry._client import RegistryClient
 from swarm.registry._fetch import Progress
 from swarm.registry._manifest import (
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # Batch size recorded for a program whose batch dimension has no upper bound
-# (swarm.node._export.ExportedModel's default).
+# (the node's default for exported programs).
 DEFAULT_MAX_BATCH_SIZE = 64
 _UNBOUNDED = 0xFFFFFFFF
 # Bytes per PushModel message (the node re-cuts them into chunks); grpcio streams 1 MiB
@@ -133,14 +133,14 @@ def build_manifest(path: Path, name: str, version: str, publisher: Identity, *,
     code is refused here, before anyone publishes it). The batch dimension's
     upper bound becomes the batching default (DEFAULT_MAX_BATCH_SIZE if unbounded).
     """
-    from swarm.node._export import _spec, load_program  # torch: only on this path
+    from swarm.modelfile import load_program, program_spec  # torch: only on this path
 
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
     program = load_program(data)
-    spec = _spec(program, _UNBOUNDED)
+    spec = program_spec(program, _UNBOUNDED)
     max_batch = DEFAULT_MAX_BATCH_SIZE if spec.max_batch_size >= _UNBOUNDED else spec.max_batch_size
     weights = sum(int(t.nbytes) for t in (*program.state_dict.values(), *program.constants.values())
                   if hasattr(t, "nbytes"))

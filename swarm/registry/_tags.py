@@ -35,8 +35,7 @@ import immutables
 from swarm._errors import ConfigError, IntegrityError, ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol._identity import Identity
-from swarm.protocol._signed import open_envelope, seal
+from swarm.protocol import Identity, open_envelope, seal
 
 __all__ = [
     "DEFAULT_TAG",

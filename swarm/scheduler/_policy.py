@@ -59,7 +59,7 @@ from typing import ClassVar
 
 from swarm._errors import NoProviderError
 from swarm._types import Digest, PeerId
-from swarm.protocol._view import PeerEntry, PeerView
+from swarm.protocol import PeerEntry, PeerView
 from swarm.scheduler._observations import Observations, ObservationSnapshot, PeerStats
 
 __all__ = ["Candidate", "Preference", "Request", "SchedulerConfig", "choose"]

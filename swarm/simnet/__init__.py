@@ -4,7 +4,7 @@ _vloop.py  VirtualTimeLoop (asyncio loop whose clock jumps to the next timer),
            run_virtual, VirtualClock (the injected Clock reading it)
 
 The in-memory gossip network the simulated nodes talk over lives in
-swarm/protocol/_memory.py (MemoryNetwork).
+swarm.protocol.testing (MemoryNetwork).
 
 A whole swarm in one process, in virtual time (`swarm simnet model`):
 
@@ -24,14 +24,14 @@ _report.py     summaries and promise checks (pure), LiveView (rich), write_repor
 _run.py        run_scenario: cluster + workload + fault timeline + report
 _netns.py      --netns: one network namespace per node, bridge, tc netem (root)
 _child.py      how a node is run: dies with simnet (PR_SET_PDEATHSIG), then swarm-node
-_cli.py        `swarm simnet up` and `swarm simnet model` (add_simnet_parser, run_simnet)
 _testing.py    start_swarm(n): real node processes for the test suite
 """
 
 from swarm.simnet._cluster import Cluster, ClusterConfig, NodeHandle, NodeStatus, start_cluster
-from swarm.simnet._model import ModelResult, run_model
+from swarm.simnet._model import ModelResult, default_model_scenario, run_model, write_model_report
+from swarm.simnet._report import render_summary
 from swarm.simnet._run import RunOptions, RunResult, run_scenario
-from swarm.simnet._scenario import ModelSettings, Scenario, load_scenario, parse_scenario
+from swarm.simnet._scenario import ModelSettings, Scenario, load_scenario, parse_scenario, validate
 from swarm.simnet._vloop import (
     DeadlockError,
     VirtualClock,
@@ -58,10 +58,14 @@ __all__ = [
     "VirtualClock",
     "VirtualTimeError",
     "VirtualTimeLoop",
+    "default_model_scenario",
     "load_scenario",
     "parse_scenario",
+    "render_summary",
     "run_model",
     "run_scenario",
     "run_virtual",
     "start_cluster",
+    "validate",
+    "write_model_report",
 ]

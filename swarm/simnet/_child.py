@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return 70  # simnet died before the request took effect
-    from swarm.node._cli import main as node_main
+    from swarm.node import main as node_main
 
     return node_main(argv[1:])
 

@@ -97,11 +97,17 @@ from typing import Any
 from swarm import __version__
 from swarm._errors import NoProviderError
 from swarm._types import Digest, PeerId
-from swarm.protocol._advert import Advert, Hardware, ModelOffer, Price
-from swarm.protocol._gossip import GossipMessage
-from swarm.protocol._identity import Identity
-from swarm.protocol._membership import Membership, MembershipConfig
-from swarm.protocol._memory import MemoryGossip, MemoryNetwork, RouteDecision
+from swarm.protocol import (
+    Advert,
+    GossipMessage,
+    Hardware,
+    Identity,
+    Membership,
+    MembershipConfig,
+    ModelOffer,
+    Price,
+)
+from swarm.protocol.testing import MemoryGossip, MemoryNetwork, RouteDecision
 from swarm.scheduler import (
     Candidate,
     Failure,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from swarm._errors import SwarmError
 from swarm._types import Digest, ModelRef
-from swarm.protocol._identity import Identity
+from swarm.protocol import Identity
 from swarm.simnet._scenario import BUILTIN_MODELS, Fault, FaultKind, Scenario
 
 __all__ = ["PublishedModels", "publish_models", "registry_refs"]
@@ -56,9 +56,9 @@ def export_version(path: Path, seed: int) -> None:
     """An MLP with seeded weights as a .pt2 with a dynamic batch dimension (up to 256)."""
     import torch
 
-    from swarm.node._builtins import MLP_DIMS, _mlp_module
+    from swarm.node import MLP_DIMS, mlp_module
 
-    module = _mlp_module(MLP_DIMS, seed).eval()
+    module = mlp_module(MLP_DIMS, seed).eval()
     example = torch.zeros(2, MLP_DIMS[0])
     batch = torch.export.Dim("batch", min=1, max=256)
     program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
@@ -85,8 +85,7 @@ class PublishedModels:
 
     async def apply(self, fault: Fault) -> str:
         """Move the tag for a rollout or rollback fault; 'applied' or why not."""
-        from swarm.registry._client import RegistryClient
-        from swarm.registry._publish import publish_tag, rollback_target
+        from swarm.registry import RegistryClient, publish_tag, rollback_target
 
         ref = self._ref(fault)
         assert ref.tag is not None
@@ -107,8 +106,7 @@ class PublishedModels:
 async def publish_models(scenario: Scenario, address: str, workdir: Path,
                          served: Callable[[str, Digest], bool], timeout: float) -> PublishedModels:
     """Export, push and tag every registry model; wait until `served(name, digest)` holds."""
-    from swarm.registry._client import RegistryClient
-    from swarm.registry._publish import build_manifest, publish_tag, push
+    from swarm.registry import RegistryClient, build_manifest, publish_tag, push
 
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     published = PublishedModels(address, Identity.generate(), refs=registry_refs(scenario))

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm._errors import ConfigError
-from swarm.scheduler._policy import Preference
+from swarm.scheduler import Preference
 
 __all__ = [
     "Burst",

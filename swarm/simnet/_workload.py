@@ -35,7 +35,7 @@ from swarm._errors import (
     SwarmError,
     UnavailableError,
 )
-from swarm.client._async import AsyncClient
+from swarm.client import AsyncClient
 from swarm.simnet._scenario import ModelMix, PlannedRequest, Workload
 
 __all__ = [

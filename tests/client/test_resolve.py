@@ -8,10 +8,8 @@ import pytest
 
 from swarm._errors import NoProviderError
 from swarm._types import Digest, ModelRef
-from swarm.client._router import Router
-from swarm.protocol._advert import Advert, ModelOffer
-from swarm.protocol._identity import Identity
-from swarm.protocol._view import PeerView, admit
+from swarm.protocol import Advert, Identity, ModelOffer, PeerView, admit
+from swarm.routing import Router
 
 WALL = 1_795_000_000.0
 PEERS = [Identity.from_seed(bytes([i + 1]) * 32).peer_id for i in range(12)]

@@ -12,9 +12,8 @@ import pytest
 
 from swarm import AsyncClient, InvalidInputError, NoProviderError
 from swarm.node._runtime import Model
-from swarm.protocol._identity import Identity
-from swarm.protocol._light import LightPeer
-from swarm.protocol._memory import MemoryNetwork
+from swarm.protocol import Identity, LightPeer
+from swarm.protocol.testing import MemoryNetwork
 from tests.conftest import SlowModel
 
 

@@ -56,7 +56,7 @@ async def test_a_node_killed_mid_load_costs_zero_failed_requests(tmp_path: Path)
 
 
 def swarm_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "swarm.client._cli", *args],
+    return subprocess.run([sys.executable, "-m", "swarm.cli", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

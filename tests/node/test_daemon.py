@@ -25,7 +25,7 @@ import swarm
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm.node._runtime import Model
-from swarm.protocol._identity import Identity
+from swarm.protocol import Identity
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def command(tool: str, module: str) -> list[str]:
 
 
 SWARM_NODE = command("swarm-node", "swarm.node._cli")
-SWARM = command("swarm", "swarm.client._cli")
+SWARM = command("swarm", "swarm.cli")
 
 
 def environment() -> dict[str, str]:

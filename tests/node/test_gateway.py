@@ -15,10 +15,10 @@ from sentence_transformers import SentenceTransformer
 
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from swarm.client._router import FORWARDED
 from swarm.node import Node
 from swarm.node._builtins import minilm_dir
 from swarm.node._runtime import Model
+from swarm.routing import FORWARDED
 
 TEXTS = ["hello world", "gateways route requests to providers"]
 

@@ -16,9 +16,7 @@ import pytest
 
 from swarm._errors import ConfigError
 from swarm._types import PeerId
-from swarm.protocol._gossip import GossipMessage, Validation
-from swarm.protocol._identity import Identity
-from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
+from swarm.protocol import GossipMessage, Identity, Libp2pConfig, Libp2pGossip, Validation
 
 TOPIC = "test/topic"
 PROBE = b"probe"
@@ -278,8 +276,8 @@ async def test_start_failures_raise_config_error(start: Start) -> None:
 
 _PEER_SCRIPT = """
 import asyncio, sys
-from swarm.protocol._identity import Identity
-from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
+from swarm.protocol import Identity
+from swarm.protocol import Libp2pConfig, Libp2pGossip
 
 async def main():
     gossip = await Libp2pGossip.start(Identity.generate(), Libp2pConfig(bootstrap=(sys.argv[1],)))

@@ -15,19 +15,21 @@ from swarm._clock import FakeClock
 from swarm._types import Digest
 from swarm.node import Node, NodeConfig
 from swarm.node._runtime import Model
-from swarm.protocol import _advert
-from swarm.protocol._advert import Advert, ModelOffer, Price
-from swarm.protocol._gossip import Gossip
-from swarm.protocol._identity import Identity
-from swarm.protocol._membership import (
+from swarm.protocol import (
     ADVERT_TOPIC,
+    Advert,
+    Gossip,
+    Identity,
     Membership,
     MembershipConfig,
+    ModelOffer,
+    PeerView,
+    Price,
     RateLimiter,
+    _advert,
     significant_change,
 )
-from swarm.protocol._memory import MemoryNetwork
-from swarm.protocol._view import PeerView
+from swarm.protocol.testing import MemoryNetwork
 
 INTERVAL = 0.5
 

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from swarm._types import PeerId
-from swarm.protocol._gossip import GossipMessage, Validation
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import (
+from swarm.protocol import GossipMessage, Identity, Validation
+from swarm.protocol.testing import (
     MAX_MESSAGE_BYTES,
     MemoryGossip,
     MemoryNetwork,
@@ -329,9 +328,9 @@ async def test_partition_cuts_groups_and_heal_restores() -> None:
 
 _SCENARIO = """
 import asyncio, hashlib, sys
-from swarm.protocol._gossip import Validation
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork, combine, duplicating, lognormal_delay, lossy
+from swarm.protocol import Validation
+from swarm.protocol import Identity
+from swarm.protocol.testing import MemoryNetwork, combine, duplicating, lognormal_delay, lossy
 from swarm.simnet._vloop import run_virtual
 
 def scenario(seed, n=150):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from swarm.protocol._advert import Advert
-from swarm.protocol._identity import Identity
-from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
-from swarm.protocol._membership import Membership, MembershipConfig
+from swarm.protocol import Advert, Identity, Libp2pConfig, Libp2pGossip, Membership, MembershipConfig
 
 
 async def test_members_connect_beyond_their_bootstrap_peer() -> None:

@@ -14,11 +14,8 @@ from pathlib import Path
 import grpc
 
 from swarm._types import Digest, PeerId, TensorSpec
-from swarm.protocol._advert import Advert
-from swarm.protocol._gossip import Gossip
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork
-from swarm.protocol._view import PeerView, admit
+from swarm.protocol import Advert, Gossip, Identity, PeerView, admit
+from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
     BlobStore,
     Manifest,

@@ -13,9 +13,8 @@ import pytest
 from swarm._errors import UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol._gossip import GossipMessage, Validation
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork
+from swarm.protocol import GossipMessage, Identity, Validation
+from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
     TAG_TOPIC,
     BlobStore,

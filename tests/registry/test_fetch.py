@@ -15,7 +15,7 @@ import pytest
 
 from swarm._errors import UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
-from swarm.protocol._memory import MemoryNetwork
+from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
     BlobStore,
     BlobWriter,

@@ -17,9 +17,8 @@ import torch
 from swarm._errors import ModelNotFoundError
 from swarm.client import AsyncClient
 from swarm.node import Node, NodeConfig
-from swarm.protocol._gossip import Gossip
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork
+from swarm.protocol import Gossip, Identity
+from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import RegistryClient, RegistryConfig, RolloutConfig
 from swarm.registry._publish import build_manifest, publish_tag, push
 from tests.registry.support import PUBLISHER, until

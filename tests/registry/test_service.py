@@ -11,8 +11,8 @@ import pytest
 from swarm._errors import InferenceError, IntegrityError, InvalidInputError, ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2, registry_pb2_grpc
 from swarm._types import Digest
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork
+from swarm.protocol import Identity
+from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
     BlobStore,
     ManifestStore,

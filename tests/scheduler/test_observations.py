@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from swarm.protocol._identity import Identity
+from swarm.protocol import Identity
 from swarm.scheduler import BreakerState, Failure, ObservationConfig, Observations
 
 PEER = Identity.from_seed(b"\x01" * 32).peer_id

@@ -10,9 +10,7 @@ import pytest
 
 from swarm._errors import NoProviderError
 from swarm._types import Digest, PeerId
-from swarm.protocol._advert import Advert, ModelOffer, Price
-from swarm.protocol._identity import Identity
-from swarm.protocol._view import PeerView, admit
+from swarm.protocol import Advert, Identity, ModelOffer, PeerView, Price, admit
 from swarm.scheduler import (
     Candidate,
     Failure,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm.simnet._cli import main
+from swarm.cli import main as swarm_main
 from swarm.simnet._model import ModelResult, default_model_scenario, gini, load_spread, run_model
 from swarm.simnet._scenario import Scenario, parse_scenario
 
@@ -185,8 +185,8 @@ def test_load_spread_numbers() -> None:
 
 def test_cli_prints_a_summary_and_writes_the_report(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["model", "--nodes", "20", "--clients", "3", "--duration", "10", "--seed", "2",
-                 "--report", str(tmp_path), "--quiet"])
+    code = swarm_main(["simnet", "model", "--nodes", "20", "--clients", "3", "--duration", "10",
+                       "--seed", "2", "--report", str(tmp_path), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert "PASS" in out
@@ -206,17 +206,17 @@ def test_cli_rejects_bad_settings_and_up_rejects_fractions(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["model", "--nodes", "5", "--clients", "0"])
+        swarm_main(["simnet", "model", "--nodes", "5", "--clients", "0"])
     assert exited.value.code == 2
     assert "--clients: must be at least 1" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text(BASE.format(cheap=1, dear=1, slowdown=1, spread=0.5, model="", faults=""))
-    assert main(["model", "--scenario", str(bad)]) == 2
+    assert swarm_main(["simnet", "model", "--scenario", str(bad)]) == 2
     assert "model.speed_spread must be >= 1" in capsys.readouterr().err
     frac = tmp_path / "frac.toml"
     frac.write_text(BASE.format(cheap=1, dear=1, slowdown=1, spread=1, model="",
                                 faults="[[fault]]\nat = 1\nkind = \"kill\"\nfraction = 0.5\n"))
-    assert main(["up", "--scenario", str(frac)]) == 2
+    assert swarm_main(["simnet", "up", "--scenario", str(frac)]) == 2
     assert "fraction" in capsys.readouterr().err
 
 

@@ -12,9 +12,8 @@ import pytest
 
 from swarm._clock import Clock
 from swarm._types import PeerId
-from swarm.protocol._gossip import GossipMessage, Validation, Validator
-from swarm.protocol._identity import Identity
-from swarm.protocol._memory import MemoryNetwork, lognormal_delay
+from swarm.protocol import GossipMessage, Identity, Validation, Validator
+from swarm.protocol.testing import MemoryNetwork, lognormal_delay
 from swarm.simnet import DeadlockError, VirtualClock, VirtualTimeError, VirtualTimeLoop, run_virtual
 from swarm.simnet._vloop import DEFAULT_EPOCH
 

@@ -1,4 +1,4 @@
-"""`swarm`: the command line of the SDK."""
+"""`swarm infer`, `swarm models`, `swarm peers`: the SDK on the command line."""
 
 from __future__ import annotations
 
@@ -12,15 +12,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from swarm import __version__
 from swarm._errors import SwarmError
-from swarm.client._async import AsyncClient
-from swarm.client._types import TensorInfo
-from swarm.protocol._view import PeerView
-from swarm.registry import add_model_parser, run_model
-from swarm.simnet._cli import add_simnet_parser, run_simnet
+from swarm.client import AsyncClient, TensorInfo
+from swarm.protocol import PeerView
 
-__all__ = ["main"]
+__all__ = ["add_parsers", "run"]
 
 
 def _load_input(path: Path) -> Any:
@@ -170,7 +166,7 @@ def _model_cell(model: dict[str, Any]) -> str:
 
 
 async def _peers(args: argparse.Namespace) -> int:
-    from swarm.protocol._light import LightPeer
+    from swarm.protocol import LightPeer
 
     async with LightPeer.libp2p(args.bootstrap) as peer:
         view = await peer.settle(args.wait)
@@ -201,10 +197,8 @@ async def _peers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swarm", description="Use a Swarm inference network.")
-    parser.add_argument("--version", action="version", version=f"swarm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parsers(sub: Any) -> None:
+    """Add `infer`, `models` and `peers` to an argparse subparsers object."""
 
     infer = sub.add_parser("infer", help="run a model on inputs; prints outputs as JSON")
     infer.add_argument("model", help="model name, e.g. builtin/minilm")
@@ -237,32 +231,13 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--json", action="store_true", help="machine-readable output")
     peers.add_argument("--wait", type=float, default=8.0,
                        help="longest time to listen for adverts (seconds)")
-    add_simnet_parser(sub)
-    add_model_parser(sub)
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    import os
-
-    from swarm._logging import configure_logging
-
-    configure_logging(os.environ.get("SWARM_LOG_LEVEL", "warning"))
-    if args.command == "simnet":
-        return run_simnet(args)
-    if args.command == "model":
-        return run_model(args)
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed `infer`, `models` or `peers` command; returns the exit status."""
     handler = {"infer": _infer, "models": _models, "peers": _peers}[args.command]
     try:
         return asyncio.run(handler(args))
-    except SwarmError as exc:
+    except (SwarmError, OSError, ValueError) as exc:
         print(f"swarm: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
-        print(f"swarm: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

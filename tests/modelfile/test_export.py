@@ -23,7 +23,8 @@ import torch
 import swarm
 from swarm._errors import InvalidInputError, ModelLoadError, UnsafeModelError
 from swarm._types import Digest
-from swarm.node._export import ExportedModel, check_archive, load_file
+from swarm.modelfile import check_archive
+from swarm.node._export import ExportedModel, load_file
 from swarm.node._models import load_model
 from tests.conftest import NodeFactory
 
@@ -301,7 +302,7 @@ def test_archive_that_unpacks_huge_is_refused_as_a_zip_bomb(monkeypatch: pytest.
     import zipfile
 
     from swarm._errors import UnsafeModelError
-    from swarm.node import _export
+    from swarm.modelfile import _export
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -1,13 +1,8 @@
-"""`swarm model ...`: push, ls, tag, rollback, pull (hooked into the `swarm` CLI).
+"""`swarm model ...`: push, ls, tag, rollback, pull, key.
 
 Every command acts through one node: `--node HOST:PORT`, or `--bootstrap
 MULTIADDR` to join the swarm as a light peer and use a node from its view (a
 pull then fetches from every peer that stores the version).
-
-    parser = argparse.ArgumentParser(prog="swarm")
-    add_model_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args()
-    sys.exit(run_model(args))
 """
 
 from __future__ import annotations
@@ -28,24 +23,28 @@ from typing import TYPE_CHECKING, Any
 from swarm._errors import SwarmError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.registry._client import RegistryClient
-from swarm.registry._fetch import FetchStats, Progress, Source, fetch_version
-from swarm.registry._manifests import ManifestStore
-from swarm.registry._publish import (
+from swarm.registry import (
+    DEFAULT_CHUNK_SIZE,
+    BlobStore,
+    FetchStats,
+    ManifestStore,
+    Progress,
+    RegistryClient,
+    Source,
     build_manifest,
     export_files,
+    fetch_version,
     load_publisher,
     publish_tag,
     push,
     resolve_target,
     rollback_target,
 )
-from swarm.registry._store import DEFAULT_CHUNK_SIZE, BlobStore
 
 if TYPE_CHECKING:
-    from swarm.protocol._light import LightPeer
+    from swarm.protocol import LightPeer
 
-__all__ = ["add_model_parser", "run_model"]
+__all__ = ["add_parser", "run"]
 
 
 # -- reaching a node -----------------------------------------------------------------------
@@ -72,7 +71,7 @@ class _Link:
 
 
 def _light_peer(bootstrap: Sequence[str]) -> LightPeer:
-    from swarm.protocol._light import LightPeer
+    from swarm.protocol import LightPeer
 
     return LightPeer.libp2p(bootstrap)
 
@@ -275,7 +274,7 @@ def _key(parser: argparse.ArgumentParser) -> None:
                              "created on first use)")
 
 
-def add_model_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `model` and its subcommands to the `swarm` CLI's subparsers."""
     model = subparsers.add_parser("model", help="publish, tag, roll back and pull model versions")
     sub = model.add_subparsers(dest="model_command", required=True)
@@ -329,21 +328,10 @@ _COMMANDS = {"push": _push, "ls": _ls, "tag": _tag, "rollback": _rollback, "pull
              "key": _show_key}
 
 
-def run_model(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run a parsed `swarm model ...` command; returns the exit status."""
     try:
         return asyncio.run(_COMMANDS[args.model_command](args))
     except (SwarmError, OSError, ValueError) as exc:
         print(f"swarm: {exc}", file=sys.stderr)
         return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m swarm.registry._cli model ...` until the `swarm` CLI hooks this in."""
-    parser = argparse.ArgumentParser(prog="swarm")
-    add_model_parser(parser.add_subparsers(dest="command", required=True))
-    return run_model(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

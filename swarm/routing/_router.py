@@ -33,8 +33,8 @@ from swarm._errors import (
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, ModelRef, PeerId
-from swarm.client._convert import error_from_rpc
-from swarm.protocol._view import PeerView
+from swarm.protocol import PeerView
+from swarm.routing._status import error_from_rpc
 from swarm.scheduler import (
     Candidate,
     Failure,

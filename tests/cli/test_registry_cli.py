@@ -17,24 +17,18 @@ import pytest
 import torch
 
 from swarm._types import Digest
-from swarm.protocol._advert import Advert
-from swarm.protocol._gossip import Gossip
-from swarm.protocol._identity import Identity
-from swarm.protocol._light import LightPeer
-from swarm.protocol._membership import Membership, MembershipConfig
-from swarm.protocol._memory import MemoryNetwork
+from swarm.cli._registry import _COMMANDS, add_parser, run
+from swarm.protocol import Advert, Gossip, Identity, LightPeer, Membership, MembershipConfig
+from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
     BlobStore,
     ManifestStore,
     ModelFormat,
     TagRecord,
-    add_model_parser,
     next_sequence,
     publisher_key_path,
-    run_model,
     sign_tag,
 )
-from swarm.registry._cli import _COMMANDS
 from tests.registry.support import PUBLISHER, make_version, registry_node, store_version
 
 
@@ -90,13 +84,13 @@ def node(tmp_path: Path) -> Iterator[str]:
 
 def cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="swarm")
-    add_model_parser(parser.add_subparsers(dest="command", required=True))
-    return run_model(parser.parse_args(["model", *argv]))
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(["model", *argv]))
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="swarm")
-    add_model_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["model", *argv])
 
 
@@ -210,7 +204,7 @@ async def test_bootstrap_joins_as_a_light_peer_and_pulls_from_holders(
         def light_peer(bootstrap: object) -> LightPeer:
             return LightPeer(start, config=MembershipConfig.fast())
 
-        monkeypatch.setattr("swarm.registry._cli._light_peer", light_peer)
+        monkeypatch.setattr("swarm.cli._registry._light_peer", light_peer)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(m.run()) for m in members]
             args = parse("pull", "acme/classifier:stable", "--bootstrap", "/ip4/x", "--wait", "0.6")

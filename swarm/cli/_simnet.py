@@ -1,8 +1,6 @@
 """`swarm simnet up` and `swarm simnet model`: the command line of simnet.
 
-The `swarm` CLI hooks it in with `add_simnet_parser(subparsers)` and dispatches
-`args.command == "simnet"` to `run_simnet(args)`. Until then it also runs as
-`python -m swarm.simnet._cli up ...`.
+`add_parser(subparsers)` adds the commands; `run(args)` runs one.
 
 Exit codes: 0 every promise kept, 1 a promise broken or the swarm failed,
 2 a bad scenario or bad flags, 128+N stopped by signal N (Ctrl-C: 130).
@@ -22,7 +20,7 @@ from typing import Any
 
 from swarm._errors import ConfigError, SwarmError
 
-__all__ = ["add_simnet_parser", "main", "run_simnet"]
+__all__ = ["add_parser", "run"]
 
 
 def _positive_int(text: str) -> int:
@@ -46,7 +44,7 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
-def add_simnet_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `simnet` (with its `up` and `model` subcommands) to an argparse subparsers object."""
     simnet: argparse.ArgumentParser = subparsers.add_parser(
         "simnet", help="run a whole swarm on this machine: workload, faults, report",
@@ -124,7 +122,7 @@ def _interrupt_handlers(stop: asyncio.Event, started: asyncio.Event, main: async
 
 
 async def _up(args: argparse.Namespace, scenario: Any) -> int:
-    from swarm.simnet._run import RunOptions, run_scenario
+    from swarm.simnet import RunOptions, run_scenario
 
     stop = asyncio.Event()
     started = asyncio.Event()
@@ -151,8 +149,7 @@ async def _up(args: argparse.Namespace, scenario: Any) -> int:
 
 
 def _model_scenario(args: argparse.Namespace) -> Any:
-    from swarm.simnet._model import default_model_scenario
-    from swarm.simnet._scenario import load_scenario, validate
+    from swarm.simnet import default_model_scenario, load_scenario, validate
 
     if args.scenario is None:
         scenario = default_model_scenario(args.nodes or 200).with_overrides(
@@ -170,8 +167,7 @@ def _model_scenario(args: argparse.Namespace) -> Any:
 def _run_model(args: argparse.Namespace, scenario: Any) -> int:
     from rich.console import Console
 
-    from swarm.simnet._model import run_model, write_model_report
-    from swarm.simnet._report import render_summary
+    from swarm.simnet import render_summary, run_model, write_model_report
 
     def progress(line: str) -> None:
         print(f"simnet model: {line}", file=sys.stderr, flush=True)
@@ -227,9 +223,9 @@ def _model_table(st: Any, *, busiest: bool) -> Any:
     return table
 
 
-def run_simnet(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run `swarm simnet <command>` for parsed arguments; returns the exit code."""
-    from swarm.simnet._scenario import load_scenario
+    from swarm.simnet import load_scenario
 
     if args.simnet_command not in ("up", "model"):
         raise SwarmError(f"unknown simnet command {args.simnet_command!r}")
@@ -257,13 +253,3 @@ def run_simnet(args: argparse.Namespace) -> int:
     except SwarmError as exc:
         print(f"swarm simnet: {exc}", file=sys.stderr)
         return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="swarm")
-    add_simnet_parser(parser.add_subparsers(dest="command", required=True))
-    return run_simnet(parser.parse_args(["simnet", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

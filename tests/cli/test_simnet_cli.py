@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.simnet._cli import add_simnet_parser, main
+from swarm.cli import main as swarm_main
+from swarm.cli._simnet import add_parser
 from tests.simnet.helpers import alive, nodes_started_by, wait_until_gone
 
 MLP_ONLY = """
@@ -38,7 +39,7 @@ p99_ms = 5000
 
 
 def simnet_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "swarm.simnet._cli", "up", "--no-live", *args]
+    return [sys.executable, "-m", "swarm.cli", "simnet", "up", "--no-live", *args]
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def scenario_file(tmp_path: Path) -> Path:
 
 def test_parser_hooks_into_a_cli() -> None:
     parser = argparse.ArgumentParser(prog="swarm")
-    add_simnet_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["simnet", "up", "--nodes", "3", "--duration", "5", "--rate", "2",
                               "--scenario", "failover", "--report", "out", "--seed", "9"])
     assert (args.command, args.simnet_command) == ("simnet", "up")
@@ -66,15 +67,15 @@ def test_bad_scenario_exits_2_with_a_clear_message(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("duration = 5\n[workload]\nshape = \"sine\"\n")
-    assert main(["up", "--scenario", str(bad)]) == 2
+    assert swarm_main(["simnet", "up", "--scenario", str(bad)]) == 2
     assert "unknown shape 'sine'" in capsys.readouterr().err
-    assert main(["up", "--scenario", "failover", "--nodes", "1"]) == 2
+    assert swarm_main(["simnet", "up", "--scenario", "failover", "--nodes", "1"]) == 2
     assert "node 1 is out of range" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="checks the refusal for non-root users")
 def test_netns_needs_root(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["up", "--netns"]) == 2
+    assert swarm_main(["simnet", "up", "--netns"]) == 2
     assert "needs root" in capsys.readouterr().err
 
 
