@@ -9,13 +9,15 @@ honest hop. Nothing outside swarm/protocol imports libp2p or trio.
 from __future__ import annotations
 
 import abc
+import asyncio
+import collections
 import enum
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from swarm._types import PeerId
 
-__all__ = ["Gossip", "GossipMessage", "Validation", "Validator"]
+__all__ = ["Gossip", "GossipMessage", "Subscription", "Validation", "Validator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +83,63 @@ class Gossip(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the network; subscriptions end; idempotent."""
+
+
+class Subscription(AsyncIterator[GossipMessage]):
+    """One `subscribe()` call's bounded buffer, for every transport.
+
+    The transport `push`es messages (the oldest is dropped when full) and `end`s it when
+    the host stops; one task at a time iterates it; `aclose()` unsubscribes through
+    `on_close` and drops what is buffered.
+    """
+
+    def __init__(self, topic: str, maxsize: int,
+                 on_close: Callable[[Subscription], None]) -> None:
+        self.topic = topic
+        self._on_close = on_close
+        self._items: collections.deque[GossipMessage] = collections.deque(maxlen=maxsize)
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+
+    def push(self, msg: GossipMessage) -> bool:
+        """Queue `msg`; False when that pushed the oldest message out."""
+        if self._ended:
+            return True
+        full = len(self._items) == self._items.maxlen
+        self._items.append(msg)
+        self._wake()
+        return not full
+
+    def end(self, *, discard: bool = False) -> None:
+        """No more messages: iteration ends once the buffer (or, with `discard`, now) is empty."""
+        self._ended = True
+        if discard:
+            self._items.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> GossipMessage:
+        while not self._items:
+            if self._ended:
+                raise StopAsyncIteration
+            if self._waiter is not None:
+                raise RuntimeError("a subscription is iterated by one task at a time")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        """Unsubscribe now; buffered messages are dropped and iteration ends."""
+        self._on_close(self)
+        self.end(discard=True)
+

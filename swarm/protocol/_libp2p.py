@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarm._errors import ConfigError, SwarmError
 from swarm._types import PeerId
-from swarm.protocol._gossip import Gossip, GossipMessage, Validation, Validator
+from swarm.protocol._gossip import Gossip, GossipMessage, Subscription, Validation, Validator
 from swarm.protocol._identity import Identity
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Libp2pGossip(Gossip):
         self._ready: asyncio.Future[None] | None = None
         self._exited: asyncio.Future[None] | None = None
         self._close_lock = asyncio.Lock()
-        self._subs: dict[str, set[_Subscription]] = {}
+        self._subs: dict[str, set[Subscription]] = {}
         self._trio_topics: set[str] = set()
         self._dropped = 0
 
@@ -295,7 +295,7 @@ class Libp2pGossip(Gossip):
         A subscriber that falls behind by more than `max_queued_messages` loses the
         oldest messages (counted in `dropped`).
         """
-        sub = _Subscription(self, topic, self._config.max_queued_messages)
+        sub = Subscription(topic, self._config.max_queued_messages, self._unsubscribe)
         if self._state is not _State.RUNNING:
             sub.end()
             return sub
@@ -356,7 +356,7 @@ class Libp2pGossip(Gossip):
                 if not sub.push(msg):
                     self._dropped += 1
 
-    def _unsubscribe(self, sub: _Subscription) -> None:
+    def _unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic)
         if subs is not None:
             subs.discard(sub)
@@ -375,54 +375,6 @@ def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
         fut.set_result(None)
     else:
         fut.set_exception(exc)
-
-
-class _Subscription(AsyncIterator[GossipMessage]):
-    """One subscriber's bounded queue on the asyncio side; drops the oldest when full."""
-
-    def __init__(self, owner: Libp2pGossip, topic: str, maxsize: int) -> None:
-        self.topic = topic
-        self._owner = owner
-        self._items: collections.deque[GossipMessage] = collections.deque(maxlen=maxsize)
-        self._wakeup: asyncio.Future[None] | None = None
-        self._ended = False
-
-    def push(self, msg: GossipMessage) -> bool:
-        """Queue `msg`; False when that pushed the oldest message out."""
-        if self._ended:
-            return True
-        full = len(self._items) == self._items.maxlen
-        self._items.append(msg)
-        self._wake()
-        return not full
-
-    def end(self) -> None:
-        self._ended = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    def __aiter__(self) -> _Subscription:
-        return self
-
-    async def __anext__(self) -> GossipMessage:
-        while not self._items:
-            if self._ended:
-                raise StopAsyncIteration
-            self._wakeup = asyncio.get_running_loop().create_future()
-            try:
-                await self._wakeup
-            finally:
-                self._wakeup = None
-        return self._items.popleft()
-
-    async def aclose(self) -> None:
-        """Stop receiving; iteration ends."""
-        self._owner._unsubscribe(self)
-        self._items.clear()
-        self.end()
 
 
 # ---------------------------------------------------------------------- trio side

@@ -31,17 +31,16 @@ reproducible for a seed and the same sequence of calls.
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from swarm._errors import ConfigError
 from swarm._types import PeerId
-from swarm.protocol._gossip import Gossip, GossipMessage, Validation, Validator
+from swarm.protocol._gossip import Gossip, GossipMessage, Subscription, Validation, Validator
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -206,56 +205,6 @@ class _State(enum.Enum):
     DEAD = "dead"  # crashed with MemoryNetwork.kill()
 
 
-class _Subscription(AsyncIterator[GossipMessage]):
-    """One `subscribe()` call's buffer; `aclose()` unsubscribes."""
-
-    def __init__(self, host: MemoryGossip, topic: str, limit: int) -> None:
-        self._host = host
-        self.topic = topic
-        self._items: collections.deque[GossipMessage] = collections.deque(maxlen=limit)
-        self._waiter: asyncio.Future[None] | None = None
-        self._ended = False
-
-    def _push(self, msg: GossipMessage) -> bool:
-        """Queue `msg`; False when that pushed the oldest message out."""
-        full = len(self._items) == self._items.maxlen
-        self._items.append(msg)
-        self._wake()
-        return not full
-
-    def _end(self, *, discard: bool) -> None:
-        self._ended = True
-        if discard:
-            self._items.clear()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def __aiter__(self) -> _Subscription:
-        return self
-
-    async def __anext__(self) -> GossipMessage:
-        while not self._items:
-            if self._ended:
-                raise StopAsyncIteration
-            if self._waiter is not None:
-                raise RuntimeError("a subscription is iterated by one task at a time")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-    async def aclose(self) -> None:
-        """Unsubscribe now; buffered messages are dropped and iteration ends."""
-        self._host._unsubscribe(self)
-        self._end(discard=True)
-
-
 class MemoryGossip(Gossip):
     """One host of a `MemoryNetwork`; create it with `MemoryNetwork.join`."""
 
@@ -272,7 +221,7 @@ class MemoryGossip(Gossip):
         self._fanout: dict[str, dict[PeerId, MemoryGossip]] = {}
         # A crashed host's peers have noticed (crash_detection passed) and dropped it.
         self._noticed = False
-        self._subs: dict[str, list[_Subscription]] = {}
+        self._subs: dict[str, list[Subscription]] = {}
         self._validators: dict[str, Validator] = {}
         # Seen-message ids in two generations: an id is remembered for at least
         # seen_ttl seconds, and memory stays bounded (as GossipSub's seen cache).
@@ -297,19 +246,19 @@ class MemoryGossip(Gossip):
         self._check_live()
         self._network._publish(self, topic, data)
 
-    def subscribe(self, topic: str) -> _Subscription:
+    def subscribe(self, topic: str) -> Subscription:
         """Messages on `topic` from now on, until close(); `aclose()` the result to stop early.
 
         On a closed host the iteration ends at once.
         """
-        sub = _Subscription(self, topic, self._network._buffer)
+        sub = Subscription(topic, self._network._buffer, self._unsubscribe)
         if self._state is _State.LIVE:
             subs = self._subs.setdefault(topic, [])
             subs.append(sub)
             if len(subs) == 1:
                 self._network._subscribed(self, topic)
         else:
-            sub._end(discard=True)
+            sub.end(discard=True)
         return sub
 
     def set_validator(self, topic: str, validator: Validator) -> None:
@@ -365,7 +314,7 @@ class MemoryGossip(Gossip):
         if self._state is not _State.LIVE:
             raise RuntimeError(f"gossip host {self._peer_id.short} is {self._state.value}")
 
-    def _unsubscribe(self, sub: _Subscription) -> None:
+    def _unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic)
         if subs is not None and sub in subs:
             subs.remove(sub)
@@ -377,7 +326,7 @@ class MemoryGossip(Gossip):
     def _end_subscriptions(self, *, discard: bool) -> None:
         for subs in self._subs.values():
             for sub in subs:
-                sub._end(discard=discard)
+                sub.end(discard=discard)
         self._subs.clear()
 
     def _first_sight(self, msg_id: int, now: float, ttl: float) -> bool:
@@ -812,7 +761,7 @@ class MemoryNetwork:
             return
         host._delivered += 1
         for sub in host._subs.get(msg.topic, ()):
-            if not sub._push(msg):
+            if not sub.push(msg):
                 host._overflowed += 1
         if not self._topic_meshes:
             links = host._links
