@@ -6,6 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from swarm._errors import InvalidReferenceError
+
 __all__ = ["Digest", "ModelRef", "ModelSpec", "PeerId", "TensorSpec"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -15,19 +17,22 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """A SHA-256 content digest, written `sha256:<64 hex>`."""
+    """A SHA-256 content digest, written `sha256:<64 hex>`.
+
+    Malformed text raises InvalidReferenceError (a ValueError), as for ModelRef and PeerId.
+    """
 
     hex: str
 
     def __post_init__(self) -> None:
         if not _HEX64.match(self.hex):
-            raise ValueError(f"not a sha256 hex digest: {self.hex!r}")
+            raise InvalidReferenceError(f"not a sha256 hex digest: {self.hex!r}")
 
     @classmethod
     def parse(cls, text: str) -> Digest:
         algo, sep, rest = text.partition(":")
         if not sep or algo != "sha256":
-            raise ValueError(f"digest must look like sha256:<64 hex>, got {text!r}")
+            raise InvalidReferenceError(f"digest must look like sha256:<64 hex>, got {text!r}")
         return cls(rest)
 
     @classmethod
@@ -55,14 +60,14 @@ class ModelRef:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(
+            raise InvalidReferenceError(
                 f"model name must be lowercase 'namespace/name' (letters, digits, . _ -): "
                 f"{self.name!r}"
             )
         if self.tag is not None and not _TAG.match(self.tag):
-            raise ValueError(f"invalid tag {self.tag!r}")
+            raise InvalidReferenceError(f"invalid tag {self.tag!r}")
         if self.tag is not None and self.digest is not None:
-            raise ValueError("a model reference takes a tag or a digest, not both")
+            raise InvalidReferenceError("a model reference takes a tag or a digest, not both")
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
@@ -92,7 +97,7 @@ class PeerId:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{40,60}", self.value):
-            raise ValueError(f"not a base58 peer id: {self.value!r}")
+            raise InvalidReferenceError(f"not a base58 peer id: {self.value!r}")
 
     @property
     def short(self) -> str:

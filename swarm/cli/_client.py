@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from swarm._errors import SwarmError
+from swarm._errors import ConfigError, InvalidInputError, SwarmError
 from swarm.client import AsyncClient, TensorInfo
 from swarm.protocol import PeerView
 
@@ -23,8 +23,15 @@ def _load_input(path: Path) -> Any:
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix == ".json":
-        return json.loads(path.read_text())
-    raise SwarmError(f"{path}: inputs come as .npy or .json")
+        return _parse_json(path.read_text(), str(path))
+    raise InvalidInputError(f"{path}: inputs come as .npy or .json")
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{where}: not JSON: {exc.msg}") from exc
 
 
 def _jsonable(value: np.ndarray) -> Any:
@@ -36,10 +43,10 @@ def _jsonable(value: np.ndarray) -> Any:
 
 def _client(args: argparse.Namespace) -> AsyncClient:
     if bool(args.node) == bool(args.bootstrap):
-        raise SwarmError("give --node HOST:PORT, or --bootstrap MULTIADDR to use the swarm")
+        raise ConfigError("give --node HOST:PORT, or --bootstrap MULTIADDR to use the swarm")
     if args.node:
         if args.max_price is not None or args.prefer is not None:
-            raise SwarmError("--max-price and --prefer need --bootstrap (routing in the swarm)")
+            raise ConfigError("--max-price and --prefer need --bootstrap (routing in the swarm)")
         return AsyncClient(args.node, timeout=args.timeout)
     return AsyncClient(bootstrap=args.bootstrap, timeout=args.timeout, max_price=args.max_price,
                        preference=args.prefer or "latency")
@@ -63,12 +70,9 @@ def _read_lines(path: Path) -> list[Any]:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                items.append(_as_inputs(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise SwarmError(f"{path}:{number}: not JSON: {exc.msg}") from exc
+            items.append(_as_inputs(_parse_json(line, f"{path}:{number}")))
     if not items:
-        raise SwarmError(f"{path} holds no inputs (one JSON value per line)")
+        raise InvalidInputError(f"{path} holds no inputs (one JSON value per line)")
     return items
 
 
@@ -90,8 +94,8 @@ async def _infer_file(args: argparse.Namespace, client: AsyncClient) -> int:
 async def _infer(args: argparse.Namespace) -> int:
     given = sum(x is not None for x in (args.text, args.input, args.json, args.file))
     if given != 1:
-        raise SwarmError("give the input as --text (repeatable), --input FILE, --json VALUE "
-                         "or --file FILE.jsonl")
+        raise ConfigError("give the input as --text (repeatable), --input FILE, --json VALUE "
+                          "or --file FILE.jsonl")
     async with _client(args) as client:
         if args.file is not None:
             return await _infer_file(args, client)
@@ -101,7 +105,7 @@ async def _infer(args: argparse.Namespace) -> int:
             inputs = _load_input(args.input)
             inputs = inputs if isinstance(inputs, np.ndarray) else _as_inputs(inputs)
         else:
-            inputs = _as_inputs(json.loads(args.json))
+            inputs = _as_inputs(_parse_json(args.json, "--json"))
         outputs = await client.infer_raw(args.model, inputs)
     print(json.dumps({name: _jsonable(v) for name, v in outputs.items()}))
     return 0
@@ -238,6 +242,6 @@ def run(args: argparse.Namespace) -> int:
     handler = {"infer": _infer, "models": _models, "peers": _peers}[args.command]
     try:
         return asyncio.run(handler(args))
-    except (SwarmError, OSError, ValueError) as exc:
+    except (SwarmError, OSError, ValueError) as exc:  # ValueError: numpy refusing an input
         print(f"swarm: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swarm._errors import SwarmError, UnavailableError
+from swarm._errors import IntegrityError, InvalidInputError, SwarmError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
 from swarm.registry import (
@@ -136,14 +136,14 @@ def _say(text: str) -> None:
 def _model_name(text: str) -> str:
     ref = ModelRef.parse(text)
     if ref.tag is not None or ref.digest is not None:
-        raise ValueError(f"--name takes a bare 'namespace/name', not {text!r}")
+        raise InvalidInputError(f"--name takes a bare 'namespace/name', not {text!r}")
     return ref.name
 
 
 def _tag_ref(text: str) -> tuple[str, str]:
     ref = ModelRef.parse(text)
     if ref.tag is None:
-        raise ValueError(f"expected 'namespace/name:tag', got {text!r}")
+        raise InvalidInputError(f"expected 'namespace/name:tag', got {text!r}")
     return ref.name, ref.tag
 
 
@@ -241,7 +241,8 @@ async def _pull(args: argparse.Namespace) -> int:
                                              progress=progress, stats=stats)
         manifest = result.manifest
         if name and manifest.name != name:
-            raise SwarmError(f"{digest.short} is a version of {manifest.name}, not {name}")
+            # The node's tag named a version of another model.
+            raise IntegrityError(f"{digest.short} is a version of {manifest.name}, not {name}")
         _say(f"pulled {manifest.name} {manifest.version} {digest}: {manifest.total_size} bytes "
              f"verified ({stats.bytes_fetched} fetched from {len(stats.bytes_by_source)} "
              f"source(s), {stats.bytes_resumed} resumed, {stats.chunks_rejected} chunks rejected)")
@@ -332,6 +333,6 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed `swarm model ...` command; returns the exit status."""
     try:
         return asyncio.run(_COMMANDS[args.model_command](args))
-    except (SwarmError, OSError, ValueError) as exc:
+    except (SwarmError, OSError, ValueError) as exc:  # ValueError: Manifest refusing a flag
         print(f"swarm: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from swarm._errors import SwarmError
+from swarm._errors import ClosedError
 from swarm.client._async import DEFAULT_EMBED_MODEL, AsyncClient, Inputs
 from swarm.client._types import ModelInfo
 
@@ -53,7 +53,7 @@ class Client:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coro.close()
-            raise SwarmError("client is closed")
+            raise ClosedError("client is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __enter__(self) -> Client:

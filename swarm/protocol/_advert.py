@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swarm._errors import IntegrityError
+from swarm._errors import IntegrityError, InvalidReferenceError
 from swarm._proto.swarm.v1 import advert_pb2, node_pb2
 from swarm._types import Digest, PeerId
 from swarm.protocol._identity import Identity, public_key_of_peer
@@ -141,8 +141,8 @@ def encode(advert: Advert, identity: Identity) -> bytes:
 def _author_key(msg: advert_pb2.CapacityAdvert) -> bytes:
     try:
         return public_key_of_peer(PeerId(msg.peer_id))
-    except ValueError:
-        raise ValueError(f"author {msg.peer_id!r} is not an Ed25519 peer id") from None
+    except InvalidReferenceError:
+        raise InvalidReferenceError(f"author {msg.peer_id!r} is not an Ed25519 peer id") from None
 
 
 def decode(data: bytes) -> Advert:

@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from swarm._errors import ConfigError
+from swarm._errors import ConfigError, InvalidReferenceError
 from swarm._types import PeerId
 
 __all__ = ["Identity", "peer_id_of", "public_key_of_peer", "verify"]
@@ -34,10 +34,10 @@ def peer_id_of(public_key: bytes) -> PeerId:
 
 
 def public_key_of_peer(peer_id: PeerId) -> bytes:
-    """The Ed25519 public key inlined in a peer id (raises ValueError if there is none)."""
+    """The Ed25519 public key inlined in a peer id (InvalidReferenceError if there is none)."""
     raw = base58.b58decode(peer_id.value)
     if len(raw) != 38 or raw[:2] != b"\x00\x24" or raw[2:6] != _LIBP2P_ED25519_PREFIX:
-        raise ValueError(f"{peer_id} does not inline an Ed25519 key")
+        raise InvalidReferenceError(f"{peer_id} does not inline an Ed25519 key")
     return raw[6:]
 
 

@@ -1,10 +1,10 @@
 """RegistryClient: the gRPC client of swarm.v1.RegistryService (peers and the CLI use it).
 
-gRPC failures are translated at this edge: NOT_FOUND -> ModelNotFoundError,
-DATA_LOSS -> IntegrityError, INVALID_ARGUMENT -> InvalidInputError,
-DEADLINE_EXCEEDED -> DeadlineExceededError; PERMISSION_DENIED, FAILED_PRECONDITION,
-RESOURCE_EXHAUSTED and ABORTED become an InferenceError carrying that code;
-everything else (connection refused or reset, ...) -> UnavailableError.
+gRPC failures are translated at this edge by the one status table that the SDK and
+the node use too (swarm.routing.error_from_rpc): NOT_FOUND -> ModelNotFoundError,
+DATA_LOSS -> DataLossError (an IntegrityError), PERMISSION_DENIED -> PermissionDeniedError,
+FAILED_PRECONDITION/ABORTED -> ConflictError, RESOURCE_EXHAUSTED -> OverloadedError,
+UNAVAILABLE (connection refused or reset, ...) -> UnavailableError, and so on.
 A client is also a fetch `Source` (swarm.registry._fetch).
 """
 
@@ -15,44 +15,18 @@ from types import TracebackType
 
 import grpc
 
-from swarm._errors import (
-    DeadlineExceededError,
-    InferenceError,
-    IntegrityError,
-    InvalidInputError,
-    ModelNotFoundError,
-    SwarmError,
-    UnavailableError,
-)
 from swarm._proto.swarm.v1 import registry_pb2, registry_pb2_grpc
 from swarm._types import Digest
 from swarm.registry._manifest import MAX_CHUNK_SIZE
+from swarm.routing import error_from_rpc
 
-__all__ = ["CHANNEL_OPTIONS", "RegistryClient", "translate"]
+__all__ = ["CHANNEL_OPTIONS", "RegistryClient"]
 
 # A blob chunk (up to MAX_CHUNK_SIZE) plus framing must fit in one message.
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_CHUNK_SIZE + (1 << 20)),
     ("grpc.max_send_message_length", MAX_CHUNK_SIZE + (1 << 20)),
 ]
-
-
-def translate(exc: grpc.aio.AioRpcError, what: str) -> SwarmError:
-    """The Swarm error for a failed registry RPC (callers raise it `from exc`)."""
-    code = exc.code()
-    detail = f"{what}: {exc.details() or code.name}"
-    if code is grpc.StatusCode.NOT_FOUND:
-        return ModelNotFoundError(detail)
-    if code is grpc.StatusCode.DATA_LOSS:
-        return IntegrityError(detail)
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidInputError(detail)
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceededError(detail)
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED):
-        return InferenceError(detail, code=code.name)
-    return UnavailableError(detail)
 
 
 class RegistryClient:
@@ -86,7 +60,7 @@ class RegistryClient:
             signed = await self._stub.GetManifest(
                 registry_pb2.GetManifestRequest(digest=str(digest)), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"{self.address}: manifest {digest.short}") from exc
+            raise error_from_rpc(exc, f"{self.address}: manifest {digest.short}") from exc
         data: bytes = signed.SerializeToString()
         return data
 
@@ -104,7 +78,7 @@ class RegistryClient:
             async for piece in call:
                 yield piece.offset, piece.data
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"{self.address}: blob {blob.short}") from exc
+            raise error_from_rpc(exc, f"{self.address}: blob {blob.short}") from exc
         finally:
             call.cancel()
 
@@ -115,7 +89,7 @@ class RegistryClient:
             response: registry_pb2.ListModelsResponse = await self._stub.ListModels(
                 registry_pb2.ListModelsRequest(name=name), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"{self.address}: list models") from exc
+            raise error_from_rpc(exc, f"{self.address}: list models") from exc
         return response
 
     async def push(self, messages: Iterable[registry_pb2.PushChunk] | AsyncIterator[
@@ -125,7 +99,7 @@ class RegistryClient:
             response: registry_pb2.PushModelResponse = await self._stub.PushModel(
                 messages, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"{self.address}: push") from exc
+            raise error_from_rpc(exc, f"{self.address}: push") from exc
         return response
 
     async def publish_tag(self, signed: bytes) -> str:
@@ -134,5 +108,5 @@ class RegistryClient:
             response: registry_pb2.PublishTagResponse = await self._stub.PublishTag(
                 registry_pb2.SignedTag.FromString(signed), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(exc, f"{self.address}: publish tag") from exc
+            raise error_from_rpc(exc, f"{self.address}: publish tag") from exc
         return response.outcome

@@ -33,7 +33,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from swarm._errors import IntegrityError, SwarmError, UnavailableError
+from swarm._errors import ConflictError, IntegrityError, SwarmError, UnavailableError
 from swarm._types import Digest
 from swarm.registry._manifest import FileEntry, Manifest, verify_manifest
 from swarm.registry._manifests import ManifestStore
@@ -384,7 +384,7 @@ async def fetch_version(manifests: ManifestStore, digest: Digest, sources: Seque
         try:
             writer = await asyncio.to_thread(blobs.begin, entry.digest, entry.size, entry.chunks,
                                              entry.chunk_size)
-        except ValueError as exc:  # a push or another fetch is writing it
+        except ConflictError as exc:  # a push or another fetch is writing it
             raise UnavailableError(f"blob {entry.digest.short} is being written by another "
                                    "transfer; try again later") from exc
         try:

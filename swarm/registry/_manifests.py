@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable, Set
 from pathlib import Path
 
-from swarm._errors import IntegrityError, ModelNotFoundError
+from swarm._errors import IntegrityError, InvalidReferenceError, ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest
 from swarm.registry._manifest import FileEntry, Manifest, verify_manifest
@@ -130,7 +130,7 @@ class ManifestStore:
                 continue
             try:
                 digest = Digest(entry.stem)
-            except ValueError:
+            except InvalidReferenceError:
                 continue
             if self.blobs.has(digest):
                 out.append(digest)

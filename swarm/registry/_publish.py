@@ -14,7 +14,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm._errors import ConfigError, IntegrityError, ModelLoadError, ModelNotFoundError
+from swarm._errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
 from swarm.protocol import Identity
@@ -88,14 +94,15 @@ def next_sequence(seen: int | None, now_ms: int) -> int:
 def resolve_target(listing: registry_pb2.ListModelsResponse, name: str, target: str) -> Digest:
     """The manifest digest a tag target names: `sha256:...`, `name@sha256:...` or `name:tag`.
 
-    A bare name means its `latest` tag. Raises ValueError for a target that names another
-    model, ModelNotFoundError for a tag the listing does not know.
+    A bare name means its `latest` tag. Raises InvalidInputError for a target that names
+    another model (InvalidReferenceError for a malformed one), ModelNotFoundError for a
+    tag the listing does not know.
     """
     if target.startswith("sha256:"):
         return Digest.parse(target)
     ref = ModelRef.parse(target)
     if ref.name != name:
-        raise ValueError(f"{target} is not a version of {name}")
+        raise InvalidInputError(f"{target} is not a version of {name}")
     if ref.digest is not None:
         return ref.digest
     tag = ref.tag or "latest"
@@ -204,7 +211,7 @@ async def publish_tag(client: RegistryClient, publisher: Identity, name: str, ta
     if actual != target:
         raise IntegrityError(f"node answered manifest {actual} for {target}")
     if manifest.name != name:
-        raise ValueError(f"{target.short} is a version of {manifest.name}, not {name}")
+        raise InvalidInputError(f"{target.short} is a version of {manifest.name}, not {name}")
     if listing is None:
         listing = await client.list_models(name)
     record = TagRecord(publisher=publisher.public_key, name=name, tag=tag, target=target,

@@ -1,6 +1,7 @@
 """RegistryServicer: swarm.v1.RegistryService over a ManifestStore and the node's tag book.
 
-Statuses, so that callers can tell their own mistakes from ours:
+Statuses, so that callers can tell their own mistakes from ours (a SwarmError caught
+here is sent as swarm.routing.status_of says, the table the clients read it back with):
 
     NOT_FOUND            no such manifest or blob here
     INVALID_ARGUMENT     malformed request, misaligned range, bad manifest or tag signature,
@@ -26,13 +27,20 @@ from typing import Any, NoReturn, Protocol
 
 import grpc
 
-from swarm._errors import IntegrityError, InvalidInputError, ModelNotFoundError
+from swarm._errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    InvalidReferenceError,
+    ModelNotFoundError,
+)
 from swarm._proto.swarm.v1 import registry_pb2, registry_pb2_grpc
 from swarm._types import Digest
 from swarm.registry._manifest import FileEntry, Manifest, verify_manifest
 from swarm.registry._manifests import ManifestStore
 from swarm.registry._store import BlobWriter
 from swarm.registry._tags import Outcome, TagRecord, TagState, previous
+from swarm.routing import status_of
 
 __all__ = ["RegistryServicer", "ServiceConfig", "TagBook", "add_registry_service"]
 
@@ -82,7 +90,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusC
 def _parse_digest(text: str) -> Digest | None:
     try:
         return Digest.parse(text)
-    except ValueError:
+    except InvalidReferenceError:
         return None
 
 
@@ -113,10 +121,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             signed = await asyncio.to_thread(self._manifests.signed, digest)
         except ModelNotFoundError as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await _abort(context, status_of(exc), str(exc))
         except IntegrityError as exc:
             log.error("stored manifest is corrupted", extra={"digest": str(digest)})
-            await _abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
+            await _abort(context, status_of(exc), str(exc))
         return registry_pb2.SignedManifest.FromString(signed)
 
     async def ReadBlob(self, request: registry_pb2.ReadBlobRequest,
@@ -133,7 +141,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             entry = await asyncio.to_thread(self._manifests.layout, blob, manifest)
         except ModelNotFoundError as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await _abort(context, status_of(exc), str(exc))
         if not self._blobs.has(blob):
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"blob {blob} is not stored here")
         first, last = await self._range(entry, request, context)
@@ -153,10 +161,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 try:
                     data = await current
                 except ModelNotFoundError as exc:  # deleted or quarantined meanwhile
-                    await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+                    await _abort(context, status_of(exc), str(exc))
                 except IntegrityError as exc:
                     log.error("stored blob is corrupted; quarantined", extra={"blob": str(blob)})
-                    await _abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
+                    await _abort(context, status_of(exc), str(exc))
                 offset = index * entry.chunk_size
                 for start in range(0, len(data), piece):
                     yield registry_pb2.BlobChunk(offset=offset + start, data=data[start:start + piece])
@@ -223,7 +231,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                          "a push starts with the signed manifest")
         try:
             manifest, digest = verify_manifest(first.manifest)
-        except IntegrityError as exc:
+        except IntegrityError as exc:  # the sender's bad input, not our lost data
             log.warning("push refused: bad manifest", extra={"peer": context.peer(), "error": str(exc)})
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         owners = self._tags.state.owner(manifest.ref.namespace, self._tags.allowlist)
@@ -256,8 +264,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             writer: BlobWriter = await asyncio.to_thread(
                 self._blobs.begin, entry.digest, entry.size, entry.chunks, entry.chunk_size)
-        except ValueError as exc:
-            await _abort(context, grpc.StatusCode.ABORTED, str(exc))
+        except ConflictError as exc:  # a fetch or another push is writing this blob
+            await _abort(context, status_of(exc), str(exc))
         try:
             received = 0
             skip = writer.offset  # held already (a resumed partial, or the whole blob)
@@ -293,12 +301,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                         log.warning("push refused: bytes do not match the manifest",
                                     extra={"blob": str(entry.digest), "chunk": chunk_index,
                                            "peer": context.peer()})
-                        await _abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
+                        await _abort(context, status_of(exc), str(exc))
                     stored += length
             try:
                 await asyncio.to_thread(writer.commit)
             except IntegrityError as exc:
-                await _abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
+                await _abort(context, status_of(exc), str(exc))
             return stored
         finally:
             writer.close()
@@ -318,11 +326,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
         try:
             outcome = await self._tags.publish(signed, check=same_name)
-        except IntegrityError as exc:
+        except IntegrityError as exc:  # the sender's bad input, not our lost data
             log.warning("tag refused: bad record", extra={"peer": context.peer(), "error": str(exc)})
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except InvalidInputError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, status_of(exc), str(exc))
         record = verified[0]
         if outcome is Outcome.UNAUTHORIZED:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,

@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from swarm._errors import IntegrityError, ModelNotFoundError
+from swarm._errors import (
+    ClosedError,
+    ConflictError,
+    IntegrityError,
+    InvalidReferenceError,
+    ModelNotFoundError,
+)
 from swarm._types import Digest
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore", "BlobWriter", "StoreUsage", "chunk_count"]
@@ -140,7 +146,7 @@ class BlobStore:
             for entry in shard.iterdir():
                 try:
                     digest = Digest(entry.name)
-                except ValueError:
+                except InvalidReferenceError:
                     continue
                 if digest.hex[:2] == shard.name:
                     yield digest
@@ -293,8 +299,8 @@ class BlobStore:
         the last good one (`writer.next_index`). If the blob is already stored the
         writer is complete, refuses chunks, and `commit` does nothing.
 
-        Raises ValueError for an inconsistent layout or a digest that already has
-        an open writer.
+        Raises ValueError for an inconsistent layout (a caller's bug: manifests are
+        checked), ConflictError for a digest that already has an open writer.
         """
         if size < 0 or not 0 < chunk_size <= 0xFFFFFFFF:
             raise ValueError(f"bad layout: size {size}, chunk size {chunk_size}")
@@ -303,7 +309,7 @@ class BlobStore:
                              f"{chunk_count(size, chunk_size)} chunks, not {len(chunks)}")
         with self._lock:
             if expected in self._writing:
-                raise ValueError(f"blob {expected} already has an open writer")
+                raise ConflictError(f"blob {expected} already has an open writer")
             self._writing.add(expected)
         try:
             if self.has(expected):
@@ -378,10 +384,13 @@ class BlobStore:
     # -- removal -----------------------------------------------------------------------------
 
     def delete(self, digest: Digest) -> bool:
-        """Remove the blob and any partial download of it; True if a blob was removed."""
+        """Remove the blob and any partial download of it; True if a blob was removed.
+
+        Raises ConflictError while a writer of it is open.
+        """
         with self._lock:
             if digest in self._writing:
-                raise ValueError(f"blob {digest} has an open writer")
+                raise ConflictError(f"blob {digest} has an open writer")
         self._drop_partial(digest)
         return _unlink(self.path(digest))
 
@@ -405,7 +414,7 @@ class BlobStore:
         for entry in list(self._partial.iterdir()):
             try:
                 digest = Digest(entry.name.split(".", 1)[0])
-            except ValueError:
+            except InvalidReferenceError:
                 _unlink(entry)
                 continue
             if digest in writing:
@@ -470,7 +479,7 @@ class BlobWriter:
 
         Raises IntegrityError if `data` has the wrong length or digest (nothing is
         written), ValueError if `index` is not the next chunk (out of order or past
-        the end) or the writer is closed. `verified=True` says the caller has just
+        the end), ClosedError if the writer is closed. `verified=True` says the caller has just
         hashed these very bytes against `chunks[index]` (a fetcher does, to blame the
         source), so the chunk is not hashed a second time; `commit()` still checks
         the whole blob, so a wrong claim can never publish a bad blob.
@@ -550,7 +559,7 @@ class BlobWriter:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"writer of blob {self.digest.short} is closed")
+            raise ClosedError(f"writer of blob {self.digest.short} is closed")
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -1,34 +1,25 @@
-"""gRPC status codes <-> Swarm's exception tree."""
+"""gRPC status codes <-> Swarm's exception tree: the grpc side of swarm._errors.STATUS.
+
+The table itself lives in the shared vocabulary (keyed by status names, so that it
+imports no grpc); this module only converts grpc's types, for every gRPC edge:
+the SDK, the Router, the node's services and gateway, the registry client and service.
+"""
 
 from __future__ import annotations
 
 import grpc
 
-from swarm._errors import (
-    DeadlineExceededError,
-    InferenceError,
-    InvalidInputError,
-    ModelNotFoundError,
-    OverloadedError,
-    UnavailableError,
-)
+from swarm._errors import InferenceError, code_of, error_for
 
-__all__ = ["error_from_rpc"]
-
-_ERRORS: dict[grpc.StatusCode, type[InferenceError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
-    grpc.StatusCode.NOT_FOUND: ModelNotFoundError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.CANCELLED: UnavailableError,
-}
+__all__ = ["error_from_rpc", "status_of"]
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError, target: str) -> InferenceError:
+    """The Swarm error for a failed call to `target` (callers raise it `from exc`)."""
     code = exc.code()
-    cls = _ERRORS.get(code, InferenceError)
-    message = f"{target}: {exc.details() or code.name}"
-    if cls is InferenceError:
-        return InferenceError(message, code=code.name)
-    return cls(message)
+    return error_for(code.name, f"{target}: {exc.details() or code.name}")
+
+
+def status_of(error: BaseException) -> grpc.StatusCode:
+    """The status a server aborts with for `error` (UNKNOWN for a name grpc lacks)."""
+    return grpc.StatusCode.__members__.get(code_of(error), grpc.StatusCode.UNKNOWN)

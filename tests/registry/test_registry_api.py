@@ -13,12 +13,15 @@ def test_registry_exports() -> None:
         "TagRecord", "TagState", "TagVersion", "apply_tag", "file_entry", "manifest_digest",
         "manifest_for_file", "previous", "resolve", "sign_manifest", "sign_tag",
         "verify_manifest", "verify_tag",
-        # replication, tags over gossip, rollout, the service and the CLI
+        # the publisher's side (the `swarm model` commands in swarm.cli use these)
+        "Progress", "build_manifest", "export_files", "load_publisher", "publish_tag",
+        "push", "resolve_target", "rollback_target",
+        # replication, tags over gossip, rollout, the service
         "TAG_TOPIC", "Deployment", "FetchConfig", "FetchResult", "FetchStats", "Loaded",
         "ManifestStore", "RegistryAgent", "RegistryClient", "RegistryConfig", "RegistryServicer",
         "Rollout", "RolloutConfig", "Served", "ServiceConfig", "Source", "TagBook",
-        "add_model_parser", "add_registry_service", "fetch_version", "next_sequence",
-        "owner_keys", "pinned_versions", "publisher_key_path", "run_model", "under_replicated",
+        "add_registry_service", "fetch_version", "next_sequence",
+        "owner_keys", "pinned_versions", "publisher_key_path", "under_replicated",
         "volunteer",
     }
     for name in swarm.registry.__all__:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm._errors import IntegrityError, ModelNotFoundError
+from swarm._errors import ClosedError, ConflictError, IntegrityError, ModelNotFoundError
 from swarm._types import Digest
 from swarm.registry import BlobStore
 
@@ -313,7 +313,7 @@ def test_bad_chunks_refused_without_damage(tmp_path: Path) -> None:
         writer.write_chunk(4, b"")
     writer.commit()
     assert store.read(digest) == data
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(ClosedError, match="closed"):
         writer.write_chunk(0, pieces[0])
 
 
@@ -383,9 +383,9 @@ def test_begin_validates_layout_and_single_writer(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad layout"):
         store.begin(digest, len(data), chunks, 0)
     writer = store.begin(digest, len(data), chunks, CHUNK)
-    with pytest.raises(ValueError, match="open writer"):
+    with pytest.raises(ConflictError, match="open writer"):
         store.begin(digest, len(data), chunks, CHUNK)
-    with pytest.raises(ValueError, match="open writer"):
+    with pytest.raises(ConflictError, match="open writer"):
         store.delete(digest)
     writer.discard()
     assert not (tmp_path / "partial" / digest.hex).exists()
