@@ -10,9 +10,10 @@ import swarm.client
 import swarm.node
 
 ERRORS = {
-    "ConfigError", "DeadlineExceededError", "InferenceError", "IntegrityError",
-    "InvalidInputError", "ModelLoadError", "ModelNotFoundError", "NoProviderError",
-    "OverloadedError", "SwarmError", "UnavailableError", "UnsafeModelError",
+    "ClosedError", "ConfigError", "ConflictError", "DataLossError", "DeadlineExceededError",
+    "InferenceError", "IntegrityError", "InvalidInputError", "InvalidReferenceError",
+    "ModelLoadError", "ModelNotFoundError", "NoProviderError", "OverloadedError",
+    "PermissionDeniedError", "SwarmError", "UnavailableError", "UnsafeModelError",
 }
 
 
@@ -35,7 +36,9 @@ def test_swarm_routing_exports() -> None:
     import swarm.routing
 
     assert set(swarm.routing.__all__) == {
-        "FORWARDED", "MAX_MESSAGE_BYTES", "Routed", "Router", "RoutingOptions", "error_from_rpc"}
+        "FORWARDED", "MAX_MESSAGE_BYTES", "Caller", "GrpcCaller", "Routed", "Router",
+        "RoutingOptions", "error_from_rpc",
+        "status_of"}
 
 
 def test_swarm_modelfile_exports() -> None:
@@ -94,8 +97,11 @@ def test_every_error_derives_from_swarm_error() -> None:
         assert issubclass(getattr(swarm, name), swarm.SwarmError)
     assert issubclass(swarm.UnsafeModelError, swarm.ModelLoadError)
     for name in ("InvalidInputError", "ModelNotFoundError", "OverloadedError",
-                 "DeadlineExceededError", "UnavailableError"):
+                 "DeadlineExceededError", "UnavailableError", "PermissionDeniedError",
+                 "ConflictError", "DataLossError"):
         assert issubclass(getattr(swarm, name), swarm.InferenceError)
+    assert issubclass(swarm.DataLossError, swarm.IntegrityError)
+    assert issubclass(swarm.InvalidReferenceError, ValueError)
 
 
 def test_import_swarm_does_not_import_torch() -> None:
@@ -109,9 +115,9 @@ def test_swarm_simnet_exports() -> None:
     import swarm.simnet
 
     assert set(swarm.simnet.__all__) == {
-        "Cluster", "ClusterConfig", "DeadlockError", "ModelResult", "ModelSettings",
+        "Cluster", "ClusterConfig", "DeadlockError", "VirtualResult", "VirtualSettings",
         "NodeHandle", "NodeStatus",
         "RoundRobinRouter", "RoutedResult", "Router", "RunOptions", "RunResult", "Scenario",
         "VirtualClock", "VirtualTimeError", "VirtualTimeLoop", "load_scenario", "parse_scenario",
-        "run_model", "run_scenario", "run_virtual", "start_cluster", "default_model_scenario",
-        "write_model_report", "render_summary", "validate"}
+        "run_virtual_swarm", "run_scenario", "run_virtual", "start_cluster",
+        "default_virtual_scenario", "write_virtual_report", "render_summary", "validate"}

@@ -1,4 +1,4 @@
-"""`swarm simnet up` and `swarm simnet model`: the command line of simnet.
+"""`swarm simnet up` and `swarm simnet virtual`: the command line of simnet.
 
 `add_parser(subparsers)` adds the commands; `run(args)` runs one.
 
@@ -45,7 +45,7 @@ def _nonnegative_float(text: str) -> float:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `simnet` (with its `up` and `model` subcommands) to an argparse subparsers object."""
+    """Add `simnet` (with its `up` and `virtual` subcommands) to an argparse subparsers object."""
     simnet: argparse.ArgumentParser = subparsers.add_parser(
         "simnet", help="run a whole swarm on this machine: workload, faults, report",
         description="Simulate a swarm with real swarm-node processes on this machine.")
@@ -75,28 +75,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--router", choices=["scheduler", "round-robin"], default="scheduler",
                     help="how the workload picks nodes: the SDK's scheduler (default) or "
                          "round-robin over fixed addresses (a baseline)")
-    model = sub.add_parser(
-        "model", help="simulate a large swarm in virtual time, in one process",
-        description="Run providers and clients with the real membership, gossip and "
-                    "scheduler in virtual time, with simulated inference, latency and faults; "
-                    "print a summary and write a report. Deterministic for a seed. Flags "
-                    "override the scenario.")
-    model.add_argument("--scenario", metavar="FILE|NAME",
-                       help="scenario file (TOML, with an optional [model] table) or a "
-                            "built-in name (default: 200 providers serving two models at "
-                            "0.1 requests/s each)")
-    model.add_argument("--nodes", type=_positive_int, metavar="N", help="number of providers")
-    model.add_argument("--clients", type=_positive_int, metavar="C",
-                       help="number of clients (default: 50)")
-    model.add_argument("--duration", type=_positive_float, metavar="SECONDS",
-                       help="virtual seconds of workload (default: 120)")
-    model.add_argument("--rate", type=_nonnegative_float, metavar="R",
-                       help="requests per second (default: 0.1 per provider)")
-    model.add_argument("--seed", type=int, metavar="N", help="random seed of the whole run")
-    model.add_argument("--report", type=Path, metavar="DIR",
-                       help="report folder (default: ./reports/simnet-model-<timestamp>/)")
-    model.add_argument("--quiet", action="store_true",
-                       help="no progress lines while it runs")
+    virtual = sub.add_parser(
+        "virtual", help="simulate a large swarm in virtual time, in one process",
+        description="Run providers and clients with the real membership, gossip, router "
+                    "(scheduler, retries, hedging) and batching policy in virtual time, with "
+                    "simulated inference, latency and faults; print a summary and write a "
+                    "report. Deterministic for a seed. Flags override the scenario.")
+    virtual.add_argument("--scenario", metavar="FILE|NAME",
+                         help="scenario file (TOML, with an optional [virtual] table) or a "
+                              "built-in name (default: 200 providers serving two models at "
+                              "0.1 requests/s each)")
+    virtual.add_argument("--nodes", type=_positive_int, metavar="N", help="number of providers")
+    virtual.add_argument("--clients", type=_positive_int, metavar="C",
+                         help="number of clients (default: 50)")
+    virtual.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                         help="virtual seconds of workload (default: 120)")
+    virtual.add_argument("--rate", type=_nonnegative_float, metavar="R",
+                         help="requests per second (default: 0.1 per provider)")
+    virtual.add_argument("--seed", type=int, metavar="N", help="random seed of the whole run")
+    virtual.add_argument("--report", type=Path, metavar="DIR",
+                         help="report folder (default: ./reports/simnet-virtual-<timestamp>/)")
+    virtual.add_argument("--quiet", action="store_true",
+                         help="no progress lines while it runs")
     return simnet
 
 
@@ -148,55 +148,55 @@ async def _up(args: argparse.Namespace, scenario: Any) -> int:
     return 0 if result.summary.kept else 1
 
 
-def _model_scenario(args: argparse.Namespace) -> Any:
-    from swarm.simnet import default_model_scenario, load_scenario, validate
+def _virtual_scenario(args: argparse.Namespace) -> Any:
+    from swarm.simnet import default_virtual_scenario, load_scenario, validate
 
     if args.scenario is None:
-        scenario = default_model_scenario(args.nodes or 200).with_overrides(
+        scenario = default_virtual_scenario(args.nodes or 200).with_overrides(
             duration=args.duration, rate=args.rate, seed=args.seed)
     else:
         scenario = load_scenario(args.scenario).with_overrides(
             nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
     if args.clients is not None:
         scenario = dataclasses.replace(
-            scenario, model=dataclasses.replace(scenario.model, clients=args.clients))
+            scenario, virtual=dataclasses.replace(scenario.virtual, clients=args.clients))
         validate(scenario, where=f"{scenario.source} (with command-line overrides)")
     return scenario
 
 
-def _run_model(args: argparse.Namespace, scenario: Any) -> int:
+def _run_virtual(args: argparse.Namespace, scenario: Any) -> int:
     from rich.console import Console
 
-    from swarm.simnet import render_summary, run_model, write_model_report
+    from swarm.simnet import render_summary, run_virtual_swarm, write_virtual_report
 
     def progress(line: str) -> None:
-        print(f"simnet model: {line}", file=sys.stderr, flush=True)
+        print(f"simnet virtual: {line}", file=sys.stderr, flush=True)
 
     s = scenario
-    print(f"simnet model: {s.name}: {s.node_count} providers, {s.model.clients} clients, "
+    print(f"simnet virtual: {s.name}: {s.node_count} providers, {s.virtual.clients} clients, "
           f"{s.duration:g} virtual s of workload at {s.workload.rate:g} requests/s, "
           f"seed {s.seed}", file=sys.stderr, flush=True)
     try:
-        result = run_model(s, progress=None if args.quiet else progress)
+        result = run_virtual_swarm(s, progress=None if args.quiet else progress)
     except KeyboardInterrupt:
-        print("\nsimnet model: interrupted", file=sys.stderr)
+        print("\nsimnet virtual: interrupted", file=sys.stderr)
         return 130
-    title = f"simnet model: {s.name}"
+    title = f"simnet virtual: {s.name}"
     console = Console()
     summary = result.summary
     if len(summary.node_share) > 10:  # thousands of providers: the busiest few, then spread
         busiest = sorted(summary.node_share.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         summary = dataclasses.replace(summary, node_share=dict(sorted(busiest)))
     console.print(render_summary(summary, title=title, faults=result.faults))
-    console.print(_model_table(result.stats, busiest=summary is not result.summary))
-    report = args.report or Path("reports") / f"simnet-model-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = write_model_report(report, result, title=title)
+    console.print(_virtual_table(result.stats, busiest=summary is not result.summary))
+    report = args.report or Path("reports") / f"simnet-virtual-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_virtual_report(report, result, title=title)
     console.print(f"report: {paths[0].parent}/ ({', '.join(p.name for p in paths)})",
                   highlight=False)
     return 0 if result.summary.kept else 1
 
 
-def _model_table(st: Any, *, busiest: bool) -> Any:
+def _virtual_table(st: Any, *, busiest: bool) -> Any:
     from rich.table import Table
 
     table = Table(show_header=False, box=None, padding=(0, 2))
@@ -213,6 +213,9 @@ def _model_table(st: Any, *, busiest: bool) -> Any:
                                            if st.convergence_s is not None else "never"))
                   + f"; lowest completeness {st.min_view_completeness:.1%}, "
                     f"most stale entries {st.max_stale_entries}")
+    table.add_row("routing", f"{st.hedges} hedges (a second copy of a slow request)")
+    table.add_row("batching", f"{sum(st.batch_sizes.values())} batches, "
+                              f"{st.mean_batch:.2f} items per batch")
     table.add_row("gossip", f"{st.adverts} adverts; per provider {st.provider_msgs_per_s:.1f} "
                             f"msgs/s {st.provider_bytes_per_s / 1000:.1f} kB/s; per client "
                             f"{st.client_msgs_per_s:.0f} msgs/s "
@@ -227,22 +230,22 @@ def run(args: argparse.Namespace) -> int:
     """Run `swarm simnet <command>` for parsed arguments; returns the exit code."""
     from swarm.simnet import load_scenario
 
-    if args.simnet_command not in ("up", "model"):
+    if args.simnet_command not in ("up", "virtual"):
         raise SwarmError(f"unknown simnet command {args.simnet_command!r}")
     try:
-        if args.simnet_command == "model":
-            scenario = _model_scenario(args)
+        if args.simnet_command == "virtual":
+            scenario = _virtual_scenario(args)
         else:
             scenario = load_scenario(args.scenario).with_overrides(
                 nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
     except ConfigError as exc:
         print(f"swarm simnet: {exc}", file=sys.stderr)
         return 2
-    if args.simnet_command == "model":
-        return _run_model(args, scenario)
+    if args.simnet_command == "virtual":
+        return _run_virtual(args, scenario)
     if any(f.fraction is not None for f in scenario.faults):
         print("swarm simnet: faults with a `fraction` of the nodes are for `swarm simnet "
-              "model`; `up` takes a node index", file=sys.stderr)
+              "virtual`; `up` takes a node index", file=sys.stderr)
         return 2
     if args.netns and os.geteuid() != 0:
         print("swarm simnet: --netns creates network namespaces and needs root "

@@ -4,14 +4,19 @@ The decision is `swarm.scheduler.choose` (pure); this module is the I/O around
 it. For each request:
 
 1. candidates = choose(view, request, observations, rng, now)
-2. call the best within the request's deadline (the gRPC timeout is the time left);
-3. if it is slower than that provider's p95, hedge: send the same request to the
-   next candidate and take whichever answers first (once per request);
+2. call the best within the request's deadline (the call's timeout is the time left);
+3. if it is slower than that provider's p95 (or, with too few samples of it, this
+   client's p95 over all providers), hedge: send the same request to the next
+   candidate and take whichever answers first (once per request);
 4. on UNAVAILABLE, RESOURCE_EXHAUSTED, NOT_FOUND (a stale advert), INTERNAL or a
    transport error, try the next candidate while the deadline allows;
    INVALID_ARGUMENT is never retried: the request itself is wrong;
 5. every outcome updates the observations (latency EWMAs, server-reported queue and
    compute time, failures and the circuit breaker).
+
+The call itself is injected (`Caller`): `GrpcCaller` by default, a simulated network
+and provider in `swarm simnet virtual`. Everything above works on the InferenceError
+codes a caller raises, never on transport exceptions, and reads time from a `Clock`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
+from swarm._clock import Clock, SystemClock
 from swarm._errors import (
     DeadlineExceededError,
     InferenceError,
@@ -45,7 +50,7 @@ from swarm.scheduler import (
     choose,
 )
 
-__all__ = ["FORWARDED", "Routed", "Router", "RoutingOptions"]
+__all__ = ["FORWARDED", "Caller", "GrpcCaller", "Routed", "Router", "RoutingOptions"]
 
 # Request parameter a gateway sets on what it forwards (providers never forward it again).
 FORWARDED = "swarm_forwarded"
@@ -56,6 +61,43 @@ _RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CAN
 
 # Signed targets of a tag, oldest first and current last (None: no signed record known).
 SignedTags = Callable[[ModelRef], Sequence[Digest] | None]
+
+# One attempt: send `request` to the candidate, give up after `timeout` seconds. Failures
+# are raised as InferenceError subclasses whose `code` is the gRPC status name
+# (a timeout: DeadlineExceededError). The Router cancels the awaitable of a hedge that lost.
+Caller = Callable[[Candidate, pb.ModelInferRequest, float], Awaitable[pb.ModelInferResponse]]
+
+
+class GrpcCaller:
+    """The production Caller: OIP ModelInfer over gRPC, one channel per endpoint."""
+
+    def __init__(self) -> None:
+        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+
+    def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
+        entry = self._stubs.get(endpoint)
+        if entry is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            entry = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
+            self._stubs[endpoint] = entry
+        return entry[1]
+
+    async def __call__(self, candidate: Candidate, request: pb.ModelInferRequest,
+                       timeout: float) -> pb.ModelInferResponse:
+        try:
+            response: pb.ModelInferResponse = await self._stub(candidate.endpoint).ModelInfer(
+                request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, candidate.endpoint) from exc
+        return response
+
+    async def close(self) -> None:
+        """Close every channel opened so far."""
+        stubs, self._stubs = self._stubs, {}
+        for channel, _ in stubs.values():
+            await channel.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,30 +122,42 @@ class Routed:
     price: float
     attempts: int
     latency: float
+    # A second copy was sent because the first was slow (the answer may come from either).
+    hedged: bool = False
 
 
 @dataclass
 class _Attempt:
     candidate: Candidate
     started: float
-    task: asyncio.Task[pb.ModelInferResponse] = field(repr=False)
+    task: asyncio.Future[pb.ModelInferResponse] = field(repr=False)
 
 
 class Router:
-    """Sends OIP requests to providers chosen from a live peer view."""
+    """Sends OIP requests to providers chosen from a live peer view.
+
+    `caller` makes one attempt (default: a GrpcCaller the Router owns and `close()`
+    closes); `clock` is read for every deadline and observation.
+    """
 
     def __init__(self, view: Callable[[], PeerView], *, rng: random.Random | None = None,
                  config: SchedulerConfig | None = None,
                  observations: Observations | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 signed_tags: SignedTags | None = None) -> None:
+                 clock: Clock | None = None,
+                 signed_tags: SignedTags | None = None,
+                 caller: Caller | None = None) -> None:
         self._view = view
         self._signed_tags = signed_tags
         self._rng = rng or random.Random()
         self._config = config or SchedulerConfig()
         self.observations = observations or Observations()
-        self._clock = clock
-        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+        self._clock = clock or SystemClock()
+        self._grpc: GrpcCaller | None = None
+        if caller is None:
+            caller = self._grpc = GrpcCaller()
+        self._call = caller
+        # Hedges sent over the Router's life (observable by operators and the simulator).
+        self.hedges = 0
         # resolve() scans every advert; its answers hold for one view snapshot.
         self._resolved_view: PeerView | None = None
         self._resolved: dict[tuple[str, tuple[Digest, ...] | None], Digest] = {}
@@ -157,48 +211,38 @@ class Router:
             raise NoProviderError(f"no provider in the swarm serves {model}")
         return min(counts, key=lambda d: (-counts[d], d.hex))
 
-    def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
-        entry = self._stubs.get(endpoint)
-        if entry is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-            entry = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
-            self._stubs[endpoint] = entry
-        return entry[1]
-
     async def close(self) -> None:
-        stubs, self._stubs = self._stubs, {}
-        for channel, _ in stubs.values():
-            await channel.close()
+        """Close the default caller's channels (an injected caller is its owner's)."""
+        if self._grpc is not None:
+            await self._grpc.close()
 
     def _candidates(self, digest: Digest, items: int, deadline: float,
                     options: RoutingOptions, tried: frozenset[PeerId]) -> list[Candidate]:
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
                           exclude=tried)
-        return choose(self.view, request, self.observations, self._rng, self._clock(),
+        return choose(self.view, request, self.observations, self._rng, self._clock.monotonic(),
                       self._config)
 
     def _start(self, request: pb.ModelInferRequest, candidate: Candidate, items: int,
                deadline: float) -> _Attempt:
-        now = self._clock()
+        now = self._clock.monotonic()
         self.observations.start(candidate.peer, now, items)
-        call = self._stub(candidate.endpoint).ModelInfer(request, timeout=max(0.0, deadline - now))
+        call = self._call(candidate, request, max(0.0, deadline - now))
         return _Attempt(candidate, now, asyncio.ensure_future(call))
 
     def _finish(self, attempt: _Attempt, items: int) -> pb.ModelInferResponse | InferenceError:
         """Record the outcome of a completed attempt; the response, or the error."""
-        now = self._clock()
+        now = self._clock.monotonic()
         peer = attempt.candidate.peer
         self.observations.finish(peer, now)
         try:
             response = attempt.task.result()
-        except grpc.aio.AioRpcError as exc:
-            kind = Failure.from_code(exc.code().name)
+        except InferenceError as exc:
+            kind = Failure.from_code(exc.code)
             if kind is not None:
                 self.observations.record_failure(peer, kind, now)
-            return error_from_rpc(exc, f"{attempt.candidate.endpoint}")
+            return exc
         params = response.parameters
         queued = params["swarm_queue_us"].int64_param / 1e6 if "swarm_queue_us" in params else None
         service = None
@@ -214,17 +258,19 @@ class Router:
     async def send(self, request: pb.ModelInferRequest, digest: Digest, items: int,
                    options: RoutingOptions) -> Routed:
         """Route one request; raises NoProviderError, DeadlineExceededError or the last error."""
-        started = self._clock()
+        clock = self._clock
+        started = clock.monotonic()
         deadline = started + options.timeout
         tried: set[PeerId] = set()
         running: list[_Attempt] = []
         last_error: InferenceError | None = None
         attempts = 0
-        hedged = False
+        hedged = False  # decided: at most one hedge per request
+        hedge_sent = False
         try:
             while True:
                 if not running:
-                    if attempts >= options.max_attempts or self._clock() >= deadline:
+                    if attempts >= options.max_attempts or clock.monotonic() >= deadline:
                         break
                     try:
                         candidates = self._candidates(digest, items, deadline, options,
@@ -244,7 +290,7 @@ class Router:
                         p95 = self.observations.overall_p95()
                     if p95 is not None:
                         hedge_at = primary.started + p95
-                wait = None if hedge_at is None else max(0.0, hedge_at - self._clock())
+                wait = None if hedge_at is None else max(0.0, hedge_at - clock.monotonic())
                 done, _ = await asyncio.wait([a.task for a in running], timeout=wait,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not done:  # slower than its p95: hedge on the next candidate
@@ -257,6 +303,8 @@ class Router:
                     running.append(self._start(request, candidates[0], items, deadline))
                     tried.add(candidates[0].peer)
                     attempts += 1
+                    hedge_sent = True
+                    self.hedges += 1
                     continue
                 for attempt in [a for a in running if a.task in done]:
                     running.remove(attempt)
@@ -264,17 +312,17 @@ class Router:
                     if isinstance(outcome, pb.ModelInferResponse):
                         c = attempt.candidate
                         return Routed(outcome, c.peer, c.endpoint, c.price, attempts,
-                                      self._clock() - started)
+                                      clock.monotonic() - started, hedge_sent)
                     if outcome.code not in _RETRYABLE:
                         raise outcome
                     last_error = outcome
         finally:
             for attempt in running:  # the hedge that lost, or everything on error
                 attempt.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                with contextlib.suppress(asyncio.CancelledError, InferenceError):
                     await attempt.task
-                self.observations.finish(attempt.candidate.peer, self._clock())
-        if self._clock() >= deadline:
+                self.observations.finish(attempt.candidate.peer, clock.monotonic())
+        if clock.monotonic() >= deadline:
             raise DeadlineExceededError(
                 f"deadline of {options.timeout:g}s passed after {attempts} attempt(s)"
                 + (f"; last error: {last_error}" if last_error else ""))

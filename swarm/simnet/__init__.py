@@ -6,21 +6,26 @@ _vloop.py  VirtualTimeLoop (asyncio loop whose clock jumps to the next timer),
 The in-memory gossip network the simulated nodes talk over lives in
 swarm.protocol.testing (MemoryNetwork).
 
-A whole swarm in one process, in virtual time (`swarm simnet model`):
+A whole swarm in one process, in virtual time (`swarm simnet virtual`):
 
-_model.py  run_model(scenario): providers and clients with the real Membership,
-           gossip (topic meshes) and scheduler; simulated batching servers,
-           latency, workload and faults; ModelResult, write_model_report
+_virtual.py           run_virtual_swarm(scenario): providers and clients with the real
+                      Membership, gossip (topic meshes) and Router (scheduler, retries,
+                      hedging); the workload and fault timeline; VirtualResult,
+                      default_virtual_scenario, write_virtual_report
+_virtual_provider.py  simulated providers (queues batched by the node's `decide`, simulated
+                      compute) and the Wire: the Caller the clients' Routers call through
+_latency.py           one-way latency per pair of peers, for requests and gossip
+_virtual_stats.py     VirtualStats (gossip, views, load spread, hedges, batch sizes), gini
 
 Real processes on this machine (`swarm simnet up`):
 
-_scenario.py   Scenario files (TOML) -> frozen Scenario (its [model] table: ModelSettings);
+_scenario.py   Scenario files (TOML) -> frozen Scenario (its [virtual] table: VirtualSettings);
                send_times / plan_requests (pure, seeded); shipped ones in scenarios/*.toml
 _cluster.py    start_cluster: N swarm-node processes, one process group each;
                faults kill / leave / rejoin / set_slowdown (SIGSTOP duty cycle)
 _workload.py   Router protocol, RoundRobinRouter (failover), drive: open-loop requests
-_report.py     summaries and promise checks (pure), LiveView (rich), write_report
-               (report.json, summary.md, latency.png, load.png)
+_report.py     summaries and promise checks (pure), LiveView (rich), the report folder
+               of both commands (report.json, summary.md, latency.png, load.png)
 _run.py        run_scenario: cluster + workload + fault timeline + report
 _netns.py      --netns: one network namespace per node, bridge, tc netem (root)
 _child.py      how a node is run: dies with simnet (PR_SET_PDEATHSIG), then swarm-node
@@ -28,10 +33,21 @@ _testing.py    start_swarm(n): real node processes for the test suite
 """
 
 from swarm.simnet._cluster import Cluster, ClusterConfig, NodeHandle, NodeStatus, start_cluster
-from swarm.simnet._model import ModelResult, default_model_scenario, run_model, write_model_report
 from swarm.simnet._report import render_summary
 from swarm.simnet._run import RunOptions, RunResult, run_scenario
-from swarm.simnet._scenario import ModelSettings, Scenario, load_scenario, parse_scenario, validate
+from swarm.simnet._scenario import (
+    Scenario,
+    VirtualSettings,
+    load_scenario,
+    parse_scenario,
+    validate,
+)
+from swarm.simnet._virtual import (
+    VirtualResult,
+    default_virtual_scenario,
+    run_virtual_swarm,
+    write_virtual_report,
+)
 from swarm.simnet._vloop import (
     DeadlockError,
     VirtualClock,
@@ -45,8 +61,6 @@ __all__ = [
     "Cluster",
     "ClusterConfig",
     "DeadlockError",
-    "ModelResult",
-    "ModelSettings",
     "NodeHandle",
     "NodeStatus",
     "RoundRobinRouter",
@@ -56,16 +70,18 @@ __all__ = [
     "RunResult",
     "Scenario",
     "VirtualClock",
+    "VirtualResult",
+    "VirtualSettings",
     "VirtualTimeError",
     "VirtualTimeLoop",
-    "default_model_scenario",
+    "default_virtual_scenario",
     "load_scenario",
     "parse_scenario",
     "render_summary",
-    "run_model",
     "run_scenario",
     "run_virtual",
+    "run_virtual_swarm",
     "start_cluster",
     "validate",
-    "write_model_report",
+    "write_virtual_report",
 ]

@@ -32,14 +32,14 @@
     [[fault]]
     at = 8
     kind = "kill"                       # kill | slow | partition | leave | rejoin | rollout | rollback
-    node = 1                            # or (simnet model only) fraction = 0.1 of the swarm
+    node = 1                            # or (simnet virtual only) fraction = 0.1 of the swarm
 
     [promises]
     max_lost_requests = 0
     p99_ms = 1500
 
-    [model]                             # read only by `swarm simnet model` (ModelSettings)
-    clients = 50
+    [virtual]                           # read only by `swarm simnet virtual` (VirtualSettings)
+    clients = 50                        # (an older name of the table, [model], is accepted)
 
 Everything here is pure: parsing, validation (ConfigError naming the file and
 the field), CLI overrides, and the request plan computed from a seeded RNG.
@@ -66,7 +66,6 @@ __all__ = [
     "Fault",
     "FaultKind",
     "ModelMix",
-    "ModelSettings",
     "Network",
     "NodeGroup",
     "NodeSpec",
@@ -74,6 +73,7 @@ __all__ = [
     "Promises",
     "Scenario",
     "Shape",
+    "VirtualSettings",
     "Workload",
     "builtin_scenarios",
     "load_scenario",
@@ -200,7 +200,7 @@ class Fault:
     kind: FaultKind
     # Node index (kill, slow, partition, leave, rejoin).
     node: int | None = None
-    # Instead of `node` (simnet model only): this fraction of the swarm's nodes, picked
+    # Instead of `node` (simnet virtual only): this fraction of the swarm's nodes, picked
     # at random among those up (kill, slow, partition, leave) or down (rejoin).
     fraction: float | None = None
     # slow, partition: seconds until undone (None: until the end of the run).
@@ -241,11 +241,12 @@ class Promises:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelSettings:
-    """The `[model]` table: what only the virtual-time model (`swarm simnet model`) reads.
+class VirtualSettings:
+    """The `[virtual]` table: what only the virtual-time simulator (`swarm simnet virtual`)
+    reads. Files may still call it `[model]`, its name before the simulator was renamed.
 
-    Defaults describe a swarm at internet scale; swarm/simnet/_model.py says why.
-    The advert interval is `nodes.advert_interval` (the model's default: 60 s).
+    Defaults describe a swarm at internet scale; swarm/simnet/_virtual.py says why.
+    The advert interval is `nodes.advert_interval` (the simulator's default: 60 s).
     """
 
     # Clients: light peers, each with its own peer view, observations and scheduler.
@@ -270,9 +271,14 @@ class ModelSettings:
     per_item_ms: float = 400.0
     speed_spread: float = 4.0
     service_sigma: float = 0.1
-    # Most items per batch; requests waiting per model before RESOURCE_EXHAUSTED.
+    # The providers' batching policy (swarm.node.BatchPolicy, applied by swarm.node.decide):
+    # most items per batch; requests waiting per model before RESOURCE_EXHAUSTED; the
+    # longest a request waits for a fuller batch (the node's default: 2 ms); false: every
+    # request executes alone.
     max_batch: int = 8
     max_queue: int = 64
+    max_queue_delay_ms: float = 2.0
+    batching: bool = True
     # Providers join at uniform times in [0, join_window); the workload starts at warmup.
     join_window: float = 5.0
     warmup: float = 10.0
@@ -302,8 +308,8 @@ class Scenario:
     network: Network = Network()
     # Seconds between capacity adverts (None: the node's default).
     advert_interval: float | None = None
-    # Settings of `swarm simnet model` (the `[model]` table).
-    model: ModelSettings = ModelSettings()
+    # Settings of `swarm simnet virtual` (the `[virtual]` table).
+    virtual: VirtualSettings = VirtualSettings()
     # Where it came from: a path or "builtin:NAME".
     source: str = ""
 
@@ -368,7 +374,9 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     r = _Reader(raw, source, "")
     r.known({"name", "description", "duration", "seed", "nodes", "workload", "fault",
-             "promises", "network", "model"})
+             "promises", "network", "virtual", "model"})
+    if r.has("virtual") and r.has("model"):
+        raise ConfigError(f"{source}: [model] is the old name of [virtual]; give one of them")
     nodes = r.table("nodes")
     nodes.known({"count", "group", "advert_interval"})
     groups = tuple(_group(g) for g in nodes.tables("group")) or (NodeGroup(count=1),)
@@ -392,7 +400,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         promises=_promises(r.table("promises")),
         network=_network(r.table("network")),
         advert_interval=nodes.optional_number("advert_interval"),
-        model=_model(r.table("model")),
+        virtual=_virtual(r.table("model" if r.has("model") else "virtual")),
         source=source,
     )
     validate(scenario, where=source)
@@ -534,7 +542,7 @@ def _fault(r: _Reader) -> Fault:
         allowed |= {"node", "fraction"}
         if not r.has("node") and not r.has("fraction"):
             raise ConfigError(f"{r.where('node')} is required for a {kind} fault (or, in "
-                              f"simnet model only, a `fraction` of the nodes)")
+                              f"simnet virtual only, a `fraction` of the nodes)")
         if r.has("node") and r.has("fraction"):
             raise ConfigError(f"{r.where('fraction')}: a {kind} fault takes `node` or "
                               f"`fraction`, not both")
@@ -560,14 +568,14 @@ def _promises(r: _Reader) -> Promises:
                     p99_ms=r.optional_number("p99_ms"))
 
 
-def _model(r: _Reader) -> ModelSettings:
-    fields = {f.name: f for f in dataclasses.fields(ModelSettings)}
+def _virtual(r: _Reader) -> VirtualSettings:
+    fields = {f.name: f for f in dataclasses.fields(VirtualSettings)}
     r.known(set(fields))
     values: dict[str, Any] = {}
     for name in fields:
         if not r.has(name):
             continue
-        default = getattr(ModelSettings(), name)
+        default = getattr(VirtualSettings(), name)
         if isinstance(default, bool):
             values[name] = r.boolean(name, default)
         elif isinstance(default, int):
@@ -576,7 +584,7 @@ def _model(r: _Reader) -> ModelSettings:
             values[name] = r.string(name, default)
         else:
             values[name] = r.optional_number(name)
-    return ModelSettings(**values)
+    return VirtualSettings(**values)
 
 
 def _network(r: _Reader) -> Network:
@@ -624,51 +632,54 @@ def validate(s: Scenario, *, where: str) -> None:
     n = s.network
     if n.latency_ms < 0 or n.jitter_ms < 0 or not 0 <= n.loss_percent <= 100:
         raise bad("network: latency and jitter must be >= 0 and loss_percent in 0..100")
-    _validate_model(s.model, s.workload, bad)
+    _validate_virtual(s.virtual, s.workload, bad)
     _validate_timeline(s, bad)
 
 
-def _validate_model(m: ModelSettings, w: Workload, bad: Callable[[str], ConfigError]) -> None:
+def _validate_virtual(m: VirtualSettings, w: Workload,
+                      bad: Callable[[str], ConfigError]) -> None:
     def finite(value: float) -> bool:
         return math.isfinite(value)
 
     if m.clients < 1:
-        raise bad(f"model.clients must be at least 1, got {m.clients}")
+        raise bad(f"virtual.clients must be at least 1, got {m.clients}")
     if not (m.latency_ms > 0 and finite(m.latency_ms)):
-        raise bad(f"model.latency_ms must be positive, got {m.latency_ms}")
+        raise bad(f"virtual.latency_ms must be positive, got {m.latency_ms}")
     for name in ("latency_sigma", "jitter", "service_sigma"):
         value = getattr(m, name)
         if not (0 <= value <= 3):
-            raise bad(f"model.{name} must be in 0..3, got {value}")
+            raise bad(f"virtual.{name} must be in 0..3, got {value}")
     if not 0 <= m.loss < 1:
-        raise bad(f"model.loss is a fraction of transmissions in [0, 1), got {m.loss}")
+        raise bad(f"virtual.loss is a fraction of transmissions in [0, 1), got {m.loss}")
     if not 1 <= m.degree <= 64:
-        raise bad(f"model.degree must be in 1..64, got {m.degree}")
+        raise bad(f"virtual.degree must be in 1..64, got {m.degree}")
     if not (m.check_interval > 0 and m.min_interval >= 0 and finite(m.check_interval)
             and finite(m.min_interval)):
-        raise bad("model.check_interval must be positive and model.min_interval >= 0")
+        raise bad("virtual.check_interval must be positive and virtual.min_interval >= 0")
     if not (m.base_ms >= 0 and m.per_item_ms >= 0 and m.base_ms + m.per_item_ms > 0
             and finite(m.base_ms + m.per_item_ms)):
-        raise bad("model.base_ms and model.per_item_ms must be >= 0, and not both 0")
+        raise bad("virtual.base_ms and virtual.per_item_ms must be >= 0, and not both 0")
     if not (m.speed_spread >= 1 and finite(m.speed_spread)):
-        raise bad(f"model.speed_spread must be >= 1 (1: all equal), got {m.speed_spread}")
+        raise bad(f"virtual.speed_spread must be >= 1 (1: all equal), got {m.speed_spread}")
     if m.max_batch < w.items:
-        raise bad(f"model.max_batch ({m.max_batch}) must hold a request of workload.items "
+        raise bad(f"virtual.max_batch ({m.max_batch}) must hold a request of workload.items "
                   f"({w.items})")
     if m.max_queue < 1:
-        raise bad(f"model.max_queue must be at least 1, got {m.max_queue}")
+        raise bad(f"virtual.max_queue must be at least 1, got {m.max_queue}")
+    if not (m.max_queue_delay_ms >= 0 and finite(m.max_queue_delay_ms)):
+        raise bad(f"virtual.max_queue_delay_ms must be >= 0, got {m.max_queue_delay_ms}")
     if not (0 <= m.join_window <= m.warmup and finite(m.warmup)):
-        raise bad("model: need 0 <= join_window <= warmup (providers join before the workload)")
+        raise bad("virtual: need 0 <= join_window <= warmup (providers join before the workload)")
     if m.max_considered < 0 or m.max_considered == 1:
-        raise bad(f"model.max_considered must be 0 (all) or at least 2, got {m.max_considered}")
+        raise bad(f"virtual.max_considered must be 0 (all) or at least 2, got {m.max_considered}")
     if m.max_price is not None and not m.max_price >= 0:
-        raise bad(f"model.max_price must be >= 0, got {m.max_price}")
+        raise bad(f"virtual.max_price must be >= 0, got {m.max_price}")
     try:
         Preference.parse(m.preference)
     except ValueError as exc:
-        raise bad(f"model.{exc}") from None
+        raise bad(f"virtual.{exc}") from None
     if m.max_attempts < 1:
-        raise bad(f"model.max_attempts must be at least 1, got {m.max_attempts}")
+        raise bad(f"virtual.max_attempts must be at least 1, got {m.max_attempts}")
 
 
 def _validate_workload(w: Workload, duration: float, bad: Callable[[str], ConfigError]) -> None:

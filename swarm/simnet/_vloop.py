@@ -240,6 +240,9 @@ class VirtualClock:
     def time(self) -> float:
         return self._loop.epoch + self._loop.time()
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # the loop's timers are virtual
+
 
 def run_virtual(main: Coroutine[Any, Any, _T], *, start: float = 0.0,
                 epoch: float = DEFAULT_EPOCH) -> _T:

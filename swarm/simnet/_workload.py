@@ -47,6 +47,7 @@ __all__ = [
     "Router",
     "drive",
     "make_inputs",
+    "outcome_of",
 ]
 
 OK = "ok"
@@ -228,7 +229,8 @@ def make_inputs(mix: ModelMix, items: int, rng: np.random.Generator) -> Any:
     return rng.standard_normal((items, mix.dim), dtype=np.float32)
 
 
-def _outcome(exc: BaseException) -> str:
+def outcome_of(exc: BaseException) -> str:
+    """What a failed request's record says: the gRPC code, NO_PROVIDER, ..."""
     if isinstance(exc, InferenceError):
         return exc.code
     if isinstance(exc, NoProviderError):
@@ -275,7 +277,7 @@ async def drive(plan: Sequence[PlannedRequest], workload: Workload, router: Rout
                                        loop.time() - t0 - req.at, CANCELLED))
             raise
         except Exception as exc:  # every failure is data; none may stop the run
-            outcome = _outcome(exc)
+            outcome = outcome_of(exc)
         finally:
             recorder.in_flight -= 1
         if price is None and node is not None:

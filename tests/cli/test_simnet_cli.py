@@ -61,6 +61,10 @@ def test_parser_hooks_into_a_cli() -> None:
     assert not args.netns
     with pytest.raises(SystemExit):
         parser.parse_args(["simnet", "up", "--nodes", "0"])
+    args = parser.parse_args(["simnet", "virtual", "--nodes", "2000", "--clients", "20",
+                              "--duration", "600", "--quiet"])
+    assert args.simnet_command == "virtual"
+    assert (args.nodes, args.clients, args.duration, args.quiet) == (2000, 20, 600.0, True)
 
 
 def test_bad_scenario_exits_2_with_a_clear_message(tmp_path: Path,

@@ -14,8 +14,8 @@ from swarm._errors import ConfigError
 from swarm.simnet._scenario import (
     Burst,
     FaultKind,
-    ModelSettings,
     Shape,
+    VirtualSettings,
     Workload,
     builtin_scenarios,
     load_scenario,
@@ -224,15 +224,19 @@ def test_fault_fields_are_parsed() -> None:
     ("[[fault]]\nat = 1\nkind = \"kill\"\nfraction = 1.5", r"fraction must be in \(0, 1\]"),
     ("[[fault]]\nat = 1\nkind = \"rollout\"\nmodel = \"builtin/mlp\"\nfraction = 0.5",
      r"fault\[0\].fraction does not apply to a rollout fault"),
-    ("[model]\nclient = 3", r"unknown key 'client' in \[model\]"),
-    ("[model]\nclients = 0", "model.clients must be at least 1"),
-    ("[model]\nclients = 2.5", "model.clients must be an integer"),
-    ("[model]\nhedge = 1", "model.hedge must be true or false"),
-    ("[model]\nloss = 1", r"model.loss is a fraction of transmissions in \[0, 1\)"),
-    ("[model]\nmax_batch = 2\n[workload]\nitems = 3", r"model.max_batch \(2\) must hold"),
-    ("[model]\njoin_window = 20", "need 0 <= join_window <= warmup"),
-    ("[model]\nmax_considered = 1", "model.max_considered must be 0 .all. or at least 2"),
-    ("[model]\npreference = \"cheap\"", "model.preference must be 'latency', 'price' or a"),
+    ("[virtual]\nclient = 3", r"unknown key 'client' in \[virtual\]"),
+    ("[model]\nclient = 3", r"unknown key 'client' in \[model\]"),  # the old name
+    ("[virtual]\nclients = 1\n[model]\nclients = 2", r"\[model\] is the old name of \[virtual\]"),
+    ("[virtual]\nclients = 0", "virtual.clients must be at least 1"),
+    ("[virtual]\nclients = 2.5", "virtual.clients must be an integer"),
+    ("[virtual]\nhedge = 1", "virtual.hedge must be true or false"),
+    ("[virtual]\nbatching = 0", "virtual.batching must be true or false"),
+    ("[virtual]\nloss = 1", r"virtual.loss is a fraction of transmissions in \[0, 1\)"),
+    ("[virtual]\nmax_batch = 2\n[workload]\nitems = 3", r"virtual.max_batch \(2\) must hold"),
+    ("[virtual]\nmax_queue_delay_ms = -1", "virtual.max_queue_delay_ms must be >= 0"),
+    ("[virtual]\njoin_window = 20", "need 0 <= join_window <= warmup"),
+    ("[virtual]\nmax_considered = 1", "virtual.max_considered must be 0 .all. or at least 2"),
+    ("[virtual]\npreference = \"cheap\"", "virtual.preference must be 'latency', 'price' or a"),
 ])
 def test_bad_files_give_clear_errors(text: str, message: str) -> None:
     nodes = "" if "[nodes" in text else "[nodes]\ncount = 2\n"
@@ -337,14 +341,16 @@ def test_plan_picks_models_by_weight() -> None:
     assert plan == plan_requests(s.workload, s.duration, random.Random(0))
 
 
-def test_the_model_table_and_fraction_faults_parse() -> None:
+def test_the_virtual_table_and_fraction_faults_parse() -> None:
     s = parse_scenario(textwrap.dedent("""
-        [model]
+        [virtual]
         clients = 7
         latency_ms = 12.5
         hedge = false
         max_price = 20
         preference = "0.7"
+        max_queue_delay_ms = 50
+        batching = false
         [[fault]]
         at = 1
         kind = "kill"
@@ -354,10 +360,17 @@ def test_the_model_table_and_fraction_faults_parse() -> None:
         kind = "rejoin"
         fraction = 0.25
         """), source="m.toml")
-    assert (s.model.clients, s.model.latency_ms, s.model.hedge) == (7, 12.5, False)
-    assert (s.model.max_price, s.model.preference) == (20.0, "0.7")
-    assert s.model.speed_spread == ModelSettings().speed_spread
+    v = s.virtual
+    assert (v.clients, v.latency_ms, v.hedge) == (7, 12.5, False)
+    assert (v.max_price, v.preference) == (20.0, "0.7")
+    assert (v.max_queue_delay_ms, v.batching) == (50.0, False)
+    assert v.speed_spread == VirtualSettings().speed_spread
     assert [(f.kind, f.node, f.fraction) for f in s.faults] == [
         (FaultKind.KILL, None, 0.25), (FaultKind.REJOIN, None, 0.25)]
     assert s.faults[0].describe() == "kill 25% of the nodes"
-    assert parse_scenario("").model == ModelSettings()
+    assert parse_scenario("").virtual == VirtualSettings()
+
+
+def test_the_old_name_of_the_virtual_table_still_reads() -> None:
+    s = parse_scenario("[model]\nclients = 7\nhedge = false\n", source="old.toml")
+    assert s.virtual == VirtualSettings(clients=7, hedge=False)

@@ -1,4 +1,4 @@
-"""`swarm simnet model`: a whole swarm in virtual time, at small scale (seconds of wall time)."""
+"""`swarm simnet virtual`: a whole swarm in virtual time, at small scale (seconds of wall time)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from swarm.cli import main as swarm_main
-from swarm.simnet._model import ModelResult, default_model_scenario, gini, load_spread, run_model
+from swarm.node import BatchPolicy, Dispatch, QueueView, Wait
+from swarm.scheduler import Observations
 from swarm.simnet._scenario import Scenario, parse_scenario
+from swarm.simnet._virtual import VirtualResult, default_virtual_scenario, run_virtual_swarm
+from swarm.simnet._virtual_stats import gini, load_spread
 
 # 50 providers in two groups, 5 clients; adverts every 5 s so that views follow faults
 # within the test's minute (TTL 12.5 s).
@@ -41,28 +44,28 @@ timeout = 30
 [[workload.model]]
 name = "org/chat"
 inputs = "text"
-[model]
+[virtual]
 clients = 5
 speed_spread = {spread}
-{model}
+{virtual}
 {faults}
 """
 
 
 def scenario(*, cheap: int = 10, dear: int = 10, slowdown: float = 1, spread: float = 4,
-             model: str = "", faults: str = "") -> Scenario:
+             virtual: str = "", faults: str = "") -> Scenario:
     return parse_scenario(BASE.format(cheap=cheap, dear=dear, slowdown=slowdown, spread=spread,
-                                      model=model, faults=textwrap.dedent(faults)),
+                                      virtual=virtual, faults=textwrap.dedent(faults)),
                           source="test.toml")
 
 
-def served_by_group(result: ModelResult) -> Counter[int]:
+def served_by_group(result: VirtualResult) -> Counter[int]:
     group = {p["index"]: p["group"] for p in result.providers}
     return Counter(group[r.node] for r in result.records if r.ok and r.node is not None)
 
 
 def test_a_small_swarm_serves_everything_and_its_views_converge() -> None:
-    result = run_model(scenario())
+    result = run_virtual_swarm(scenario())
     s, st = result.summary, result.stats
     assert s.requests > 250  # ~5/s for 60 s
     assert (s.ok, s.lost, dict(s.errors)) == (s.requests, 0, {})
@@ -81,19 +84,19 @@ def test_a_small_swarm_serves_everything_and_its_views_converge() -> None:
 
 def test_same_seed_same_run_and_another_seed_another() -> None:
     small = dataclasses.replace(scenario(), duration=20)
-    first, again = run_model(small), run_model(small)
+    first, again = run_virtual_swarm(small), run_virtual_swarm(small)
     assert first.records == again.records
     assert first.summary == again.summary
     assert first.providers == again.providers
     assert first.views == again.views
-    other = run_model(dataclasses.replace(small, seed=4))
+    other = run_virtual_swarm(dataclasses.replace(small, seed=4))
     assert other.records != first.records
 
 
 _RUN = """
 import hashlib, sys
-from swarm.simnet._model import default_model_scenario, run_model
-r = run_model(default_model_scenario(30, duration=15, seed=7))
+from swarm.simnet._virtual import default_virtual_scenario, run_virtual_swarm
+r = run_virtual_swarm(default_virtual_scenario(30, duration=15, seed=7))
 print(hashlib.sha256(repr(r.records).encode()).hexdigest(), r.stats.adverts)
 """
 
@@ -110,7 +113,7 @@ def test_same_seed_same_run_in_processes_with_different_hash_seeds() -> None:
 
 
 def test_a_crash_loses_no_request_that_had_time_to_retry() -> None:
-    result = run_model(scenario(faults="""
+    result = run_virtual_swarm(scenario(faults="""
         [[fault]]
         at = 20
         kind = "kill"
@@ -131,7 +134,7 @@ def test_a_crash_loses_no_request_that_had_time_to_retry() -> None:
 
 
 def test_leaving_and_rejoining_providers_lose_nothing() -> None:
-    result = run_model(scenario(faults="""
+    result = run_virtual_swarm(scenario(faults="""
         [[fault]]
         at = 10
         kind = "leave"
@@ -150,7 +153,7 @@ def test_leaving_and_rejoining_providers_lose_nothing() -> None:
 
 
 def test_slow_providers_get_less_traffic() -> None:
-    result = run_model(scenario(slowdown=4, spread=1))
+    result = run_virtual_swarm(scenario(slowdown=4, spread=1))
     fast, slow = served_by_group(result)[0], served_by_group(result)[1]
     assert result.summary.lost == 0
     assert slow < 0.25 * (fast + slow)
@@ -158,7 +161,7 @@ def test_slow_providers_get_less_traffic() -> None:
 
 
 def test_price_caps_are_respected() -> None:
-    result = run_model(scenario(cheap=5, dear=50, model="max_price = 10"))
+    result = run_virtual_swarm(scenario(cheap=5, dear=50, virtual="max_price = 10"))
     s = result.summary
     assert s.lost == 0
     assert served_by_group(result)[1] == 0
@@ -167,8 +170,8 @@ def test_price_caps_are_respected() -> None:
 
 
 def test_a_price_cap_nobody_meets_loses_every_request_as_no_provider() -> None:
-    result = run_model(dataclasses.replace(
-        scenario(cheap=50, dear=50, model="max_price = 10"), duration=5))
+    result = run_virtual_swarm(dataclasses.replace(
+        scenario(cheap=50, dear=50, virtual="max_price = 10"), duration=5))
     assert result.summary.ok == 0
     assert set(result.summary.errors) == {"NO_PROVIDER"}
     assert not result.summary.kept
@@ -185,17 +188,21 @@ def test_load_spread_numbers() -> None:
 
 def test_cli_prints_a_summary_and_writes_the_report(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code = swarm_main(["simnet", "model", "--nodes", "20", "--clients", "3", "--duration", "10",
+    code = swarm_main(["simnet", "virtual", "--nodes", "20", "--clients", "3", "--duration", "10",
                        "--seed", "2", "--report", str(tmp_path), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert "PASS" in out
     assert "load spread" in out
     assert "events/wall s" in out
+    assert "hedges" in out
+    assert "items per batch" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["summary"]["kept"] is True
-    assert report["model"]["providers"] == 20
-    assert report["model"]["clients"] == 3
+    assert report["virtual"]["providers"] == 20
+    assert report["virtual"]["clients"] == 3
+    assert report["virtual"]["hedges"] >= 0
+    assert sum(report["virtual"]["batch_sizes"].values()) > 0
     assert len(report["requests"]) == report["summary"]["requests"] > 0
     assert len(report["providers"]) == 20
     assert {p.name for p in tmp_path.iterdir()} == {"report.json", "summary.md", "latency.png",
@@ -206,15 +213,15 @@ def test_cli_rejects_bad_settings_and_up_rejects_fractions(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
     with pytest.raises(SystemExit) as exited:
-        swarm_main(["simnet", "model", "--nodes", "5", "--clients", "0"])
+        swarm_main(["simnet", "virtual", "--nodes", "5", "--clients", "0"])
     assert exited.value.code == 2
     assert "--clients: must be at least 1" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
-    bad.write_text(BASE.format(cheap=1, dear=1, slowdown=1, spread=0.5, model="", faults=""))
-    assert swarm_main(["simnet", "model", "--scenario", str(bad)]) == 2
-    assert "model.speed_spread must be >= 1" in capsys.readouterr().err
+    bad.write_text(BASE.format(cheap=1, dear=1, slowdown=1, spread=0.5, virtual="", faults=""))
+    assert swarm_main(["simnet", "virtual", "--scenario", str(bad)]) == 2
+    assert "virtual.speed_spread must be >= 1" in capsys.readouterr().err
     frac = tmp_path / "frac.toml"
-    frac.write_text(BASE.format(cheap=1, dear=1, slowdown=1, spread=1, model="",
+    frac.write_text(BASE.format(cheap=1, dear=1, slowdown=1, spread=1, virtual="",
                                 faults="[[fault]]\nat = 1\nkind = \"kill\"\nfraction = 0.5\n"))
     assert swarm_main(["simnet", "up", "--scenario", str(frac)]) == 2
     assert "fraction" in capsys.readouterr().err
@@ -222,7 +229,7 @@ def test_cli_rejects_bad_settings_and_up_rejects_fractions(tmp_path: Path,
 
 @pytest.mark.slow
 def test_a_medium_swarm_in_virtual_time() -> None:
-    result = run_model(default_model_scenario(300, duration=120, seed=1))
+    result = run_virtual_swarm(default_virtual_scenario(300, duration=120, seed=1))
     st = result.stats
     assert result.summary.lost == 0
     assert st.providers == 300
@@ -230,3 +237,87 @@ def test_a_medium_swarm_in_virtual_time() -> None:
     assert st.convergence_s is not None
     assert st.load.used > 200  # most providers get some work; the fast ones most
     assert st.load.slowest_quarter < st.load.fastest_quarter
+
+
+# ---------------------------------------------------------------- production code inside
+
+
+def test_the_scenarios_hedge_setting_reaches_the_production_router() -> None:
+    hedging = run_virtual_swarm(scenario())
+    plain = run_virtual_swarm(scenario(virtual="hedge = false"))
+    assert hedging.stats.hedges > 0
+    assert plain.stats.hedges == 0
+    assert hedging.records != plain.records
+    # A hedge is a second attempt of the same request.
+    assert sum(r.attempts for r in hedging.records) >= hedging.summary.requests + 1
+
+
+def test_a_change_to_the_production_router_changes_the_simulation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Router hedges by the client's overall p95 while it has too few samples of a
+    # provider (the usual case with many providers); without that it hedges less.
+    before = run_virtual_swarm(scenario())
+    monkeypatch.setattr(Observations, "overall_p95", lambda self: None)
+    after = run_virtual_swarm(scenario())
+    assert after.stats.hedges < before.stats.hedges
+
+
+# Four equal providers of a fast model; two bursts at 40x the base rate.
+BURSTY = """
+name = "bursty"
+duration = 20
+seed = 5
+[nodes]
+advert_interval = 5
+[[nodes.group]]
+count = 4
+models = ["org/embed"]
+[workload]
+shape = "burst"
+rate = 5
+burst_rate = 200
+bursts = [{{at = 5, length = 3}}, {{at = 12, length = 3}}]
+timeout = 30
+[[workload.model]]
+name = "org/embed"
+inputs = "vector"
+[virtual]
+clients = 2
+base_ms = 40
+per_item_ms = 5
+speed_spread = 1
+max_queue = 1024
+{virtual}
+"""
+
+
+def bursty(virtual: str) -> VirtualResult:
+    return run_virtual_swarm(parse_scenario(BURSTY.format(virtual=virtual), source="b.toml"))
+
+
+def test_providers_batch_by_the_nodes_policy() -> None:
+    eager = bursty("max_queue_delay_ms = 0")
+    patient = bursty("max_queue_delay_ms = 50")
+    alone = bursty("batching = false")
+    for result in (eager, patient, alone):
+        assert result.summary.lost == 0
+    # Requests that queue while a batch executes go together, at most max_batch items.
+    assert max(eager.stats.batch_sizes) == 8
+    # Waiting up to 50 ms for a fuller batch (while arrivals outpace execution): fewer,
+    # larger batches.
+    assert sum(patient.stats.batch_sizes.values()) < sum(eager.stats.batch_sizes.values())
+    assert patient.stats.mean_batch > eager.stats.mean_batch
+    # BatchPolicy(enabled=False): decide() dispatches one request at a time.
+    assert set(alone.stats.batch_sizes) == {1}
+    assert alone.summary.latency.p50 > eager.summary.latency.p50
+
+
+def test_batch_sizes_follow_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever decide() answers is what the simulated providers do.
+    import swarm.simnet._virtual_provider as provider
+
+    def one_at_a_time(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
+        return Wait(None) if not view.sizes or view.busy else Dispatch(1)
+
+    monkeypatch.setattr(provider, "decide", one_at_a_time)
+    assert set(bursty("").stats.batch_sizes) == {1}
