@@ -64,7 +64,7 @@ class SlowModel(Model):
     def execute(self, inputs: Any) -> Any:
         import time
 
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # deliberate: the slowness is what tests of routing measure
         return self.inner.execute(inputs)
 
     def example_inputs(self, batch_size: int) -> Any:

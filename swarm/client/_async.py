@@ -17,7 +17,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from swarm._errors import InvalidInputError, NoProviderError, SwarmError
+from swarm._clock import SYSTEM_CLOCK, Clock
+from swarm._errors import (
+    ClosedError,
+    ConfigError,
+    InvalidInputError,
+    NoProviderError,
+    SwarmError,
+    first_failure,
+)
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest
@@ -32,6 +40,7 @@ __all__ = ["AsyncClient"]
 
 DEFAULT_EMBED_MODEL = "builtin/minilm"
 MAX_MESSAGE_BYTES = 64 << 20
+_JOIN_SAMPLE = 0.05  # seconds between looks for a provider while joining
 
 Inputs = Any  # one array-like, or a mapping of input name -> array-like
 
@@ -43,23 +52,25 @@ class AsyncClient:
     arrays, and returns one array (single-output models) or a dict. In swarm mode
     each call may set `max_price` (micro-units per request), `preference`
     ("latency", "price" or a latency weight in [0, 1]) and `timeout`; the client's
-    own settings are the defaults.
+    own settings are the defaults. `clock` stands in for the system clock (tests).
     """
 
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float | Preference = "latency", hedge: bool = True,
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
-                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None) -> None:
+                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         if bool(address) == bool(bootstrap or peer):
-            raise SwarmError("give a node address, or bootstrap addresses to join the swarm")
+            raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
         self.timeout = timeout
         self._routing = RoutingOptions(max_price=max_price, preference=_preference(preference),
                                        timeout=timeout or 30.0, hedge=hedge)
         self._join_timeout = join_timeout
-        self._peer = peer if peer is not None else (LightPeer.libp2p(bootstrap) if bootstrap
-                                                     else None)
+        self._clock = clock  # joins, deadlines and routing read it; a given `peer` has its own
+        self._peer = peer if peer is not None else (
+            LightPeer.libp2p(bootstrap, clock=clock) if bootstrap else None)
         self._router: Router | None = None
         # Namespace -> publisher keys (Ed25519, raw or hex as `swarm model key` prints)
         # that may move its tags; namespaces not listed are bound to the first publisher
@@ -86,13 +97,13 @@ class AsyncClient:
     @property
     def router(self) -> Router:
         if self._router is None:
-            raise SwarmError("this client talks to one node, not to the swarm")
+            raise ConfigError("this client talks to one node, not to the swarm")
         return self._router
 
     async def start(self) -> None:
         """Join the swarm (swarm mode; called on first use). Idempotent."""
         if self._closed:
-            raise SwarmError("client is closed")
+            raise ClosedError("client is closed")
         async with self._started:
             if self._peer is None or self._router is not None:
                 return
@@ -103,23 +114,24 @@ class AsyncClient:
             # node), never through what providers claim in their adverts.
             self._tags = RegistryAgent(
                 peer.gossip, None, view=lambda: peer.view,
-                config=RegistryConfig(allowlist=self._allowlist, volunteer=False))
+                config=RegistryConfig(allowlist=self._allowlist, volunteer=False),
+                clock=self._clock)
             self._tags_task = asyncio.create_task(self._tags.run(), name="client-tags")
-            self._router = Router(lambda: peer.view, signed_tags=self._tags.signed_targets)
+            self._router = Router(lambda: peer.view, signed_tags=self._tags.signed_targets,
+                                  clock=self._clock)
 
     async def _provider_of(self, model: str) -> Digest:
         """Wait (up to join_timeout) until some provider of `model` is in the view."""
         await self.start()
         router = self.router
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._join_timeout
+        deadline = self._clock.monotonic() + self._join_timeout
         while True:
             try:
                 return router.resolve(model)
             except NoProviderError:
-                if loop.time() >= deadline:
+                if self._clock.monotonic() >= deadline:
                     raise
-            await asyncio.sleep(0.05)
+            await self._clock.sleep(_JOIN_SAMPLE)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -146,12 +158,12 @@ class AsyncClient:
 
     def _direct(self) -> pb_grpc.GRPCInferenceServiceStub:
         if self._stub is None:
-            raise SwarmError("no direct node connection in swarm mode")
+            raise ConfigError("no direct node connection in swarm mode")
         return self._stub
 
     async def _rpc(self, method: Any, request: Any, target: str, timeout: float | None) -> Any:
         if self._closed:
-            raise SwarmError("client is closed")
+            raise ClosedError("client is closed")
         try:
             return await method(request, timeout=timeout if timeout is not None else self.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -312,8 +324,8 @@ class AsyncClient:
             async with asyncio.TaskGroup() as tg:
                 for i, x in enumerate(items):
                     tg.create_task(one(i, x))
-        except* SwarmError as group:  # the first failure cancels the rest; report it as itself
-            raise group.exceptions[0] from None
+        except* SwarmError as group:  # the first failure cancels the rest: raise it as itself
+            raise first_failure(group) from None
         return [r for r in results if r is not None]
 
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,

@@ -11,7 +11,6 @@ the batch is full, reaches a preferred size, or its oldest request has waited
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from swarm._clock import SYSTEM_CLOCK, Clock, wait_within
 from swarm._errors import (
     DeadlineExceededError,
     InferenceError,
@@ -43,9 +43,6 @@ __all__ = [
     "Wait",
     "decide",
 ]
-
-Clock = Callable[[], float]
-
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
@@ -167,9 +164,13 @@ class BatcherHooks:
 
 
 class Batcher:
-    """Queues requests for one model version and executes them in batches off the loop."""
+    """Queues requests for one model version and executes them in batches off the loop.
 
-    def __init__(self, model: Model, policy: BatchPolicy, *, clock: Clock = time.monotonic,
+    `clock` times the queue (arrival gaps, waits, deadlines: a request's `deadline`
+    is on its `monotonic()`) and the policy's Wait is a sleep on it.
+    """
+
+    def __init__(self, model: Model, policy: BatchPolicy, *, clock: Clock = SYSTEM_CLOCK,
                  hooks: BatcherHooks | None = None) -> None:
         self.model = model
         self.policy = policy
@@ -213,7 +214,7 @@ class Batcher:
             raise OverloadedError(
                 f"{self.model.name}: queue full ({self.policy.max_queue_size} requests)"
             )
-        now = self._clock()
+        now = self._clock.monotonic()
         if deadline is not None and deadline <= now:
             self._hooks.on_expired(1)
             raise DeadlineExceededError("deadline passed before the request was queued")
@@ -261,18 +262,13 @@ class Batcher:
         """Serve the queue until cancelled; cancellation fails what is still queued."""
         try:
             while True:
-                now = self._clock()
+                now = self._clock.monotonic()
                 decision = decide(self.policy, self._view(now))
                 if isinstance(decision, Wait):
                     if not self._queue:
                         self._idle.set()
                     self._wakeup.clear()
-                    if decision.seconds is None:
-                        await self._wakeup.wait()
-                    else:
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(decision.seconds):
-                                await self._wakeup.wait()
+                    await wait_within(self._clock, self._wakeup.wait(), decision.seconds)
                     continue
                 batch = self._take(decision.requests, now)
                 if batch:
@@ -310,7 +306,7 @@ class Batcher:
             raise
         finally:
             self._busy = False
-        elapsed = self._clock() - started
+        elapsed = self._clock.monotonic() - started
         self._execution_time.update(elapsed)
         if elapsed > 0:
             self._items_per_second.update(timing.batch_size / elapsed)

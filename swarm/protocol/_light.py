@@ -7,12 +7,15 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
+from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm.protocol._gossip import Gossip
 from swarm.protocol._identity import Identity
 from swarm.protocol._membership import Membership, MembershipConfig
 from swarm.protocol._view import PeerView
 
 __all__ = ["LightPeer"]
+
+_SETTLE_SAMPLE = 0.1  # seconds between looks at the view while settling
 
 GossipStarter = Callable[[Identity], Awaitable[Gossip]]
 
@@ -31,17 +34,20 @@ def libp2p_starter(bootstrap: Sequence[str], host: str = "127.0.0.1") -> GossipS
 class LightPeer:
     """`async with LightPeer.libp2p([addr]) as peer: peer.view` — a live PeerView."""
 
-    def __init__(self, starter: GossipStarter, *, config: MembershipConfig | None = None) -> None:
+    def __init__(self, starter: GossipStarter, *, config: MembershipConfig | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._starter = starter
         self._config = config or MembershipConfig()
+        self._clock = clock
         self.identity = Identity.generate()  # ephemeral: a light peer signs nothing
         self.gossip: Gossip | None = None
         self.membership: Membership | None = None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def libp2p(cls, bootstrap: Sequence[str], *, host: str = "127.0.0.1") -> LightPeer:
-        return cls(libp2p_starter(bootstrap, host))
+    def libp2p(cls, bootstrap: Sequence[str], *, host: str = "127.0.0.1",
+               clock: Clock = SYSTEM_CLOCK) -> LightPeer:
+        return cls(libp2p_starter(bootstrap, host), clock=clock)
 
     @property
     def view(self) -> PeerView:
@@ -51,7 +57,7 @@ class LightPeer:
 
     async def start(self) -> None:
         self.gossip = await self._starter(self.identity)
-        self.membership = Membership(self.gossip, config=self._config)
+        self.membership = Membership(self.gossip, config=self._config, clock=self._clock)
         self._task = asyncio.create_task(self.membership.run(), name="light-peer")
 
     async def close(self) -> None:
@@ -65,18 +71,21 @@ class LightPeer:
             self.gossip = None
 
     async def settle(self, timeout: float, quiet: float = 1.5) -> PeerView:
-        """Wait until no new peer appeared for `quiet` seconds (or `timeout` passed)."""
+        """Wait until no new peer appeared for `quiet` seconds (or `timeout` passed).
+
+        The view's size is sampled every 0.1 s on the peer's clock.
+        """
         assert self.membership is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = self._clock.monotonic() + timeout
         count = -1
-        while loop.time() < deadline:
+        changed_at = 0.0
+        while (now := self._clock.monotonic()) < deadline:
             if len(self.view) != count:
                 count = len(self.view)
-                changed_at = loop.time()
-            elif count > 0 and loop.time() - changed_at >= quiet:
+                changed_at = now
+            elif count > 0 and now - changed_at >= quiet:
                 break
-            await asyncio.sleep(0.1)
+            await self._clock.sleep(min(_SETTLE_SAMPLE, deadline - now))
         return self.view
 
     async def __aenter__(self) -> LightPeer:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from swarm._clock import Clock, SystemClock
+from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm._errors import IntegrityError
 from swarm.protocol import _advert
 from swarm.protocol._advert import Advert
@@ -89,7 +89,7 @@ def significant_change(old: Advert | None, new: Advert) -> bool:
 class RateLimiter:
     """Token bucket per key; thread-safe (libp2p validators run on the transport's thread)."""
 
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float],
+    def __init__(self, rate: float, burst: float, clock: Clock = SYSTEM_CLOCK,
                  max_keys: int = 100_000) -> None:
         self.rate = rate
         self.burst = burst
@@ -99,7 +99,7 @@ class RateLimiter:
         self._max_keys = max_keys
 
     def allow(self, key: object) -> bool:
-        now = self._clock()
+        now = self._clock.monotonic()
         with self._lock:
             tokens, last = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
@@ -123,10 +123,14 @@ class Membership:
     """Keeps `view` current from gossip; publishes our adverts when `source` is given.
 
     A light peer (a client) passes no identity/source: it only listens.
+
+    `clock` is read for every admission, expiry and advert timestamp. Its periodic
+    waits are the event loop's timers, so the clock must run with the loop: the
+    system clock on a real loop, simnet's VirtualClock on its virtual-time loop.
     """
 
     def __init__(self, gossip: Gossip, *, identity: Identity | None = None,
-                 source: Callable[[], Advert] | None = None, clock: Clock | None = None,
+                 source: Callable[[], Advert] | None = None, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None,
                  config: MembershipConfig = MembershipConfig()) -> None:
         if (identity is None) != (source is None):
@@ -135,11 +139,10 @@ class Membership:
         self.config = config
         self._identity = identity
         self._source = source
-        self._clock = clock or SystemClock()
+        self._clock = clock
         self._rng = rng or random.Random()
         self._view = PeerView(own=identity.peer_id if identity else None)
-        self._limiter = RateLimiter(config.rate_per_second, config.rate_burst,
-                                    self._clock.monotonic)
+        self._limiter = RateLimiter(config.rate_per_second, config.rate_burst, clock)
         self._changed = asyncio.Event()
         self._view_changed = asyncio.Event()
         self._last_published: Advert | None = None

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm._errors import IntegrityError, ModelNotFoundError, SwarmError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
@@ -175,8 +176,8 @@ class RegistryAgent:
     peer's registry service by address; `on_stored(digest)` runs when a fetch
     completes a version here (the node re-advertises what it stores). Every
     random choice (jitter, volunteering, sync peer, holder order) draws from
-    `rng`; waits are asyncio sleeps, which simnet's virtual-time loop drives.
-    The agent takes no timestamps, so it needs no clock.
+    `rng`; every wait (jitter, sync and replication periods) is a sleep on `clock`
+    (a FakeClock in tests). The agent takes no timestamps.
 
     Without a store (`manifests=None`, a client's light peer) it only tracks signed
     tags: it receives, validates and syncs them, and resolves references; it never
@@ -187,7 +188,8 @@ class RegistryAgent:
                  view: Callable[[], PeerView], config: RegistryConfig = RegistryConfig(),
                  rng: random.Random | None = None,
                  connect: Connect = RegistryClient,
-                 on_stored: Callable[[Digest], None] = lambda digest: None) -> None:
+                 on_stored: Callable[[Digest], None] = lambda digest: None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         if manifests is None and config.volunteer:
             raise ValueError("an agent without a store cannot volunteer to store versions")
         self.config = config
@@ -197,6 +199,7 @@ class RegistryAgent:
         self._rng = rng or random.Random()
         self._connect = connect
         self._on_stored = on_stored
+        self._clock = clock
         self._state = TagState()
         self._signed: dict[tuple[str, str], bytes] = {}
         self._changed = asyncio.Event()
@@ -412,7 +415,7 @@ class RegistryAgent:
         chosen = volunteer(self._view(), pinned, own, self.config.replication_factor, self._rng)
         fetched = []
         for digest in chosen:
-            await asyncio.sleep(self._rng.uniform(0, self.config.jitter))
+            await self._clock.sleep(self._rng.uniform(0, self.config.jitter))
             # Others may have stepped forward during the jitter.
             if not under_replicated(self._view(), digest, self.config.replication_factor):
                 continue
@@ -469,7 +472,7 @@ class RegistryAgent:
                 delay = self.config.sync_interval * self._rng.uniform(0.5, 1.5)
             else:
                 delay, retry = retry, min(retry * 2, _FIRST_SYNC_RETRY_MAX)
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             if any(e.advert.endpoints for e in self._view()):
                 before = self.counters["tag_syncs"]
                 await self.sync()
@@ -477,6 +480,7 @@ class RegistryAgent:
 
     async def _replicator(self) -> None:
         while True:
-            await asyncio.sleep(self.config.replicate_interval * self._rng.uniform(0.5, 1.5))
+            await self._clock.sleep(
+                self.config.replicate_interval * self._rng.uniform(0.5, 1.5))
             await self.replicate_once()
 

@@ -20,20 +20,21 @@ failed fetches with backoff; a version that fails to load is not retried until
 the tag moves again.
 
 The node is reached through two small protocols, `Deployment` and `Served`, so
-this runs (and is tested) without the real node.
+this runs (and is tested) without the real node. Lingering and retry backoff are
+sleeps on the injected clock (a FakeClock in tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from swarm._clock import SYSTEM_CLOCK, Clock, wait_within
 from swarm._errors import ModelLoadError, SwarmError
 from swarm._types import Digest
 
@@ -119,14 +120,17 @@ class Rollout(Generic[M]):
     """Switches the versions a deployment serves; one switch per name at a time.
 
     `load(digest)` runs in a thread and returns the version loaded and warmed
-    up (raising on failure). `counters` is for the node's metrics.
+    up (raising on failure). `counters` is for the node's metrics. `clock` times
+    the linger and the retry backoff.
     """
 
     def __init__(self, deployment: Deployment[M], load: Callable[[Digest], M], *,
-                 config: RolloutConfig = RolloutConfig()) -> None:
+                 config: RolloutConfig = RolloutConfig(),
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._deployment = deployment
         self._load = load
         self.config = config
+        self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self.counters: dict[str, int] = {
             "rollouts": 0, "rollouts_failed": 0, "versions_retired": 0, "drain_timeouts": 0}
@@ -191,7 +195,7 @@ class Rollout(Generic[M]):
 
         Does nothing (False) if the version became the default again meanwhile.
         """
-        await asyncio.sleep(self.config.linger)
+        await self._clock.sleep(self.config.linger)
         async with self._lock(name):
             if self._deployment.current(name) == digest:
                 return False
@@ -199,12 +203,10 @@ class Rollout(Generic[M]):
         if served is None:
             return False
         try:
-            async with asyncio.timeout(self.config.drain_timeout):
-                await served.drain()
-        except TimeoutError:
-            self.counters["drain_timeouts"] += 1
-            log.warning("old version did not drain in time; unloading it anyway",
-                        extra={"model": name, "digest": digest.short})
+            if not await wait_within(self._clock, served.drain(), self.config.drain_timeout):
+                self.counters["drain_timeouts"] += 1
+                log.warning("old version did not drain in time; unloading it anyway",
+                            extra={"model": name, "digest": digest.short})
         finally:
             await served.close()
         self.counters["versions_retired"] += 1
@@ -247,9 +249,7 @@ class Rollout(Generic[M]):
             retry_in: float | None = None
             backoff = self.config.retry_initial
             while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(retry_in):
-                        await wake.wait()
+                await wait_within(self._clock, wake.wait(), retry_in)
                 wake.clear()
                 retry_in = None
                 target = latest

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from swarm.node._config import ModelOptions
 from swarm.node._runtime import Model
 from tests.conftest import NodeFactory
 from tests.node.fakes import GatedModel
+from tests.waiting import wait_until
 
 MLP = "builtin/mlp"
 MINILM = "builtin/minilm"
@@ -40,13 +40,6 @@ def node_embeddings(minilm: Model, texts: list[str]) -> np.ndarray:
 
 def client_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "swarm-client"]
-
-
-async def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def close(a: np.ndarray, b: np.ndarray) -> None:
@@ -146,7 +139,7 @@ async def test_async_errors_map_to_swarm_exceptions(node: Node) -> None:
             busy = asyncio.create_task(client.infer("test/gated", pair))
             await asyncio.to_thread(gated.running.wait, 10)
             queued = asyncio.create_task(client.infer("test/gated", pair))
-            await poll(lambda: batcher.queue_depth == 1)
+            await wait_until(lambda: batcher.queue_depth == 1, what="a request queued")
             with pytest.raises(swarm.OverloadedError):  # max_queue_size=1
                 await client.infer("test/gated", pair)
         finally:

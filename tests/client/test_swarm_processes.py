@@ -13,17 +13,15 @@ import pytest
 
 from swarm import AsyncClient
 from swarm.simnet._testing import start_swarm
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 
-async def wait_view(client: AsyncClient, n: int, timeout: float = 20.0) -> None:
+async def wait_view(client: AsyncClient, n: int) -> None:
     await client.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(client.router.view) < n:
-        assert loop.time() < deadline, f"saw {len(client.router.view)} of {n} providers"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: len(client.router.view) >= n, timeout=20,
+                     what=lambda: f"{n} providers in the view (saw {len(client.router.view)})")
 
 
 async def test_a_node_killed_mid_load_costs_zero_failed_requests(tmp_path: Path) -> None:
@@ -42,11 +40,7 @@ async def test_a_node_killed_mid_load_costs_zero_failed_requests(tmp_path: Path)
 
             run = asyncio.create_task(client.map("builtin/mlp", inputs, concurrency=8,
                                                  progress=progress))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while done < 100:  # well into the load
-                assert loop.time() < deadline
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: done >= 100, timeout=30, what="well into the load")
             await swarm.kill(1)  # SIGKILL: no drain, no goodbye advert
             results = await run  # raises if any request failed
             assert len(results) == 400

@@ -9,6 +9,7 @@ import asyncio
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from swarm.node._config import ModelOptions
 from swarm.node._runtime import Model
 from tests.conftest import NodeFactory
 from tests.node.fakes import GatedModel
+from tests.waiting import wait_until
 
 MLP = "builtin/mlp"
 MINILM = "builtin/minilm"
@@ -83,13 +85,6 @@ async def assert_minilm_serves(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     got = np.frombuffer(response.raw_output_contents[0], np.float32)
     assert got.shape == (384,)
     assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-4
-
-
-async def poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -331,13 +326,21 @@ async def test_tiny_deadline_while_busy_is_deadline_exceeded(start_node: NodeFac
             # A gRPC deadline that passes while the model is busy.
             code, _ = await infer_status(stub, request(), timeout=0.05)
             assert code is Code.DEADLINE_EXCEEDED
+            batcher = node.table.resolve(model.name).batcher
+
+            def live() -> list[Any]:  # peeks at the queue: live entries, not dead ones
+                return [p for p in batcher._queue if not p.future.done()]
+
+            await wait_until(lambda: not live(), what="the node has seen the cancellation")
             # The protocol's own "timeout" parameter (microseconds): the node answers itself.
             short = request()
             short.parameters["timeout"].int64_param = 1000
             server_side = asyncio.create_task(infer_status(stub, short))
-            served = node.table.resolve(model.name)
-            await poll(lambda: served.batcher.queue_depth >= 1)
-            await asyncio.sleep(0.002)  # let the 1 ms budget run out while queued
+            await wait_until(live, what="the request queued")
+            deadline = live()[0].deadline  # on the node's clock: the system's
+            assert deadline is not None
+            await wait_until(lambda: time.monotonic() > deadline,
+                             what="the 1 ms budget spent while queued")
         finally:
             model.gate.set()
         assert (await busy)[0] is Code.OK
@@ -366,7 +369,8 @@ async def test_full_queue_is_resource_exhausted(start_node: NodeFactory) -> None
         try:
             calls = [asyncio.create_task(infer_status(stub, request)) for _ in range(flood)]
             # With the model blocked, at most one request runs and one waits in the queue.
-            await poll(lambda: sum(c.done() for c in calls) >= flood - 2)
+            await wait_until(lambda: sum(c.done() for c in calls) >= flood - 2,
+                             what="all but two requests answered")
         finally:
             model.gate.set()
         codes = [code for code, _ in await asyncio.gather(*calls)]
@@ -397,9 +401,10 @@ async def test_abandoned_request_frees_its_queue_slot(start_node: NodeFactory) -
             def live() -> int:  # peeks at the queue: live entries, not dead ones
                 return sum(not p.future.done() for p in batcher._queue)
 
-            await poll(lambda: live() == 0)  # the node has seen the cancellation
+            await wait_until(lambda: live() == 0, what="the node has seen the cancellation")
             waiting = asyncio.create_task(infer_status(stub, request))
-            await poll(lambda: waiting.done() or live() == 1)
+            await wait_until(lambda: waiting.done() or live() == 1,
+                             what="the next request queued or refused")
             refused = waiting.done() and waiting.result()[0] is Code.RESOURCE_EXHAUSTED
         finally:
             model.gate.set()

@@ -10,10 +10,12 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
+from swarm._clock import FakeClock
 from swarm._errors import DeadlineExceededError, InferenceError, InvalidInputError, OverloadedError
 from swarm._types import Digest
 from swarm.node._batching import Batcher, BatcherHooks, BatchPolicy, BatchTiming
 from swarm.node._runtime import Model, ModelSpec, TensorSpec
+from tests.waiting import wait_until
 
 
 class FakeModel(Model):
@@ -57,9 +59,7 @@ def policy() -> BatchPolicy:
 
 
 async def run_batcher(batcher: Batcher) -> asyncio.Task[None]:
-    task = asyncio.create_task(batcher.run())
-    await asyncio.sleep(0)
-    return task
+    return asyncio.create_task(batcher.run())  # submit() queues whether or not it started
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -87,8 +87,7 @@ async def test_next_batch_forms_while_current_one_runs(policy: BatchPolicy) -> N
     await asyncio.to_thread(model.started.wait, 5)
     # While the first batch executes, five more requests arrive.
     rest = [asyncio.create_task(batcher.submit(row(i), 1)) for i in range(1, 6)]
-    await asyncio.sleep(0.01)
-    assert batcher.queue_depth == 5
+    await wait_until(lambda: batcher.queue_depth == 5, what="five requests queued")
     gate.set()
     await asyncio.gather(first, *rest)
     assert model.batches == [1, 5]
@@ -102,7 +101,8 @@ async def test_model_executes_off_the_event_loop(policy: BatchPolicy) -> None:
     task = await run_batcher(batcher)
     pending = asyncio.create_task(batcher.submit(row(1), 1))
     await asyncio.to_thread(model.started.wait, 5)
-    # The loop still runs while the model is blocked in execute().
+    # The loop still runs while the model is blocked in execute(): these real timers
+    # firing is what the test checks, not a wait for something else.
     ticks = 0
     for _ in range(5):
         await asyncio.sleep(0.001)
@@ -117,11 +117,12 @@ async def test_model_executes_off_the_event_loop(policy: BatchPolicy) -> None:
 
 async def test_lone_request_does_not_wait_out_the_delay() -> None:
     policy = BatchPolicy(max_batch_size=8, max_queue_delay=2.0)
-    batcher = Batcher(FakeModel(), policy)
+    clock = FakeClock()  # never moved: a batcher that waited out the delay would hang
+    batcher = Batcher(FakeModel(), policy, clock=clock)
     task = await run_batcher(batcher)
-    t0 = time.perf_counter()
-    await batcher.submit(row(1), 1)
-    assert time.perf_counter() - t0 < 1.0
+    lone = asyncio.create_task(batcher.submit(row(1), 1))
+    await wait_until(lone, what="the lone request's answer, with the clock standing still")
+    assert lone.result().outputs["y"][0, 0] == 2
     await stop(task)
 
 
@@ -134,7 +135,7 @@ async def test_full_queue_is_refused_with_overloaded(policy: BatchPolicy) -> Non
     running = asyncio.create_task(batcher.submit(row(0), 1))
     await asyncio.to_thread(model.started.wait, 5)
     queued = [asyncio.create_task(batcher.submit(row(i), 1)) for i in (1, 2)]
-    await asyncio.sleep(0)
+    await wait_until(lambda: batcher.queue_depth == 2, what="the queue full")
     with pytest.raises(OverloadedError):
         await batcher.submit(row(3), 1)
     gate.set()
@@ -146,14 +147,17 @@ async def test_expired_request_is_answered_without_computing(policy: BatchPolicy
     gate = threading.Event()
     model = FakeModel(gate)
     expired: list[int] = []
-    batcher = Batcher(model, policy, hooks=BatcherHooks(on_expired=expired.append))
+    clock = FakeClock()
+    batcher = Batcher(model, policy, clock=clock, hooks=BatcherHooks(on_expired=expired.append))
     task = await run_batcher(batcher)
     running = asyncio.create_task(batcher.submit(row(0), 1))
     await asyncio.to_thread(model.started.wait, 5)
-    loop_now = time.monotonic()
-    doomed = asyncio.create_task(batcher.submit(row(7), 1, deadline=loop_now + 0.02))
-    alive = asyncio.create_task(batcher.submit(row(8), 1, deadline=loop_now + 30))
-    await asyncio.sleep(0.05)  # doomed's deadline passes while it is queued
+    now = clock.monotonic()
+    doomed = asyncio.create_task(batcher.submit(row(7), 1, deadline=now + 0.02))
+    alive = asyncio.create_task(batcher.submit(row(8), 1, deadline=now + 30))
+    await wait_until(lambda: batcher.queue_depth == 2, what="both requests queued")
+    # Doomed's deadline passes while it is queued (and both have waited out the delay).
+    clock.advance(1.0)
     gate.set()
     await running
     with pytest.raises(DeadlineExceededError):
@@ -170,7 +174,7 @@ async def test_deadline_already_passed_is_refused_at_once(policy: BatchPolicy) -
     batcher = Batcher(model, policy)
     task = await run_batcher(batcher)
     with pytest.raises(DeadlineExceededError):
-        await batcher.submit(row(1), 1, deadline=time.monotonic() - 1)
+        await batcher.submit(row(1), 1, deadline=time.monotonic() - 1)  # the default clock
     assert model.batches == []
     await stop(task)
 
@@ -184,7 +188,7 @@ async def test_cancelled_request_is_skipped(policy: BatchPolicy) -> None:
     await asyncio.to_thread(model.started.wait, 5)
     gone = asyncio.create_task(batcher.submit(row(1), 1))
     kept = asyncio.create_task(batcher.submit(row(2, 3), 3))
-    await asyncio.sleep(0)
+    await wait_until(lambda: batcher.queue_depth == 2, what="both requests queued")
     gone.cancel()
     gate.set()
     await asyncio.gather(running, kept)
@@ -202,7 +206,7 @@ async def test_batch_never_exceeds_max_and_oversized_request_is_refused() -> Non
     first = asyncio.create_task(batcher.submit(row(0), 1))
     await asyncio.to_thread(model.started.wait, 5)
     rest = [asyncio.create_task(batcher.submit(row(i, 3), 3)) for i in range(3)]
-    await asyncio.sleep(0)
+    await wait_until(lambda: batcher.queue_depth == 3, what="three requests queued")
     gate.set()
     await asyncio.gather(first, *rest)
     assert model.batches == [1, 3, 3, 3]
@@ -232,7 +236,7 @@ async def test_cancelling_the_batcher_fails_what_is_queued(policy: BatchPolicy) 
     running = asyncio.create_task(batcher.submit(row(0), 1))
     await asyncio.to_thread(model.started.wait, 5)
     queued = asyncio.create_task(batcher.submit(row(1), 1))
-    await asyncio.sleep(0)
+    await wait_until(lambda: batcher.queue_depth == 1, what="a request queued")
     task.cancel()
     gate.set()
     with pytest.raises(asyncio.CancelledError):

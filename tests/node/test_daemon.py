@@ -11,7 +11,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm.node._runtime import Model
 from swarm.protocol import Identity
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -99,13 +100,6 @@ async def daemon(data_dir: Path, *extra: str) -> AsyncIterator[Daemon]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-
-
-async def poll(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():  # type: ignore[misc]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def http_get(url: str) -> tuple[int, str]:
@@ -199,7 +193,7 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: 
                 done = values.get("swarm_requests_total", 0)
                 return done < count and values.get("swarm_queue_depth", 0) + done + 1 >= count
 
-            await poll(all_accepted)
+            await wait_until(all_accepted, timeout=20, what="every request accepted")
             stopped_at = time.monotonic()
             node.process.send_signal(signal.SIGTERM)
 
@@ -210,7 +204,7 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: 
                     return True  # already gone
                 return status == 503
 
-            await poll(draining)
+            await wait_until(draining, timeout=20, what="the node reports draining")
             # New work is refused at once, not left to hang. grpc core answers CANCELLED
             # instead of UNAVAILABLE for a call it received but never handed to the server
             # before stopping (grpc/grpc#41785); the SDK reports both as UnavailableError.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -22,6 +21,7 @@ from swarm.node._config import ModelOptions
 from swarm.node._runtime import Model
 from tests.conftest import NodeFactory
 from tests.node.fakes import GatedModel
+from tests.waiting import wait_until
 
 MLP = "builtin/mlp"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -97,10 +97,8 @@ async def test_queue_depth_gauge_follows_the_queue(start_node: NodeFactory) -> N
         try:
             calls = [asyncio.create_task(client.infer(model.name, {"a": x, "b": x}))
                      for _ in range(3)]
-            deadline = time.monotonic() + 10
-            while node.table.resolve(model.name).batcher.queue_depth < 2:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.005)
+            await wait_until(lambda: node.table.resolve(model.name).batcher.queue_depth >= 2,
+                             what="two requests queued behind the one executing")
             depth = value(parse((await scrape(node))[1]), "swarm_queue_depth", model=model.name)
         finally:
             model.gate.set()
@@ -122,10 +120,7 @@ async def test_http_health_endpoints(start_node: NodeFactory, mlp: Model) -> Non
                 pending = asyncio.create_task(client.infer(model.name, {"a": x, "b": x}))
                 await asyncio.to_thread(model.running.wait, 10)
                 node.request_stop()
-                deadline = time.monotonic() + 10
-                while node.is_ready():
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.005)
+                await wait_until(lambda: not node.is_ready(), what="the node draining")
                 live, ready = await scrape(node, "/healthz"), await scrape(node, "/readyz")
             finally:
                 model.gate.set()

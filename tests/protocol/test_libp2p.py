@@ -17,6 +17,7 @@ import pytest
 from swarm._errors import ConfigError
 from swarm._types import PeerId
 from swarm.protocol import GossipMessage, Identity, Libp2pConfig, Libp2pGossip, Validation
+from tests.waiting import wait_until
 
 TOPIC = "test/topic"
 PROBE = b"probe"
@@ -41,16 +42,6 @@ async def start() -> AsyncIterator[Start]:
         yield factory
     finally:
         await asyncio.gather(*(gossip.close() for gossip in started))
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `predicate()`; returns the seconds it took."""
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - t0
 
 
 async def next_or_none(sub: AsyncIterator[GossipMessage], timeout: float) -> GossipMessage | None:
@@ -92,8 +83,9 @@ async def test_three_hosts_deliver_everywhere_and_to_self(start: Start) -> None:
     a = await start()
     b = await start(a)
     c = await start(a)
-    await eventually(lambda: len(a.connected_peers()) == 2 and b.connected_peers() == [a.peer_id]
-                     and c.connected_peers() == [a.peer_id], 5, "B and C connected to A")
+    await wait_until(lambda: len(a.connected_peers()) == 2 and b.connected_peers() == [a.peer_id]
+                     and c.connected_peers() == [a.peer_id],
+                     timeout=5, what="B and C connected to A")
     hosts = (a, b, c)
     subs = {host: host.subscribe(TOPIC) for host in hosts}
     await warm_up(subs)
@@ -131,8 +123,9 @@ async def test_rejected_messages_are_not_forwarded(start: Start) -> None:
     b = await start(a)
     b.set_validator(TOPIC, b_validator)
     c = await start(b)
-    await eventually(lambda: len(b.connected_peers()) == 2 and a.connected_peers() == [b.peer_id]
-                     and c.connected_peers() == [b.peer_id], 5, "A and C connected to B only")
+    await wait_until(lambda: len(b.connected_peers()) == 2 and a.connected_peers() == [b.peer_id]
+                     and c.connected_peers() == [b.peer_id],
+                     timeout=5, what="A and C connected to B only")
     subs = {host: host.subscribe(TOPIC) for host in (a, b, c)}
     await warm_up(subs)
 
@@ -164,17 +157,17 @@ async def test_closed_peer_leaves_and_bootstrap_reconnects(start: Start) -> None
     a = await start(identity=a_identity)
     b = await start(a, bootstrap_backoff_max=0.5)
     c = await start(a)
-    await eventually(lambda: len(a.connected_peers()) == 2, 5, "A connected to B and C")
+    await wait_until(lambda: len(a.connected_peers()) == 2, timeout=5, what="A connected to B and C")
 
     await c.close()
-    await eventually(lambda: a.connected_peers() == [b.peer_id], 3, "A drops closed C")
+    await wait_until(lambda: a.connected_peers() == [b.peer_id], timeout=3, what="A drops closed C")
 
     port = int(a.listen_addrs[0].split("/tcp/")[1].split("/")[0])
     await a.close()
-    await eventually(lambda: b.connected_peers() == [], 3, "B drops closed A")
+    await wait_until(lambda: b.connected_peers() == [], timeout=3, what="B drops closed A")
     # A comes back on the same address: B's bootstrap loop redials it.
     a2 = await start(identity=a_identity, port=port)
-    await eventually(lambda: b.connected_peers() == [a2.peer_id], 5, "B reconnects to A")
+    await wait_until(lambda: b.connected_peers() == [a2.peer_id], timeout=5, what="B reconnects to A")
 
 
 async def test_close_stops_threads_and_ends_subscriptions() -> None:
@@ -184,7 +177,7 @@ async def test_close_stops_threads_and_ends_subscriptions() -> None:
         b = await Libp2pGossip.start(Identity.generate(), Libp2pConfig(bootstrap=(a.listen_addrs[0],)))
         try:
             sub_a, sub_b = a.subscribe(TOPIC), b.subscribe(TOPIC)
-            await eventually(lambda: a.connected_peers() == [b.peer_id], 5, "A connected to B")
+            await wait_until(lambda: a.connected_peers() == [b.peer_id], timeout=5, what="A connected to B")
             assert len({t.ident for t in threading.enumerate()} - before) >= 2
         finally:
             await b.close()
@@ -204,7 +197,7 @@ async def test_close_stops_threads_and_ends_subscriptions() -> None:
     def leftovers() -> list[str]:
         return [t.name for t in threading.enumerate() if t.ident not in before]
 
-    await eventually(lambda: not leftovers(), 2, "no threads left behind")
+    await wait_until(lambda: not leftovers(), timeout=2, what="no threads left behind")
 
 
 async def test_burst_is_delivered_completely(start: Start) -> None:
@@ -212,7 +205,7 @@ async def test_burst_is_delivered_completely(start: Start) -> None:
     a = await start()
     b = await start(a)
     subs = {a: a.subscribe(TOPIC), b: b.subscribe(TOPIC)}
-    await eventually(lambda: a.connected_peers() == [b.peer_id], 5, "A connected to B")
+    await wait_until(lambda: a.connected_peers() == [b.peer_id], timeout=5, what="A connected to B")
     await warm_up(subs)
     sent = [b"burst-%d" % i for i in range(200)]
     for data in sent:
@@ -243,7 +236,7 @@ async def test_slow_subscriber_drops_oldest(start: Start) -> None:
     sub = a.subscribe(TOPIC)
     for i in range(10):
         await a.publish(TOPIC, b"m%d" % i)
-    await eventually(lambda: a.dropped == 6, 3, "6 of 10 messages dropped")
+    await wait_until(lambda: a.dropped == 6, timeout=3, what="6 of 10 messages dropped")
     assert [m.data for m in await receive(sub, 4)] == [b"m6", b"m7", b"m8", b"m9"]
 
 
@@ -270,8 +263,8 @@ async def test_start_failures_raise_config_error(start: Start) -> None:
         Libp2pConfig(host="localhost")
 
     await a.close()
-    await eventually(lambda: {t.ident for t in threading.enumerate()} <= before, 2,
-                     "no threads left behind by failed starts")
+    await wait_until(lambda: {t.ident for t in threading.enumerate()} <= before,
+                     timeout=2, what="no threads left behind by failed starts")
 
 
 _PEER_SCRIPT = """
@@ -297,9 +290,10 @@ async def test_frozen_peer_is_dropped(start: Start) -> None:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         child = PeerId(line.decode().strip())
-        await eventually(lambda: child in a.connected_peers(), 5, "child connected")
+        await wait_until(lambda: child in a.connected_peers(), timeout=5, what="child connected")
         os.kill(proc.pid, signal.SIGSTOP)
-        took = await eventually(lambda: child not in a.connected_peers(), 12, "frozen peer dropped")
+        took = await wait_until(lambda: child not in a.connected_peers(),
+                                timeout=12, what="frozen peer dropped")
         print(f"frozen peer dropped after {took:.1f} s")
     finally:
         proc.kill()  # SIGKILL ends a stopped process too

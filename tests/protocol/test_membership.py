@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,7 +29,8 @@ from swarm.protocol import (
     _advert,
     significant_change,
 )
-from swarm.protocol.testing import MemoryNetwork
+from swarm.protocol.testing import MemoryGossip, MemoryNetwork
+from tests.waiting import wait_until
 
 INTERVAL = 0.5
 
@@ -39,16 +40,6 @@ def advert_of(identity: Identity, *, sequence: int, timestamp: float, ttl: float
     return Advert(identity.peer_id, ("127.0.0.1:1",),
                   (ModelOffer(Digest.of(b"m"), "test/m", max_batch_size=8),),
                   sequence=sequence, timestamp=timestamp, ttl=ttl, queue_depth=queue)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 @asynccontextmanager
@@ -82,7 +73,7 @@ async def test_nodes_discover_each_other_and_adverts_carry_capacity(
         tmp_path: Path, mlp: Model) -> None:
     network = MemoryNetwork(seed=1)
     async with swarm_of(3, tmp_path, mlp, network) as nodes:
-        assert await wait_for(lambda: sees_all(nodes), 5.0)
+        await wait_until(lambda: sees_all(nodes), what="every node sees the others")
         view = nodes[0].membership.view  # type: ignore[union-attr]
         entry = view.get(nodes[1].identity.peer_id)  # type: ignore[union-attr]
         assert entry is not None
@@ -103,21 +94,20 @@ async def test_killed_node_leaves_every_view_within_three_intervals(
         tmp_path: Path, mlp: Model) -> None:
     network = MemoryNetwork(seed=2)
     async with swarm_of(3, tmp_path, mlp, network) as nodes:
-        assert await wait_for(lambda: sees_all(nodes), 5.0)
+        await wait_until(lambda: sees_all(nodes), what="every node sees the others")
         victim = nodes[2].identity.peer_id  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         killed_at = loop.time()
         network.kill(victim)  # crash: no goodbye, no more adverts
-        gone = await wait_for(lambda: all(
-            victim not in n.membership.view for n in nodes[:2]), 3 * INTERVAL * 1.2 + 1)
-        assert gone
+        await wait_until(lambda: all(victim not in n.membership.view for n in nodes[:2]),
+                         timeout=3 * INTERVAL * 1.2 + 1, what="the victim gone from every view")
         assert loop.time() - killed_at <= 3 * INTERVAL * 1.2 + 0.5
 
 
 async def test_draining_node_advertises_it_before_stopping(tmp_path: Path, mlp: Model) -> None:
     network = MemoryNetwork(seed=3)
     async with swarm_of(2, tmp_path, mlp, network) as nodes:
-        assert await wait_for(lambda: sees_all(nodes), 5.0)
+        await wait_until(lambda: sees_all(nodes), what="both nodes see each other")
         leaving = nodes[1]
         peer = leaving.identity.peer_id  # type: ignore[union-attr]
         await leaving.stop()
@@ -126,21 +116,46 @@ async def test_draining_node_advertises_it_before_stopping(tmp_path: Path, mlp: 
         assert entry.advert.draining
 
 
+@dataclasses.dataclass
+class Hostile:
+    network: MemoryNetwork
+    membership: Membership  # the honest node's, on a FakeClock: no refill unless moved
+    rogue: Gossip
+    clock: FakeClock
+
+
 @pytest.fixture
-def hostile() -> tuple[MemoryNetwork, Membership, Gossip, Identity]:
+def hostile() -> Hostile:
     network = MemoryNetwork(seed=4, degree=0)
     honest_id = Identity.generate()
     honest = network.join(honest_id.peer_id)
     rogue = network.join(Identity.generate().peer_id)
     network.link(honest_id.peer_id, rogue.peer_id)
-    membership = Membership(honest, config=MembershipConfig(rate_per_second=1, rate_burst=3))
-    return network, membership, rogue, honest_id
+    clock = FakeClock()
+    membership = Membership(honest, config=MembershipConfig(rate_per_second=1, rate_burst=3),
+                            clock=clock)
+    return Hostile(network, membership, rogue, clock)
 
 
 async def run_membership(membership: Membership) -> asyncio.Task[None]:
     task = asyncio.create_task(membership.run())
-    await asyncio.sleep(0.01)
+    host = membership.gossip
+    assert isinstance(host, MemoryGossip)
+    await wait_until(lambda: host._subs.get(ADVERT_TOPIC), what="the advert subscription open")
     return task
+
+
+async def processed(h: Hostile) -> None:
+    """Return once the membership has been through everything the rogue sent so far.
+
+    A fresh peer's advert goes last; subscriptions deliver in order, so once it is in
+    the view, everything before it has been admitted or refused.
+    """
+    marker = Identity.generate()
+    await h.network.settle()
+    await h.rogue.publish(ADVERT_TOPIC, _advert.encode(
+        advert_of(marker, sequence=1, timestamp=h.clock.time()), marker))
+    await wait_until(lambda: marker.peer_id in h.membership.view, what="the marker admitted")
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -149,20 +164,17 @@ async def stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def test_forged_and_tampered_adverts_never_enter_the_view(hostile) -> None:  # type: ignore[no-untyped-def]
-    network, membership, rogue, _ = hostile
+async def test_forged_and_tampered_adverts_never_enter_the_view(hostile: Hostile) -> None:
+    membership, rogue, clock = hostile.membership, hostile.rogue, hostile.clock
     task = await run_membership(membership)
     victim = Identity.generate()
     attacker = Identity.generate()
-    now = asyncio.get_running_loop().time()
-    import time
-
-    good = _advert.encode(advert_of(victim, sequence=1, timestamp=time.time()), victim)
+    good = _advert.encode(advert_of(victim, sequence=1, timestamp=clock.time()), victim)
     # Tampered: flip a byte inside the signed payload.
     tampered = bytearray(good)
     tampered[12] ^= 0x01
     # Forged: the victim's peer id, signed by the attacker's key.
-    forged_payload = advert_of(victim, sequence=2, timestamp=time.time())
+    forged_payload = advert_of(victim, sequence=2, timestamp=clock.time())
     signed = _advert.encode(dataclasses.replace(forged_payload, peer_id=attacker.peer_id), attacker)
     from swarm._proto.swarm.v1 import advert_pb2
 
@@ -173,34 +185,31 @@ async def test_forged_and_tampered_adverts_never_enter_the_view(hostile) -> None
                                      signature=msg.signature).SerializeToString()
     for data in (bytes(tampered), forged, b"\x00garbage"):
         await rogue.publish(ADVERT_TOPIC, data)
-    await network.settle()
-    await asyncio.sleep(0.05)
-    assert len(membership.view) == 0
+    await processed(hostile)
+    assert len(membership.view) == 1  # the marker alone
+    assert victim.peer_id not in membership.view
     assert membership.counters["forged"] == 3
     await rogue.publish(ADVERT_TOPIC, good)
-    assert await wait_for(lambda: victim.peer_id in membership.view, 2.0)
-    assert now is not None
+    await wait_until(lambda: victim.peer_id in membership.view, what="the genuine advert admitted")
     await stop(task)
 
 
-async def test_replayed_and_stale_adverts_are_ignored(hostile) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    network, membership, rogue, _ = hostile
+async def test_replayed_and_stale_adverts_are_ignored(hostile: Hostile) -> None:
+    membership, rogue, clock = hostile.membership, hostile.rogue, hostile.clock
     task = await run_membership(membership)
     peer = Identity.generate()
-    first = _advert.encode(advert_of(peer, sequence=10, timestamp=time.time(), queue=1), peer)
-    newer = _advert.encode(advert_of(peer, sequence=11, timestamp=time.time(), queue=7), peer)
-    stale = _advert.encode(advert_of(peer, sequence=12, timestamp=time.time() - 3600), peer)
-    future = _advert.encode(advert_of(peer, sequence=13, timestamp=time.time() + 3600), peer)
+    now = clock.time()
+    first = _advert.encode(advert_of(peer, sequence=10, timestamp=now, queue=1), peer)
+    newer = _advert.encode(advert_of(peer, sequence=11, timestamp=now, queue=7), peer)
+    stale = _advert.encode(advert_of(peer, sequence=12, timestamp=now - 3600), peer)
+    future = _advert.encode(advert_of(peer, sequence=13, timestamp=now + 3600), peer)
     await rogue.publish(ADVERT_TOPIC, first)
     await rogue.publish(ADVERT_TOPIC, newer)
-    assert await wait_for(lambda: (e := membership.view.get(peer.peer_id)) is not None
-                          and e.advert.sequence == 11, 2.0)
+    await wait_until(lambda: (e := membership.view.get(peer.peer_id)) is not None
+                     and e.advert.sequence == 11, what="the newer advert admitted")
     for data in (first, stale, future):  # a replay of an older advert, a stale one, a future one
         await rogue.publish(ADVERT_TOPIC, data)
-    await network.settle()
-    await asyncio.sleep(0.05)
+    await processed(hostile)
     entry = membership.view.get(peer.peer_id)
     assert entry is not None
     assert entry.advert.sequence == 11
@@ -211,20 +220,25 @@ async def test_replayed_and_stale_adverts_are_ignored(hostile) -> None:  # type:
     await stop(task)
 
 
-async def test_a_flood_from_one_peer_is_rate_limited(hostile) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    network, membership, rogue, _ = hostile
+async def test_a_flood_from_one_peer_is_rate_limited(hostile: Hostile) -> None:
+    membership, rogue, clock = hostile.membership, hostile.rogue, hostile.clock
     task = await run_membership(membership)
     peer = Identity.generate()
     for seq in range(1, 51):
         await rogue.publish(ADVERT_TOPIC, _advert.encode(
-            advert_of(peer, sequence=seq, timestamp=time.time()), peer))
-    await network.settle()
-    await asyncio.sleep(0.05)
-    accepted = membership.counters["accepted"]
-    assert 1 <= accepted <= 4  # burst of 3, plus at most one refill in the test's time
-    assert membership.counters["rate_limited"] >= 46
+            advert_of(peer, sequence=seq, timestamp=clock.time()), peer))
+    await processed(hostile)
+    # The clock stood still: the burst of 3, and no refill.
+    assert membership.counters["accepted"] == 3 + 1  # and the marker
+    assert membership.counters["rate_limited"] == 47
+    entry = membership.view.get(peer.peer_id)
+    assert entry is not None
+    assert entry.advert.sequence == 3
+    clock.advance(1.0)  # one token back
+    await rogue.publish(ADVERT_TOPIC, _advert.encode(
+        advert_of(peer, sequence=51, timestamp=clock.time()), peer))
+    await wait_until(lambda: (e := membership.view.get(peer.peer_id)) is not None
+                     and e.advert.sequence == 51, what="the refilled token used")
     await stop(task)
 
 
@@ -241,7 +255,7 @@ async def test_our_own_advert_is_published_and_not_admitted() -> None:
     member = Membership(network.join(me.peer_id), identity=me, source=source,
                         config=MembershipConfig.fast())
     tasks = [asyncio.create_task(listener.run()), asyncio.create_task(member.run())]
-    assert await wait_for(lambda: me.peer_id in listener.view, 3.0)
+    await wait_until(lambda: me.peer_id in listener.view, what="our advert heard by the listener")
     entry = listener.view.get(me.peer_id)
     assert entry is not None
     assert abs(entry.advert.timestamp - time.time()) < 5
@@ -267,7 +281,7 @@ def test_significant_change() -> None:
 
 def test_rate_limiter_refills_over_time() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(rate=2.0, burst=3.0, clock=clock.monotonic)
+    limiter = RateLimiter(rate=2.0, burst=3.0, clock=clock)
     assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
     assert limiter.allow("b")  # keys are independent
     clock.advance(0.5)
@@ -306,7 +320,7 @@ def test_a_change_right_after_an_advert_waits_min_interval_without_spinning() ->
                             config=MembershipConfig(advert_interval=60, min_interval=5,
                                                     check_interval=0.5))
         task = asyncio.create_task(member.run())
-        await asyncio.sleep(0.1)  # first advert went out at t=0
+        await asyncio.sleep(0.1)  # virtual seconds: the first advert went out at t=0
         member.notify_change()  # too soon: must wait until t=5, not spin
         await asyncio.sleep(6)
         task.cancel()

@@ -287,7 +287,7 @@ def test_jitter_reorders_but_delivers_everything() -> None:
         sub = hosts[1].subscribe(TOPIC)
         for i in range(50):
             await hosts[0].publish(TOPIC, bytes([i]))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # virtual time: spaces the publishes, nothing waits
         await net.settle()
         await hosts[1].close()
         return [m.data[0] for m in await drain(sub)]
@@ -353,7 +353,7 @@ def scenario(seed, n=150):
             h.set_validator("t", recorder(h.peer_id))
         for i, h in enumerate(hosts[::30]):
             await h.publish("t", bytes([i]))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # virtual time (run_virtual below)
         await hosts[1].close()
         net.kill(peers[2])
         await hosts[3].publish("t", b"late")
@@ -423,7 +423,7 @@ async def test_a_waiting_subscriber_wakes_up_when_its_host_closes() -> None:
     sub = host.subscribe(TOPIC)
     async with asyncio.TaskGroup() as tg:
         reader = tg.create_task(drain(sub))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn: the reader is now blocked on the empty subscription
         await host.close()
     assert reader.result() == []
 
@@ -447,6 +447,7 @@ def test_kill_is_a_crash_noticed_after_crash_detection() -> None:
         await hosts[0].publish(TOPIC, b"during")
         await net.settle()
         assert victim.stats().delivered == 1
+        # Virtual time: just before, then just after crash detection (0.2 s).
         await asyncio.sleep(killed_at + 0.19 - loop.time())
         assert all(victim.peer_id in h.connected_peers() for h in neighbours)
         await asyncio.sleep(0.02)
@@ -594,7 +595,7 @@ def test_fanout_is_kept_and_refreshed_when_subscribers_go() -> None:
         assert dead.peer_id in publisher.connected_peers()
         assert gone.peer_id not in publisher.connected_peers()
         assert quitter.peer_id not in publisher.connected_peers()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # virtual time: past crash detection (0.2 s)
         await publisher.publish(TOPIC, b"4")
         await net.settle()
         now = publisher.connected_peers()

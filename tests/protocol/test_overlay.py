@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from swarm.protocol import Advert, Identity, Libp2pConfig, Libp2pGossip, Membership, MembershipConfig
+from tests.waiting import wait_until
 
 
 async def test_members_connect_beyond_their_bootstrap_peer() -> None:
@@ -28,11 +28,10 @@ async def test_members_connect_beyond_their_bootstrap_peer() -> None:
             member = Membership(gossip, identity=identity, source=source, config=config)
             members.append(member)
             tasks.append(asyncio.create_task(member.run()))
-        deadline = time.monotonic() + 30
         # Everyone but the hub started with one connection (to the hub).
-        while not all(len(h.connected_peers()) >= 3 for h in hosts[1:]):
-            assert time.monotonic() < deadline, [len(h.connected_peers()) for h in hosts]
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: all(len(h.connected_peers()) >= 3 for h in hosts[1:]),
+                         timeout=30, what=lambda: "every member connected to 3 peers; counts: "
+                         f"{[len(h.connected_peers()) for h in hosts]}")
         assert all(len(m.view) == 4 for m in members)
         advert = members[1].view.get(identities[2].peer_id)
         assert advert is not None

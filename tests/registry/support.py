@@ -162,12 +162,3 @@ async def registry_node(root: Path, network: MemoryNetwork, seed: int, *,
     finally:
         await server.stop(None)
         await gossip.close()
-
-
-async def until(predicate: Callable[[], bool], seconds: float = 15.0) -> None:
-    """Wait until `predicate()` holds, checking every 50 ms; AssertionError after `seconds`."""
-    for _ in range(int(seconds / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")

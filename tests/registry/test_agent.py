@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from swarm._clock import FakeClock
 from swarm._errors import UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
@@ -38,9 +39,9 @@ from tests.registry.support import (
     peer_id,
     registry_node,
     store_version,
-    until,
     view_of,
 )
+from tests.waiting import wait_until
 
 V1, V2, V3 = (Digest.of(b"version %d" % i) for i in (1, 2, 3))
 
@@ -61,11 +62,12 @@ def message(data: bytes) -> GossipMessage:
 
 
 def agent_for(tmp_path: Path, network: MemoryNetwork, seed: int,
-              config: RegistryConfig | None = None, view: StaticView | None = None) -> RegistryAgent:
+              config: RegistryConfig | None = None, view: StaticView | None = None,
+              clock: FakeClock | None = None) -> RegistryAgent:
     return RegistryAgent(network.join(peer_id(seed)), ManifestStore(BlobStore(tmp_path / f"a{seed}")),
                          view=view or StaticView(),
                          config=config or RegistryConfig.local(volunteer=False),
-                         rng=random.Random(seed))
+                         rng=random.Random(seed), clock=clock or FakeClock())
 
 
 # -- validation and counters ----------------------------------------------------------------
@@ -117,7 +119,8 @@ async def test_tags_spread_by_gossip_and_bad_ones_die_at_the_first_hop(tmp_path:
     async with asyncio.TaskGroup() as tg:
         for agent in agents:
             tg.create_task(agent.run())
-        await asyncio.sleep(0)  # subscriptions open
+        await wait_until(lambda: all(network._hosts[p]._subs.get(TAG_TOPIC) for p in hosts),
+                         what="every agent subscribed to tags")
 
         assert await agents[0].publish(tag(1, V1)) is Outcome.BOUND
         await network.settle()
@@ -147,12 +150,12 @@ async def test_watch_yields_current_then_each_move_and_ends_on_stop(tmp_path: Pa
         tg.create_task(agent.run())
         await agent.publish(tag(1, V1))
         watcher = tg.create_task(watch())
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: len(seen) == 1, what="the current target")
         await agent.publish(tag(2, V2))
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: len(seen) == 2, what="the first move")
         await agent.publish(tag(3, V2, label="other"))  # another tag: no event for this watch
         await agent.publish(tag(4, V1))
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: len(seen) == 3, what="the second move")
         agent.stop()
     assert watcher.done()
     assert seen == [V1, V2, V1]
@@ -180,16 +183,22 @@ async def test_a_failed_first_sync_is_retried_soon(tmp_path: Path) -> None:
     async with registry_node(tmp_path / "old", MemoryNetwork(0), 1) as old:
         await old.agent.publish(tag(1, v.digest))
         view = StaticView(view_of([(peer_id(3), "127.0.0.1:1", [])]))  # nobody listens there
-        late = agent_for(tmp_path, MemoryNetwork(1), 2, view=view,
+        clock = FakeClock()
+        late = agent_for(tmp_path, MemoryNetwork(1), 2, view=view, clock=clock,
                          config=RegistryConfig(sync_interval=600.0, volunteer=False))
         task = asyncio.create_task(late.run())
         try:
-            await until(lambda: late.counters["tag_sync_failures"] > 0, seconds=10)
+            await wait_until(lambda: clock.sleepers == 1, what="the first sync's wait")
+            assert clock.jump() <= 0.5  # the first try comes soon after joining
+            await wait_until(lambda: late.counters["tag_sync_failures"] == 1
+                             and clock.sleepers == 1, what="a failed sync, then a wait")
             view.view = view_of([(peer_id(1), old.address, [])])
-            # Soon, not after sync_interval (600 s).
-            await until(lambda: late.state.get("acme/classifier", "stable") is not None,
-                        seconds=10)
+            # Soon, not after sync_interval (600 s): the retry backs off from 0.1 s.
+            assert clock.jump() <= 1.0
+            await wait_until(lambda: late.state.get("acme/classifier", "stable") is not None,
+                             what="the tags synced on the retry")
             assert late.resolve("acme/classifier:stable") == v.digest
+            assert late.counters["tag_sync_failures"] == 1
         finally:
             late.stop()
             await task
@@ -260,6 +269,34 @@ async def test_a_node_volunteers_and_replicates_a_pinned_version(tmp_path: Path)
         # Once B advertises it, the version has R holders: nobody else volunteers.
         a.view.view = view_of([(peer_id(2), b.address, [v.digest])])
         assert await a.agent.replicate_once() == []
+
+
+async def test_a_volunteer_looks_again_after_its_jitter(tmp_path: Path) -> None:
+    v = make_version(tmp_path / "src")
+    config = RegistryConfig.local(volunteer=False, jitter=5.0, replication_factor=2)
+    async with registry_node(tmp_path / "a", MemoryNetwork(0), 1) as a:
+        store_version(a.manifests, v)
+        one_holder = view_of([(peer_id(1), a.address, [v.digest])])
+        clock = FakeClock()
+        view = StaticView(one_holder)
+        b = agent_for(tmp_path, MemoryNetwork(1), 2, config=config, view=view, clock=clock)
+        assert b.receive(tag(1, v.digest)) is Outcome.BOUND
+        # Another node steps forward while B waits out its jitter: B fetches nothing.
+        first = asyncio.ensure_future(b.replicate_once())
+        await wait_until(lambda: clock.sleepers == 1, what="B waiting out its jitter")
+        view.view = view_of([(peer_id(1), a.address, [v.digest]), (peer_id(3), "c:1", [v.digest])])
+        assert 0 <= clock.jump() <= 5.0
+        await wait_until(first, what="the first pass")
+        assert first.result() == []
+        assert b.counters["fetches_completed"] == 0
+        # Nobody does: after the jitter, B fetches it.
+        view.view = one_holder
+        second = asyncio.ensure_future(b.replicate_once())
+        await wait_until(lambda: clock.sleepers == 1, what="B waiting out its jitter")
+        assert b.counters["fetches_completed"] == 0  # not before the jitter
+        clock.jump()
+        await wait_until(second, what="the second pass")
+        assert second.result() == [v.digest]
 
 
 async def test_a_storeless_agent_tracks_signed_tags_only(tmp_path: Path) -> None:

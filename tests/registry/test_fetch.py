@@ -76,10 +76,12 @@ class Hanging(RegistryServicer):
 
 
 class Slow(RegistryServicer):
+    """A slow source: its slowness is what the work-stealing test is about."""
+
     async def ReadBlob(self, request: registry_pb2.ReadBlobRequest,
                        context: Ctx) -> AsyncIterator[registry_pb2.BlobChunk]:
         async for piece in super().ReadBlob(request, context):
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.03)  # deliberate: 30 ms per piece, the honest one has none
             yield piece
 
 

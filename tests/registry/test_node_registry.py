@@ -21,7 +21,8 @@ from swarm.protocol import Gossip, Identity
 from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import RegistryClient, RegistryConfig, RolloutConfig
 from swarm.registry._publish import build_manifest, publish_tag, push
-from tests.registry.support import PUBLISHER, until
+from tests.registry.support import PUBLISHER
+from tests.waiting import wait_until
 
 
 class Scale(torch.nn.Module):
@@ -67,7 +68,8 @@ async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:
         d1 = (await push(publisher, v1, m1, PUBLISHER)).digest
         await publish_tag(publisher, PUBLISHER, "acme/classifier", "stable", d1, now=2.0)
         # B fetches v1 from A (the only holder), loads it and serves it.
-        await until(lambda: any(s.name == "acme/classifier" for s in b.table))
+        await wait_until(lambda: any(s.name == "acme/classifier" for s in b.table), timeout=15,
+                         what="B serving v1")
         assert b.table.resolve("acme/classifier").digest == d1
         assert b.manifests is not None
         assert b.manifests.complete(d1)
@@ -97,16 +99,21 @@ async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:
         async with AsyncClient(b.grpc_address) as client, asyncio.TaskGroup() as tg:
             for model in ("acme/classifier", "acme/classifier:stable") * 2:
                 tg.create_task(load(client, model))
-            await until(lambda: len(answers) > 10)
+            await wait_until(lambda: len(answers) > 10, timeout=15, what="answers from v1")
             m2 = build_manifest(v2, "acme/classifier", "v2", PUBLISHER, created_at=3.0)
             d2 = (await push(publisher, v2, m2, PUBLISHER)).digest
             await publish_tag(publisher, PUBLISHER, "acme/classifier", "stable", d2, now=4.0)
-            await until(lambda: answers[-1] == 2.0)
-            await until(lambda: len(b.table.versions("acme/classifier")) == 1)  # v1 retired
+            await wait_until(lambda: answers[-1] == 2.0, timeout=15, what="answers from v2")
+            await wait_until(lambda: len(b.table.versions("acme/classifier")) == 1, timeout=15,
+                             what="v1 retired")
             # Rollback: the tag moves back; B switches back without failing a request.
             await publish_tag(publisher, PUBLISHER, "acme/classifier", "stable", d1, now=5.0)
-            await until(lambda: answers[-1] == 1.0)
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: answers[-1] == 1.0, timeout=15, what="answers from v1 again")
+            await wait_until(lambda: [s.digest for s in b.table.versions("acme/classifier")]
+                             == [d1], timeout=15, what="v2 retired after its linger")
+            retired = len(answers)
+            await wait_until(lambda: len(answers) >= retired + 20, timeout=15,
+                             what="answers after v2 was retired")
             running = False
         assert failures == []
         assert {1.0, 2.0} <= set(answers)

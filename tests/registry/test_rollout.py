@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import TypeVar
 
 import numpy as np
 import pytest
 import torch
 
+from swarm._clock import FakeClock
 from swarm._errors import ModelLoadError, ModelNotFoundError, SwarmError, UnavailableError
 from swarm._types import Digest
 from swarm.node._batching import Batcher
@@ -22,9 +24,11 @@ from swarm.node._config import ModelOptions
 from swarm.node._models import ModelTable, ServedModel, policy_for
 from swarm.node._runtime import Model, ModelSpec, TensorSpec
 from swarm.registry import Rollout, RolloutConfig
-from tests.registry.support import until
+from tests.waiting import wait_until
 
 NAME = "acme/classifier"
+LINGER = 5.0  # on a FakeClock: tests move it past the linger, nobody waits for real
+T = TypeVar("T")
 V1, V2, V3 = (Digest.of(b"version %d" % i) for i in (1, 2, 3))
 FACTOR = {V1: 1.0, V2: 2.0, V3: 3.0}
 
@@ -140,20 +144,21 @@ class Clients:
                 self.served.append(float(result.outputs["out"][0, 0]))
             except SwarmError as exc:
                 self.failures.append(exc)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # back to back, but let the other clients in
 
 
 @contextlib.asynccontextmanager
-async def serving(loader: Loader, config: RolloutConfig, clients: int = 6
+async def serving(loader: Loader, config: RolloutConfig, clock: FakeClock, clients: int = 6
                   ) -> AsyncIterator[tuple[Rollout[VersionModel], Clients, TableDeployment]]:
+    """V1 served under load from `clients` tasks; lingering and retries wait on `clock`."""
     table = ModelTable()
     async with asyncio.TaskGroup() as tg:
         deployment = TableDeployment(table, tg)
-        rollout: Rollout[VersionModel] = Rollout(deployment, loader, config=config)
+        rollout: Rollout[VersionModel] = Rollout(deployment, loader, config=config, clock=clock)
         assert await rollout.rollout(NAME, V1) is None  # nothing served before
         load = Clients(table)
         tasks = [tg.create_task(load.one()) for _ in range(clients)]
-        await asyncio.sleep(0.02)
+        await served_more(load, "requests served by V1")
         try:
             yield rollout, load, deployment
         finally:
@@ -165,17 +170,39 @@ async def serving(loader: Loader, config: RolloutConfig, clients: int = 6
                 await retiring.close()
 
 
+async def served_more(load: Clients, what: str, than: int | None = None) -> None:
+    """Wait until the clients got a few more answers (than `than`, default: now)."""
+    base = len(load.served) if than is None else than
+    await wait_until(lambda: len(load.served) >= base + 12, what=what)
+
+
+async def after_linger(clock: FakeClock, switching: Awaitable[T]) -> T:
+    """Run `switching` (a switch or a retire); once it lingers, move the clock past that."""
+    task = asyncio.ensure_future(switching)
+    await wait_until(lambda: clock.sleepers > 0 or task.done(), what="the linger to start")
+    assert clock.jump() == LINGER
+    await wait_until(task, what="the switch to finish after the linger")
+    return task.result()
+
+
 async def test_rollout_and_rollback_under_load_fail_no_request() -> None:
     loader = Loader()
-    async with serving(loader, RolloutConfig(linger=0.05)) as (rollout, load, deployment):
-        await rollout.switch(NAME, V2)
+    clock = FakeClock()
+    async with serving(loader, RolloutConfig(linger=LINGER), clock) as (
+            rollout, load, deployment):
+        switch = asyncio.ensure_future(rollout.switch(NAME, V2))
+        await wait_until(lambda: clock.sleepers == 1, what="V1 to linger")
         switched_at = len(load.served)
-        await asyncio.sleep(0.05)
+        assert deployment.current(NAME) == V2
+        assert deployment.has(NAME, V1)  # lingering: still served by digest
+        assert clock.jump() == LINGER
+        await wait_until(switch, what="V1 retired")
         assert deployment.current(NAME) == V2
         assert not deployment.has(NAME, V1)
         assert loader.models[V1][0].closed  # drained, then unloaded
-        await rollout.switch(NAME, V1)  # rollback: V1 loads again
-        await asyncio.sleep(0.05)
+        await served_more(load, "requests served by V2")
+        await after_linger(clock, rollout.switch(NAME, V1))  # rollback: V1 loads again
+        await served_more(load, "requests served after the rollback")
     assert load.failures == []
     assert 1.0 in load.served[:switched_at]
     assert 2.0 in load.served[switched_at:]
@@ -187,12 +214,14 @@ async def test_rollout_and_rollback_under_load_fail_no_request() -> None:
 
 async def test_old_version_answers_by_digest_while_it_lingers_and_rollback_reuses_it() -> None:
     loader = Loader()
-    async with serving(loader, RolloutConfig(linger=0.2)) as (rollout, load, deployment):
+    clock = FakeClock()
+    async with serving(loader, RolloutConfig(linger=LINGER), clock) as (
+            rollout, load, deployment):
         by_digest = Clients(load.table, by_digest=V1)
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(by_digest.one())
             assert await rollout.rollout(NAME, V2) == V1
-            await asyncio.sleep(0.05)
+            await served_more(by_digest, "requests by digest served after the switch")
             by_digest.running = False
         await task
         assert by_digest.failures == []
@@ -201,8 +230,8 @@ async def test_old_version_answers_by_digest_while_it_lingers_and_rollback_reuse
         # Rolled back before V1 was unloaded: no load, just the default flips back.
         assert await rollout.rollout(NAME, V1) == V2
         assert loader.loads == [V1, V2]
-        assert await rollout.retire(NAME, V1) is False  # serving again: not retired
-        assert await rollout.retire(NAME, V2) is True
+        assert await after_linger(clock, rollout.retire(NAME, V1)) is False  # serving again
+        assert await after_linger(clock, rollout.retire(NAME, V2)) is True
         assert loader.models[V2][0].closed
         assert not loader.models[V1][0].closed
     assert load.failures == []
@@ -210,10 +239,11 @@ async def test_old_version_answers_by_digest_while_it_lingers_and_rollback_reuse
 
 async def test_failed_warmup_keeps_the_old_version_serving() -> None:
     loader = Loader(failing=frozenset({V3}))
-    async with serving(loader, RolloutConfig(linger=0.0)) as (rollout, load, deployment):
+    clock = FakeClock()
+    async with serving(loader, RolloutConfig(linger=0.0), clock) as (rollout, load, deployment):
         with pytest.raises(ModelLoadError, match="out of memory"):
             await rollout.switch(NAME, V3)
-        await asyncio.sleep(0.05)
+        await served_more(load, "requests served after the failed switch")
         assert deployment.current(NAME) == V1
         assert not deployment.has(NAME, V3)
     assert load.failures == []
@@ -237,18 +267,24 @@ async def test_follow_tracks_a_tag_retries_fetches_and_skips_unloadable_versions
         while (digest := await targets.get()) is not None:
             yield digest
 
-    config = RolloutConfig(linger=0.0, retry_initial=0.05, retry_max=0.1)
-    async with serving(loader, config) as (rollout, load, deployment), asyncio.TaskGroup() as tg:
+    config = RolloutConfig(linger=0.0, retry_initial=5.0, retry_max=60.0)
+    clock = FakeClock()
+    async with serving(loader, config, clock) as (rollout, load, deployment), \
+            asyncio.TaskGroup() as tg:
         tg.create_task(rollout.follow(NAME, watch(), prepare))
         targets.put_nowait(V2)
-        await until(lambda: deployment.current(NAME) == V2, seconds=2)
+        await wait_until(lambda: clock.sleepers == 1, what="the retry after a failed fetch")
+        assert clock.jump() == 5.0  # retry_initial
+        await wait_until(lambda: deployment.current(NAME) == V2, what="V2 followed")
         assert prepared == [V2, V2]  # retried after the failed fetch
+        await wait_until(lambda: loader.models[V1][0].closed, what="V1 retired")
         targets.put_nowait(V3)  # fails to warm up: V2 keeps serving, no retry loop
-        await until(lambda: rollout.counters["rollouts_failed"] == 1, seconds=2)
-        await asyncio.sleep(0.2)
-        assert loader.loads.count(V3) == 1
+        await wait_until(lambda: rollout.counters["rollouts_failed"] == 1, what="V3 failed")
+        assert clock.sleepers == 0  # no retry scheduled for a version that failed to load
         targets.put_nowait(V1)  # the tag moves on: followed
-        await until(lambda: deployment.current(NAME) == V1, seconds=2)
-        await until(lambda: not deployment.has(NAME, V2), seconds=2)
+        await wait_until(lambda: deployment.current(NAME) == V1, what="V1 followed")
+        await wait_until(lambda: loader.models[V2][0].closed, what="V2 retired")
+        assert not deployment.has(NAME, V2)
+        assert loader.loads.count(V3) == 1
         targets.put_nowait(None)  # the watch ends: follow returns
     assert load.failures == []

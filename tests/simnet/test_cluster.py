@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from swarm.client import AsyncClient
 from swarm.simnet._cluster import NodeStatus, parse_banner
 from swarm.simnet._testing import start_swarm
 from tests.simnet.helpers import alive, process_state
+from tests.waiting import wait_until
 
 BANNER = """\
 11:15:14.063 info    swarm.node: node serving peer=12D3KooWE grpc=127.0.0.1:44269
@@ -41,14 +41,6 @@ def test_parse_partial_banner() -> None:
     assert banner.models == ()
     assert banner.p2p == ()
     assert parse_banner("") == parse_banner("log line\n")
-
-
-async def poll(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def infer(address: str) -> np.ndarray:
@@ -87,11 +79,13 @@ async def exercise_faults(log_dir: Path) -> None:
         # slow: the process is stopped part of the time, then runs freely again
         swarm.set_slowdown(0, 5.0)
         assert swarm.status(0) is NodeStatus.SLOW
-        await poll(lambda: process_state(first.pid) == "T")
+        await wait_until(lambda: process_state(first.pid) == "T", timeout=20,
+                         what="the slowed node stopped part of the time")
         await infer(first.grpc)  # slow, not dead
         swarm.set_slowdown(0, 1.0)
         assert swarm.status(0) is NodeStatus.UP
-        await poll(lambda: process_state(first.pid) in ("R", "S"))
+        await wait_until(lambda: process_state(first.pid) in ("R", "S"), timeout=20,
+                         what="the node running freely again")
         await infer(first.grpc)
 
         # kill, then rejoin with the same identity
