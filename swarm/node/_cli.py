@@ -13,51 +13,96 @@ from typing import Any
 from swarm import __version__
 from swarm._errors import ConfigError, ModelLoadError, SwarmError
 from swarm._logging import configure_logging
-from swarm.node._config import ModelOptions, NodeConfig, load_config
+from swarm.node._config import ModelOptions, NodeConfig, check_ports, load_config
 
 __all__ = ["main"]
 
 
+# What an unset flag falls back to when neither SWARM_* nor --config sets it.
+_DEFAULTS = NodeConfig()
+_MODEL_DEFAULTS = ModelOptions()
+
+
+_PRECEDENCE = ("Settings: flags override SWARM_<SETTING> environment variables, which "
+               "override the --config file, which overrides the defaults shown.")
+
+
+def _default(name: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    return f"(default: {value})" if value != "" else "(default: none)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swarm-node", description="The Swarm provider agent.")
+    parser = argparse.ArgumentParser(prog="swarm-node", description="The Swarm provider agent.",
+                                     epilog=_PRECEDENCE)
     parser.add_argument("--version", action="version", version=f"swarm-node {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="serve models until SIGTERM")
-    run.add_argument("--config", type=Path, help="TOML config file")
-    run.add_argument("--data-dir", type=Path, help="identity and state directory")
+    run = sub.add_parser("run", help="serve models until SIGTERM", epilog=_PRECEDENCE,
+                         description="Serve models until SIGTERM, then drain and exit 0.")
+    run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (default: none)")
+    run.add_argument("--data-dir", type=Path, metavar="DIR",
+                     help=f"identity and state directory {_default('data_dir')}")
     run.add_argument("--serve", action="append", metavar="MODEL",
-                     help="model to serve (repeatable): builtin/minilm, builtin/mlp, FILE.pt2")
-    run.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
-    run.add_argument("--metrics-port", type=int, help="metrics/health port (0 = any, -1 = off)")
-    run.add_argument("--http-port", type=int,
-                     help="OpenAI-compatible HTTP API port (0 = any free port, -1 = off)")
-    run.add_argument("--listen-host", help="interface to bind (default 127.0.0.1)")
-    run.add_argument("--advertise-host", help="host clients use to reach this node")
-    run.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+                     help="model to serve (repeatable): builtin/minilm, builtin/mlp, FILE.pt2, "
+                          "NAMESPACE/NAME:TAG (default: none)")
+    run.add_argument("--grpc-port", type=int, metavar="PORT",
+                     help=f"gRPC port; 0 = any free port {_default('grpc_port')}")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="metrics/health port; 0 = any free port (printed at start-up), "
+                          f"-1 = off {_default('metrics_port')}")
+    run.add_argument("--http-port", type=int, metavar="PORT",
+                     help="OpenAI-compatible HTTP API port; 0 = any free port, -1 = off "
+                          f"{_default('http_port')}")
+    run.add_argument("--listen-host", metavar="HOST", help=f"interface to bind {_default('listen_host')}")
+    run.add_argument("--advertise-host", metavar="HOST",
+                     help=f"host clients use to reach this node {_default('advertise_host')}")
+    run.add_argument("--device", help=f"auto, cpu, cuda, cuda:N {_default('device')}")
     p2p = run.add_argument_group("peer-to-peer")
-    p2p.add_argument("--p2p-port", type=int, help="libp2p port (0 = any free port, -1 = off)")
+    p2p.add_argument("--p2p-port", type=int, metavar="PORT",
+                     help=f"libp2p port; 0 = any free port, -1 = off {_default('p2p_port')}")
     p2p.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
-                     help="peer to join through (repeatable)")
-    p2p.add_argument("--mdns", action="store_true", default=None, help="find peers on the LAN")
-    p2p.add_argument("--advert-interval", type=float, help="seconds between capacity adverts")
-    p2p.add_argument("--price-per-request", type=int, help="micro-units per request")
-    p2p.add_argument("--price-per-1k-items", type=int, help="micro-units per 1,000 items")
-    p2p.add_argument("--region", help="region label, e.g. eu-west")
-    run.add_argument("--drain-timeout", type=float, help="seconds to finish in-flight work")
-    run.add_argument("--torch-threads", type=int, help="torch intra-op threads")
-    run.add_argument("--max-message-bytes", type=int, help="largest gRPC message")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--log-format", choices=["text", "json"])
+                     help="peer to join through (repeatable) (default: none)")
+    p2p.add_argument("--mdns", action="store_true", default=None,
+                     help=f"find peers on the LAN {_default('mdns')}")
+    p2p.add_argument("--advert-interval", type=float,
+                     help=f"seconds between capacity adverts {_default('advert_interval')}")
+    p2p.add_argument("--price-per-request", type=int,
+                     help=f"micro-units per request {_default('price_per_request')}")
+    p2p.add_argument("--price-per-1k-items", type=int,
+                     help=f"micro-units per 1,000 items {_default('price_per_1k_items')}")
+    p2p.add_argument("--region", help=f"region label, e.g. eu-west {_default('region')}")
+    run.add_argument("--drain-timeout", type=float,
+                     help=f"seconds to finish in-flight work {_default('drain_timeout')}")
+    run.add_argument("--torch-threads", type=int,
+                     help=f"torch intra-op threads; 0 = CPU cores - 1 {_default('torch_threads')}")
+    run.add_argument("--max-message-bytes", type=int,
+                     help=f"largest gRPC message {_default('max_message_bytes')}")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help=_default("log_level"))
+    run.add_argument("--log-format", choices=["text", "json"], help=_default("log_format"))
     batch = run.add_argument_group("batching (applies to every model; per model: config file)")
-    batch.add_argument("--max-batch-size", type=int)
-    batch.add_argument("--max-queue-delay-ms", type=float)
-    batch.add_argument("--max-queue-size", type=int)
+    batch.add_argument("--max-batch-size", type=int,
+                       help="most items per forward pass; 0 = the model's own "
+                            f"(default: {_MODEL_DEFAULTS.max_batch_size})")
+    batch.add_argument("--max-queue-delay-ms", type=float,
+                       help="milliseconds a request may wait for a fuller batch "
+                            f"(default: {_MODEL_DEFAULTS.max_queue_delay * 1000:g})")
+    batch.add_argument("--max-queue-size", type=int,
+                       help="requests queued per model before RESOURCE_EXHAUSTED "
+                            f"(default: {_MODEL_DEFAULTS.max_queue_size})")
     batch.add_argument("--no-batching", action="store_true", help="execute requests one by one")
     batch.add_argument("--cache", action="store_true", help="cache responses")
 
-    ident = sub.add_parser("id", help="print this node's peer id (and addresses while it runs)")
-    ident.add_argument("--data-dir", type=Path, required=True)
+    ident = sub.add_parser("id", help="print this node's peer id (and addresses while it runs)",
+                           epilog=_PRECEDENCE,
+                           description="Print the peer id of the identity in the data dir "
+                                       "(created there if none exists), and the node's "
+                                       "addresses while it runs.")
+    ident.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML config file, for its data_dir (default: none)")
+    ident.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help=f"identity and state directory, as for run {_default('data_dir')}")
     return parser
 
 
@@ -120,12 +165,23 @@ async def _run(config: NodeConfig) -> None:
     await node.wait_stopped()
 
 
-def _identity(data_dir: Path) -> int:
+def _announce_new_identity(config: NodeConfig) -> None:
+    """Say so on stderr when the data dir holds no identity yet (one is created there).
+
+    A mistyped --data-dir would otherwise quietly start a node under a new peer id.
+    """
+    key = config.key_path.expanduser()
+    if not key.exists():
+        print(f"swarm-node: no identity in {key.parent}: creating a new one at {key}",
+              file=sys.stderr)
+
+
+def _identity(config: NodeConfig) -> int:
     from swarm.protocol import Identity
 
-    config = NodeConfig(data_dir=data_dir.expanduser())
+    _announce_new_identity(config)
     print(Identity.load_or_create(config.key_path).peer_id)
-    state = config.data_dir / "node.json"
+    state = config.data_dir.expanduser() / "node.json"
     if state.exists():
         info = json.loads(state.read_text())
         print(f"grpc {info['grpc']}")
@@ -138,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "id":
-            return _identity(args.data_dir)
+            # The same sources as run (flag, SWARM_DATA_DIR, --config, default), so both
+            # commands name the same identity.
+            return _identity(load_config(args.config, flags={"data_dir": args.data_dir}))
         config = _config(args)
         configure_logging(config.log_level, config.log_format)
+        # Before importing the node (torch) and loading models: a busy port fails in a
+        # fraction of a second, all busy ports in one message. Node.run checks again.
+        check_ports(config)
+        _announce_new_identity(config)
         asyncio.run(_run(config))
     except ConfigError as exc:
         print(f"swarm-node: configuration error: {exc}", file=sys.stderr)

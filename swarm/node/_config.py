@@ -6,8 +6,10 @@ Precedence: command-line flags > environment (SWARM_<FIELD>) > TOML file > defau
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -19,7 +21,7 @@ from typing import Any
 from swarm._errors import ConfigError
 from swarm._types import ModelRef
 
-__all__ = ["ModelOptions", "NodeConfig", "load_config"]
+__all__ = ["ModelOptions", "NodeConfig", "check_ports", "load_config"]
 
 ENV_PREFIX = "SWARM_"
 
@@ -65,8 +67,10 @@ class NodeConfig:
     advertise_host: str = "127.0.0.1"
     # gRPC port (0 = pick a free one).
     grpc_port: int = 7070
-    # Prometheus /metrics and health port (0 = pick a free one, -1 = off).
-    metrics_port: int = 9090
+    # Prometheus /metrics and health port (0 = pick a free one, -1 = off). A free one by
+    # default, so a second node on the machine starts; it is printed in the banner and in
+    # node.json. Scrapers that need a fixed port set it.
+    metrics_port: int = 0
     # OpenAI-compatible HTTP API (/v1/embeddings, /v1/models) port (0 = any free, -1 = off).
     http_port: int = -1
     # libp2p port for discovery gossip (0 = pick a free one, -1 = no peer-to-peer).
@@ -86,6 +90,16 @@ class NodeConfig:
     device: str = "auto"
     # Largest gRPC message accepted or sent.
     max_message_bytes: int = 64 << 20
+    # Models served elsewhere that a gateway keeps metrics labels and statistics for;
+    # requests for others count as model="other" (a Prometheus label is kept forever).
+    max_forwarded_models: int = 64
+    # Responses one ModelStreamInfer stream may have in flight (computing, or waiting for
+    # the client to read them); at the bound the node stops reading that stream's requests.
+    max_stream_in_flight: int = 16
+    # Largest body of an OpenAI-compatible HTTP API request (bytes); larger ones get 413.
+    http_max_body_bytes: int = 32 << 20
+    # Deepest nesting of arrays and objects in such a body (an embeddings request needs 3).
+    http_max_json_depth: int = 32
     # Seconds SIGTERM waits for in-flight requests before exiting.
     drain_timeout: float = 30.0
     # Response cache bound, shared by the models that enable caching.
@@ -265,12 +279,108 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("drain_timeout must be >= 0 seconds")
     if config.cache_max_bytes < 1:
         raise ConfigError("cache_max_bytes must be at least 1")
+    for name in ("max_forwarded_models", "max_stream_in_flight", "http_max_body_bytes",
+                 "http_max_json_depth"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
     for ref in config.serve:
         if not ref.endswith(".pt2"):
             try:
                 ModelRef.parse(ref)
             except ValueError as exc:
                 raise ConfigError(f"--serve {ref!r}: {exc}") from exc
+
+
+# Every port the node listens on: setting, flag, what it serves.
+PORTS = (
+    ("grpc_port", "--grpc-port", "gRPC"),
+    ("metrics_port", "--metrics-port", "metrics"),
+    ("http_port", "--http-port", "OpenAI-compatible HTTP"),
+    ("p2p_port", "--p2p-port", "libp2p"),
+)
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why the node could not listen on host:port now (None: it can).
+
+    A probe bind, released at once: the real listeners bind only after the models
+    load, and grpc would report a busy port as a C-core log line on stderr. Like the
+    servers, the probe sets SO_REUSEADDR (a TIME_WAIT leftover is no conflict) and not
+    SO_REUSEPORT (which would share a port with a live listener).
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    unavailable: OSError | None = None
+    bound = False
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+            bound = True
+        except OSError as exc:
+            # "localhost" may also name ::1 on a host without IPv6: fine if another works.
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return exc
+            unavailable = exc
+    return None if bound else unavailable
+
+
+def _free_port_near(host: str, port: int, taken: set[int]) -> int | None:
+    """A free port just above `port`, for the error message (None: none nearby)."""
+    for candidate in range(port + 1, min(port + 100, 65535) + 1):
+        if candidate not in taken and _bind_error(host, candidate) is None:
+            return candidate
+    return None
+
+
+def check_ports(config: NodeConfig) -> None:
+    """Raise one ConfigError naming every configured port the node cannot listen on.
+
+    Run before anything slow (identity, model loading), so an operator learns about
+    all conflicts at once, in a second, with the flags that fix them. Ports 0 (any
+    free port) and -1 (off) need no check.
+    """
+    host = config.listen_host
+    host_error = _bind_error(host, 0)
+    if host_error is not None:
+        raise ConfigError(f"cannot listen on {host} (--listen-host): "
+                          f"{host_error.strerror or host_error}")
+    problems: list[str] = []
+    bad: list[tuple[str, int]] = []  # (flag, port)
+    claimed: dict[int, str] = {}
+    for name, flag, what in PORTS:
+        port = getattr(config, name)
+        if port <= 0:
+            continue
+        if port in claimed:
+            problems.append(f"{what} port {port} ({flag}) is also the {claimed[port]} port")
+            bad.append((flag, port))
+            continue
+        claimed[port] = what
+        error = _bind_error(host, port)
+        if error is not None:
+            reason = error.strerror or str(error)
+            problems.append(f"{what} port {port} ({flag}): {reason}")
+            bad.append((flag, port))
+    if not problems:
+        return
+    taken = set(claimed)
+    alternatives = []
+    for flag, port in bad:
+        free = _free_port_near(host, port, taken)
+        if free is not None:
+            taken.add(free)
+            alternatives.append(f"{flag} {free}")
+    fix = " ".join(f"{flag} 0" for flag, _ in bad) + " (any free port, printed at start-up)"
+    if len(alternatives) == len(bad):
+        fix += " or free ports such as " + " ".join(alternatives)
+    raise ConfigError(f"cannot listen on {host}:\n"
+                      + "".join(f"  {problem}\n" for problem in problems)
+                      + f"pass {fix}")
 
 
 def replace(config: NodeConfig, **changes: Any) -> NodeConfig:

@@ -29,7 +29,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from swarm import __version__
-from swarm._errors import ConfigError, ModelLoadError, ModelNotFoundError, SwarmError
+from swarm._errors import (
+    ClosedError,
+    ConfigError,
+    ModelLoadError,
+    ModelNotFoundError,
+    SwarmError,
+    first_failure,
+)
 from swarm._proto import _pool
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
@@ -37,14 +44,14 @@ from swarm._types import Digest, ModelRef
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._builtins import BUILTINS
 from swarm.node._cache import ResponseCache
-from swarm.node._config import NodeConfig
+from swarm.node._config import NodeConfig, check_ports
 from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import BatchStat, ModelTable, ServedModel, load_model, policy_for
 from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
-from swarm.node._service import InferenceService, NodeStatusService
+from swarm.node._service import InferenceService, NodeStatusService, RejectUndecodable
 from swarm.protocol import (
     Advert,
     Gossip,
@@ -118,7 +125,7 @@ class Node:
         self.config = config
         self.identity = identity
         self.state = NodeState.NEW
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(max_forwarded_models=config.max_forwarded_models)
         self.table = ModelTable()
         self.cache = ResponseCache(max_bytes=config.cache_max_bytes)
         self.device = select_device(config.device)
@@ -165,7 +172,7 @@ class Node:
     @property
     def peer_id(self) -> str:
         if self.identity is None:
-            raise SwarmError("node identity is not loaded yet")
+            raise ConfigError("node identity is not loaded yet (start the node first)")
         return str(self.identity.peer_id)
 
     def is_ready(self) -> bool:
@@ -178,14 +185,14 @@ class Node:
     async def start(self) -> None:
         """Run the node in a task of its own; return once it serves (or raise why it could not)."""
         if self.state is not NodeState.NEW:
-            raise SwarmError(f"a node cannot be started twice (state {self.state.value})")
+            raise ClosedError(f"a node cannot be started twice (state {self.state.value})")
         self._run_task = asyncio.create_task(self.run(), name="node")
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait({self._run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
             ready.cancel()
             await self._run_task  # re-raises the start-up failure
-            raise SwarmError("node stopped during start-up")
+            raise ClosedError("node stopped during start-up")
 
     async def wait_stopped(self) -> None:
         if self._run_task is not None:
@@ -208,9 +215,15 @@ class Node:
 
     async def run(self) -> None:
         if self.state not in (NodeState.NEW,):
-            raise SwarmError(f"a node cannot be started twice (state {self.state.value})")
+            raise ClosedError(f"a node cannot be started twice (state {self.state.value})")
         self.state = NodeState.STARTING
         config = self.config
+        try:
+            # Every busy port in one error, before the identity and the models (seconds).
+            check_ports(config)
+        except ConfigError:
+            self.state = NodeState.STOPPED
+            raise
         # Intra-op threads that spin on a core the event loop needs make small batches
         # 25x slower on a 2-core machine (bench/RESULTS.md): short passes leave a core to
         # gRPC, long ones (big batches) use them all.
@@ -233,7 +246,7 @@ class Node:
             models.append(model)
         self.manifests = ManifestStore(BlobStore(data_dir / "registry"))
         self._stored = tuple(await asyncio.to_thread(self.manifests.complete_versions))
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[RejectUndecodable()], options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -286,8 +299,9 @@ class Node:
         except* _Stopped:
             pass
         except* SwarmError as group:
-            # A start-up failure inside the TaskGroup (a port in use) surfaces as itself.
-            raise group.exceptions[0] from None
+            # A start-up failure inside the TaskGroup (a port in use) surfaces as itself,
+            # with any other failure of the group noted on it.
+            raise first_failure(group) from None
         finally:
             self.state = NodeState.STOPPED
             if self.gossip is not None:
@@ -407,9 +421,12 @@ class Node:
         return self.membership.view if self.membership is not None else PeerView()
 
     def _add_services(self, server: grpc.aio.Server) -> None:
-        gateway = RoutingGateway(self.router) if self.router is not None else None
+        config = self.config
+        gateway = (RoutingGateway(self.router, max_models=config.max_forwarded_models)
+                   if self.router is not None else None)
         inference = InferenceService(self.table, self.metrics, self.cache, version=__version__,
-                                     is_ready=self.is_ready, gateway=gateway)
+                                     is_ready=self.is_ready, gateway=gateway,
+                                     max_stream_in_flight=config.max_stream_in_flight)
         self._service = inference
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
@@ -459,7 +476,10 @@ class Node:
         if self.config.http_port < 0:
             return None
         assert self._service is not None
-        gateway = OpenAIGateway(self._service, self.table, lambda: self.router)
+        gateway = OpenAIGateway(self._service, self.table, lambda: self.router,
+                                metrics=self.metrics,
+                                max_body_bytes=self.config.http_max_body_bytes,
+                                max_json_depth=self.config.http_max_json_depth)
         runner, self.http_port = await self._serve_http(gateway.app(), self.config.http_port,
                                                         "the OpenAI-compatible API")
         return runner
