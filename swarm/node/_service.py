@@ -4,23 +4,34 @@ This is the edge where protobuf meets the project's own types: requests are
 decoded and checked against the model's declared specs here, so that the
 batcher and the runtime only ever see valid numpy inputs. Every failure maps
 to a precise gRPC status; nothing a client sends can take the node down.
+
+With a gateway (swarm/node/_gateway.py), every per-model call for a model this node
+does not serve works as if it did: ModelInfer, ModelStreamInfer, ModelMetadata,
+ModelConfig and ModelReady are forwarded to a provider; ModelStatistics answers with
+the gateway's own statistics of the requests it forwarded (what a client measuring
+its own traffic through this node wants; any one provider's numbers would mix in
+everyone else's). A call a gateway forwarded carries a mark (the FORWARDED request
+parameter, the FORWARDED_HEADER metadata key) and is never forwarded again: one hop,
+whatever the adverts say.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
+from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm._errors import (
     InferenceError,
     InvalidInputError,
+    ModelNotFoundError,
     SwarmError,
     UnavailableError,
 )
@@ -29,39 +40,102 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.inference import model_config_pb2 as mc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
 from swarm._tensors import decode_contents, decode_raw, encode_raw
+from swarm._types import Digest, ModelRef
 from swarm.node._cache import ResponseCache, cache_key
 from swarm.node._metrics import NodeMetrics
-from swarm.node._models import ModelTable, ServedModel
+from swarm.node._models import ModelStats, ModelTable, ServedModel
 from swarm.node._runtime import ModelSpec, TensorSpec
-from swarm.routing import FORWARDED
+from swarm.routing import FORWARDED, status_of
 
-__all__ = ["FORWARDED", "Gateway", "InferenceService", "NodeStatusService", "decode_request"]
+__all__ = ["FORWARDED", "FORWARDED_HEADER", "Gateway", "InferenceService", "NodeStatusService",
+           "RejectUndecodable", "decode_request"]
 
 log = logging.getLogger("swarm.node")
 
 SERVER_NAME = "swarm-node"
 EXTENSIONS = ("model_configuration", "statistics", "binary_tensor_data", "schedule_policy")
 MAX_ELEMENTS = 1 << 28
+# gRPC metadata key a gateway sets on the calls it forwards (ModelInfer also carries the
+# FORWARDED parameter, which survives a request being re-sent without its metadata).
+FORWARDED_HEADER = "swarm-forwarded"
+# Longest status message sent: messages quote names a client chose, and gRPC refuses
+# trailers over 16 KiB (the client would see RESOURCE_EXHAUSTED, not the real status).
+MAX_DETAILS = 1000
+
+
+def status_details(error: BaseException) -> str:
+    text = str(error)
+    return text if len(text) <= MAX_DETAILS else text[:MAX_DETAILS] + "..."
+
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What a request that is no valid protobuf message decodes to (RejectUndecodable)."""
+
+    message: str
+
+
+class RejectUndecodable(grpc.aio.ServerInterceptor):
+    """INVALID_ARGUMENT for an inference request that is no valid protobuf message.
+
+    grpc answers UNKNOWN when a request fails to parse (bad wire format, a string
+    that is not UTF-8). Here the request parses to an Undecodable instead: unary
+    methods abort with INVALID_ARGUMENT, and ModelStreamInfer answers that request
+    with an error response, as it does for any failed request.
+    """
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if (handler is None or handler.request_deserializer is None
+                or not details.method.startswith(f"/{SERVICE}/")):
+            return handler
+        parse = handler.request_deserializer
+        what = details.method.rsplit("/", 1)[-1]
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError:
+                return Undecodable(f"the {what} request is not a valid protobuf message")
+
+        if handler.unary_unary is None:
+            return handler._replace(request_deserializer=deserialize)
+        behavior = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                await _abort(context, InvalidInputError(request.message))
+            return await behavior(request, context)
+
+        return handler._replace(request_deserializer=deserialize, unary_unary=unary)
+
 
 class Gateway(Protocol):
-    """Routes requests for models this node does not serve (see swarm/node/_gateway.py)."""
+    """Routes calls for models this node does not serve (see swarm/node/_gateway.py).
 
-    def can_serve(self, model: str) -> bool: ...
+    `resolve` raises ModelNotFoundError (or InvalidReferenceError) for a model no one
+    serves; the rest take the digest it returned.
+    """
 
-    async def forward(self, request: pb.ModelInferRequest,
+    def resolve(self, model: str, version: str) -> Digest: ...
+
+    async def ready(self, request: pb.ModelReadyRequest, digest: Digest,
+                    deadline: float | None) -> bool: ...
+
+    async def forward(self, request: pb.ModelInferRequest, digest: Digest,
                       deadline: float | None) -> pb.ModelInferResponse: ...
 
-    async def metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse: ...
+    async def metadata(self, request: pb.ModelMetadataRequest, digest: Digest,
+                       deadline: float | None) -> pb.ModelMetadataResponse: ...
 
+    async def config(self, request: pb.ModelConfigRequest, digest: Digest,
+                     deadline: float | None) -> pb.ModelConfigResponse: ...
 
-_STATUS = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
-    "INTERNAL": grpc.StatusCode.INTERNAL,
-}
+    def statistics(self) -> Mapping[Digest, tuple[str, ModelStats]]: ...
+
 
 _DATATYPE_ENUM = {
     "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16,
@@ -69,11 +143,6 @@ _DATATYPE_ENUM = {
     "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32, "INT64": mc.TYPE_INT64,
     "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64, "BYTES": mc.TYPE_STRING,
 }
-
-
-def status_of(error: SwarmError) -> grpc.StatusCode:
-    code = error.code if isinstance(error, InferenceError) else "INTERNAL"
-    return _STATUS.get(code, grpc.StatusCode.INTERNAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +248,50 @@ def _duration(stat: Any) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=stat.count, ns=stat.ns)
 
 
+def _statistics(name: str, digest: Digest, st: ModelStats,
+                memory: list[pb.MemoryUsage]) -> pb.ModelStatistics:
+    return pb.ModelStatistics(
+        name=name,
+        version=str(digest),
+        last_inference=st.last_inference_ms,
+        inference_count=st.inference_count,
+        execution_count=st.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(st.success), fail=_duration(st.fail),
+            queue=_duration(st.queue), compute_input=_duration(st.compute_input),
+            compute_infer=_duration(st.compute_infer),
+            compute_output=_duration(st.compute_output),
+            cache_hit=_duration(st.cache_hit), cache_miss=_duration(st.cache_miss)),
+        batch_stats=[pb.InferBatchStatistics(
+            batch_size=size, compute_input=_duration(b.compute_input),
+            compute_infer=_duration(b.compute_infer),
+            compute_output=_duration(b.compute_output))
+            for size, b in sorted(st.batches.items())],
+        memory_usage=memory,
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> NoReturn:
+    await context.abort(status_of(error), status_details(error))
+    raise error  # abort() raises; this line only tells type checkers so
+
+
+def _marked(context: grpc.aio.ServicerContext) -> bool:
+    """The call was forwarded by a gateway (it must not be forwarded again)."""
+    return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService backed by a ModelTable."""
 
     def __init__(self, table: ModelTable, metrics: NodeMetrics, cache: ResponseCache,
                  *, version: str, is_ready: Callable[[], bool],
-                 clock: Callable[[], float] = time.monotonic,
-                 gateway: Gateway | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK,
+                 gateway: Gateway | None = None,
+                 max_stream_in_flight: int = 16) -> None:
         self._table = table
         self._gateway = gateway
+        self._stream_window = max_stream_in_flight
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -217,27 +321,39 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return self._table.resolve(name, version)
         except InferenceError as exc:
-            await context.abort(status_of(exc), str(exc))
-            raise  # abort raises; this keeps type checkers honest
+            await _abort(context, exc)
+
+    def _elsewhere(self, name: str, context: grpc.aio.ServicerContext) -> Gateway | None:
+        """The gateway, when calls for `name` go to it: served elsewhere, not yet forwarded."""
+        if self._gateway is None or self._table.versions(name) or _marked(context):
+            return None
+        return self._gateway
 
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        gateway = self._elsewhere(request.name, context)
+        if gateway is not None:
+            try:
+                digest = gateway.resolve(request.name, request.version)
+                ready = await gateway.ready(request, digest, self._deadline(context))
+            except SwarmError:
+                ready = False
+            return pb.ModelReadyResponse(ready=self._is_ready() and ready)
         try:
             self._table.resolve(request.name, request.version)
         except InferenceError:
-            if self._gateway is not None and self._gateway.can_serve(request.name):
-                return pb.ModelReadyResponse(ready=self._is_ready())
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self._is_ready())
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        if self._gateway is not None and not self._table.versions(request.name):
+        gateway = self._elsewhere(request.name, context)
+        if gateway is not None:
             try:
-                return await self._gateway.metadata(request)
+                digest = gateway.resolve(request.name, request.version)
+                return await gateway.metadata(request, digest, self._deadline(context))
             except SwarmError as exc:
-                await context.abort(status_of(exc), str(exc))
-                raise
+                await _abort(context, exc)
         served = await self._resolve(request.name, request.version, context)
         spec = served.model.spec
         return pb.ModelMetadataResponse(
@@ -250,6 +366,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest,
                           context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        gateway = self._elsewhere(request.name, context)
+        if gateway is not None:
+            try:
+                digest = gateway.resolve(request.name, request.version)
+                return await gateway.config(request, digest, self._deadline(context))
+            except SwarmError as exc:
+                await _abort(context, exc)
         served = await self._resolve(request.name, request.version, context)
         spec = served.model.spec
         policy = served.batcher.policy
@@ -278,39 +401,30 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
                               context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        gateway = self._elsewhere(request.name, context) if request.name else None
+        if gateway is not None:  # the gateway's own: the requests it forwarded
+            try:
+                digest = gateway.resolve(request.name, request.version)
+            except SwarmError as exc:
+                await _abort(context, exc)
+            name, stats = gateway.statistics().get(
+                digest, (ModelRef.parse(request.name).name, ModelStats()))
+            return pb.ModelStatisticsResponse(model_stats=[_statistics(name, digest, stats, [])])
         if request.name:
             served_models = ([await self._resolve(request.name, request.version, context)]
                              if request.version else self._table.versions(request.name))
             if not served_models:
-                await context.abort(grpc.StatusCode.NOT_FOUND,
-                                    f"model {request.name!r} is not served here")
+                await _abort(context, ModelNotFoundError(
+                    f"model {request.name!r} is not served here"))
         else:
             served_models = list(self._table)
-        out = []
-        for served in served_models:
-            st = served.stats
-            out.append(pb.ModelStatistics(
-                name=served.name,
-                version=str(served.digest),
-                last_inference=st.last_inference_ms,
-                inference_count=st.inference_count,
-                execution_count=st.execution_count,
-                inference_stats=pb.InferStatistics(
-                    success=_duration(st.success), fail=_duration(st.fail),
-                    queue=_duration(st.queue), compute_input=_duration(st.compute_input),
-                    compute_infer=_duration(st.compute_infer),
-                    compute_output=_duration(st.compute_output),
-                    cache_hit=_duration(st.cache_hit), cache_miss=_duration(st.cache_miss)),
-                batch_stats=[pb.InferBatchStatistics(
-                    batch_size=size, compute_input=_duration(b.compute_input),
-                    compute_infer=_duration(b.compute_infer),
-                    compute_output=_duration(b.compute_output))
-                    for size, b in sorted(st.batches.items())],
-                memory_usage=[pb.MemoryUsage(
-                    type="GPU" if served.model.device.type == "cuda" else "CPU",
-                    id=served.model.device.index or 0,
-                    byte_size=served.model.memory_bytes())],
-            ))
+        out = [_statistics(served.name, served.digest, served.stats, [pb.MemoryUsage(
+            type="GPU" if served.model.device.type == "cuda" else "CPU",
+            id=served.model.device.index or 0,
+            byte_size=served.model.memory_bytes())]) for served in served_models]
+        if not request.name and self._gateway is not None:
+            out += [_statistics(name, digest, stats, [])
+                    for digest, (name, stats) in self._gateway.statistics().items()]
         return pb.ModelStatisticsResponse(model_stats=out)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
@@ -332,33 +446,41 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """Return once no inference request is in flight."""
         await self._idle.wait()
 
-    async def infer(self, request: pb.ModelInferRequest,
-                    deadline: float | None) -> pb.ModelInferResponse:
-        """Serve one request unless the node is draining (then UNAVAILABLE)."""
+    async def infer(self, request: pb.ModelInferRequest, deadline: float | None,
+                    *, forwarded: bool = False) -> pb.ModelInferResponse:
+        """Serve one request unless the node is draining (then UNAVAILABLE).
+
+        `forwarded`: a gateway sent it (the call was marked); never forward it again.
+        """
         if not self._is_ready():
             raise UnavailableError("node is draining: send this request elsewhere")
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._infer(request, deadline)
+            return await self._infer(request, deadline, forwarded or FORWARDED in request.parameters)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _infer(self, request: pb.ModelInferRequest,
-                     deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
+                     forwarded: bool) -> pb.ModelInferResponse:
         """Serve one request; raises SwarmError subclasses (mapped to statuses by callers).
 
         A model this node does not serve goes to the gateway (if any), which routes it
         to a provider through the scheduler; a request that was already forwarded
         once is never forwarded again.
         """
-        started = self._clock()
-        if (self._gateway is not None and not self._table.versions(request.model_name)
-                and FORWARDED not in request.parameters):
-            return await self._forward(request, deadline, started)
-        served = self._table.resolve(request.model_name, request.model_version)
+        started = self._clock.monotonic()
+        if (self._gateway is not None and not forwarded
+                and not self._table.versions(request.model_name)):
+            return await self._forward(self._gateway, request, deadline, started)
+        try:
+            served = self._table.resolve(request.model_name, request.model_version)
+        except SwarmError as exc:  # a name a client made up must not become a metrics label
+            self._metrics.requests.labels(self._metrics.unknown_label(),
+                                          status_of(exc).name).inc()
+            raise
         name = served.name
         stats = served.stats
         try:
@@ -374,13 +496,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 outputs = self._cache.get(key)
                 if outputs is not None:
                     self._metrics.cache_hits.labels(name).inc()
-                    stats.cache_hit.add(self._clock() - started)
+                    stats.cache_hit.add(self._clock.monotonic() - started)
                 else:
                     self._metrics.cache_misses.labels(name).inc()
             queue_s = compute_s = 0.0
             batch_items = decoded.items
             if outputs is None:
-                lookup_done = self._clock()
+                lookup_done = self._clock.monotonic()
                 result = await served.batcher.submit(decoded.inputs, decoded.items, deadline)
                 outputs = result.outputs
                 queue_s, compute_s = result.queue_seconds, result.compute_seconds
@@ -400,32 +522,40 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             params["swarm_batch_items"].int64_param = batch_items
             params["swarm_queue_depth"].int64_param = served.batcher.queue_depth
         except SwarmError as exc:
-            elapsed = self._clock() - started
+            elapsed = self._clock.monotonic() - started
             stats.fail.add(elapsed)
             self._metrics.requests.labels(name, status_of(exc).name).inc()
             raise
         except asyncio.CancelledError:  # the client gave up, or its deadline passed
             self._metrics.requests.labels(name, "CANCELLED").inc()
             raise
-        elapsed = self._clock() - started
+        elapsed = self._clock.monotonic() - started
         stats.success.add(elapsed)
         stats.inference_count += decoded.items
-        stats.last_inference_ms = int(time.time() * 1000)
+        stats.last_inference_ms = int(self._clock.time() * 1000)
         self._metrics.requests.labels(name, "OK").inc()
         self._metrics.latency.labels(name).observe(elapsed)
         return response
 
-    async def _forward(self, request: pb.ModelInferRequest, deadline: float | None,
-                       started: float) -> pb.ModelInferResponse:
-        assert self._gateway is not None
-        name = request.model_name
+    async def _forward(self, gateway: Gateway, request: pb.ModelInferRequest,
+                       deadline: float | None, started: float) -> pb.ModelInferResponse:
         try:
-            response = await self._gateway.forward(request, deadline)
+            digest = gateway.resolve(request.model_name, request.model_version)
+        except SwarmError as exc:
+            self._metrics.requests.labels(self._metrics.unknown_label(),
+                                          f"FORWARD_{status_of(exc).name}").inc()
+            raise
+        name = self._metrics.forwarded_label(request.model_name)
+        try:
+            response = await gateway.forward(request, digest, deadline)
         except SwarmError as exc:
             self._metrics.requests.labels(name, f"FORWARD_{status_of(exc).name}").inc()
             raise
+        except asyncio.CancelledError:
+            self._metrics.requests.labels(name, "CANCELLED").inc()
+            raise
         self._metrics.requests.labels(name, "FORWARDED").inc()
-        self._metrics.latency.labels(name).observe(self._clock() - started)
+        self._metrics.latency.labels(name).observe(self._clock.monotonic() - started)
         return response
 
     def _response(self, request: pb.ModelInferRequest, served: ServedModel,
@@ -442,38 +572,46 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
         remaining = context.time_remaining()
-        return None if remaining is None else self._clock() + remaining
+        return None if remaining is None else self._clock.monotonic() + remaining
 
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            return await self.infer(request, self._deadline(context))
+            return await self.infer(request, self._deadline(context), forwarded=_marked(context))
         except SwarmError as exc:
-            await context.abort(status_of(exc), str(exc))
-            raise
+            await _abort(context, exc)
         except Exception:
             log.exception("unexpected error in ModelInfer", extra={"model": request.model_name})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
-                               context: grpc.aio.ServicerContext,
-                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+            self, request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable],
+            context: grpc.aio.ServicerContext) -> None:
         """Requests are served concurrently; responses go out as they complete.
 
-        A failed request yields a response with error_message set (and its id), and
-        the stream stays open, as Triton's streaming API does.
+        A failed request gets a response with error_message set (and its id), and the
+        stream stays open, as Triton's streaming API does.
+
+        At most `max_stream_in_flight` responses are in flight per stream (computing, or
+        computed and not yet taken by the transport). At the bound the node stops
+        reading the stream's requests, so a client that sends without reading is held
+        back by gRPC flow control instead of making the node buffer all it sends.
+        Responses are written with context.write from this coroutine (not yielded from
+        a generator): a cancelled stream then cancels its task group like any call.
         """
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(self._stream_window)
+        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         stream_deadline = self._deadline(context)
+        forwarded = _marked(context)
 
         async def handle(req: pb.ModelInferRequest) -> None:
             try:
                 response = pb.ModelStreamInferResponse(
-                    infer_response=await self.infer(req, stream_deadline))
+                    infer_response=await self.infer(req, stream_deadline, forwarded=forwarded))
             except SwarmError as exc:
                 response = pb.ModelStreamInferResponse(
-                    error_message=f"{status_of(exc).name}: {exc}",
+                    error_message=f"{status_of(exc).name}: {status_details(exc)}",
                     infer_response=pb.ModelInferResponse(
                         model_name=req.model_name, model_version=req.model_version, id=req.id))
             except Exception:
@@ -481,19 +619,37 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 response = pb.ModelStreamInferResponse(
                     error_message="INTERNAL: internal error",
                     infer_response=pb.ModelInferResponse(id=req.id))
-            out.put_nowait(response)
+            done.put_nowait(response)
 
         async def read() -> None:
+            requests = aiter(request_iterator)
             async with asyncio.TaskGroup() as handlers:
-                async for req in request_iterator:
+                while True:
+                    if window.locked():
+                        self._metrics.stream_backpressure.inc()
+                    await window.acquire()  # released once a response is written
+                    try:
+                        req = await anext(requests)
+                    except StopAsyncIteration:
+                        break
+                    if isinstance(req, Undecodable):
+                        done.put_nowait(pb.ModelStreamInferResponse(
+                            error_message=f"INVALID_ARGUMENT: {req.message}"))
+                        continue
                     handlers.create_task(handle(req))
-            out.put_nowait(None)
+            done.put_nowait(None)
 
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(read())
-            while (item := await out.get()) is not None:
-                yield item
-            await reader
+            while (response := await done.get()) is not None:
+                try:
+                    await context.write(response)
+                except Exception as exc:  # grpc's own error type: the client is gone
+                    log.debug("stream closed by the client",
+                              extra={"error": type(exc).__name__})
+                    reader.cancel()  # and with it the requests still computing
+                    break
+                window.release()
 
 
 class NodeStatusService(node_pb2_grpc.NodeServiceServicer):
