@@ -1,0 +1,124 @@
+"""Staking: the ledger of balances, stake, receipts and slashing, without consensus.
+
+_tx.py       transactions (transfer, bond, unbond, deposit, claim, tick), receipts,
+             equivocation evidence; canonical wire form; Ed25519 signing (domain-separated)
+_genesis.py  Genesis and Params from a TOML file; the chain id (hash of the genesis)
+_state.py    State (frozen, immutables.Map inside), Account, Channel, Credit; canonical encoding
+_apply.py    the pure state machine: apply / settle / void / waiting_on, and which rules come
+             from which paper (Guerraoui et al. PODC 2019, FastPay, Astro)
+_rewards.py  rewards(): the per-epoch inflation rule, the only mint
+_ledger.py   Ledger: verify, buffer until ready, settle, detect equivocations, replay;
+             MemoryLog; replay()
+_store.py    LedgerStore: SQLite (WAL) append-only log + snapshot; rebuild from the log
+_errors.py   LedgerError and its subclasses (tree in its docstring)
+"""
+
+from swarm.staking._apply import apply, settle, void, waiting_on
+from swarm.staking._errors import (
+    AlreadyClaimedError,
+    BadSignatureError,
+    BufferFullError,
+    GenesisError,
+    InsufficientStakeError,
+    InvalidEvidenceError,
+    LedgerCorruptError,
+    LedgerError,
+    MalformedTransactionError,
+    MissingDependencyError,
+    NoDepositError,
+    NotReadyError,
+    OverdraftError,
+    ReceiptError,
+    RejectedError,
+    SequenceGapError,
+    StaleSequenceError,
+    TransactionFailedError,
+)
+from swarm.staking._genesis import PPM, Genesis, GenesisAccount, Params, SlashingTable
+from swarm.staking._ledger import Ledger, LedgerConfig, MemoryLog, Outcome, TransactionLog, replay
+from swarm.staking._rewards import Rewards, rewards
+from swarm.staking._state import Account, Channel, Credit, State
+from swarm.staking._store import LedgerStore
+from swarm.staking._tx import (
+    RECEIPT_DOMAIN,
+    TX_DOMAIN,
+    Ack,
+    Body,
+    Bond,
+    Claim,
+    Deposit,
+    Evidence,
+    Kind,
+    Receipt,
+    SignedTransaction,
+    Tick,
+    Transaction,
+    Transfer,
+    Unbond,
+    WorkReport,
+    decode_transaction,
+    sign,
+    sign_receipt,
+)
+
+__all__ = [
+    "PPM",
+    "RECEIPT_DOMAIN",
+    "TX_DOMAIN",
+    "Account",
+    "Ack",
+    "AlreadyClaimedError",
+    "BadSignatureError",
+    "Body",
+    "Bond",
+    "BufferFullError",
+    "Channel",
+    "Claim",
+    "Credit",
+    "Deposit",
+    "Evidence",
+    "Genesis",
+    "GenesisAccount",
+    "GenesisError",
+    "InsufficientStakeError",
+    "InvalidEvidenceError",
+    "Kind",
+    "Ledger",
+    "LedgerConfig",
+    "LedgerCorruptError",
+    "LedgerError",
+    "LedgerStore",
+    "MalformedTransactionError",
+    "MemoryLog",
+    "MissingDependencyError",
+    "NoDepositError",
+    "NotReadyError",
+    "Outcome",
+    "OverdraftError",
+    "Params",
+    "Receipt",
+    "ReceiptError",
+    "RejectedError",
+    "Rewards",
+    "SequenceGapError",
+    "SignedTransaction",
+    "SlashingTable",
+    "StaleSequenceError",
+    "State",
+    "Tick",
+    "Transaction",
+    "TransactionFailedError",
+    "TransactionLog",
+    "Transfer",
+    "Unbond",
+    "WorkReport",
+    "apply",
+    "decode_transaction",
+    "replay",
+    "rewards",
+    "settle",
+    "sign",
+    "sign_receipt",
+    "void",
+    "waiting_on",
+]
