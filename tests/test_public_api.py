@@ -36,9 +36,9 @@ def test_swarm_routing_exports() -> None:
     import swarm.routing
 
     assert set(swarm.routing.__all__) == {
-        "FORWARDED", "MAX_MESSAGE_BYTES", "Caller", "GrpcCaller", "Routed", "Router",
-        "RoutingOptions", "error_from_rpc",
-        "status_of"}
+        "BUILTIN_DIGESTS", "FORWARDED", "MAX_MESSAGE_BYTES", "Caller", "GrpcCaller",
+        "ProviderWeight", "Resolver", "Routed", "Router", "RoutingOptions", "SignedNames",
+        "SignedTags", "error_from_rpc", "one_per_provider", "status_of"}
 
 
 def test_swarm_modelfile_exports() -> None:
@@ -58,7 +58,7 @@ def test_swarm_cli_exports() -> None:
 def test_every_front_exports_what_it_names() -> None:
     import importlib
 
-    for name in ("swarm.protocol", "swarm.protocol.testing", "swarm.modelfile",
+    for name in ("swarm.protocol", "swarm.protocol.testing", "swarm.modelfile", "swarm.staking",
                  "swarm.scheduler", "swarm.routing", "swarm.registry", "swarm.node",
                  "swarm.client", "swarm.simnet", "swarm.cli"):
         module = importlib.import_module(name)

@@ -1,9 +1,9 @@
 """The `swarm` command line.
 
 _main.py      main(): the parser and dispatch
-_client.py    infer, models, peers (the SDK)
+_client.py    infer, served (formerly `models`), peers (the SDK)
 _registry.py  model push|ls|tag|rollback|pull|key (the registry)
-_simnet.py    simnet up|model (the simulator)
+_simnet.py    simnet up|virtual (the simulator)
 
 Each subcommand's module imports what it needs when it runs, so `swarm --help` imports
 neither torch nor libp2p.

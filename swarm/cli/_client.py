@@ -1,4 +1,11 @@
-"""`swarm infer`, `swarm models`, `swarm peers`: the SDK on the command line."""
+"""`swarm infer`, `swarm served`, `swarm peers`: the SDK on the command line.
+
+`infer` prints one JSON object per input, keyed by the model's output tensor names
+(`{"embedding": [[...]]}` for builtin/minilm, `{"output": [[...]]}` for builtin/mlp),
+whether the input came from --text, --input, --json or a --file line. Without --node
+or --bootstrap, `infer` and `served` talk to the node at 127.0.0.1:7070 (swarm-node's
+default gRPC port). `swarm models` is the old name of `swarm served`.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,15 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from swarm._errors import ConfigError, InvalidInputError, SwarmError
+from swarm._errors import ConfigError, InvalidInputError, SwarmError, first_failure
 from swarm.client import AsyncClient, TensorInfo
 from swarm.protocol import PeerView
 
-__all__ = ["add_parsers", "run"]
+__all__ = ["DEFAULT_NODE", "add_parsers", "run"]
+
+# Where `infer` and `served` go without --node or --bootstrap: a node on this machine
+# at swarm-node's default gRPC port.
+DEFAULT_NODE = "127.0.0.1:7070"
 
 
 def _load_input(path: Path) -> Any:
@@ -42,14 +53,16 @@ def _jsonable(value: np.ndarray) -> Any:
 
 
 def _client(args: argparse.Namespace) -> AsyncClient:
-    if bool(args.node) == bool(args.bootstrap):
-        raise ConfigError("give --node HOST:PORT, or --bootstrap MULTIADDR to use the swarm")
-    if args.node:
-        if args.max_price is not None or args.prefer is not None:
-            raise ConfigError("--max-price and --prefer need --bootstrap (routing in the swarm)")
-        return AsyncClient(args.node, timeout=args.timeout)
+    if args.node and args.bootstrap:
+        raise ConfigError("give --node HOST:PORT, or --bootstrap MULTIADDR to use the swarm, "
+                          "not both")
+    if not args.bootstrap:
+        if args.max_price is not None or args.preference is not None:
+            raise ConfigError("--max-price and --preference need --bootstrap (routing in the "
+                              "swarm)")
+        return AsyncClient(args.node or DEFAULT_NODE, timeout=args.timeout)
     return AsyncClient(bootstrap=args.bootstrap, timeout=args.timeout, max_price=args.max_price,
-                       preference=args.prefer or "latency")
+                       preference=args.preference or "latency")
 
 
 def _as_inputs(value: Any) -> Any:
@@ -76,18 +89,36 @@ def _read_lines(path: Path) -> list[Any]:
     return items
 
 
+def _print_outputs(outputs: dict[str, np.ndarray]) -> None:
+    """One JSON line, keyed by the model's output names (the same for every input flag)."""
+    print(json.dumps({name: _jsonable(v) for name, v in outputs.items()}))
+
+
 async def _infer_file(args: argparse.Namespace, client: AsyncClient) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    if args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
     items = _read_lines(args.file)
+    results: list[dict[str, np.ndarray]] = [{} for _ in items]
+    gate = asyncio.Semaphore(args.concurrency)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(args.model, total=len(items))
-        results = await client.map(args.model, items, concurrency=args.concurrency,
-                                   progress=lambda n: bar.advance(task, n))
-    for result in results:
-        outputs = result if isinstance(result, dict) else {"output": result}
-        print(json.dumps({k: _jsonable(v) for k, v in outputs.items()}))
+
+        async def one(i: int, inputs: Any) -> None:
+            async with gate:
+                results[i] = await client.infer_raw(args.model, inputs)
+            bar.advance(task, 1)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i, inputs in enumerate(items):
+                    tg.create_task(one(i, inputs))
+        except* SwarmError as group:  # the first failure cancels the rest: report it as itself
+            raise first_failure(group) from None
+    for outputs in results:
+        _print_outputs(outputs)
     return 0
 
 
@@ -107,14 +138,18 @@ async def _infer(args: argparse.Namespace) -> int:
         else:
             inputs = _as_inputs(_parse_json(args.json, "--json"))
         outputs = await client.infer_raw(args.model, inputs)
-    print(json.dumps({name: _jsonable(v) for name, v in outputs.items()}))
+    _print_outputs(outputs)
     return 0
 
 
-async def _models(args: argparse.Namespace) -> int:
-    args.max_price = args.prefer = None
+async def _served(args: argparse.Namespace) -> int:
+    if args.command == "models":
+        print("swarm: `swarm models` is now `swarm served` (the old name will go away)",
+              file=sys.stderr)
+    args.max_price = args.preference = None
     async with _client(args) as client:
         models = await client.models()
+        where = client.address or "the swarm"
     if args.json:
         print(json.dumps([{
             "name": m.name, "versions": list(m.versions), "platform": m.platform,
@@ -131,11 +166,15 @@ async def _models(args: argparse.Namespace) -> int:
     def fmt(tensors: tuple[TensorInfo, ...]) -> str:
         return ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in tensors)
 
-    table = Table("model", "version", "inputs", "outputs", "max batch")
+    # A terminal gets short digests; a pipe or file the whole of every cell.
+    tty = sys.stdout.isatty()
+    table = Table("model", "version", "inputs", "outputs", "max batch",
+                  title=f"models served by {where}")
     for m in models:
-        table.add_row(m.name, m.versions[0][:19] if m.versions else "", fmt(m.inputs),
+        version = m.versions[0] if m.versions else ""
+        table.add_row(m.name, version[:19] if tty else version, fmt(m.inputs),
                       fmt(m.outputs), str(m.max_batch_size))
-    Console().print(table)
+    Console(width=None if tty else 100_000).print(table)
     return 0
 
 
@@ -202,11 +241,13 @@ async def _peers(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add `infer`, `models` and `peers` to an argparse subparsers object."""
+    """Add `infer`, `served` (old name: `models`) and `peers` to an argparse subparsers object."""
 
     infer = sub.add_parser("infer", help="run a model on inputs; prints outputs as JSON")
-    infer.add_argument("model", help="model name, e.g. builtin/minilm")
-    infer.add_argument("--node", help="a node's address HOST:PORT (talk to it directly)")
+    infer.add_argument("model", help="model name, e.g. builtin/minilm, acme/clf:stable, "
+                                     "local/m@sha256:...")
+    infer.add_argument("--node", help="a node's address HOST:PORT (talk to it directly; "
+                                      f"default {DEFAULT_NODE} unless --bootstrap)")
     infer.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
                        help="join the swarm through this peer and let the scheduler route")
     infer.add_argument("--text", action="append", help="a text input (repeatable)")
@@ -219,27 +260,33 @@ def add_parsers(sub: Any) -> None:
                        help="requests in flight at once with --file")
     infer.add_argument("--max-price", type=float,
                        help="highest price per request, micro-units (with --bootstrap)")
-    infer.add_argument("--prefer", help="latency, price, or a latency weight in [0, 1]")
-    infer.add_argument("--timeout", type=float, default=30.0)
+    # `--prefer` is the old spelling; the SDK's keyword is `preference=` too.
+    infer.add_argument("--preference", "--prefer", dest="preference",
+                       help="latency, price, or a latency weight in [0, 1] (with --bootstrap)")
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
-    models = sub.add_parser("models", help="list the models a node (or the swarm) serves")
-    models.add_argument("--node", help="node address HOST:PORT")
-    models.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+    served = sub.add_parser("served", aliases=["models"],
+                            help="list the models a node (or the swarm) serves")
+    served.add_argument("--node", help=f"node address HOST:PORT (default {DEFAULT_NODE} "
+                                       "unless --bootstrap)")
+    served.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
                         help="list what the whole swarm serves, joining through this peer")
-    models.add_argument("--json", action="store_true", help="machine-readable output")
-    models.add_argument("--timeout", type=float, default=30.0)
+    served.add_argument("--json", action="store_true", help="machine-readable output")
+    served.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
     peers = sub.add_parser("peers", help="join the swarm and list the providers it advertises")
     peers.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR",
                        help="a peer's multiaddr (repeatable), as printed by swarm-node")
     peers.add_argument("--json", action="store_true", help="machine-readable output")
     peers.add_argument("--wait", type=float, default=8.0,
-                       help="longest time to listen for adverts (seconds)")
+                       help="longest time to try (seconds); the list is printed as soon as "
+                            "the bootstrap peer's snapshot of the swarm is in")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed `infer`, `models` or `peers` command; returns the exit status."""
-    handler = {"infer": _infer, "models": _models, "peers": _peers}[args.command]
+    """Run a parsed `infer`, `served` (`models`) or `peers` command; returns the exit status."""
+    handler = {"infer": _infer, "served": _served, "models": _served,
+               "peers": _peers}[args.command]
     try:
         return asyncio.run(handler(args))
     except (SwarmError, OSError, ValueError) as exc:  # ValueError: numpy refusing an input

@@ -14,7 +14,8 @@ __all__ = ["main"]
 # Subcommand -> the module that defines and runs it (`add_parser(s)` and `run`).
 _MODULES = {
     "infer": "swarm.cli._client",
-    "models": "swarm.cli._client",
+    "served": "swarm.cli._client",
+    "models": "swarm.cli._client",  # the old name of `served`
     "peers": "swarm.cli._client",
     "model": "swarm.cli._registry",
     "simnet": "swarm.cli._simnet",

@@ -2,7 +2,11 @@
 
 Every command acts through one node: `--node HOST:PORT`, or `--bootstrap
 MULTIADDR` to join the swarm as a light peer and use a node from its view (a
-pull then fetches from every peer that stores the version).
+pull then fetches from every peer that stores the version); `ls` names the node
+that answered. A pull keeps what it fetched, as `docker pull` keeps the image: in
+the registry store of swarm-node's default data dir (`$SWARM_DATA_DIR/registry`,
+else `~/.local/share/swarm-node/registry`), where a node started with that data
+dir finds it; `--store DIR` keeps it elsewhere, `--no-store` only verifies.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import sys
 import tempfile
@@ -44,7 +49,14 @@ from swarm.registry import (
 if TYPE_CHECKING:
     from swarm.protocol import LightPeer
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "default_store", "run"]
+
+
+def default_store() -> Path:
+    """Where `swarm model pull` keeps versions: the registry store of swarm-node's default
+    data dir (SWARM_DATA_DIR, as the node reads it, else ~/.local/share/swarm-node)."""
+    data_dir = os.environ.get("SWARM_DATA_DIR") or "~/.local/share/swarm-node"
+    return Path(data_dir).expanduser() / "registry"
 
 
 # -- reaching a node -----------------------------------------------------------------------
@@ -169,20 +181,27 @@ async def _ls(args: argparse.Namespace) -> int:
     name = _model_name(args.name) if args.name else ""
     async with _link(args) as link:
         listing = await link.client.list_models(name)
+        node = link.client.address  # with --bootstrap, whichever node the view offered
     if args.json:
-        print(json.dumps(_listing_json(listing), indent=2))
+        print(json.dumps({"node": node, **_listing_json(listing)}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    tags = Table("tag", "digest", "sequence", "previous", title="tags")
+    # A terminal gets short digests; a pipe or a file the whole of every cell.
+    tty = sys.stdout.isatty()
+
+    def digest(text: str) -> str:
+        return text[:19] if tty else text
+
+    console = Console(width=None if tty else 100_000)
+    tags = Table("tag", "digest", "sequence", "previous", title=f"tags known to {node}")
     for t in listing.tags:
-        tags.add_row(f"{t.name}:{t.tag}", t.target[:19], str(t.sequence),
-                     t.previous[:19] if t.previous else "-")
-    versions = Table("name", "version", "digest", "size", "stored", title="versions on the node")
+        tags.add_row(f"{t.name}:{t.tag}", digest(t.target), str(t.sequence),
+                     digest(t.previous) if t.previous else "-")
+    versions = Table("name", "version", "digest", "size", "stored", title=f"versions on {node}")
     for v in listing.versions:
-        versions.add_row(v.name, v.version, v.digest[:19], f"{v.size:,}",
+        versions.add_row(v.name, v.version, digest(v.digest), f"{v.size:,}",
                          "yes" if v.complete else "partial")
     console.print(tags)
     console.print(versions)
@@ -224,8 +243,11 @@ async def _rollback(args: argparse.Namespace) -> int:
 
 
 async def _pull(args: argparse.Namespace) -> int:
+    if args.no_store and args.store is not None:
+        raise InvalidInputError("give --store DIR or --no-store, not both")
+    store = None if args.no_store else (args.store or default_store()).expanduser()
     with contextlib.ExitStack() as stack:
-        root: Path = (args.store.expanduser() if args.store is not None else
+        root: Path = (store if store is not None else
                       Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-pull-"))))
         manifests = ManifestStore(BlobStore(root))
         stats = FetchStats()
@@ -249,10 +271,10 @@ async def _pull(args: argparse.Namespace) -> int:
         if args.output is not None:
             for path in await asyncio.to_thread(export_files, manifests, digest, args.output):
                 _say(f"wrote {path}")
-        if args.store is not None:
-            _say(f"stored in {args.store}")
-        if args.output is None and args.store is None:
-            _say("nothing kept: --output DIR writes the files, --store DIR keeps a registry store")
+        if store is not None:
+            _say(f"stored in {store}")
+        elif args.output is None:
+            _say("nothing kept (--no-store): --output DIR writes the files")
     return 0
 
 
@@ -290,9 +312,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _key(p)
     _reach(p)
 
-    p = sub.add_parser("ls", help="list tags and the versions a node stores")
+    p = sub.add_parser("ls", help="list tags and the versions a node stores (and which node)")
     p.add_argument("name", nargs="?", help="only this namespace/name")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (with the answering node as \"node\")")
     _reach(p)
 
     p = sub.add_parser("tag", help="point a tag at a version: tag NAME:TAG TARGET")
@@ -306,10 +329,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _key(p)
     _reach(p)
 
-    p = sub.add_parser("pull", help="fetch and verify a version (with a progress bar)")
+    p = sub.add_parser("pull", help="fetch, verify and keep a version (with a progress bar)")
     p.add_argument("ref", help="acme/classifier:stable, acme/classifier@sha256:... or sha256:...")
     p.add_argument("--store", type=Path, metavar="DIR",
-                   help="keep the version in a registry store here (default: verify only)")
+                   help="the registry store to keep the version in (default: swarm-node's, "
+                        "$SWARM_DATA_DIR/registry or ~/.local/share/swarm-node/registry)")
+    p.add_argument("--no-store", action="store_true", help="verify only; keep nothing")
     p.add_argument("--output", type=Path, metavar="DIR", help="also write its files here")
     _reach(p)
 

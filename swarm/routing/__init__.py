@@ -2,14 +2,25 @@
 
 _router.py  Router (attempts within the deadline, retries on the next candidate, hedging
             past a provider's p95, observations fed back), RoutingOptions, Routed,
-            tag/name resolution through signed records, FORWARDED; the Caller it sends
-            through (GrpcCaller in production, a simulated one in simnet)
+            FORWARDED; the Caller it sends through (GrpcCaller in production, a
+            simulated one in simnet)
+_names.py   what a model name means, through signed statements only: SignedNames (the
+            default Resolver: owner-signed tags, release-pinned BUILTIN_DIGESTS; never
+            advert counts), the Resolver and ProviderWeight hooks (stake plugs in there)
 _status.py  error_from_rpc, status_of: grpc's side of the one status <-> error table
             (swarm._errors.STATUS)
 
 Used by the SDK, the node's gateway and the simulator alike.
 """
 
+from swarm.routing._names import (
+    BUILTIN_DIGESTS,
+    ProviderWeight,
+    Resolver,
+    SignedNames,
+    SignedTags,
+    one_per_provider,
+)
 from swarm.routing._router import (
     FORWARDED,
     MAX_MESSAGE_BYTES,
@@ -22,13 +33,19 @@ from swarm.routing._router import (
 from swarm.routing._status import error_from_rpc, status_of
 
 __all__ = [
+    "BUILTIN_DIGESTS",
     "FORWARDED",
     "MAX_MESSAGE_BYTES",
     "Caller",
     "GrpcCaller",
+    "ProviderWeight",
+    "Resolver",
     "Routed",
     "Router",
     "RoutingOptions",
+    "SignedNames",
+    "SignedTags",
     "error_from_rpc",
+    "one_per_provider",
     "status_of",
 ]

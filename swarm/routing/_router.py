@@ -17,6 +17,10 @@ it. For each request:
 The call itself is injected (`Caller`): `GrpcCaller` by default, a simulated network
 and provider in `swarm simnet virtual`. Everything above works on the InferenceError
 codes a caller raises, never on transport exceptions, and reads time from a `Clock`.
+
+Names resolve to digests through an injected `Resolver` too (swarm/routing/_names.py):
+`SignedNames` by default, which follows signed statements only (owner-signed tags,
+release-pinned built-ins), never the number of providers claiming a name.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -39,6 +43,7 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, ModelRef, PeerId
 from swarm.protocol import PeerView
+from swarm.routing._names import Resolver, SignedNames, SignedTags
 from swarm.routing._status import error_from_rpc
 from swarm.scheduler import (
     Candidate,
@@ -58,9 +63,6 @@ MAX_MESSAGE_BYTES = 64 << 20
 _RETRYABLE = {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "NOT_FOUND", "INTERNAL", "CANCELLED",
               "UNKNOWN"}
 
-
-# Signed targets of a tag, oldest first and current last (None: no signed record known).
-SignedTags = Callable[[ModelRef], Sequence[Digest] | None]
 
 # One attempt: send `request` to the candidate, give up after `timeout` seconds. Failures
 # are raised as InferenceError subclasses whose `code` is the gRPC status name
@@ -137,7 +139,9 @@ class Router:
     """Sends OIP requests to providers chosen from a live peer view.
 
     `caller` makes one attempt (default: a GrpcCaller the Router owns and `close()`
-    closes); `clock` is read for every deadline and observation.
+    closes); `clock` is read for every deadline and observation. `resolver` says what a
+    model name means (default: `SignedNames(signed_tags)`, the owners' signed tag
+    records and the release's pinned built-ins); give one or the other.
     """
 
     def __init__(self, view: Callable[[], PeerView], *, rng: random.Random | None = None,
@@ -145,9 +149,12 @@ class Router:
                  observations: Observations | None = None,
                  clock: Clock | None = None,
                  signed_tags: SignedTags | None = None,
+                 resolver: Resolver | None = None,
                  caller: Caller | None = None) -> None:
+        if resolver is not None and signed_tags is not None:
+            raise ValueError("give a resolver or signed_tags (for the default one), not both")
         self._view = view
-        self._signed_tags = signed_tags
+        self._resolver: Resolver = resolver or SignedNames(signed_tags)
         self._rng = rng or random.Random()
         self._config = config or SchedulerConfig()
         self.observations = observations or Observations()
@@ -158,58 +165,24 @@ class Router:
         self._call = caller
         # Hedges sent over the Router's life (observable by operators and the simulator).
         self.hedges = 0
-        # resolve() scans every advert; its answers hold for one view snapshot.
-        self._resolved_view: PeerView | None = None
-        self._resolved: dict[tuple[str, tuple[Digest, ...] | None], Digest] = {}
 
     @property
     def view(self) -> PeerView:
         return self._view()
 
     def resolve(self, model: str) -> Digest:
-        """The digest to route `model` to.
+        """The digest to route `model` to, as the resolver decides.
 
-        `name@sha256:...` names it. With `signed_tags` (the registry's signed tag records),
-        a tag resolves to one of the targets its owner signed, never to what providers
-        merely claim: the one most providers serve (a rollout switches clients once most
-        providers have switched; ties: the newest). A bare name resolves through its
-        signed `latest` tag if there is one. Otherwise (built-ins, local programs, or no
-        `signed_tags`) the version most providers advertise under the name (and tag)
-        wins, ties to the lowest digest, so clients agree.
+        `name@sha256:...` names it. With the default resolver a tag resolves to one of
+        the targets its owner signed (the one most providers serve: a rollout switches
+        clients once most providers have switched; ties: the newest), a bare name to
+        its signed `latest` tag, a built-in to the digest the release pins; anything
+        else raises NoProviderError, whatever providers advertise.
         """
         ref = ModelRef.parse(model)
         if ref.digest is not None:
             return ref.digest
-        signed = None if self._signed_tags is None else self._signed_tags(ref)
-        view = self.view
-        if view is not self._resolved_view:  # a new snapshot: forget what the old one said
-            self._resolved_view, self._resolved = view, {}
-        key = (model, None if signed is None else tuple(signed))  # a tag moved: look again
-        digest = self._resolved.get(key)
-        if digest is None:
-            digest = self._resolved[key] = self._resolve(view, ref, model, signed)
-        return digest
-
-    def _resolve(self, view: PeerView, ref: ModelRef, model: str,
-                 signed: Sequence[Digest] | None) -> Digest:
-        if signed is None and ref.tag is not None and self._signed_tags is not None:
-            raise NoProviderError(f"no signed record of tag {model} is known (yet)")
-        counts: dict[Digest, int] = {}
-        for entry in view:
-            for offer in entry.advert.models:
-                if offer.name != ref.name:
-                    continue
-                if signed is not None or ref.tag is None or ref.tag in offer.tags:
-                    counts[offer.digest] = counts.get(offer.digest, 0) + 1
-        if signed is not None:
-            served = [(counts.get(d, 0), age, d) for age, d in enumerate(signed)]
-            best = max(served, key=lambda c: (c[0], c[1]))
-            if best[0] == 0:
-                raise NoProviderError(f"{model} is {signed[-1]}; no provider serves it (yet)")
-            return best[2]
-        if not counts:
-            raise NoProviderError(f"no provider in the swarm serves {model}")
-        return min(counts, key=lambda d: (-counts[d], d.hex))
+        return self._resolver(self.view, ref)
 
     async def close(self) -> None:
         """Close the default caller's channels (an injected caller is its owner's)."""

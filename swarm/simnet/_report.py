@@ -221,6 +221,11 @@ def rate_series(records: Iterable[RequestRecord], *, duration: float,
     return dict(sorted(series.items()))
 
 
+def _secs(value: float) -> str:
+    """Seconds to a tenth, without trailing zeros: 30, 4.2."""
+    return f"{value:.1f}".removesuffix(".0")
+
+
 def _fmt(value: float) -> str:
     if math.isnan(value):
         return "n/a"
@@ -337,7 +342,7 @@ def render_summary(summary: Summary, *, title: str,
     table.add_column()
     lat = summary.latency
     table.add_row("requests", f"{summary.requests} sent, {summary.ok} ok, {summary.lost} lost")
-    table.add_row("throughput", f"{summary.throughput:.1f} req/s over {summary.duration:g} s")
+    table.add_row("throughput", f"{summary.throughput:.1f} req/s over {_secs(summary.duration)} s")
     table.add_row("latency", f"p50 {_fmt(lat.p50)} ms  p95 {_fmt(lat.p95)} ms  "
                              f"p99 {_fmt(lat.p99)} ms  max {_fmt(lat.max)} ms")
     table.add_row("errors", ", ".join(f"{k} {v}" for k, v in summary.errors.items()) or "none")
@@ -352,11 +357,20 @@ def render_summary(summary: Summary, *, title: str,
             if not f.applied:
                 table.add_row("", Text(f"{f.description}: {f.outcome}", style="yellow"))
     for p in summary.promises:
-        verdict = "[bold green]PASS[/]" if p.kept else "[bold red]FAIL[/]"
-        table.add_row("promise", f"{verdict}  {p.describe()}")
+        verdict = _verdict(p, summary.interrupted)
+        style = {"PASS": "bold green", "FAIL": "bold red"}.get(verdict, "yellow")
+        table.add_row("promise", f"[{style}]{verdict}[/]  {p.describe()}")
     if summary.interrupted:
-        table.add_row("run", "[bold yellow]interrupted[/]: promises not judged")
+        table.add_row("run", f"[bold yellow]interrupted[/] after {_secs(summary.duration)} s: "
+                             "promises not judged")
     return table
+
+
+def _verdict(promise: PromiseResult, interrupted: bool) -> str:
+    """PASS or FAIL; a run stopped early judges nothing (its numbers are shown as they are)."""
+    if interrupted:
+        return "not judged"
+    return "PASS" if promise.kept else "FAIL"
 
 
 def _jsonable(value: Any) -> Any:
@@ -379,7 +393,7 @@ def summary_markdown(summary: Summary, *, title: str, faults: Sequence[FaultEven
     lines = [f"# {title}", "",
              "| | |", "|---|---|",
              f"| requests | {summary.requests} sent, {summary.ok} ok, {summary.lost} lost |",
-             f"| throughput | {summary.throughput:.1f} req/s over {summary.duration:g} s |",
+             f"| throughput | {summary.throughput:.1f} req/s over {_secs(summary.duration)} s |",
              f"| latency p50 / p95 / p99 / max | {_fmt(lat.p50)} / {_fmt(lat.p95)} / "
              f"{_fmt(lat.p99)} / {_fmt(lat.max)} ms |",
              "| errors | " + (", ".join(f"{k} {v}" for k, v in summary.errors.items()) or "none")
@@ -389,9 +403,10 @@ def summary_markdown(summary: Summary, *, title: str, faults: Sequence[FaultEven
              "", "## Promises", "", "| promise | bound | actual | verdict |", "|---|---|---|---|"]
     for p in summary.promises:
         lines.append(f"| {p.name} | {_fmt(p.bound)} | {_fmt(p.actual)} | "
-                     f"{'PASS' if p.kept else 'FAIL'} |")
+                     f"{_verdict(p, summary.interrupted)} |")
     if summary.interrupted:
-        lines += ["", "**The run was interrupted: promises are not judged.**"]
+        lines += ["", f"**The run was interrupted after {_secs(summary.duration)} s: promises "
+                      "are not judged.**"]
     lines += ["", "## Per node", "", "| node | requests | share |", "|---|---|---|"]
     for node, count in summary.node_requests.items():
         lines.append(f"| {node} | {count} | {summary.node_share.get(node, 0):.1%} |")

@@ -177,6 +177,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
                            advert_interval=scenario.advert_interval,
                            start_timeout=options.start_timeout)
     interrupted = False
+    ran = scenario.duration  # seconds of workload run
     timeline: _Timeline | None = None
     network_notes: list[str] = []
     async with _network(scenario, options, network_notes) as network, \
@@ -251,15 +252,17 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
                           tg.create_task(view.run(), name="live view")]
                 await asyncio.wait({driving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 interrupted = not driving.done()
+                # Rates are over the time the workload actually ran (all of it, unless stopped).
+                ran = min(scenario.duration, loop.time() - start) if interrupted \
+                    else scenario.duration
                 for task in (driving, stopping, *others):
                     task.cancel()
         finally:
             await router.aclose()
         history = cluster.history
         notes = [*cluster.notes, *timeline.lines]
-    summary = summarize(recorder.records, duration=scenario.duration,
-                        promises=scenario.promises, faults=timeline.events,
-                        interrupted=interrupted)
+    summary = summarize(recorder.records, duration=ran, promises=scenario.promises,
+                        faults=timeline.events, interrupted=interrupted)
     console.print(render_summary(summary, title=title, faults=timeline.events))
     files = write_report(report_dir, title=title, scenario=scenario, summary=summary,
                          records=recorder.records, faults=timeline.events, nodes=history,

@@ -15,8 +15,10 @@ simulated  the call under the Router (swarm/simnet/_virtual_provider.py: `Wire`)
            one-way network latency (swarm/simnet/_latency.py: lognormal per pair of
            peers; requests jittered per message and never lost, gossip hops at the
            pair's latency and optionally lossy); the workload (open loop, the
-           scenario's shape and model mix, spread over the clients; a model name maps
-           straight to its digest); the fault timeline (kill = process crash:
+           scenario's shape and model mix, spread over the clients; model names
+           resolve with the production resolver, `SignedNames`, over the simulator's
+           own pinned table: the simulator owns the names of its swarm, as a release
+           owns `builtin/`); the fault timeline (kill = process crash:
            connections reset; partition = silence; leave = drain then go; rejoin; slow).
 
 One VirtualTimeLoop and its VirtualClock are the only time; every draw comes from
@@ -102,7 +104,7 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._types import Digest
 from swarm.protocol import Identity, Membership, MembershipConfig
 from swarm.protocol.testing import MemoryNetwork
-from swarm.routing import Router, RoutingOptions
+from swarm.routing import Router, RoutingOptions, SignedNames
 from swarm.scheduler import Preference, SchedulerConfig
 from swarm.simnet._latency import Latency, gossip_route
 from swarm.simnet._report import (
@@ -211,6 +213,7 @@ class _Client:
             config=swarm.client_config)
         self.router = Router(lambda: membership.view, rng=random.Random(swarm.rng.getrandbits(64)),
                              config=swarm.scheduler_config, clock=swarm.clock,
+                             resolver=SignedNames(pinned=swarm.digest_of),
                              caller=swarm.wire.caller(self.peer_id, swarm.node_of_client(index)))
         self.in_flight = 0
         self.converged_at: float | None = None
@@ -236,7 +239,7 @@ class _Client:
         latency_from = sw.t0 + req.at  # latency counts from the scheduled send time
         self.in_flight += 1
         try:
-            routed = await self.router.send(sw.requests[req.model], sw.digest_of[req.model],
+            routed = await self.router.send(sw.requests[req.model], self.router.resolve(req.model),
                                             items, sw.options)
         except SwarmError as exc:
             return RequestRecord(req.index, req.model, items, req.at, req.at,
@@ -337,6 +340,8 @@ class _Swarm:
             background.append(tg.create_task(self._faults()))
             background.append(tg.create_task(self._housekeeping()))
             await self._drive(plan, random.Random(self.rng.getrandbits(64)))
+            if self.progress is not None:  # the last line counts what the summary counts
+                self.progress(self._progress_line(loop.time()) + "  (workload done)")
             for task in background:
                 task.cancel()
             for p in self.providers:
@@ -473,13 +478,15 @@ class _Swarm:
                 self.progress(self._progress_line(now))
 
     def _progress_line(self, now: float) -> str:
+        """Counted as the summary counts: sent = answered, failed or shed so far + in flight."""
         records = self.records
         ok = sum(1 for r in records if r.ok)
+        in_flight = sum(c.in_flight for c in self.clients)
         up = sum(1 for p in self.providers if p.state is VirtualProvider.UP)
         hedges = sum(c.router.hedges for c in self.clients)
-        return (f"t={now - self.t0:5.0f}s  requests done {len(records)} ({ok} ok, "
-                f"{hedges} hedges)  providers up {up}/{len(self.providers)}  "
-                f"cpu {time.process_time():.0f}s")
+        return (f"t={now - self.t0:5.0f}s  requests {len(records) + in_flight} sent, {ok} ok, "
+                f"{len(records) - ok} lost, {in_flight} in flight ({hedges} hedges)  "
+                f"providers up {up}/{len(self.providers)}  cpu {time.process_time():.0f}s")
 
     # ------------------------------------------------------------------ results
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from swarm._types import Digest
-from swarm.cli._registry import _COMMANDS, add_parser, run
+from swarm.cli._registry import _COMMANDS, add_parser, default_store, run
 from swarm.protocol import Advert, Gossip, Identity, LightPeer, Membership, MembershipConfig
 from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
@@ -145,10 +145,49 @@ def test_push_tag_rollback_pull_through_a_node(node: str, programs: tuple[Path, 
     assert [(s.name, s.shape) for s in manifest.outputs] == [("output", (-1, 3))]
     assert manifest.batching.max_batch_size == 32  # the Dim's upper bound
     assert manifest.version == "v1"
-    assert cli("pull", d2, "--node", node) == 0  # verify only, by digest
+    assert cli("pull", d2, "--node", node, "--no-store") == 0  # verify only, by digest
     out = capsys.readouterr().out
     assert "pulled acme/classifier v2" in out
     assert "nothing kept" in out
+
+
+def test_pull_keeps_what_it_fetched_in_the_nodes_default_store(
+        node: str, programs: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `docker pull` keeps the image: where a node with the default data dir finds it."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("SWARM_DATA_DIR", str(tmp_path / "data"))
+    assert default_store() == tmp_path / "data" / "registry"
+    monkeypatch.delenv("SWARM_DATA_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_store() == tmp_path / "home" / ".local" / "share" / "swarm-node" / "registry"
+    v1, _ = programs
+    assert cli("push", str(v1), "--name", "acme/classifier", "--tag", "v1", "--node", node) == 0
+    digest = Digest.parse(tags_of(listing(capsys, node))["v1"][0])
+    assert cli("pull", "acme/classifier:v1", "--node", node) == 0
+    assert f"stored in {default_store()}" in capsys.readouterr().out
+    assert ManifestStore(BlobStore(default_store())).get(digest).version == "v1"
+    assert cli("pull", "acme/classifier:v1", "--node", node, "--no-store",
+               "--store", str(tmp_path / "x")) == 1
+    assert "not both" in capsys.readouterr().err
+
+
+def test_ls_in_a_pipe_shows_whole_digests_and_names_the_node(
+        node: str, programs: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    v1, _ = programs
+    assert cli("push", str(v1), "--name", "acme/a-rather-long-model-name", "--tag",
+               "a-long-tag-name-that-a-narrow-table-would-cut", "--node", node) == 0
+    data = listing(capsys, node)
+    assert data["node"] == node  # which node answered (with --bootstrap: any of the swarm)
+    target = tags_of(data)["a-long-tag-name-that-a-narrow-table-would-cut"][0]
+    assert cli("ls", "--node", node) == 0
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert "acme/a-rather-long-model-name:a-long-tag-name-that-a-narrow-table-would-cut" in out
+    assert target in out  # the whole digest, not 19 characters of it
+    assert f"tags known to {node}" in out
+    assert f"versions on {node}" in out
 
 
 def test_cli_errors_are_clear(node: str, programs: tuple[Path, Path], tmp_path: Path,
@@ -181,6 +220,7 @@ def test_sequences_and_targets_are_pure_decisions() -> None:
 
 async def test_bootstrap_joins_as_a_light_peer_and_pulls_from_holders(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SWARM_DATA_DIR", str(tmp_path / "data"))  # where the pull keeps it
     v = make_version(tmp_path / "src")
     network = MemoryNetwork(0)
     async with registry_node(tmp_path / "a", network, 1) as a, \
@@ -214,6 +254,7 @@ async def test_bootstrap_joins_as_a_light_peer_and_pulls_from_holders(
     out = capsys.readouterr().out
     assert f"pulled acme/classifier v1 {v.digest}" in out
     assert "from 2 source(s)" in out
+    assert ManifestStore(BlobStore(tmp_path / "data" / "registry")).get(v.digest)
 
 
 def test_key_prints_the_publisher_public_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -141,6 +141,12 @@ async def test_sigint_stops_every_node(tmp_path: Path, scenario_file: Path) -> N
     data = json.loads((report / "report.json").read_text())
     assert data["summary"]["interrupted"] is True
     assert data["summary"]["kept"] is False
+    # Stopped at once: no promise is judged, and rates are over the seconds it ran, not 30.
+    text = out.decode()
+    assert "not judged" in text
+    assert "FAIL" not in text
+    assert "FAIL" not in (report / "summary.md").read_text()
+    assert 0 < data["summary"]["duration"] < 30
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Router.resolve: a tag routes to a target its owner signed, never to what providers claim."""
+"""Router.resolve: names route to what signed statements say, never to what providers claim."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from swarm._errors import NoProviderError
 from swarm._types import Digest, ModelRef
 from swarm.protocol import Advert, Identity, ModelOffer, PeerView, admit
-from swarm.routing import Router
+from swarm.routing import BUILTIN_DIGESTS, Router, SignedNames
 
 WALL = 1_795_000_000.0
 PEERS = [Identity.from_seed(bytes([i + 1]) * 32).peer_id for i in range(12)]
@@ -39,13 +39,55 @@ def router(view: PeerView, signed: dict[str, Sequence[Digest]] | None) -> Router
 def test_claims_in_adverts_cannot_hijack_a_signed_tag() -> None:
     view = view_of(*[(V1, ("stable",))] * 2, *[(EVIL, ("stable", "latest"))] * 5)
     assert router(view, {"acme/clf:stable": (V1,)}).resolve("acme/clf:stable") == V1
-    # Without signed records (no registry at all) the advertised majority decides.
-    assert router(view, None).resolve("acme/clf:stable") == EVIL
     # A bare name follows its signed `latest` when there is one...
     assert router(view, {"acme/clf:latest": (V1,)}).resolve("acme/clf") == V1
-    # ... and otherwise (built-ins, local programs) the version most providers serve.
-    assert router(view, {}).resolve("acme/clf") == EVIL
     assert router(view, {}).resolve(f"acme/clf@{V2}") == V2  # a digest names itself
+
+
+@pytest.mark.parametrize("signed", [{}, None], ids=["no-record", "no-registry"])
+def test_advert_counts_name_nothing(signed: dict[str, Sequence[Digest]] | None) -> None:
+    """Without a signed record, what five providers claim resolves nothing (issue 11 item 1)."""
+    view = view_of(*[(V1, ("stable",))] * 2, *[(EVIL, ("stable", "latest"))] * 5)
+    with pytest.raises(NoProviderError, match="no signed record of tag acme/clf:stable"):
+        router(view, signed).resolve("acme/clf:stable")
+    with pytest.raises(NoProviderError, match=r"no signed `latest` tag") as info:
+        router(view, signed).resolve("acme/clf")
+    # The refusal says how to name a version, and shows the claims as claims.
+    assert "acme/clf@sha256:..." in str(info.value)
+    assert "unsigned claims" in str(info.value)
+
+
+def test_builtins_resolve_to_the_digests_the_release_pins() -> None:
+    pinned = BUILTIN_DIGESTS["builtin/minilm"]
+    hijack = view_of(*[(EVIL, ())] * 5, (pinned, ()), name="builtin/minilm")
+    for r in (router(hijack, {}), router(hijack, None),
+              router(hijack, {"builtin/minilm:latest": (EVIL,)})):  # nobody tags builtin/
+        assert r.resolve("builtin/minilm") == pinned
+    only_claims = view_of(*[(EVIL, ())] * 5, name="builtin/minilm")
+    with pytest.raises(NoProviderError, match=r"pinned by this release\); no provider serves it"):
+        router(only_claims, {}).resolve("builtin/minilm")
+    with pytest.raises(NoProviderError, match="takes no tags"):
+        router(hijack, {"builtin/minilm:v2": (EVIL,)}).resolve("builtin/minilm:v2")
+    with pytest.raises(NoProviderError, match="no such built-in model"):
+        router(view_of((EVIL, ()), name="builtin/gpt"), {}).resolve("builtin/gpt")
+
+
+def test_a_resolver_is_a_strategy_the_router_takes() -> None:
+    """Stake plugs in as a weight per provider: here one provider outweighs three."""
+    view = view_of((V1, ()), (V1, ()), (V1, ()), (V2, ()))
+    heavy = PEERS[3]
+    signed = {"acme/clf:stable": (V1, V2)}
+    by_count = router(view, signed)
+    assert by_count.resolve("acme/clf:stable") == V1
+    by_stake = Router(lambda: view, resolver=SignedNames(
+        lambda ref: signed.get(f"{ref.name}:{ref.tag}"),
+        weight=lambda entry: 10.0 if entry.peer_id == heavy else 1.0))
+    assert by_stake.resolve("acme/clf:stable") == V2
+    # Whatever the weights, claims never add a version the owner did not sign.
+    assert Router(lambda: view, resolver=SignedNames(
+        lambda ref: None, weight=lambda entry: 1e9)).resolve(f"acme/clf@{V2}") == V2
+    with pytest.raises(ValueError, match="not both"):
+        Router(lambda: view, signed_tags=lambda ref: None, resolver=SignedNames())
 
 
 def test_a_rollout_moves_clients_once_most_providers_have_switched() -> None:
