@@ -117,6 +117,21 @@ class NodeConfig:
     allowlist: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Per-model options by model name; "*" applies to every model.
     models: Mapping[str, ModelOptions] = field(default_factory=dict)
+    # Largest version (all its files, bytes) a publisher may push here; 0 = no limit.
+    # Checked against the signed manifest before anything is stored.
+    registry_max_push_bytes: int = 32 << 30
+    # Seconds a push may go without delivering a verified chunk before it is aborted
+    # and another push of the same blob takes its turn; 0 = no limit.
+    registry_push_idle_timeout: float = 30.0
+    # Namespaces one publisher key may claim on first use (allowlisted ones do not count).
+    registry_max_namespaces_per_key: int = 16
+    # Tags one namespace may hold.
+    registry_max_tags_per_namespace: int = 64
+    # Tags this node holds in all, whoever signed them (keys cost nothing to make).
+    registry_max_tags: int = 4096
+    # Largest batch a registry version is served and warmed up with, whatever its
+    # manifest declares; a model's own max_batch_size option replaces this cap.
+    max_served_batch_size: int = 256
 
     def model_options(self, name: str) -> ModelOptions:
         return self.models.get(name) or self.models.get("*") or ModelOptions()
@@ -283,6 +298,14 @@ def _validate(config: NodeConfig) -> None:
                  "http_max_json_depth"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+    for name in ("registry_max_push_bytes", "registry_max_namespaces_per_key",
+                 "registry_max_tags_per_namespace", "registry_max_tags"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0 (0: no limit)")
+    if not config.registry_push_idle_timeout >= 0:  # also refuses NaN
+        raise ConfigError("registry_push_idle_timeout must be >= 0 seconds (0: no limit)")
+    if config.max_served_batch_size < 1:
+        raise ConfigError("max_served_batch_size must be at least 1")
     for ref in config.serve:
         if not ref.endswith(".pt2"):
             try:

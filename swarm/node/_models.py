@@ -18,7 +18,8 @@ from swarm.node._config import ModelOptions
 from swarm.node._export import load_file
 from swarm.node._runtime import Model
 
-__all__ = ["ModelStats", "ModelTable", "ServedModel", "load_model", "policy_for"]
+__all__ = ["ModelStats", "ModelTable", "ServedModel", "load_model", "policy_for",
+           "served_batch_size"]
 
 
 @dataclass
@@ -171,6 +172,16 @@ def policy_for(model: Model, options: ModelOptions) -> BatchPolicy:
         max_queue_size=options.max_queue_size,
         enabled=options.batching,
     )
+
+
+def served_batch_size(declared: int, options: ModelOptions, bound: int) -> int:
+    """The largest batch a registry version is served and warmed up with.
+
+    `declared` is the publisher's (its manifest), which anyone can set to 2**32-1;
+    the node's `bound` caps it, unless the operator set this model's own
+    `max_batch_size` option, which is the cap then (it may be higher or lower).
+    """
+    return max(1, min(declared, options.max_batch_size or bound))
 
 
 def _local_name(path: Path) -> str:

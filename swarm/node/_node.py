@@ -49,7 +49,14 @@ from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
-from swarm.node._models import BatchStat, ModelTable, ServedModel, load_model, policy_for
+from swarm.node._models import (
+    BatchStat,
+    ModelTable,
+    ServedModel,
+    load_model,
+    policy_for,
+    served_batch_size,
+)
 from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
 from swarm.node._service import InferenceService, NodeStatusService, RejectUndecodable
 from swarm.protocol import (
@@ -73,6 +80,7 @@ from swarm.registry import (
     RegistryServicer,
     Rollout,
     RolloutConfig,
+    ServiceConfig,
     add_registry_service,
     owner_keys,
 )
@@ -150,7 +158,10 @@ class Node:
         self._hardware = detect_hardware(self.device)
         self._registry_config = registry_config or RegistryConfig(
             replication_factor=config.replication_factor,
-            allowlist={ns: owner_keys(keys) for ns, keys in config.allowlist.items()})
+            allowlist={ns: owner_keys(keys) for ns, keys in config.allowlist.items()},
+            max_namespaces_per_key=config.registry_max_namespaces_per_key,
+            max_tags_per_namespace=config.registry_max_tags_per_namespace,
+            max_tags=config.registry_max_tags)
         self._rollout_config = rollout_config or RolloutConfig()
         self.manifests: ManifestStore | None = None
         self.registry: RegistryAgent | None = None
@@ -264,6 +275,9 @@ class Node:
                     self.registry = RegistryAgent(
                         self.gossip, self.manifests, view=self._peer_view,
                         config=self._registry_config, on_stored=self._on_stored)
+                    # The signed tags saved before a restart, re-verified, before the
+                    # registry service answers from them and before --serve follows them.
+                    await self.registry.load()
                 elif follow:
                     raise ConfigError("serving registry models needs peer-to-peer (p2p_port >= 0)")
                 self._add_services(server)
@@ -363,8 +377,13 @@ class Node:
                                  "torch_export versions are served so far")
         data = self.manifests.blobs.read(manifest.files[0].digest)  # verified
         started = time.perf_counter()
-        model = ExportedModel(manifest.name, data, self.device,
-                              max_batch_size=manifest.batching.max_batch_size, digest=digest)
+        # The publisher's batch size is a wish: warm-up allocates a batch of it (2**32-1
+        # would be 128 GiB), so the node's bound caps it.
+        batch = served_batch_size(manifest.batching.max_batch_size,
+                                  self.config.model_options(manifest.name),
+                                  self.config.max_served_batch_size)
+        model = ExportedModel(manifest.name, data, self.device, max_batch_size=batch,
+                              digest=digest)
         model.warmup()
         log.info("model loaded", extra={
             "model": model.name, "digest": digest.short, "device": str(model.device),
@@ -433,7 +452,9 @@ class Node:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = [INFERENCE_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.registry is not None and self.manifests is not None:
-            add_registry_service(RegistryServicer(self.manifests, self.registry,
+            service = ServiceConfig(max_push_bytes=config.registry_max_push_bytes,
+                                    push_idle_timeout=config.registry_push_idle_timeout)
+            add_registry_service(RegistryServicer(self.manifests, self.registry, config=service,
                                                   on_stored=self._on_stored), server)
             services.append(REGISTRY_SERVICE)
         reflection.enable_server_reflection(tuple(services), server, pool=_pool.POOL)

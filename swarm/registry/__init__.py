@@ -5,7 +5,10 @@ _store.py     BlobStore: blobs on disk by SHA-256; atomic writes, verified reads
 _manifest.py  Manifest (a model version), its canonical protobuf encoding and digest,
               publisher signatures; manifest_for_file hashes a model file in one pass
 _tags.py      signed TagRecords and the pure TagState machine: highest sequence wins,
-              namespace ownership (allowlist, else trust on first use), history for rollback
+              namespace ownership (allowlist, else trust on first use), history for rollback,
+              bounds on namespaces per key and tags (TagLimits)
+_tagstore.py  TagStore: each tag's signed history on disk beside the blobs (atomic files),
+              reloaded and re-verified by the agent at start
 _manifests.py ManifestStore: signed manifests beside their blobs (payload blob + signature sidecar)
 _service.py   RegistryServicer: the swarm.v1.RegistryService gRPC servicer (manifests, blob
               ranges, listing, pushes, tags)

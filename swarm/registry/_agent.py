@@ -6,7 +6,12 @@
   unauthorized key moving someone else's tag is logged and counted). Accepted
   records go through the pure `apply_tag`; the agent keeps the TagState and the
   signed bytes of every current record, so peers can sync tags from it (gossip
-  has no memory: a node that joins later pulls them with ListModels).
+  has no memory: a peer that joins pulls a snapshot of them from each peer it connects
+  to, through the same validator, and a node also syncs them with ListModels).
+- With a store, the signed records of every tag's history are persisted beside it
+  (TagStore) and reloaded by `load()` at start, each re-verified and replayed through
+  `apply_tag` like a record from a peer: a restarted node serves what its tags named,
+  can roll back, and syncs what is newer. A record that fails is dropped and logged.
 - `resolve(ref)` answers what `acme/classifier:stable` names now; `watch(ref)`
   yields each new target (the node rolls out/back on it).
 - Replication: every pinned version (the current and previous target of every
@@ -34,7 +39,7 @@ from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm._errors import IntegrityError, ModelNotFoundError, SwarmError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol import Gossip, GossipMessage, PeerView, Validation
+from swarm.protocol import Gossip, GossipMessage, PeerView, SnapshotPuller, Validation
 from swarm.registry._client import RegistryClient
 from swarm.registry._fetch import FetchConfig, FetchStats, Progress, Source, fetch_version
 from swarm.registry._manifest import Manifest
@@ -42,13 +47,16 @@ from swarm.registry._manifests import ManifestStore
 from swarm.registry._tags import (
     DEFAULT_TAG,
     Outcome,
+    TagLimits,
     TagRecord,
     TagState,
+    TagVersion,
     apply_tag,
     previous,
     resolve,
     verify_tag,
 )
+from swarm.registry._tagstore import TagStore
 
 __all__ = [
     "TAG_TOPIC",
@@ -66,6 +74,8 @@ _FIRST_SYNC_RETRY = 0.1
 _FIRST_SYNC_RETRY_MAX = 5.0
 
 TAG_TOPIC = "swarm/tags/v1"
+# Seconds between looks for new connections to pull tag snapshots from.
+_SNAPSHOT_CHECK_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +94,28 @@ class RegistryConfig:
     # Seconds between tag syncs from a random peer (records that gossip did not bring).
     sync_interval: float = 60.0
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    # Bounds on the tags this node holds (0: no bound); records past them are refused
+    # (RESOURCE_EXHAUSTED to a publisher, ignored from gossip) and counted as tags_limited.
+    # Namespaces one key may bind on first use (allowlisted ones do not count).
+    max_namespaces_per_key: int = 16
+    # Tags one namespace may hold.
+    max_tags_per_namespace: int = 64
+    # Tags held in all: keys cost nothing, so only this bounds what strangers can add.
+    max_tags: int = 4096
 
     def __post_init__(self) -> None:
         if self.replication_factor < 1:
             raise ValueError("replication_factor must be >= 1")
         if self.replicate_interval <= 0 or self.jitter < 0 or self.sync_interval <= 0:
             raise ValueError("intervals must be > 0 and jitter >= 0")
+        self.limits  # noqa: B018 - validates the bounds
         # Frozen all the way down: the config may be shared between components.
         object.__setattr__(self, "allowlist", types.MappingProxyType(
             {ns: frozenset(keys) for ns, keys in self.allowlist.items()}))
+
+    @property
+    def limits(self) -> TagLimits:
+        return TagLimits(self.max_namespaces_per_key, self.max_tags_per_namespace, self.max_tags)
 
     @classmethod
     def local(cls, **overrides: Any) -> RegistryConfig:
@@ -202,6 +225,16 @@ class RegistryAgent:
         self._clock = clock
         self._state = TagState()
         self._signed: dict[tuple[str, str], bytes] = {}
+        # Persistence: the SignedTag bytes of each tag's history (what a restart replays),
+        # and the tags changed since they were last written.
+        self._tag_store = TagStore(manifests.blobs.root) if manifests is not None else None
+        self._history: dict[tuple[str, str], dict[TagVersion, bytes]] = {}
+        self._unsaved: set[tuple[str, str]] = set()
+        # Counts changes: a save names the state it wrote, so an older one never wins.
+        self._generation = 0
+        self._save_wanted = asyncio.Event()
+        self._save_lock = asyncio.Lock()
+        self._loaded = False
         self._changed = asyncio.Event()
         self._fetch_locks: dict[Digest, asyncio.Lock] = {}
         self._stop = asyncio.Event()
@@ -209,11 +242,17 @@ class RegistryAgent:
         self.counters: dict[str, int] = {
             "tags_accepted": 0, "tags_bound": 0, "tags_duplicate": 0, "tags_stale": 0,
             "tags_unauthorized": 0, "tags_rejected": 0, "tags_published": 0,
+            "tags_limited": 0, "tags_loaded": 0, "tags_load_dropped": 0, "tag_save_failures": 0,
             "tag_syncs": 0, "tag_sync_failures": 0,
             "fetches_completed": 0, "fetches_failed": 0, "bytes_fetched": 0,
             "chunks_rejected": 0, "manifests_rejected": 0, "source_failures": 0,
         }
         gossip.set_validator(TAG_TOPIC, self.validate)
+        # Push-pull on join: serve our signed records, pull each new peer's (validated).
+        gossip.set_snapshot(TAG_TOPIC, lambda: list(self._signed.copy().values()))
+        self._snapshots = SnapshotPuller(
+            gossip, TAG_TOPIC, lambda msg: self.receive(msg.data, origin=str(msg.received_from)),
+            interval=_SNAPSHOT_CHECK_INTERVAL)
 
     # -- TagBook (the service's view of us) --------------------------------------------------
 
@@ -225,6 +264,11 @@ class RegistryAgent:
     @property
     def allowlist(self) -> Mapping[str, Set[bytes]]:
         return self.config.allowlist
+
+    @property
+    def synced(self) -> asyncio.Event:
+        """Set once a peer's snapshot of tag records is in (see SnapshotPuller)."""
+        return self._snapshots.synced
 
     def signed_record(self, name: str, tag: str) -> bytes | None:
         """SignedTag bytes of the current record of `name:tag`, if known."""
@@ -239,7 +283,8 @@ class RegistryAgent:
         except IntegrityError as exc:
             self._count_rejected(exc, str(msg.received_from))
             return Validation.REJECT
-        _, outcome = apply_tag(self._state, record, allowlist=self.config.allowlist)
+        _, outcome = apply_tag(self._state, record, allowlist=self.config.allowlist,
+                               limits=self.config.limits)
         if outcome.ok:
             return Validation.ACCEPT
         self._count(record, outcome, str(msg.received_from))
@@ -271,19 +316,111 @@ class RegistryAgent:
             await check(record)
         outcome = self._apply(record, signed, "local")
         if outcome.ok:
+            await self._save()  # on disk before the publisher hears it was accepted
             await self._gossip.publish(TAG_TOPIC, signed)
             self.counters["tags_published"] += 1
         return outcome
 
     def _apply(self, record: TagRecord, signed: bytes, origin: str) -> Outcome:
-        self._state, outcome = apply_tag(self._state, record, allowlist=self.config.allowlist)
+        self._state, outcome = apply_tag(self._state, record, allowlist=self.config.allowlist,
+                                         limits=self.config.limits)
         self._count(record, outcome, origin)
         if outcome.ok:
-            self._signed[(record.name, record.tag)] = signed
+            self._keep(record, signed)
             log.info("tag moved", extra={"tag": str(record.ref), "target": record.target.short,
                                          "sequence": record.sequence, "origin": origin})
             self._fire()
         return outcome
+
+    def _keep(self, record: TagRecord, signed: bytes) -> None:
+        """Remember an accepted record's bytes: current, and in its tag's history."""
+        key = (record.name, record.tag)
+        self._signed[key] = signed
+        entry = self._state.get(record.name, record.tag)
+        assert entry is not None  # just accepted
+        held = self._history.get(key, {})
+        held[entry.history[-1]] = signed
+        # The history apply_tag keeps (trimmed, equivocations replaced) is what is stored.
+        self._history[key] = {v: held[v] for v in entry.history if v in held}
+        if self._tag_store is not None:
+            self._generation += 1
+            self._unsaved.add(key)
+            self._save_wanted.set()
+
+    async def _save(self) -> None:
+        """Write the tags changed since the last save (one save at a time, latest state)."""
+        store = self._tag_store
+        if store is None:
+            return
+        async with self._save_lock:
+            for key in sorted(self._unsaved):
+                self._unsaved.discard(key)
+                records = list(self._history.get(key, {}).values())
+                try:
+                    # A save cancelled here (the node stopping) still finishes in its
+                    # thread; the generation keeps it from overwriting a later one.
+                    await asyncio.to_thread(store.save, *key, records,
+                                            generation=self._generation)
+                except OSError as exc:  # a full disk must not stop the node from serving
+                    self._unsaved.add(key)  # tried again with the next change
+                    self.counters["tag_save_failures"] += 1
+                    log.error("cannot save tag records", extra={
+                        "tag": f"{key[0]}:{key[1]}", "error": str(exc)})
+                except BaseException:
+                    self._unsaved.add(key)
+                    raise
+
+    async def load(self) -> int:
+        """Reload the tag records saved beside the store (once; `run` calls it too).
+
+        Each record is re-verified and replayed through apply_tag, as if a peer sent
+        it: a signature that fails, or a record the allowlist or limits now refuse,
+        is dropped and logged. Returns how many records were accepted.
+        """
+        store = self._tag_store
+        if store is None or self._loaded:
+            return 0
+        self._loaded = True
+        stored = await asyncio.to_thread(store.load)
+        verified = await asyncio.to_thread(self._verify_stored, stored)
+        verified.sort(key=lambda item: (item[0].name, item[0].tag, item[0].sequence))
+        loaded = 0
+        for record, signed in verified:
+            self._state, outcome = apply_tag(self._state, record,
+                                             allowlist=self.config.allowlist,
+                                             limits=self.config.limits)
+            if outcome.ok:
+                self._keep(record, signed)
+                loaded += 1
+            elif outcome not in (Outcome.DUPLICATE, Outcome.STALE):  # superseded is no fault
+                self.counters["tags_load_dropped"] += 1
+                log.warning("stored tag record refused; dropped", extra={
+                    "tag": str(record.ref), "sequence": record.sequence,
+                    "outcome": outcome.value})
+        self._unsaved.clear()  # just read from disk; rewritten with the next change only
+        self._save_wanted.clear()
+        self.counters["tags_loaded"] += loaded
+        if loaded:
+            log.info("tag records loaded", extra={"records": loaded, "tags": len(self._state)})
+            self._fire()
+        return loaded
+
+    def _verify_stored(self, stored: list[bytes]) -> list[tuple[TagRecord, bytes]]:
+        out = []
+        for signed in stored:
+            try:
+                out.append((verify_tag(signed), signed))
+            except IntegrityError as exc:
+                self.counters["tags_load_dropped"] += 1
+                log.warning("stored tag record does not verify; dropped", extra={
+                    "error": str(exc)})
+        return out
+
+    async def _saver(self) -> None:
+        while True:
+            await self._save_wanted.wait()
+            self._save_wanted.clear()
+            await self._save()
 
     def _count(self, record: TagRecord, outcome: Outcome, origin: str) -> None:
         self.counters[f"tags_{outcome.value}"] += 1
@@ -291,6 +428,12 @@ class RegistryAgent:
             log.warning("tag move refused: key does not own the namespace", extra={
                 "tag": str(record.ref), "publisher": record.publisher.hex()[:16],
                 "target": record.target.short, "origin": origin})
+        elif outcome is Outcome.LIMITED:
+            # Spam from gossip would flood the log: the counter tells; a publisher is told.
+            log.log(logging.WARNING if origin == "local" else logging.DEBUG,
+                    "tag refused: past this node's bounds on tags", extra={
+                        "tag": str(record.ref), "publisher": record.publisher.hex()[:16],
+                        "origin": origin})
 
     def _count_rejected(self, exc: IntegrityError, origin: str) -> None:
         self.counters["tags_rejected"] += 1
@@ -433,11 +576,17 @@ class RegistryAgent:
         """Receive tags, sync them and volunteer replicas until `stop()`."""
         if self._closed:
             raise RuntimeError("a registry agent runs once")
+        # Stored records replay first, in order (the node loads before it runs; records
+        # gossiped while a standalone agent loads are missed until the next sync).
+        await self.load()
         subscription = self._gossip.subscribe(TAG_TOPIC)
         try:
             async with asyncio.TaskGroup() as tg:
+                if self._tag_store is not None:
+                    tg.create_task(self._saver(), name="registry-tag-saver")
                 tg.create_task(self._receiver(subscription), name="registry-tags")
                 tg.create_task(self._syncer(), name="registry-sync")
+                tg.create_task(self._snapshots.run(), name="registry-tag-snapshots")
                 if self.config.volunteer:
                     tg.create_task(self._replicator(), name="registry-replicate")
                 await self._stop.wait()
@@ -447,6 +596,7 @@ class RegistryAgent:
         finally:
             self._closed = True
             self._fire()  # ends watchers
+            await self._save()  # what gossip brought since the last save
             # Transports' subscriptions end when the transport closes; ours ends now, so an
             # agent stopped before its node does not keep buffering tags.
             close = getattr(subscription, "aclose", None)

@@ -33,7 +33,13 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from swarm._errors import ConflictError, IntegrityError, SwarmError, UnavailableError
+from swarm._errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    SwarmError,
+    UnavailableError,
+)
 from swarm._types import Digest
 from swarm.registry._manifest import FileEntry, Manifest, verify_manifest
 from swarm.registry._manifests import ManifestStore
@@ -366,9 +372,11 @@ async def fetch_version(manifests: ManifestStore, digest: Digest, sources: Seque
     called as verified bytes are written. Pass `stats` to keep the counters even
     when the fetch fails. Raises UnavailableError when no source can supply the
     manifest or some chunk (verified chunks stay for a later resume) or another
-    transfer is writing the same blob.
+    transfer is writing the same blob; InvalidInputError when the manifest's chunk
+    list does not describe a blob stored here intact (the manifest is not kept).
     """
     stats = stats if stats is not None else FetchStats()
+    had_manifest = await asyncio.to_thread(manifests.has, digest)
     manifest, usable = await _get_manifest(manifests, digest, sources, stats)
     total = manifest.total_size
     held = 0
@@ -387,6 +395,13 @@ async def fetch_version(manifests: ManifestStore, digest: Digest, sources: Seque
         except ConflictError as exc:  # a push or another fetch is writing it
             raise UnavailableError(f"blob {entry.digest.short} is being written by another "
                                    "transfer; try again later") from exc
+        except InvalidInputError:
+            # Its signed chunk list does not describe a blob this store holds intact: the
+            # manifest is wrong, and is not kept to be served (it lists the blob as held).
+            stats.manifests_rejected += 1
+            if not had_manifest:
+                await asyncio.to_thread(manifests.delete, digest)
+            raise
         try:
             stats.bytes_resumed += writer.offset
             on_bytes(writer.offset)

@@ -39,6 +39,7 @@ from swarm._errors import (
     ClosedError,
     ConflictError,
     IntegrityError,
+    InvalidInputError,
     InvalidReferenceError,
     ModelNotFoundError,
 )
@@ -61,6 +62,13 @@ def _layout_id(chunks: Sequence[Digest]) -> str:
     h = hashlib.sha256()
     for chunk in chunks:
         h.update(bytes.fromhex(chunk.hex))
+    return h.hexdigest()
+
+
+def _sha256_of(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while block := f.read(_READ_SIZE):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -204,8 +212,10 @@ class BlobStore:
         """`length` bytes at `offset` of a stored blob, checked against the chunk digest `expected`.
 
         For serving chunks to peers without re-hashing the whole blob per request.
-        `expected` must come from a verified manifest: a mismatch quarantines the
-        blob and raises IntegrityError. A range outside the blob raises ValueError.
+        On a mismatch the whole blob is re-hashed: if it fails its own digest it is
+        quarantined (IntegrityError); if it is intact, `expected` was wrong, which is
+        the manifest's fault and removes nothing (InvalidInputError). A range outside
+        the blob raises ValueError.
         """
         with self._open(digest) as f:
             size = os.fstat(f.fileno()).st_size
@@ -213,11 +223,18 @@ class BlobStore:
                 raise ValueError(f"range {offset}+{length} outside blob {digest.short} of {size} bytes")
             f.seek(offset)
             data = f.read(length)
-        if len(data) != length or hashlib.sha256(data).hexdigest() != expected.hex:
-            self._quarantine_blob(digest)
-            raise IntegrityError(
-                f"chunk at {offset} of blob {digest} does not match {expected}; blob quarantined")
-        return data
+            if len(data) == length and hashlib.sha256(data).hexdigest() == expected.hex:
+                return data
+            # The chunk list comes from a manifest, which anyone can sign: a mismatch proves
+            # the blob corrupted only if the blob fails its own digest. Re-hash it (from the
+            # same open file) before removing anything.
+            f.seek(0)
+            intact = _sha256_of(f) == digest.hex
+        if intact:
+            raise InvalidInputError(f"chunk {expected.short} at {offset} is not part of blob "
+                                    f"{digest.short}: the manifest's chunk list does not describe it")
+        self._quarantine_blob(digest)
+        raise IntegrityError(f"blob {digest} is corrupted on disk; quarantined")
 
     def _open(self, digest: Digest) -> BinaryIO:
         try:
@@ -297,10 +314,12 @@ class BlobStore:
         shorter), as a manifest lists them. If a partial download with the same
         layout exists, its chunks are re-verified and the writer continues after
         the last good one (`writer.next_index`). If the blob is already stored the
-        writer is complete, refuses chunks, and `commit` does nothing.
+        layout is checked against it (one read of the blob), and the writer is complete,
+        refuses chunks, and `commit` does nothing.
 
         Raises ValueError for an inconsistent layout (a caller's bug: manifests are
-        checked), ConflictError for a digest that already has an open writer.
+        checked), InvalidInputError for a layout that does not describe the stored blob,
+        ConflictError for a digest that already has an open writer.
         """
         if size < 0 or not 0 < chunk_size <= 0xFFFFFFFF:
             raise ValueError(f"bad layout: size {size}, chunk size {chunk_size}")
@@ -312,7 +331,7 @@ class BlobStore:
                 raise ConflictError(f"blob {expected} already has an open writer")
             self._writing.add(expected)
         try:
-            if self.has(expected):
+            if self._describes_stored(expected, size, chunk_size, chunks):
                 self._drop_partial(expected)
                 return BlobWriter(self, expected, size, chunk_size, tuple(chunks), None,
                                   hashlib.sha256(), len(chunks), stored=True)
@@ -320,6 +339,37 @@ class BlobStore:
         except BaseException:
             self._release(expected)
             raise
+
+    def _describes_stored(self, digest: Digest, size: int, chunk_size: int,
+                          chunks: Sequence[Digest]) -> bool:
+        """Whether the blob is stored and the layout describes it (False: not stored).
+
+        A layout comes from a manifest, which anyone can sign: one that does not describe
+        the stored, intact blob raises InvalidInputError, so that no manifest listing the
+        blob with a made-up chunk list is ever completed by it. A stored blob that fails
+        its own digest is quarantined, and the caller writes it afresh. One read of the blob.
+        """
+        try:
+            f = self._open(digest)
+        except ModelNotFoundError:
+            return False
+        with f:
+            whole = hashlib.sha256()
+            matches = os.fstat(f.fileno()).st_size == size
+            index = 0
+            while block := f.read(chunk_size):
+                whole.update(block)
+                if matches and (index >= len(chunks)
+                                or hashlib.sha256(block).hexdigest() != chunks[index].hex):
+                    matches = False
+                index += 1
+        if whole.hexdigest() != digest.hex:
+            self._quarantine_blob(digest)
+            return False
+        if not matches:
+            raise InvalidInputError(f"the chunk list of blob {digest.short} ({size} bytes in "
+                                    f"chunks of {chunk_size}) does not describe the blob held here")
+        return True
 
     def _open_partial(self, digest: Digest, size: int, chunk_size: int,
                       chunks: tuple[Digest, ...]) -> BlobWriter:

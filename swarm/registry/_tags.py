@@ -18,6 +18,10 @@ is the pure state machine every node runs over the records gossip delivers:
 - Each tag keeps the last HISTORY_LIMIT targets it accepted, so `previous`
   can name the version to roll back to. History is what this node saw: one
   that joined late knows fewer earlier targets.
+- What a key can make every node hold is bounded (`TagLimits`): namespaces it
+  binds on first use, tags per namespace, and tags in all (keys cost nothing to
+  make, so only the last bounds the total). A record that would start a new tag
+  or binding past a bound is refused (LIMITED); tags already held always move.
 
 A target is always a manifest digest, never another tag: a client that tags
 `stable` as `v1` resolves `v1` to its digest when it publishes the record.
@@ -43,6 +47,7 @@ __all__ = [
     "TAG_DOMAIN",
     "Outcome",
     "TagEntry",
+    "TagLimits",
     "TagRecord",
     "TagState",
     "TagVersion",
@@ -144,10 +149,28 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # the current record again (a gossip echo)
     STALE = "stale"  # sequence not above the current one: an old record or a replay
     UNAUTHORIZED = "unauthorized"  # the key does not own the namespace
+    LIMITED = "limited"  # a new tag or binding past a TagLimits bound
 
     @property
     def ok(self) -> bool:
         return self in (Outcome.ACCEPTED, Outcome.BOUND)
+
+
+@dataclass(frozen=True, slots=True)
+class TagLimits:
+    """Bounds on the tags a node holds (0: no bound). Only new tags and new bindings
+    are counted against them: a tag already held always moves."""
+
+    # Namespaces one key may bind on first use (allowlisted namespaces do not count).
+    namespaces_per_key: int = 16
+    # Tags one namespace may hold.
+    tags_per_namespace: int = 64
+    # Tags held in all (new tags in allowlisted namespaces are not refused by it).
+    tags: int = 4096
+
+    def __post_init__(self) -> None:
+        if min(self.namespaces_per_key, self.tags_per_namespace, self.tags) < 0:
+            raise ValueError("tag limits must be >= 0 (0: no bound)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +180,10 @@ class TagState:
     tags: immutables.Map[tuple[str, str], TagEntry] = field(default_factory=immutables.Map)
     # Namespace -> key bound on first use (namespaces in the allowlist are never bound here).
     bindings: immutables.Map[str, bytes] = field(default_factory=immutables.Map)
+    # What TagLimits counts, kept up to date rather than recounted per record (the gossip
+    # validator runs apply_tag on every message): bindings per key, tags per namespace.
+    bound_by_key: immutables.Map[bytes, int] = field(default_factory=immutables.Map)
+    tags_by_namespace: immutables.Map[str, int] = field(default_factory=immutables.Map)
 
     def get(self, name: str, tag: str) -> TagEntry | None:
         return self.tags.get((name, tag))
@@ -183,25 +210,30 @@ def _rank(record: TagRecord) -> tuple[int, str, float, bytes]:
     return record.sequence, record.target.hex, record.timestamp, record.publisher
 
 
-def apply_tag(state: TagState, record: TagRecord, *,
-              allowlist: Allowlist) -> tuple[TagState, Outcome]:
+def _full(count: int, bound: int) -> bool:
+    return bound > 0 and count >= bound
+
+
+def apply_tag(state: TagState, record: TagRecord, *, allowlist: Allowlist,
+              limits: TagLimits = TagLimits()) -> tuple[TagState, Outcome]:
     """The state after a verified `record` arrives, and what happened to it.
 
     `allowlist` maps namespaces to the keys that own them (from config);
-    other namespaces are bound on first use. The record must come from
-    `verify_tag`: this function decides, it does not check signatures.
+    other namespaces are bound on first use, within `limits`. The record must come
+    from `verify_tag`: this function decides, it does not check signatures.
     """
     namespace = record.namespace
-    bindings = state.bindings
+    bindings, bound_by_key = state.bindings, state.bound_by_key
+    tags_by_namespace = state.tags_by_namespace
     outcome = Outcome.ACCEPTED
+    binds = False
     if namespace in allowlist:
         if record.publisher not in allowlist[namespace]:
             return state, Outcome.UNAUTHORIZED
     else:
         bound = bindings.get(namespace)
         if bound is None:
-            bindings = bindings.set(namespace, record.publisher)
-            outcome = Outcome.BOUND
+            binds = True
         elif bound != record.publisher:
             return state, Outcome.UNAUTHORIZED
 
@@ -209,6 +241,20 @@ def apply_tag(state: TagState, record: TagRecord, *,
     entry = state.tags.get(key)
     version = TagVersion(record.sequence, record.target, record.timestamp)
     if entry is None:
+        held = tags_by_namespace.get(namespace, 0)
+        # Allowlisted namespaces are the operator's: strangers filling the node cannot
+        # stop them (the per-namespace bound still holds).
+        total_full = namespace not in allowlist and _full(len(state.tags), limits.tags)
+        if (total_full or _full(held, limits.tags_per_namespace)
+                or (binds and _full(bound_by_key.get(record.publisher, 0),
+                                    limits.namespaces_per_key))):
+            return state, Outcome.LIMITED
+        if binds:
+            bindings = bindings.set(namespace, record.publisher)
+            bound_by_key = bound_by_key.set(record.publisher,
+                                            bound_by_key.get(record.publisher, 0) + 1)
+            outcome = Outcome.BOUND
+        tags_by_namespace = tags_by_namespace.set(namespace, held + 1)
         history: tuple[TagVersion, ...] = (version,)
     elif record == entry.record:
         return state, Outcome.DUPLICATE
@@ -219,7 +265,8 @@ def apply_tag(state: TagState, record: TagRecord, *,
         history = (*entry.history[:-1], version)
     else:
         history = (*entry.history, version)[-HISTORY_LIMIT:]
-    return TagState(state.tags.set(key, TagEntry(record, history)), bindings), outcome
+    return TagState(state.tags.set(key, TagEntry(record, history)), bindings,
+                    bound_by_key, tags_by_namespace), outcome
 
 
 def resolve(state: TagState, ref: ModelRef) -> Digest:

@@ -154,6 +154,7 @@ async def registry_node(root: Path, network: MemoryNetwork, seed: int, *,
     try:
         async with asyncio.TaskGroup() as tg:
             if run_agent:
+                await agent.load()  # as the node does: saved tags are in before anything runs
                 tg.create_task(agent.run())
             try:
                 yield node
