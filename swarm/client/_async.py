@@ -3,7 +3,9 @@
 Two modes: `AsyncClient("host:port")` talks to one node directly;
 `AsyncClient(bootstrap=[multiaddr])` joins the swarm as a light peer (it serves
 nothing), learns the peer view from gossip, and routes every call through the
-scheduler (swarm.routing.Router): no central load balancer.
+scheduler (swarm.routing.Router): no central load balancer. Joining pulls the
+peers' snapshots of adverts and tag records first, so the first request already
+sees every provider.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from swarm._clock import SYSTEM_CLOCK, Clock
+from swarm._clock import SYSTEM_CLOCK, Clock, wait_within
 from swarm._errors import (
     ClosedError,
     ConfigError,
@@ -89,6 +91,7 @@ class AsyncClient:
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._info: dict[str, ModelInfo] = {}
         self._closed = False
+        self._join_deadline = 0.0
 
     @property
     def in_swarm(self) -> bool:
@@ -101,7 +104,12 @@ class AsyncClient:
         return self._router
 
     async def start(self) -> None:
-        """Join the swarm (swarm mode; called on first use). Idempotent."""
+        """Join the swarm (swarm mode; called on first use). Idempotent.
+
+        Returns once the snapshots of adverts and tag records from the peers we
+        connected to are in (the view is then the swarm's current state), or after
+        `join_timeout` if none came (the view is then whatever gossip brought).
+        """
         if self._closed:
             raise ClosedError("client is closed")
         async with self._started:
@@ -119,18 +127,38 @@ class AsyncClient:
             self._tags_task = asyncio.create_task(self._tags.run(), name="client-tags")
             self._router = Router(lambda: peer.view, signed_tags=self._tags.signed_targets,
                                   clock=self._clock)
+            self._join_deadline = self._clock.monotonic() + self._join_timeout
+            assert peer.membership is not None
+            await wait_within(self._clock, asyncio.gather(
+                peer.membership.synced.wait(), self._tags.synced.wait()), self._join_timeout)
+
+    def _synced(self) -> bool:
+        """Both snapshots (adverts, tags) are in: the view is as complete as peers know it."""
+        membership = self._peer.membership if self._peer is not None else None
+        return (membership is not None and membership.synced.is_set()
+                and self._tags is not None and self._tags.synced.is_set())
 
     async def _provider_of(self, model: str) -> Digest:
-        """Wait (up to join_timeout) until some provider of `model` is in the view."""
+        """The digest to route `model` to, once some provider of it is in the view.
+
+        After the join's snapshots are in, the answer is immediate: a name (or pinned
+        version) nobody serves fails at once, saying what the swarm does serve. Without
+        them, the view fills by gossip: wait for a provider until join_timeout.
+        """
         await self.start()
         router = self.router
-        deadline = self._clock.monotonic() + self._join_timeout
         while True:
             try:
-                return router.resolve(model)
-            except NoProviderError:
-                if self._clock.monotonic() >= deadline:
-                    raise
+                digest = router.resolve(model)
+                if router.view.providers(digest):
+                    return digest
+                failure = NoProviderError(f"no provider serves {model}")
+            except NoProviderError as exc:
+                failure = exc
+            if self._synced() or self._clock.monotonic() >= self._join_deadline:
+                raise NoProviderError(f"{failure}; {router.view.describe_offers()}",
+                                      reasons=failure.reasons,
+                                      cheapest=failure.cheapest) from failure
             await self._clock.sleep(_JOIN_SAMPLE)
 
     async def __aenter__(self) -> AsyncClient:
@@ -199,7 +227,8 @@ class AsyncClient:
         digest = await self._provider_of(model if not version else f"{model.split('@')[0]}@{version}")
         providers = self.router.view.providers(digest)
         if not providers:
-            raise NoProviderError(f"no provider serves {model}")
+            raise NoProviderError(f"no provider serves {model}; "
+                                  f"{self.router.view.describe_offers()}")
         advert = providers[0].advert
         offer = advert.offer(digest)
         name = offer.name if offer is not None else model
@@ -213,8 +242,11 @@ class AsyncClient:
         if self.in_swarm:
             await self.start()
             await self._peer_settle()
-            names = sorted({o.name for e in self.router.view for o in e.advert.models})
-            return list(await asyncio.gather(*(self.metadata(n) for n in names)))
+            # Every advertised version by digest: a bare name means only what a signed
+            # statement says (swarm.routing.SignedNames), and a listing names no winner.
+            versions = sorted({f"{o.name}@{o.digest}" for e in self.router.view
+                               for o in e.advert.models})
+            return list(await asyncio.gather(*(self.metadata(v) for v in versions)))
         index = await self._rpc(self._direct().RepositoryIndex,
                                 pb.RepositoryIndexRequest(ready=True), "models", None)
         names = sorted({m.name for m in index.models})

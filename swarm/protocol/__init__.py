@@ -2,13 +2,15 @@
 
 _identity.py    Ed25519 identity, libp2p peer ids, signatures
 _signed.py      signed envelopes (domain-separated Ed25519 over a protobuf payload)
-_gossip.py      the Gossip transport interface (publish, subscribe, validators) and the
-                subscription buffer both transports share
+_gossip.py      the Gossip transport interface (publish, subscribe, validators, snapshots)
+                and the subscription buffer both transports share
+_snapshot.py    SnapshotPuller: push-pull on join (pull a topic from each new connection)
 _libp2p.py      Gossip over py-libp2p (GossipSub, Noise, yamux) on a trio thread
 _memory.py      in-memory Gossip: seeded overlay, route hook (drop/delay/duplicate), partitions
 _advert.py      capacity adverts and their signed wire form
 _view.py        PeerView: pure admit/expire over immutable maps
-_membership.py  Membership: publish adverts, validate and admit others', expire silent peers
+_membership.py  Membership: publish adverts, validate and admit others' (per-author rate,
+                per-peer introduction budgets), serve/pull advert snapshots, expire silent peers
 _light.py       LightPeer: listen-only membership for clients
 testing.py      the in-memory network for tests and the simulator (MemoryNetwork, ...)
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from swarm.protocol._advert import ADVERT_DOMAIN, Advert, Hardware, ModelOffer, Price
-from swarm.protocol._gossip import Gossip, GossipMessage, Validation, Validator
+from swarm.protocol._gossip import Gossip, GossipMessage, SnapshotProvider, Validation, Validator
 from swarm.protocol._identity import Identity, peer_id_of, public_key_of_peer, verify
 from swarm.protocol._light import LightPeer
 from swarm.protocol._membership import (
@@ -32,6 +34,7 @@ from swarm.protocol._membership import (
     significant_change,
 )
 from swarm.protocol._signed import open_envelope, seal
+from swarm.protocol._snapshot import SnapshotPuller
 from swarm.protocol._view import Admission, PeerEntry, PeerView, ViewPolicy, admit, check, expire
 
 if TYPE_CHECKING:
@@ -56,6 +59,8 @@ __all__ = [
     "PeerView",
     "Price",
     "RateLimiter",
+    "SnapshotProvider",
+    "SnapshotPuller",
     "Validation",
     "Validator",
     "ViewPolicy",

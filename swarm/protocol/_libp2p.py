@@ -7,7 +7,14 @@ before a later publish runs) and results and messages come back with
 `loop.call_soon_threadsafe`. Settings that differ from py-libp2p's defaults are
 explained in shared/notes/libp2p.md (several defaults are unsafe or slow).
 
-Validators run on the libp2p thread: they must be thread-safe and fast.
+Validators and snapshot providers run on the libp2p thread: they must be thread-safe
+and fast.
+
+Snapshots travel on their own stream protocol, SNAPSHOT_PROTOCOL, one stream per pull:
+the puller writes the topic (u16 length, UTF-8), the server answers a status byte and,
+when it is OK, a u32 item count and each item as u32 length + bytes (big-endian), then
+closes. Both ends bound the count, the bytes and the time; a server answers BUSY past
+its per-peer pull rate or its concurrent pulls.
 """
 
 from __future__ import annotations
@@ -21,20 +28,33 @@ import ipaddress
 import logging
 import random
 import socket
+import struct
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from swarm._errors import ConfigError, SwarmError
+from swarm._errors import ConfigError, SwarmError, UnavailableError
 from swarm._types import PeerId
-from swarm.protocol._gossip import Gossip, GossipMessage, Subscription, Validation, Validator
+from swarm.protocol._gossip import (
+    MAX_SNAPSHOT_BYTES,
+    MAX_SNAPSHOT_ITEMS,
+    Gossip,
+    GossipMessage,
+    PulledItems,
+    SnapshotProvider,
+    Subscription,
+    Validation,
+    Validator,
+    bounded_snapshot,
+)
 from swarm.protocol._identity import Identity
+from swarm.protocol._membership import RateLimiter
 
 if TYPE_CHECKING:
     import trio
-    from libp2p.abc import IHost
+    from libp2p.abc import IHost, INetStream
     from libp2p.peer.id import ID
     from libp2p.peer.peerinfo import PeerInfo
     from libp2p.pubsub.pb.rpc_pb2 import Message
@@ -60,6 +80,15 @@ _LINK_CHECK_INTERVAL = 0.5
 # is cancelled, and how long close() then waits for the thread before giving up on it.
 _SHUTDOWN_GRACE = 5.0
 _JOIN_TIMEOUT = _SHUTDOWN_GRACE + 2.0
+
+SNAPSHOT_PROTOCOL = "/swarm/snapshot/1.0.0"
+_MAX_TOPIC_BYTES = 256
+# Answer status bytes.
+_SNAPSHOT_OK, _SNAPSHOT_UNKNOWN_TOPIC, _SNAPSHOT_BUSY, _SNAPSHOT_FAILED = 0, 1, 2, 3
+_SNAPSHOT_STATUS = {_SNAPSHOT_UNKNOWN_TOPIC: "serves no snapshot of the topic",
+                    _SNAPSHOT_BUSY: "is busy", _SNAPSHOT_FAILED: "failed to make one"}
+# Snapshots served at once; more pulls are answered BUSY (each may hold 8 MiB).
+_SNAPSHOT_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,12 @@ class Libp2pConfig:
     # Messages buffered per subscriber on the asyncio side; when full the oldest is
     # dropped and counted in Libp2pGossip.dropped.
     max_queued_messages: int = 1024
+    # Longest a snapshot pull may take (stream, request, answer); a server drops a
+    # puller that takes longer to ask or to read.
+    snapshot_timeout: float = 5.0
+    # Snapshots served per peer: sustained pulls/s and burst (more are answered BUSY).
+    snapshot_rate: float = 0.5
+    snapshot_burst: float = 4.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
@@ -102,7 +137,8 @@ class Libp2pConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"libp2p port must be 0..65535, got {self.port}")
         for name in ("heartbeat_interval", "health_check_interval", "ping_timeout", "dial_timeout",
-                     "bootstrap_backoff_initial"):
+                     "bootstrap_backoff_initial", "snapshot_timeout", "snapshot_rate",
+                     "snapshot_burst"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"libp2p {name} must be positive, got {getattr(self, name)}")
         if self.health_warmup < 0:
@@ -312,6 +348,20 @@ class Libp2pGossip(Gossip):
         """
         self._send_trio(self._running_host().set_validator_soon, topic, validator)
 
+    def set_snapshot(self, topic: str, provider: SnapshotProvider) -> None:
+        """Serve `provider()` to pullers of `topic`; it runs on the libp2p thread."""
+        self._send_trio(self._running_host().set_snapshot_soon, topic, provider)
+
+    async def pull(self, topic: str, peer: PeerId) -> list[GossipMessage]:
+        """`peer`'s snapshot of `topic` over SNAPSHOT_PROTOCOL, validated on the libp2p thread.
+
+        Raises UnavailableError (unreachable, no such snapshot, busy, over the limits,
+        past `snapshot_timeout`), RuntimeError when closed.
+        """
+        items: list[GossipMessage] = await self._call_trio(
+            self._running_host().pull_snapshot, topic, peer)
+        return items
+
     def connected_peers(self) -> list[PeerId]:
         if self._state is not _State.RUNNING or self._host is None:
             return []
@@ -339,16 +389,16 @@ class Libp2pGossip(Gossip):
         except trio.RunFinishedError as exc:
             raise _closed_error() from exc
 
-    async def _call_trio(self, afn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Await `afn(*args)` in the trio thread; its exception (if any) is raised here."""
+    async def _call_trio(self, afn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Await `afn(*args)` in the trio thread: its result, or its exception raised here."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[Any] = loop.create_future()
 
-        def settle(exc: BaseException | None) -> None:  # called on the trio thread
-            self._call_in_loop(_settle, done, exc)
+        def settle(exc: BaseException | None, result: Any = None) -> None:  # on the trio thread
+            self._call_in_loop(_settle, done, exc, result)
 
         self._send_trio(self._running_host().spawn, afn, args, settle)
-        await done
+        return await done
 
     def _on_messages(self, batch: list[GossipMessage]) -> None:
         for msg in batch:
@@ -368,11 +418,11 @@ class Libp2pGossip(Gossip):
         self._subs.clear()
 
 
-def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], exc: BaseException | None, result: Any) -> None:
     if fut.done():
         return
     if exc is None:
-        fut.set_result(None)
+        fut.set_result(result)
     else:
         fut.set_exception(exc)
 
@@ -392,6 +442,10 @@ class _TrioHost:
         self._config = config
         self._deliver = deliver
         self._validators: dict[str, Validator] = {}
+        self._snapshots: dict[str, SnapshotProvider] = {}
+        self._pulled = PulledItems()
+        self._snapshot_limiter = RateLimiter(config.snapshot_rate, config.snapshot_burst)
+        self._serving = 0  # snapshots being served now
         self._wrapped_topics: set[str] = set()
         self._topic_ready: dict[str, trio.Event] = {}
         # (topic, author, seqno) -> the message as our validator saw it (with its forwarder),
@@ -416,6 +470,7 @@ class _TrioHost:
             bootstrap = [_parse_bootstrap(addr) for addr in self._config.bootstrap]
             host, pubsub, gossipsub = self._build()
             self._host, self._pubsub = host, pubsub
+            host.set_stream_handler(SNAPSHOT_PROTOCOL, self._serve_snapshot)  # type: ignore[arg-type]
             try:
                 async with host.run([_listen_multiaddr(self._config)]):
                     if not host.get_transport_addrs():
@@ -512,9 +567,10 @@ class _TrioHost:
         cfg = self._config
         backoff = cfg.bootstrap_backoff_initial
         failures = 0
+        was_connected = False
         while True:
             if self._is_connected(info.peer_id):
-                backoff, failures = cfg.bootstrap_backoff_initial, 0
+                backoff, failures, was_connected = cfg.bootstrap_backoff_initial, 0, True
                 await trio.sleep(_LINK_CHECK_INTERVAL)
                 continue
             try:
@@ -522,7 +578,9 @@ class _TrioHost:
                     await self._host.connect(info)
             except Exception as exc:  # any dial failure, TooSlowError included
                 failures += 1
-                (log.warning if failures == 1 else log.debug)(
+                # A bootstrap peer never reached is worth a warning (a wrong address?); one
+                # that was up and went away is churn, which membership reports once.
+                (log.warning if failures == 1 and not was_connected else log.debug)(
                     "bootstrap dial failed; retrying",
                     extra={"peer": str(info.peer_id)[-8:], "attempt": failures,
                            "error": repr(exc)[:200]})
@@ -590,21 +648,21 @@ class _TrioHost:
             # Fail-safe: a shutdown step that hangs is cancelled after the grace period.
             self._scope.deadline = min(self._scope.deadline, trio.current_time() + _SHUTDOWN_GRACE)
 
-    def spawn(self, afn: Callable[..., Awaitable[None]], args: tuple[Any, ...],
-              settle: Callable[[BaseException | None], None]) -> None:
-        """Run `afn(*args)` as a task of the host; `settle` gets its outcome."""
+    def spawn(self, afn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+              settle: Callable[..., None]) -> None:
+        """Run `afn(*args)` as a task of the host; `settle(exc, result)` gets its outcome."""
         import trio
 
         async def task() -> None:
             try:
-                await afn(*args)
+                result = await afn(*args)
             except trio.Cancelled:
                 settle(_closed_error())
                 raise
             except Exception as exc:
                 settle(exc)
             else:
-                settle(None)
+                settle(None, result)
 
         if self._nursery is None:
             settle(_closed_error())
@@ -628,6 +686,9 @@ class _TrioHost:
         self._validators[topic] = validator
         self._wrap_validator(topic)
 
+    def set_snapshot_soon(self, topic: str, provider: SnapshotProvider) -> None:
+        self._snapshots[topic] = provider
+
     async def publish(self, topic: str, data: bytes) -> None:
         import trio
 
@@ -645,6 +706,103 @@ class _TrioHost:
                and trio.current_time() < deadline):
             await trio.sleep(_PUBLISH_WAIT_POLL)
         await self._pubsub.publish(topic, data)
+
+    # -------------------------------------------------------------- snapshots
+
+    async def pull_snapshot(self, topic: str, peer: PeerId) -> list[GossipMessage]:
+        """Fetch `peer`'s snapshot of `topic`; the items our validator accepts."""
+        import trio
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        assert self._host is not None
+        items: list[bytes] = []
+        try:
+            with trio.fail_after(self._config.snapshot_timeout):
+                stream = await self._host.new_stream(ID.from_base58(peer.value),
+                                                     [TProtocol(SNAPSHOT_PROTOCOL)])
+                try:
+                    await stream.write(_snapshot_request(topic))
+                    status = (await _read_exact(stream, 1))[0]
+                    if status != _SNAPSHOT_OK:
+                        raise UnavailableError(f"peer {peer.short} "
+                                               f"{_SNAPSHOT_STATUS.get(status, 'answered nonsense')}")
+                    (count,) = struct.unpack(">I", await _read_exact(stream, 4))
+                    if count > MAX_SNAPSHOT_ITEMS:
+                        raise UnavailableError(f"peer {peer.short} sent a snapshot of {count} items")
+                    total = 0
+                    for _ in range(count):
+                        (size,) = struct.unpack(">I", await _read_exact(stream, 4))
+                        total += size
+                        if size > MAX_MESSAGE_BYTES or total > MAX_SNAPSHOT_BYTES:
+                            raise UnavailableError(f"peer {peer.short} sent an oversized snapshot")
+                        items.append(await _read_exact(stream, size))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+        except UnavailableError:
+            raise
+        except trio.TooSlowError as exc:
+            raise UnavailableError(f"peer {peer.short} sent no snapshot within "
+                                   f"{self._config.snapshot_timeout:g} s") from exc
+        except Exception as exc:  # libp2p raises many unrelated types for a lost peer
+            raise UnavailableError(f"snapshot from peer {peer.short} failed: "
+                                   f"{type(exc).__name__}: {exc}"[:300]) from exc
+        validator = self._validators.get(topic)
+        accepted = []
+        for data in items:
+            msg = GossipMessage(topic, data, received_from=peer, source=None)
+            verdict = Validation.ACCEPT
+            if validator is not None:
+                try:
+                    verdict = validator(msg)
+                except Exception:
+                    log.exception("gossip validator raised; rejecting the snapshot item",
+                                  extra={"topic": topic, "peer": peer.short})
+                    verdict = Validation.REJECT
+            if verdict is Validation.ACCEPT:
+                accepted.append(msg)
+                self._pulled.add(topic, data)
+        return accepted
+
+    async def _serve_snapshot(self, stream: INetStream) -> None:
+        """Answer one pull (SNAPSHOT_PROTOCOL's handler)."""
+        import trio
+
+        peer = str(stream.muxed_conn.peer_id)
+        self._serving += 1
+        try:
+            with trio.move_on_after(self._config.snapshot_timeout):
+                (length,) = struct.unpack(">H", await _read_exact(stream, 2))
+                if length > _MAX_TOPIC_BYTES:
+                    raise ValueError(f"topic of {length} bytes")
+                topic = (await _read_exact(stream, length)).decode()
+                await stream.write(self._snapshot_answer(peer, topic))
+                await stream.close()
+                return
+            raise TimeoutError("the puller was too slow")
+        except Exception as exc:  # the puller's problem: hang up on it
+            log.debug("snapshot not served", extra={"peer": peer[-8:], "error": repr(exc)[:200]})
+            with contextlib.suppress(Exception):
+                await stream.reset()
+        finally:
+            self._serving -= 1
+
+    def _snapshot_answer(self, peer: str, topic: str) -> bytes:
+        provider = self._snapshots.get(topic)
+        if provider is None:
+            return bytes([_SNAPSHOT_UNKNOWN_TOPIC])
+        if self._serving > _SNAPSHOT_CONCURRENCY or not self._snapshot_limiter.allow(peer):
+            return bytes([_SNAPSHOT_BUSY])
+        try:
+            items = bounded_snapshot(provider())
+        except Exception:
+            log.exception("snapshot provider failed", extra={"topic": topic})
+            return bytes([_SNAPSHOT_FAILED])
+        parts = [struct.pack(">BI", _SNAPSHOT_OK, len(items))]
+        for item in items:
+            parts += [struct.pack(">I", len(item)), item]
+        return b"".join(parts)
 
     # -------------------------------------------------------------- messages
 
@@ -707,6 +865,7 @@ class _TrioHost:
                 log.exception("gossip validator raised; rejecting the message",
                               extra={"topic": topic, "forwarder": gossip.received_from.short})
                 verdict = Validation.REJECT
+            verdict = self._pulled.owed(topic, gossip.data, verdict)
         if verdict is not Validation.ACCEPT:
             if verdict is Validation.REJECT:
                 log.debug("gossip message rejected",
@@ -720,6 +879,29 @@ class _TrioHost:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _snapshot_request(topic: str) -> bytes:
+    raw = topic.encode()
+    if len(raw) > _MAX_TOPIC_BYTES:
+        raise ValueError(f"topic name over {_MAX_TOPIC_BYTES} bytes")
+    return struct.pack(">H", len(raw)) + raw
+
+
+async def _read_exact(stream: INetStream, size: int) -> bytes:
+    """Exactly `size` bytes from `stream`; EOFError when it ends first."""
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    buf = bytearray()
+    while len(buf) < size:
+        try:
+            chunk = await stream.read(size - len(buf))
+        except StreamEOF:
+            chunk = b""
+        if not chunk:
+            raise EOFError(f"stream ended after {len(buf)} of {size} bytes")
+        buf += chunk
+    return bytes(buf)
 
 
 def _to_gossip(topic: str, msg: Message, forwarder: ID | None) -> GossipMessage:
@@ -800,23 +982,83 @@ def _translate(exc: BaseException) -> BaseException:
 
 
 _import_lock = threading.Lock()
+_tamed = False
+
+# Records py-libp2p logs as warnings and errors for what is routine in a swarm: a peer
+# that died or left (its redials are refused, its pings fail). Membership says so once,
+# in swarm's words; these become DEBUG records. (logger, message prefix)
+_EXPECTED_PEER_FAILURES: tuple[tuple[str, str], ...] = (
+    ("libp2p.transport.tcp.tcp", "Failed to open TCP stream"),
+    ("libp2p.network.health.monitor", "Health check failed"),
+)
+# Modules that log through the logging module's functions (`logging.debug(...)`), which
+# call logging.basicConfig() when the root logger has no handler: the host program's
+# logging would be configured behind its back on the first connection.
+_ROOT_LOGGING_MODULES = ("libp2p.network.connection.swarm_connection", "libp2p.tools.utils")
+
+
+class _Demote(logging.Filter):
+    """Makes records that start with one of `prefixes` DEBUG records (handlers then skip
+    them unless they show debugging output)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and isinstance(record.msg, str) \
+                and record.msg.startswith(self._prefixes):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+class _ModuleLogger:
+    """Stands in for the `logging` module inside a module that logs through its functions:
+    the same calls go to a named logger (no basicConfig); anything else is `logging`'s."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("debug", "info", "warning", "error", "exception", "critical", "log"):
+            return getattr(self._logger, attr)
+        return getattr(logging, attr)
 
 
 def _import_libp2p() -> None:
-    """Import libp2p (~0.65 s) without letting it reset the application's logging.
+    """Import libp2p (~0.65 s) without letting it reset or configure the application's logging.
 
     `import libp2p` clears the handlers of the "libp2p" logger and pins the auto-connector's
-    logger at INFO (a line every 10 s); keep what the application configured instead.
+    logger at INFO (a line every 10 s); keep what the application configured instead. Then
+    (once, even if someone else imported libp2p first) keep it from configuring the root
+    logger, and make routine peer failures DEBUG records (shared/notes/libp2p.md).
     """
+    global _tamed
     with _import_lock:
-        if "libp2p" in sys.modules:
-            return
-        lib = logging.getLogger("libp2p")
-        handlers, level, propagate = list(lib.handlers), lib.level, lib.propagate
-        import libp2p  # noqa: F401
+        if "libp2p" not in sys.modules:
+            lib = logging.getLogger("libp2p")
+            handlers, level, propagate = list(lib.handlers), lib.level, lib.propagate
+            import libp2p  # noqa: F401
 
-        lib.handlers[:] = handlers
-        lib.propagate = propagate
-        # Unconfigured (NOTSET): warnings and errors only, as py-libp2p intends.
-        lib.setLevel(level or logging.WARNING)
-        logging.getLogger("libp2p.network.auto_connector").setLevel(logging.NOTSET)
+            lib.handlers[:] = handlers
+            lib.propagate = propagate
+            # Unconfigured (NOTSET): warnings and errors only, as py-libp2p intends.
+            lib.setLevel(level or logging.WARNING)
+            logging.getLogger("libp2p.network.auto_connector").setLevel(logging.NOTSET)
+        if _tamed:
+            return
+        _tamed = True
+        import importlib
+
+        for name in _ROOT_LOGGING_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if getattr(module, "logging", None) is logging:
+                module.logging = _ModuleLogger(name)  # type: ignore[attr-defined]
+        prefixes: dict[str, tuple[str, ...]] = {}
+        for name, prefix in _EXPECTED_PEER_FAILURES:
+            prefixes[name] = (*prefixes.get(name, ()), prefix)
+        for name, group in prefixes.items():
+            logging.getLogger(name).addFilter(_Demote(group))

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
-from swarm._clock import SYSTEM_CLOCK, Clock
+from swarm._clock import SYSTEM_CLOCK, Clock, wait_within
 from swarm.protocol._gossip import Gossip
 from swarm.protocol._identity import Identity
 from swarm.protocol._membership import Membership, MembershipConfig
@@ -71,21 +71,25 @@ class LightPeer:
             self.gossip = None
 
     async def settle(self, timeout: float, quiet: float = 1.5) -> PeerView:
-        """Wait until no new peer appeared for `quiet` seconds (or `timeout` passed).
+        """The view once it holds the swarm's current state; `timeout` bounds the wait.
 
-        The view's size is sampled every 0.1 s on the peer's clock.
+        That is as soon as the first snapshots are in (pulled from the peers we are
+        connected to first, normally the bootstrap peers: milliseconds after connecting).
+        If no peer serves one, it is when no new peer appeared for `quiet` seconds
+        (the view's size is sampled every 0.1 s on the peer's clock).
         """
         assert self.membership is not None
+        synced = self.membership.synced
         deadline = self._clock.monotonic() + timeout
         count = -1
         changed_at = 0.0
-        while (now := self._clock.monotonic()) < deadline:
+        while not synced.is_set() and (now := self._clock.monotonic()) < deadline:
             if len(self.view) != count:
                 count = len(self.view)
                 changed_at = now
             elif count > 0 and now - changed_at >= quiet:
                 break
-            await self._clock.sleep(min(_SETTLE_SAMPLE, deadline - now))
+            await wait_within(self._clock, synced.wait(), min(_SETTLE_SAMPLE, deadline - now))
         return self.view
 
     async def __aenter__(self) -> LightPeer:

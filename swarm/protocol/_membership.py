@@ -6,26 +6,44 @@ often than `min_interval`. Every received advert is validated before the
 transport forwards it: a bad signature is REJECTed; stale, replayed, echoed or
 rate-limited adverts are IGNOREd. Accepted adverts enter the PeerView through
 the pure `admit`; a periodic sweep `expire`s peers that fell silent.
+
+Joining: membership serves a snapshot of the signed adverts it holds (its own
+first, then the freshest) and pulls one from every peer it connects to
+(SnapshotPuller), through the same validator as gossip; `synced` is set once the
+peers it was connected to have answered, so a joining peer sees the swarm at once,
+not one advert round later.
+
+Floods of fresh identities: besides the per-author rate, bringing an author the
+view does not hold ("introducing" it) costs a token of the peer that handed it
+over (`received_from`: a connection, or the peer a snapshot came from) and, for
+an advert published by someone other than its author (`source`: honest nodes
+publish only their own, and forwarding keeps the publisher), a token of that
+publisher's much smaller relay budget. The view itself holds at most
+`ViewPolicy.max_untrusted` untrusted authors. `trust(peer) > 0` (staking's hook)
+exempts an author from both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm._errors import IntegrityError
+from swarm._types import PeerId
 from swarm.protocol import _advert
 from swarm.protocol._advert import Advert
-from swarm.protocol._gossip import Gossip, GossipMessage, Validation
+from swarm.protocol._gossip import MAX_SNAPSHOT_ITEMS, Gossip, GossipMessage, Validation
 from swarm.protocol._identity import Identity
+from swarm.protocol._snapshot import SnapshotPuller
 from swarm.protocol._view import Admission, PeerView, ViewPolicy, admit, check, expire
 
 __all__ = ["ADVERT_TOPIC", "Membership", "MembershipConfig", "RateLimiter", "significant_change"]
@@ -51,6 +69,16 @@ class MembershipConfig:
     # Per-author flood control at receivers: sustained adverts/s and burst.
     rate_per_second: float = 2.0
     rate_burst: float = 6.0
+    # Authors new to the view that one peer may hand us (gossip it forwards, snapshots
+    # it serves): burst and refill/s. A joining peer learns the swarm from one snapshot,
+    # so the burst covers a swarm of that many providers; the view's max_untrusted
+    # bounds what many peers together can bring.
+    introduce_burst: float = 512.0
+    introduce_rate: float = 4.0
+    # Authors new to the view that one publisher may bring in adverts it did not author
+    # (honest nodes never do: they forward, which keeps the publisher): burst, refill/s.
+    relay_burst: float = 8.0
+    relay_rate: float = 0.1
     view_policy: ViewPolicy = field(default_factory=ViewPolicy)
     # Keep a peer view (subscribe to adverts). A provider that routes nothing may only
     # publish: in a large swarm that spares it every other provider's adverts.
@@ -61,6 +89,8 @@ class MembershipConfig:
     min_peers: int = 4
     # Seconds between looks at the connection count (each stretched by +/- 50%).
     connect_interval: float = 2.0
+    # Adverts in the snapshot we serve to joining peers (ours first, then the freshest).
+    snapshot_adverts: int = MAX_SNAPSHOT_ITEMS
 
     @property
     def ttl(self) -> float:
@@ -112,6 +142,43 @@ class RateLimiter:
             return allowed
 
 
+class _Introductions:
+    """Who may bring authors new to the view: token buckets per forwarder and per relay.
+
+    Thread-safe (validators run on the transport's thread). An author charged once is
+    remembered (bounded), so its further adverts, until the first is admitted, are free.
+    """
+
+    _REMEMBERED = 8192
+
+    def __init__(self, config: MembershipConfig, clock: Clock) -> None:
+        self._forwarders = RateLimiter(config.introduce_rate, config.introduce_burst, clock)
+        self._relays = RateLimiter(config.relay_rate, config.relay_burst, clock)
+        self._charged: collections.OrderedDict[PeerId, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, msg: GossipMessage, author: PeerId) -> str | None:
+        """None when `msg` may introduce `author`, else the counter that refused it."""
+        with self._lock:
+            if author in self._charged:
+                self._charged.move_to_end(author)
+                return None
+        relay = msg.source is not None and msg.source != author
+        if relay and not self._relays.allow(msg.source):
+            return "relay_limited"
+        if msg.received_from != author and not self._forwarders.allow(msg.received_from):
+            return "introduce_limited"
+        with self._lock:
+            self._charged[author] = None
+            while len(self._charged) > self._REMEMBERED:
+                self._charged.popitem(last=False)
+        return None
+
+
+def _equal_trust(peer: PeerId) -> float:
+    return 0.0
+
+
 @functools.lru_cache(maxsize=8192)
 def _decode_cached(data: bytes) -> Advert:
     # Same bytes, same verdict: verify each distinct advert once per process
@@ -127,12 +194,17 @@ class Membership:
     `clock` is read for every admission, expiry and advert timestamp. Its periodic
     waits are the event loop's timers, so the clock must run with the loop: the
     system clock on a real loop, simnet's VirtualClock on its virtual-time loop.
+
+    `trust(peer)` ranks authors for view space (thread-safe, fast): > 0 exempts an
+    author from the untrusted bound and the introduction budgets. Everyone is equal
+    (0) by default; staking will pass bonded stake.
     """
 
     def __init__(self, gossip: Gossip, *, identity: Identity | None = None,
                  source: Callable[[], Advert] | None = None, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None,
-                 config: MembershipConfig = MembershipConfig()) -> None:
+                 config: MembershipConfig = MembershipConfig(),
+                 trust: Callable[[PeerId], float] = _equal_trust) -> None:
         if (identity is None) != (source is None):
             raise ValueError("a publishing member needs both an identity and an advert source")
         self.gossip = gossip
@@ -143,21 +215,49 @@ class Membership:
         self._rng = rng or random.Random()
         self._view = PeerView(own=identity.peer_id if identity else None)
         self._limiter = RateLimiter(config.rate_per_second, config.rate_burst, clock)
+        self._introductions = _Introductions(config, clock)
+        self._trust = trust
         self._changed = asyncio.Event()
         self._view_changed = asyncio.Event()
         self._last_published: Advert | None = None
+        self._last_signed = b""
         self._last_sequence = 0
         self.counters: dict[str, int] = {a.value: 0 for a in Admission} | {
-            "forged": 0, "rate_limited": 0, "published": 0}
+            "forged": 0, "rate_limited": 0, "introduce_limited": 0, "relay_limited": 0,
+            "published": 0}
+        self._puller = SnapshotPuller(gossip, ADVERT_TOPIC, self._receive_pulled,
+                                      interval=config.check_interval)
         gossip.set_validator(ADVERT_TOPIC, self.validate)
+        gossip.set_snapshot(ADVERT_TOPIC, self.snapshot)
 
     @property
     def view(self) -> PeerView:
         return self._view
 
+    @property
+    def synced(self) -> asyncio.Event:
+        """Set once the first round of snapshot pulls is in (one succeeded): the view then
+        holds what the peers we were connected to knew."""
+        return self._puller.synced
+
+    @property
+    def snapshot_counters(self) -> dict[str, int]:
+        """pulls, pull_failures, pulled_items (accepted adverts from snapshots)."""
+        return self._puller.counters
+
     def notify_change(self) -> None:
         """Ask for an advert soon (still subject to min_interval)."""
         self._changed.set()
+
+    def snapshot(self) -> Sequence[bytes]:
+        """Signed adverts for a joining peer: ours, then the view's freshest first (bounded).
+
+        Runs on the transport's thread: it reads only immutable state.
+        """
+        own = [self._last_signed] if self._last_signed else []
+        entries = sorted((e for e in self._view if e.signed), key=lambda e: -e.received_at)
+        room = max(0, self.config.snapshot_adverts - len(own))
+        return own + [e.signed for e in entries[:room]]
 
     # ------------------------------------------------------------------ validation
 
@@ -168,28 +268,48 @@ class Membership:
         except IntegrityError:
             self.counters["forged"] += 1
             return Validation.REJECT
-        verdict = check(self._view, advert, self._clock.time(), self.config.view_policy)
+        trust = self._trust(advert.peer_id)
+        view = self._view
+        verdict = check(view, advert, self._clock.time(), self.config.view_policy, trust)
         if not verdict.ok:
             self.counters[verdict.value] += 1
             return Validation.IGNORE
         if not self._limiter.allow(advert.peer_id):
             self.counters["rate_limited"] += 1
             return Validation.IGNORE
+        if trust <= 0 and advert.peer_id not in view.entries:
+            refused = self._introductions.allow(msg, advert.peer_id)
+            if refused is not None:
+                self.counters[refused] += 1
+                return Validation.IGNORE
         return Validation.ACCEPT
 
-    def receive(self, data: bytes) -> Admission:
-        """Admit one advert (already validated by the transport) into the view."""
+    def receive(self, data: bytes, *, pulled: bool = False) -> Admission:
+        """Admit one advert (already validated by the transport) into the view.
+
+        `pulled`: it came in a snapshot, so it may be old already: it counts as received
+        when it was signed (by our clock, and at most half its TTL ago, so a skewed clock
+        cannot expire it on arrival), so a dead author's advert does not get a new TTL.
+        """
         try:
             advert = _decode_cached(data)
         except IntegrityError:
             self.counters["forged"] += 1
             return Admission.STALE
-        self._view, verdict = admit(self._view, advert, self._clock.monotonic(),
-                                    self._clock.time(), self.config.view_policy)
+        wall = self._clock.time()
+        age = min(max(0.0, wall - advert.timestamp), advert.ttl / 2) if pulled else 0.0
+        self._view, verdict = admit(self._view, advert, self._clock.monotonic(), wall,
+                                    self.config.view_policy, trust=self._trust(advert.peer_id),
+                                    signed=data, age=age)
         if verdict.ok:
             self.counters[verdict.value] += 1
             self._view_changed.set()
+        elif verdict is Admission.FULL:
+            self.counters[verdict.value] += 1
         return verdict
+
+    def _receive_pulled(self, msg: GossipMessage) -> None:
+        self.receive(msg.data, pulled=True)
 
     # ------------------------------------------------------------------ publishing
 
@@ -204,8 +324,10 @@ class Membership:
     async def publish_now(self) -> Advert:
         assert self._identity is not None
         advert = self._next_advert()
-        await self.gossip.publish(ADVERT_TOPIC, _advert.encode(advert, self._identity))
+        signed = _advert.encode(advert, self._identity)
+        await self.gossip.publish(ADVERT_TOPIC, signed)
         self._last_published = advert
+        self._last_signed = signed
         self.counters["published"] += 1
         return advert
 
@@ -255,8 +377,18 @@ class Membership:
             await asyncio.sleep(self.config.check_interval)
             swept = expire(self._view, self._clock.monotonic(), self.config.view_policy)
             if swept is not self._view and len(swept) != len(self._view):
-                gone = set(self._view.entries) - set(swept.entries)
-                log.info("peers expired", extra={"peers": ",".join(p.short for p in gone)})
+                for peer in sorted(set(self._view.entries) - set(swept.entries),
+                                   key=lambda p: p.value):
+                    advert = self._view.entries[peer].advert
+                    # Said once per peer, here: the transports keep lost connections quiet.
+                    # The peer is in the text itself: a program that configured no logging
+                    # sees the message alone.
+                    if advert.draining:
+                        log.info("peer %s left", peer.short)
+                    else:
+                        log.warning("peer %s unreachable: no advert for %g s; no longer "
+                                    "routed to", peer.short, advert.ttl,
+                                    extra={"endpoint": ",".join(advert.endpoints)})
                 self._view_changed.set()
             self._view = swept
 
@@ -296,6 +428,7 @@ class Membership:
         async with asyncio.TaskGroup() as tg:
             if self.config.listen:
                 tg.create_task(self._receiver(), name="membership-receiver")
+                tg.create_task(self._puller.run(), name="membership-snapshots")
                 tg.create_task(self._sweeper(), name="membership-sweeper")
                 if self.config.min_peers > 0:
                     tg.create_task(self._connector(), name="membership-connector")

@@ -20,6 +20,9 @@ Behaviour shared with the libp2p transport (swarm/protocol/_libp2p.py): own
 publishes skip our validators and reach our own subscribers; a subscriber that
 falls behind loses its oldest messages; use after close raises RuntimeError.
 
+Snapshots (`set_snapshot`/`pull`) cost one round trip of the base latency, obey
+partitions and need a live peer; the route hook applies to gossip transmissions only.
+
 Each transmission on a link asks the route hook (`set_route`) what happens to
 it: dropped, delayed, duplicated. Partitions (`partition`/`heal`) cut links
 between groups. Deliveries are `loop.call_later` callbacks on the running
@@ -38,9 +41,18 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from swarm._errors import ConfigError
+from swarm._errors import ConfigError, UnavailableError
 from swarm._types import PeerId
-from swarm.protocol._gossip import Gossip, GossipMessage, Subscription, Validation, Validator
+from swarm.protocol._gossip import (
+    Gossip,
+    GossipMessage,
+    PulledItems,
+    SnapshotProvider,
+    Subscription,
+    Validation,
+    Validator,
+    bounded_snapshot,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -197,6 +209,8 @@ class HostStats:
     rejected: int = 0
     # Oldest messages pushed out of a full subscription buffer.
     overflowed: int = 0
+    # Items received in pulled snapshots (validated like messages: see ignored/rejected).
+    snapshot_items: int = 0
 
 
 class _State(enum.Enum):
@@ -223,6 +237,8 @@ class MemoryGossip(Gossip):
         self._noticed = False
         self._subs: dict[str, list[Subscription]] = {}
         self._validators: dict[str, Validator] = {}
+        self._snapshots: dict[str, SnapshotProvider] = {}
+        self._pulled = PulledItems()
         # Seen-message ids in two generations: an id is remembered for at least
         # seen_ttl seconds, and memory stays bounded (as GossipSub's seen cache).
         self._seen: set[int] = set()
@@ -231,6 +247,7 @@ class MemoryGossip(Gossip):
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._published = self._delivered = self._duplicates = 0
         self._ignored = self._rejected = self._overflowed = 0
+        self._snapshot_items = 0
 
     @property
     def peer_id(self) -> PeerId:
@@ -263,6 +280,39 @@ class MemoryGossip(Gossip):
 
     def set_validator(self, topic: str, validator: Validator) -> None:
         self._validators[topic] = validator
+
+    def set_snapshot(self, topic: str, provider: SnapshotProvider) -> None:
+        self._snapshots[topic] = provider
+
+    async def pull(self, topic: str, peer: PeerId) -> list[GossipMessage]:
+        """`peer`'s snapshot of `topic`, validated here as gossip would be; one round trip.
+
+        Raises UnavailableError when `peer` is not live, is across a partition, or
+        serves no snapshot of `topic`; RuntimeError when this host is closed.
+        """
+        self._check_live()
+        network = self._network
+        network._bind_loop()
+        await asyncio.sleep(2 * network._latency)  # the request and its answer
+        self._check_live()
+        server = network._hosts.get(peer)
+        if server is None or not network.reachable(self._peer_id, peer):
+            raise UnavailableError(f"peer {peer.short} cannot be reached")
+        provider = server._snapshots.get(topic)
+        if provider is None:
+            raise UnavailableError(f"peer {peer.short} serves no snapshot of {topic}")
+        items = bounded_snapshot(provider())
+        size = sum(len(data) for data in items)
+        server._sent_bytes += size
+        self._received_bytes += size
+        self._snapshot_items += len(items)
+        accepted = []
+        for data in items:
+            msg = GossipMessage(topic, data, received_from=peer, source=None)
+            if self._validate(msg) is Validation.ACCEPT:
+                accepted.append(msg)
+                self._pulled.add(topic, data)
+        return accepted
 
     def connected_peers(self) -> list[PeerId]:
         """Peers linked in any overlay, and fanout peers (topic meshes), without repeats."""
@@ -301,7 +351,7 @@ class MemoryGossip(Gossip):
             messages_received=self._received, bytes_received=self._received_bytes,
             published=self._published, delivered=self._delivered,
             duplicates=self._duplicates, ignored=self._ignored, rejected=self._rejected,
-            overflowed=self._overflowed,
+            overflowed=self._overflowed, snapshot_items=self._snapshot_items,
         )
 
     def __repr__(self) -> str:
@@ -341,7 +391,7 @@ class MemoryGossip(Gossip):
         self._seen.add(msg_id)
         return True
 
-    def _validate(self, msg: GossipMessage) -> Validation:
+    def _validate(self, msg: GossipMessage, *, gossip: bool = False) -> Validation:
         validator = self._validators.get(msg.topic)
         if validator is None:
             return Validation.ACCEPT
@@ -351,6 +401,8 @@ class MemoryGossip(Gossip):
             log.exception("gossip validator raised; message rejected",
                           extra={"topic": msg.topic, "peer": self._peer_id.short})
             verdict = Validation.REJECT
+        if gossip:
+            verdict = self._pulled.owed(msg.topic, msg.data, verdict)
         if verdict is Validation.IGNORE:
             self._ignored += 1
         elif verdict is not Validation.ACCEPT:
@@ -757,7 +809,7 @@ class MemoryNetwork:
             host._duplicates += 1
             return
         # Validators judge what peers send us, not our own publishes (as in _libp2p).
-        if not own and host._validate(msg) is not Validation.ACCEPT:
+        if not own and host._validate(msg, gossip=True) is not Validation.ACCEPT:
             return
         host._delivered += 1
         for sub in host._subs.get(msg.topic, ()):

@@ -210,7 +210,7 @@ def choose(view: PeerView, request: Request, obs: Observations | ObservationSnap
     stats = obs.snapshot() if isinstance(obs, Observations) else obs
     serving = view.by_digest.get(request.digest, frozenset())
     if not serving:
-        raise NoProviderError(f"no provider serves {request.digest}")
+        raise NoProviderError(f"no provider serves {request.digest}; {view.describe_offers()}")
     rows: list[_Row] = []
     d = config.max_considered
     if d is not None and len(serving) > d:

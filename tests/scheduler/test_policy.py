@@ -73,7 +73,8 @@ def test_only_providers_of_the_digest() -> None:
 
 def test_nobody_serves_the_digest() -> None:
     view = view_of(advert(0, digest=OTHER_MODEL))
-    with pytest.raises(NoProviderError, match=f"no provider serves {MODEL}$"):
+    with pytest.raises(NoProviderError, match=f"no provider serves {MODEL}; the swarm serves "
+                                              f"[^ ]+@{OTHER_MODEL} \\(1 provider\\)$"):
         pick(view, Request(MODEL))
 
 
