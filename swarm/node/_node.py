@@ -186,8 +186,23 @@ class Node:
             raise ConfigError("node identity is not loaded yet (start the node first)")
         return str(self.identity.peer_id)
 
+    def waiting_for(self) -> list[str]:
+        """The `--serve` references not served yet (a registry version still fetching)."""
+        waiting = []
+        for ref in self._follow:
+            try:
+                self.table.resolve(str(ref))
+            except ModelNotFoundError:
+                waiting.append(str(ref))
+        return waiting
+
     def is_ready(self) -> bool:
-        return self.state is NodeState.SERVING
+        """Triton's strict readiness: serving, and every model it was told to serve is loaded.
+
+        Liveness (the process answers) is separate: a node fetching a version is live and
+        not ready, so a load balancer or orchestrator waits for it.
+        """
+        return self.state is NodeState.SERVING and not self.waiting_for()
 
     def request_stop(self) -> None:
         """Begin a graceful stop (safe to call from a signal handler on the loop)."""
@@ -302,6 +317,9 @@ class Node:
                 self.state = NodeState.SERVING
                 self.metrics.models_ready.set(len(self.table))
                 self._write_state_file()
+                if self._follow:
+                    log.info("not ready until these are fetched and loaded", extra={
+                        "waiting_for": ",".join(str(ref) for ref in self._follow)})
                 log.info("node serving", extra={
                     "peer": self.peer_id, "grpc": self.grpc_address,
                     "metrics": self.metrics_port, "models": ",".join(m.name for m in models),
@@ -515,9 +533,11 @@ class Node:
         return web.Response(text="ok\n")
 
     async def _http_ready(self, request: web.Request) -> web.Response:
-        ready = self.is_ready()
-        return web.Response(text="ready\n" if ready else f"{self.state.value}\n",
-                            status=200 if ready else 503)
+        if self.is_ready():
+            return web.Response(text="ready\n", status=200)
+        waiting = self.waiting_for() if self.state is NodeState.SERVING else []
+        text = f"waiting for {', '.join(waiting)}\n" if waiting else f"{self.state.value}\n"
+        return web.Response(text=text, status=503)
 
     # ------------------------------------------------------------------ status
 

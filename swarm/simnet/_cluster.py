@@ -358,7 +358,7 @@ class Cluster:
         want_p2p = self._p2p
         deadline = time.monotonic() + self.config.start_timeout
         banner = await self._await_banner(slot, process, offset, want_p2p, deadline)
-        status = await _ready_status(banner.grpc, deadline, process)
+        status = await _live_status(banner.grpc, deadline, process)
         handle = NodeHandle(
             index=slot.spec.index, incarnation=slot.incarnations, spec=slot.spec,
             pid=process.pid, grpc=banner.grpc, metrics=banner.metrics, peer_id=banner.peer_id,
@@ -454,16 +454,21 @@ class Cluster:
             self._signal(process, signal.SIGKILL)
 
 
-async def _ready_status(address: str, deadline: float,
+async def _live_status(address: str, deadline: float,
                         process: asyncio.subprocess.Process) -> node_pb2.NodeStatus:
-    """Wait until the node answers ServerReady; return its NodeService status."""
+    """Wait until the node answers (ServerLive); return its NodeService status.
+
+    Live, not ready: a node told to serve a registry tag is ready only once it fetched
+    and loaded the version, which simnet publishes after every node is up (the run
+    then waits until the providers advertise it).
+    """
     async with grpc.aio.insecure_channel(address) as channel:
         inference = pb_grpc.GRPCInferenceServiceStub(channel)
         status = node_pb2_grpc.NodeServiceStub(channel)
         while True:
             try:
-                ready = await inference.ServerReady(pb.ServerReadyRequest(), timeout=2.0)
-                if ready.ready:
+                live = await inference.ServerLive(pb.ServerLiveRequest(), timeout=2.0)
+                if live.live:
                     result: node_pb2.NodeStatus = await status.GetStatus(
                         node_pb2.GetStatusRequest(), timeout=2.0)
                     return result

@@ -160,3 +160,33 @@ async def test_grpc_health_and_reflection(start_node: NodeFactory, mlp: Model) -
         assert {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
                 "ModelInfer", "ModelStreamInfer", "ModelConfig", "ModelStatistics",
                 "RepositoryIndex"} <= methods
+
+
+async def test_a_node_is_not_ready_until_every_served_reference_is_loaded(
+        start_node: NodeFactory, mlp: Model) -> None:
+    """Triton's strict readiness (issue 11, item 13): live at once, ready only when loaded.
+
+    The node is told to serve a registry tag nobody has published; it serves the MLP
+    meanwhile, answers liveness, and says what it waits for.
+    """
+    async with start_node([mlp], serve=["acme/lin:stable"], p2p_port=0) as node:
+        assert not node.is_ready()
+        assert node.waiting_for() == ["acme/lin:stable"]
+        status, text = await scrape(node, "/readyz")
+        assert (status, text) == (503, "waiting for acme/lin:stable\n")
+        status, _ = await scrape(node, "/healthz")
+        assert status == 200
+        async with grpc.aio.insecure_channel(node.grpc_address) as channel:
+            from swarm._proto.inference import grpc_service_pb2 as pb
+            from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert (await stub.ServerLive(pb.ServerLiveRequest())).live
+            assert not (await stub.ServerReady(pb.ServerReadyRequest())).ready
+
+
+async def test_a_node_serving_only_local_models_is_ready(start_node: NodeFactory,
+                                                          mlp: Model) -> None:
+    async with start_node([mlp]) as node:
+        assert node.is_ready() and node.waiting_for() == []
+        assert await scrape(node, "/readyz") == (200, "ready\n")
