@@ -253,7 +253,7 @@ def _virtual_table(st: Any, *, busiest: bool) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run `swarm simnet <command>` for parsed arguments; returns the exit code."""
     if args.simnet_command not in ("up", "virtual"):
-        raise SwarmError(f"unknown simnet command {args.simnet_command!r}")
+        raise ConfigError(f"unknown simnet command {args.simnet_command!r}")
     try:
         scenario = _virtual_scenario(args) if args.simnet_command == "virtual" else _up_scenario(args)
     except ConfigError as exc:

@@ -39,7 +39,12 @@ from typing import BinaryIO, Protocol
 
 import grpc
 
-from swarm._errors import SwarmError
+from swarm._errors import (
+    ClosedError,
+    ConfigError,
+    UnavailableError,
+    first_failure,
+)
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
@@ -250,7 +255,7 @@ class Cluster:
         """Start a stopped node again with the same data dir (same identity)."""
         slot = self._slots[index]
         if slot.proc is not None and slot.proc.process.returncode is None:
-            raise SwarmError(f"node {index} is running; it cannot rejoin")
+            raise ConfigError(f"node {index} is running; it cannot rejoin")
         bootstrap = next((h.p2p[0] for i, h in enumerate(self.nodes)
                           if h is not None and h.p2p and i != index
                           and self.status(i) in (NodeStatus.UP, NodeStatus.SLOW)), None)
@@ -262,7 +267,7 @@ class Cluster:
     def set_slowdown(self, index: int, factor: float) -> None:
         """Run the node 1/factor of the time from now on (1: full speed)."""
         if factor < 1:
-            raise SwarmError(f"slowdown must be >= 1, got {factor}")
+            raise ConfigError(f"slowdown must be >= 1, got {factor}")
         slot = self._slots[index]
         slot.slowdown = factor
         proc = slot.proc
@@ -279,7 +284,7 @@ class Cluster:
     async def partition(self, index: int, isolated: bool) -> None:
         """Cut (or restore) the node's links; needs a network layer (--netns)."""
         if self._network is None:
-            raise SwarmError("partition needs --netns (on loopback nodes share one network)")
+            raise ConfigError("partition needs --netns (on loopback nodes share one network)")
         await self._network.partition(index, isolated)
 
     # ------------------------------------------------------------------ lifecycle
@@ -298,8 +303,8 @@ class Cluster:
             async with asyncio.TaskGroup() as tg:
                 for i in range(1, self.size):
                     tg.create_task(self._start(i, bootstrap))
-        except ExceptionGroup as group:  # report the first node that failed, plainly
-            raise group.exceptions[0] from None
+        except ExceptionGroup as group:  # the first node that failed, the others noted on it
+            raise first_failure(group) from None
 
     def _node_args(self, slot: _Slot, bootstrap: str | None) -> list[str]:
         spec = slot.spec
@@ -381,18 +386,18 @@ class Cluster:
                 if time.monotonic() - served_since > self.config.p2p_wait:
                     return banner
             if process.returncode is not None:
-                raise SwarmError(f"node {slot.spec.index} exited with code {process.returncode} "
+                raise UnavailableError(f"node {slot.spec.index} exited with code {process.returncode} "
                                  f"while starting; its log {slot.log} ends with:\n"
                                  f"{_tail(slot.log)}")
             if time.monotonic() > deadline:
-                raise SwarmError(f"node {slot.spec.index} did not serve within "
+                raise UnavailableError(f"node {slot.spec.index} did not serve within "
                                  f"{self.config.start_timeout:g} s; see {slot.log}")
             await asyncio.sleep(0.05)
 
     def _running(self, index: int, what: str) -> _Proc:
         proc = self._slots[index].proc
         if proc is None or proc.process.returncode is not None:
-            raise SwarmError(f"cannot {what} node {index}: it is not running")
+            raise ClosedError(f"cannot {what} node {index}: it is not running")
         return proc
 
     async def _duty_cycle(self, process: asyncio.subprocess.Process, factor: float,
@@ -474,10 +479,10 @@ async def _live_status(address: str, deadline: float,
                     return result
             except grpc.aio.AioRpcError as exc:
                 if time.monotonic() > deadline or process.returncode is not None:
-                    raise SwarmError(f"node at {address} is not ready: "
+                    raise UnavailableError(f"node at {address} is not live: "
                                      f"{exc.code().name}") from exc
             if time.monotonic() > deadline:
-                raise SwarmError(f"node at {address} did not become ready")
+                raise UnavailableError(f"node at {address} did not answer")
             await asyncio.sleep(0.1)
 
 
@@ -507,9 +512,9 @@ async def start_cluster(specs: Sequence[NodeSpec], config: ClusterConfig, *,
                         network: NetworkLayer | None = None) -> AsyncIterator[Cluster]:
     """Start one node per spec and yield the Cluster; stop every node on the way out."""
     if not specs:
-        raise SwarmError("a cluster needs at least one node")
+        raise ConfigError("a cluster needs at least one node")
     if [s.index for s in specs] != list(range(len(specs))):
-        raise SwarmError("node specs must be indexed 0..n-1 in order")
+        raise ConfigError("node specs must be indexed 0..n-1 in order")
     config.log_dir.mkdir(parents=True, exist_ok=True)
     cluster: Cluster | None = None
     raised: BaseException | None = None

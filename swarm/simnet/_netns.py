@@ -21,7 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from swarm._errors import SwarmError
+from swarm._errors import ConfigError, SwarmError
 from swarm.simnet._scenario import Network
 
 __all__ = ["NetnsNetwork", "netns_network"]
@@ -76,7 +76,7 @@ def _subnet(taken: str, pid: int) -> ipaddress.IPv4Network:
         net = ipaddress.IPv4Network(f"10.213.{(pid + k) % 256}.0/24")
         if f"10.213.{(pid + k) % 256}." not in taken:
             return net
-    raise SwarmError("no free /24 in 10.213.0.0/16 for --netns")
+    raise ConfigError("no free /24 in 10.213.0.0/16 for --netns")
 
 
 @dataclass(slots=True)
@@ -118,9 +118,9 @@ async def _netem(namespace: str, device: str, link: Network) -> tuple[bool, str]
 async def netns_network(nodes: int, link: Network) -> AsyncIterator[NetnsNetwork]:
     """Create the namespaces, bridge and links for `nodes` nodes; delete them on exit."""
     if os.geteuid() != 0:
-        raise SwarmError("--netns needs root")
+        raise ConfigError("--netns needs root")
     if not 1 <= nodes <= MAX_NODES:
-        raise SwarmError(f"--netns supports 1..{MAX_NODES} nodes")
+        raise ConfigError(f"--netns supports 1..{MAX_NODES} nodes")
     existing = [line.split()[0] for line in (await _ip("netns", "list")).splitlines() if line]
     for name in stale_namespaces(existing):
         await _ip("netns", "del", name, check=False)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarm._errors import SwarmError
+from swarm._errors import ConfigError, UnavailableError
 from swarm._types import Digest, ModelRef
 from swarm.protocol import Identity
 from swarm.simnet._scenario import BUILTIN_MODELS, Fault, FaultKind, Scenario
@@ -36,7 +36,7 @@ def registry_refs(scenario: Scenario) -> list[ModelRef]:
                 continue
             ref = ModelRef.parse(model)
             if ref.tag is None:
-                raise SwarmError(f"{model}: a registry model is served by tag (name:tag)")
+                raise ConfigError(f"{model}: a registry model is served by tag (name:tag)")
             refs[str(ref)] = ref
     return list(refs.values())
 
@@ -81,7 +81,7 @@ class PublishedModels:
         for ref in self.refs:
             if ref.name == wanted.name and (wanted.tag is None or wanted.tag == ref.tag):
                 return ref
-        raise SwarmError(f"{fault.model} is not a registry model of this run")
+        raise ConfigError(f"{fault.model} is not a registry model of this run")
 
     async def apply(self, fault: Fault) -> str:
         """Move the tag for a rollout or rollback fault; 'applied' or why not."""
@@ -133,6 +133,6 @@ async def publish_models(scenario: Scenario, address: str, workdir: Path,
         first = published.versions[ref.name][INITIAL_VERSION]
         while not served(ref.name, first):
             if loop.time() > deadline:
-                raise SwarmError(f"{ref} was not served by every node within {timeout:g} s")
+                raise UnavailableError(f"{ref} was not served by every node within {timeout:g} s")
             await asyncio.sleep(0.1)
     return published

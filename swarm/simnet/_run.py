@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from swarm._errors import SwarmError
+from swarm._errors import ConfigError, SwarmError
 from swarm._types import Digest
 from swarm.client import AsyncClient
 from swarm.simnet._cluster import Cluster, ClusterConfig, NetworkLayer, NodeStatus, start_cluster
@@ -206,7 +206,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
         published = None
         if registry_refs(scenario):
             if not isinstance(router, SchedulerRouter) or cluster.nodes[0] is None:
-                raise SwarmError("registry models need peer-to-peer and the scheduler router")
+                raise ConfigError("registry models need peer-to-peer and the scheduler router")
             expected = {ref.name: sum(1 for spec in scenario.node_specs()
                                       if str(ref) in spec.models)
                         for ref in registry_refs(scenario)}
