@@ -7,12 +7,10 @@ Skipped until the node wiring (Node(registry_config=..., rollout_config=...)) la
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from swarm._errors import ModelNotFoundError
 from swarm.client import AsyncClient
@@ -21,29 +19,9 @@ from swarm.protocol import Gossip, Identity
 from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import RegistryClient, RegistryConfig, RolloutConfig
 from swarm.registry._publish import build_manifest, publish_tag, push
+from tests.registry.programs import export
 from tests.registry.support import PUBLISHER
 from tests.waiting import wait_until
-
-
-class Scale(torch.nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = torch.nn.Parameter(torch.tensor(factor), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = x * self.factor
-        return out
-
-
-def export(path: Path, factor: float) -> Path:
-    program = torch.export.export(Scale(factor).eval(), (torch.zeros(2, 4),), dynamic_shapes={
-        "x": {0: torch.export.Dim("batch", min=1, max=16)}})
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
 
 
 async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:

@@ -7,14 +7,12 @@ because it was on disk. What is newer comes from peers (the agent's tag sync).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from swarm._errors import ModelNotFoundError
 from swarm._proto.swarm.v1 import registry_pb2
@@ -30,29 +28,13 @@ from swarm.registry import (
     sign_tag,
 )
 from swarm.registry._publish import build_manifest, publish_tag, push, rollback_target
+from tests.registry.programs import export
 from tests.registry.support import PUBLISHER
 from tests.waiting import wait_until
 
 NAME = "acme/classifier"
 
 
-class Scale(torch.nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = torch.nn.Parameter(torch.tensor(factor), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = x * self.factor
-        return out
-
-
-def export(path: Path, factor: float) -> Path:
-    program = torch.export.export(Scale(factor).eval(), (torch.zeros(2, 4),), dynamic_shapes={
-        "x": {0: torch.export.Dim("batch", min=1, max=16)}})
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    path.write_bytes(buffer.getvalue())
-    return path
 
 
 def node_factory(tmp_path: Path, network: MemoryNetwork) -> Callable[..., Node]:
