@@ -188,5 +188,6 @@ async def test_a_node_is_not_ready_until_every_served_reference_is_loaded(
 async def test_a_node_serving_only_local_models_is_ready(start_node: NodeFactory,
                                                           mlp: Model) -> None:
     async with start_node([mlp]) as node:
-        assert node.is_ready() and node.waiting_for() == []
+        assert node.is_ready()
+        assert node.waiting_for() == []
         assert await scrape(node, "/readyz") == (200, "ready\n")
