@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from swarm._types import Digest  # noqa: E402
-from swarm.protocol import (  # noqa: E402  # noqa: E402
+from swarm.protocol import (  # noqa: E402
     Advert,
     Hardware,
     Identity,

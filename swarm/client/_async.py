@@ -225,14 +225,13 @@ class AsyncClient:
 
     async def _swarm_metadata(self, model: str, version: str) -> ModelInfo:
         digest = await self._provider_of(model if not version else f"{model.split('@')[0]}@{version}")
-        providers = self.router.view.providers(digest)
-        if not providers:
-            raise NoProviderError(f"no provider serves {model}; "
-                                  f"{self.router.view.describe_offers()}")
-        advert = providers[0].advert
-        offer = advert.offer(digest)
+        # The scheduler's choice, as for inference: a reachable, non-draining provider
+        # (never an endpoint-less or draining advert); NoProviderError says what is served.
+        best = self.router.candidates(digest)[0]
+        entry = self.router.view.get(best.peer)
+        offer = entry.advert.offer(digest) if entry is not None else None
         name = offer.name if offer is not None else model
-        async with AsyncClient(advert.endpoints[0], timeout=self.timeout) as direct:
+        async with AsyncClient(best.endpoint, timeout=self.timeout) as direct:
             info = await direct.metadata(name, version=str(digest))
         self._info[f"{model}\0{version}"] = info
         return info

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -38,7 +37,6 @@ from swarm.node._metrics import NodeMetrics
 from swarm.node._models import ModelStats, ModelTable
 from swarm.node._service import FORWARDED_HEADER, InferenceService, status_details
 from swarm.routing import FORWARDED, Router, RoutingOptions, error_from_rpc
-from swarm.scheduler import Candidate, Request, choose
 
 __all__ = ["OpenAIGateway", "RoutingGateway"]
 
@@ -62,13 +60,11 @@ class RoutingGateway:
     """
 
     def __init__(self, router: Router, *, clock: Clock = SYSTEM_CLOCK,
-                 default_timeout: float = 30.0, max_models: int = 64,
-                 rng: random.Random | None = None) -> None:
+                 default_timeout: float = 30.0, max_models: int = 64) -> None:
         self.router = router
         self._clock = clock
         self._default_timeout = default_timeout
         self._max_models = max_models
-        self._rng = rng or random.Random()
         self._stats: dict[Digest, tuple[str, ModelStats]] = {}
 
     def resolve(self, model: str, version: str = "") -> Digest:
@@ -98,11 +94,6 @@ class RoutingGateway:
     def statistics(self) -> Mapping[Digest, tuple[str, ModelStats]]:
         """(model name, statistics) of the requests forwarded, by digest."""
         return self._stats
-
-    def _candidates(self, digest: Digest, deadline: float | None) -> list[Candidate]:
-        request = Request(digest=digest, deadline=deadline)
-        return choose(self.router.view, request, self.router.observations, self._rng,
-                      self._clock.monotonic())
 
     def _stats_of(self, model: str, digest: Digest) -> ModelStats | None:
         entry = self._stats.get(digest)
@@ -166,7 +157,7 @@ class RoutingGateway:
                    call: Callable[[pb_grpc.GRPCInferenceServiceStub, float], Awaitable[Any]]) -> Any:
         """One answer about `digest`: from the scheduler's best candidate, else the next ones."""
         try:
-            candidates = self._candidates(digest, deadline)
+            candidates = self.router.candidates(digest, deadline=deadline)
         except NoProviderError as exc:
             raise _not_found(exc) from exc
         last: InferenceError | None = None

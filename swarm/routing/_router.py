@@ -189,8 +189,14 @@ class Router:
         if self._grpc is not None:
             await self._grpc.close()
 
-    def _candidates(self, digest: Digest, items: int, deadline: float,
-                    options: RoutingOptions, tried: frozenset[PeerId]) -> list[Candidate]:
+    def candidates(self, digest: Digest, *, items: int = 1, deadline: float | None = None,
+                   options: RoutingOptions = RoutingOptions(),
+                   tried: frozenset[PeerId] = frozenset()) -> list[Candidate]:
+        """Providers of `digest` in the order `send` would try them (nothing is sent).
+
+        The gateway forwards its other OIP calls, and the SDK asks for metadata, through
+        this one choice; NoProviderError when nobody fits.
+        """
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
                           exclude=tried)
@@ -246,8 +252,8 @@ class Router:
                     if attempts >= options.max_attempts or clock.monotonic() >= deadline:
                         break
                     try:
-                        candidates = self._candidates(digest, items, deadline, options,
-                                                      frozenset(tried))
+                        candidates = self.candidates(digest, items=items, deadline=deadline,
+                                                     options=options, tried=frozenset(tried))
                     except NoProviderError:
                         if last_error is not None:
                             break
@@ -269,8 +275,8 @@ class Router:
                 if not done:  # slower than its p95: hedge on the next candidate
                     hedged = True
                     try:
-                        candidates = self._candidates(digest, items, deadline, options,
-                                                      frozenset(tried))
+                        candidates = self.candidates(digest, items=items, deadline=deadline,
+                                                     options=options, tried=frozenset(tried))
                     except NoProviderError:
                         continue
                     running.append(self._start(request, candidates[0], items, deadline))
