@@ -1,21 +1,17 @@
-"""The first hour with `swarm-node`: fast --help and id, busy ports, the README's swarm."""
+"""The first hour with `swarm-node`: fast --help and id, busy ports (the README itself runs
+in tests/test_readme.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import re
-import shlex
-import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from swarm._errors import ConfigError
@@ -24,12 +20,10 @@ from swarm.node._cli import _config as cli_config
 from swarm.node._cli import _parser as cli_parser
 from swarm.node._config import check_ports
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 BIN = Path(sys.executable).parent
 # What the `swarm-node` console script runs; through `python -c` so -X importtime applies.
 CLI = [sys.executable, "-X", "importtime", "-c",
        "import sys; from swarm.node._cli import main; sys.exit(main())"]
-START_TIMEOUT = 60.0
 
 
 def command(tool: str, module: str) -> list[str]:
@@ -203,109 +197,3 @@ async def test_in_process_node_checks_ports_before_its_identity_and_models(
     assert loaded == []
     assert not (tmp_path / "data").exists()
     assert node.state is NodeState.STOPPED
-
-
-# --------------------------------------------------------------------------- the README
-
-
-def readme_commands(section: str) -> list[list[str]]:
-    """The shell commands (indented `.venv/bin/...` lines) of one README section."""
-    text = README.read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    commands: list[list[str]] = []
-    pending = ""
-    for line in body.splitlines():
-        stripped = line.strip()
-        if pending:
-            pending += " " + stripped
-        elif line.startswith("    .venv/bin/"):
-            pending = stripped
-        else:
-            continue
-        if pending.endswith("\\"):
-            pending = pending[:-1]
-            continue
-        commands.append(shlex.split(pending, comments=True))
-        pending = ""
-    return commands
-
-
-async def read_banner(proc: asyncio.subprocess.Process, log: Path) -> dict[str, str]:
-    """The `  key  value` lines a node prints once it serves (waits until its p2p line)."""
-    assert proc.stdout is not None
-    fields: dict[str, str] = {}
-    deadline = time.monotonic() + START_TIMEOUT
-    while "p2p" not in fields:
-        line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
-        if not line:
-            output = await asyncio.to_thread(log.read_text)
-            raise AssertionError(f"swarm-node exited before serving:\n{output}")
-        text = line.decode().rstrip()
-        if text.startswith("  "):
-            key, _, value = text.strip().partition("  ")
-            fields.setdefault(key, value.strip())
-    return fields
-
-
-async def http_status(url: str) -> int:
-    async with aiohttp.ClientSession() as session, session.get(
-            url, timeout=aiohttp.ClientTimeout(total=5)) as response:
-        return response.status
-
-
-@pytest.mark.slow
-async def test_readme_joining_a_swarm_runs_as_written(tmp_path: Path) -> None:
-    """Both nodes of "Joining a swarm" start on one machine, join, and stop cleanly."""
-    placeholder = "/ip4/127.0.0.1/tcp/PORT/p2p/PEERID"
-    commands = readme_commands("Joining a swarm")
-    nodes = [c for c in commands if c[:2] == [".venv/bin/swarm-node", "run"]]
-    peers = [c for c in commands if c[:2] == [".venv/bin/swarm", "peers"]]
-    assert len(nodes) == 2
-    assert len(peers) == 1
-    tools = {".venv/bin/swarm-node": command("swarm-node", "swarm.node._cli"),
-             ".venv/bin/swarm": command("swarm", "swarm.cli")}
-
-    def localize(argv: list[str], bootstrap: str = "") -> list[str]:
-        """The README's command with its /tmp data dir under tmp_path, and the real address."""
-        out = [*tools[argv[0]]]
-        for previous, arg in itertools.pairwise(argv):
-            if previous == "--data-dir":
-                arg = str(tmp_path / Path(arg).name)
-            out.append(arg.replace(placeholder, bootstrap))
-        return out
-
-    procs: list[asyncio.subprocess.Process] = []
-    banners: list[dict[str, str]] = []
-    try:
-        for argv in nodes:
-            bootstrap = banners[0]["p2p"] if banners else ""
-            log = tmp_path / f"node{len(procs)}.log"
-            with log.open("wb") as err:
-                proc = await asyncio.create_subprocess_exec(
-                    *localize(argv, bootstrap), stdout=asyncio.subprocess.PIPE, stderr=err,
-                    env=environment())
-            procs.append(proc)
-            banners.append(await read_banner(proc, log))
-        for banner in banners:
-            metrics = banner["metrics"]
-            assert metrics.endswith("/metrics")
-            assert await http_status(metrics.replace("/metrics", "/readyz")) == 200
-        assert banners[0]["metrics"] != banners[1]["metrics"]
-        # `swarm peers` as written lists both providers once their adverts have spread.
-        wanted = {banner["peer id"] for banner in banners}
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            code, out, err = await run(*localize(peers[0], banners[0]["p2p"]), "--json")
-            seen = set(re.findall(r'"peer_id": "(\w+)"', out))
-            if code == 0 and wanted <= seen:
-                break
-            assert time.monotonic() < deadline, f"swarm peers saw {seen}, not {wanted}: {err}"
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        codes = [await asyncio.wait_for(proc.wait(), 30) for proc in procs]
-        assert codes == [0, 0]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
