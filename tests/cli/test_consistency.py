@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from swarm.cli import main as swarm_main
-from swarm.cli._client import DEFAULT_NODE, _client
+from swarm.cli._client import DEFAULT_NODE
+from swarm.cli._client_commands import _client
 from swarm.cli._main import _parser
 from swarm.cli._simnet import _up_scenario
 from swarm.client import AsyncClient, Client

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from swarm._types import Digest
-from swarm.cli._registry import _COMMANDS, add_parser, default_store, run
+from swarm.cli._registry import add_parser, run
+from swarm.cli._registry_commands import COMMANDS, default_store
 from swarm.protocol import Advert, Gossip, Identity, LightPeer, Membership, MembershipConfig
 from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
@@ -244,11 +245,11 @@ async def test_bootstrap_joins_as_a_light_peer_and_pulls_from_holders(
         def light_peer(bootstrap: object) -> LightPeer:
             return LightPeer(start, config=MembershipConfig.fast())
 
-        monkeypatch.setattr("swarm.cli._registry._light_peer", light_peer)
+        monkeypatch.setattr("swarm.cli._registry_commands._light_peer", light_peer)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(m.run()) for m in members]
             args = parse("pull", "acme/classifier:stable", "--bootstrap", "/ip4/x", "--wait", "0.6")
-            assert await _COMMANDS["pull"](args) == 0
+            assert await COMMANDS["pull"](args) == 0
             for task in tasks:
                 task.cancel()
     out = capsys.readouterr().out
