@@ -7,6 +7,7 @@ length, shape, datatype and name in it is the attacker's choice.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import struct
@@ -152,6 +153,9 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int]] = [
         zeros(D), shape=[1, D], outputs=[{"name": "output", "parameters": {"classification": 3}}]),
      JSON, 400),
     ("too large", "builtin/mlp/infer", b'{"inputs": "' + b"x" * MAX_BODY + b'"}', JSON, 413),
+    ("too large once gunzipped (4 KiB -> 4 MiB)", "builtin/mlp/infer",
+     gzip.compress(b'{"inputs": "' + b"x" * (4 * MAX_BODY) + b'"}'),
+     {**JSON, "Content-Encoding": "gzip"}, 413),
     # --- names
     ("unknown model", "acme/nothing/infer", mlp_json(zeros(D), shape=[1, D]), JSON, 404),
     ("unknown version", "builtin/mlp/versions/sha256:" + "0" * 64 + "/infer",
