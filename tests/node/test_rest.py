@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import struct
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,14 +30,22 @@ def texts_array(texts: list[str]) -> np.ndarray:
     return np.array([t.encode() for t in texts], dtype=object)
 
 
-def readme_example(url: str, x: np.ndarray) -> np.ndarray:
-    """The tritonclient.http example of README.md, as written there."""
-    import tritonclient.http as httpclient
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-    client = httpclient.InferenceServerClient(url)  # e.g. "127.0.0.1:8000", no scheme
-    tensor = httpclient.InferInput("input", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x)  # binary tensor extension by default
-    return client.infer("builtin/mlp", [tensor]).as_numpy("output")
+
+def readme_examples() -> tuple[list[str], str]:
+    """README.md's curl command (as argv) and tritonclient.http example (Python source)."""
+    text = README.read_text()
+    section = text[text.index("speaks the Open Inference Protocol over HTTP"):]
+    curl = next(line.strip() for line in section.splitlines() if line.strip().startswith("curl "))
+    return shlex.split(curl), section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_readme_example(url: str) -> dict[str, Any]:
+    """The tritonclient.http example of README.md, run as written there (port filled in)."""
+    namespace: dict[str, Any] = {}
+    exec(readme_examples()[1].replace("127.0.0.1:N", url), namespace)  # the README, as written
+    return namespace
 
 
 async def test_tritonclient_http_against_a_node(start_node: NodeFactory, mlp: Model,
@@ -57,7 +67,7 @@ async def test_tritonclient_http_against_a_node(start_node: NodeFactory, mlp: Mo
                 "meta": client.get_model_metadata("builtin/minilm"),
                 "config": client.get_model_config("builtin/mlp"),
                 "index": client.get_model_repository_index(),
-                "readme": readme_example(url, x),
+                "readme": run_readme_example(url),
             }
             tensor = th.InferInput("input", list(x.shape), "FP32")
             tensor.set_data_from_numpy(x, binary_data=False)  # JSON in, JSON out
@@ -91,7 +101,8 @@ async def test_tritonclient_http_against_a_node(start_node: NodeFactory, mlp: Mo
     assert out["config"]["max_batch_size"] == 256
     assert out["config"]["input"][0]["dims"] == [MLP_DIMS[0]]
     assert {m["name"] for m in out["index"]} == {"builtin/mlp", "builtin/minilm"}
-    np.testing.assert_array_equal(out["readme"], expected)
+    readme = out["readme"]
+    np.testing.assert_array_equal(readme["y"], mlp.execute({"input": readme["x"]})["output"])
     np.testing.assert_array_equal(out["json"], expected)
     assert out["id"] == "r1"
     np.testing.assert_allclose(out["bytes"], embeddings, atol=1e-5)
@@ -108,9 +119,13 @@ async def test_tritonclient_http_against_a_node(start_node: NodeFactory, mlp: Mo
 async def test_curl_style_requests(start_node: NodeFactory, mlp: Model, minilm: Model) -> None:
     async with start_node([mlp, minilm], http_port=0) as node, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{node.http_port}/v2"
-        # The README's curl example: JSON in, JSON out.
-        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}
-        async with http.post(f"{base}/models/builtin/minilm/infer", json=body) as response:
+        # The README's curl example: JSON in, JSON out (curl -d says it is a form; no matter).
+        curl = readme_examples()[0]
+        assert curl[:2] == ["curl", "-s"]
+        assert curl[3] == "-d"
+        async with http.post("http://" + curl[2].replace("127.0.0.1:N", f"127.0.0.1:{node.http_port}"),
+                             data=curl[4], headers={
+                                 "Content-Type": "application/x-www-form-urlencoded"}) as response:
             assert response.status == 200
             assert response.content_type == "application/json"
             answer = await response.json()
