@@ -7,6 +7,7 @@ length, shape, datatype and name in it is the attacker's choice.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -14,11 +15,15 @@ import struct
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 
+from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm.node import Node
 from swarm.node._builtins import MLP_DIMS
 from swarm.node._runtime import Model
+from tests.adversarial.test_cancelled_work import GatedTextModel, _cancelled, _infer_request
+from tests.waiting import wait_until
 
 MAX_BODY = 1 << 20
 HEADER = "Inference-Header-Content-Length"
@@ -205,3 +210,25 @@ async def test_hostile_v2_requests_get_a_clear_4xx(start_node: Any, mlp: Model, 
 
 def _metrics(node: Node) -> str:
     return node.metrics.render().decode()
+
+
+async def test_a_client_that_hangs_up_stops_its_v2_work(start_node: Any) -> None:
+    """A /v2 infer queued behind a busy model, whose client hangs up, never executes."""
+    model = GatedTextModel()
+    async with start_node([model], http_port=0) as node, \
+            grpc.aio.insecure_channel(node.grpc_address) as channel, \
+            aiohttp.ClientSession() as http:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        busy = asyncio.ensure_future(stub.ModelInfer(_infer_request(model.name, b"busy"), timeout=30))
+        await wait_until(asyncio.to_thread(model.running.wait, 10), what="the busy batch to run")
+        body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["given up"]}]}
+        client = asyncio.create_task(
+            http.post(f"http://127.0.0.1:{node.http_port}/v2/models/{model.name}/infer", json=body))
+        served = node.table.resolve(model.name)
+        await wait_until(lambda: served.batcher.queue_depth == 1, what="the /v2 call to queue")
+        client.cancel()  # closes the connection
+        await wait_until(lambda: _cancelled(node, model.name) >= 1, what="the node to see the hang-up")
+        model.gate.set()
+        await busy
+        await stub.ModelInfer(_infer_request(model.name, b"after"), timeout=30)
+        assert model.batches == [1, 1]  # the busy one, then the next caller's: never "given up"
