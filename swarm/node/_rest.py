@@ -117,27 +117,8 @@ def _http_status(code: str) -> int:
     return _OPENAI_STATUS.get(code, (500, ""))[0]
 
 
-@web.middleware
-async def _v2_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/v2 answers every failure as KServe does: `{"error": "..."}`, never a traceback."""
-    if not request.path.startswith("/v2"):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, exc.reason)
-    except _Refused as exc:
-        return _error(exc.status, str(exc))
-    except _Aborted as exc:
-        return _error(_http_status(exc.code), str(exc))
-    except SwarmError as exc:
-        return _error(_http_status(code_of(exc)), status_details(exc))
-    except Exception:
-        log.exception("unexpected error in the HTTP Open Inference Protocol",
-                      extra={"path": request.path[:200]})
-        return _error(500, "internal error")
+def _is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def _json_of(message: Message) -> Any:
@@ -261,7 +242,7 @@ class OpenInferenceHTTP:
 
         The app's client_max_size bounds bodies; it should be `max_body_bytes`.
         """
-        app.middlewares.append(_v2_errors)
+        app.middlewares.append(self._errors)
         route = app.router
         route.add_get("/v2", self.server_metadata)
         route.add_get("/v2/health/live", self.live)
@@ -275,6 +256,30 @@ class OpenInferenceHTTP:
             route.add_get(base + "/config", self.config)
             route.add_get(base + "/stats", self.statistics)
             route.add_get(base, self.metadata)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """/v2 answers every failure as KServe does: `{"error": "..."}`, never a traceback."""
+        if not _is_v2(request.path):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error(exc.status, exc.reason)
+        except _Refused as exc:
+            if exc.reason is not None:
+                self._metrics.http_rejected.labels(exc.reason).inc()
+            return _error(exc.status, str(exc))
+        except _Aborted as exc:
+            return _error(_http_status(exc.code), str(exc))
+        except SwarmError as exc:
+            return _error(_http_status(code_of(exc)), status_details(exc))
+        except Exception:
+            log.exception("unexpected error in the HTTP Open Inference Protocol",
+                          extra={"path": request.path[:200]})
+            return _error(500, "internal error")
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -341,25 +346,21 @@ class OpenInferenceHTTP:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            self._metrics.http_rejected.labels("body_size").inc()
-            raise _Refused(413, f"body larger than {self._max_body} bytes") from exc
+            raise _Refused(413, f"body larger than {self._max_body} bytes", "body_size") from exc
 
     def _parse(self, raw: bytes | memoryview) -> Any:
         try:
             text = bytes(raw).decode()
         except UnicodeDecodeError as exc:
-            self._metrics.http_rejected.labels("encoding").inc()
-            raise _Refused(400, "the JSON must be UTF-8") from exc
+            raise _Refused(400, "the JSON must be UTF-8", "encoding") from exc
         try:
             body = json.loads(text)
         except RecursionError as exc:  # json's parser stops at Python's recursion limit
-            self._metrics.http_rejected.labels("json_depth").inc()
-            raise _Refused(400, f"JSON nests deeper than {self._max_depth}") from exc
+            raise _Refused(400, f"JSON nests deeper than {self._max_depth}", "json_depth") from exc
         except ValueError as exc:
             raise _Refused(400, f"the request must be JSON: {exc}") from exc
         if _nested_deeper(body, self._max_depth):
-            self._metrics.http_rejected.labels("json_depth").inc()
-            raise _Refused(400, f"JSON nests deeper than {self._max_depth}")
+            raise _Refused(400, f"JSON nests deeper than {self._max_depth}", "json_depth")
         return body
 
     async def infer(self, request: web.Request) -> web.Response:
