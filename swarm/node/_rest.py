@@ -454,9 +454,8 @@ class OpenInferenceHTTP:
                                 "model_version": response.model_version}
         if response.id:
             head["id"] = response.id
-        params = _json_of(response).get("parameters")
-        if params:
-            head["parameters"] = {k: next(iter(v.values())) for k, v in params.items()}
+        if response.parameters:
+            head["parameters"] = {key: _parameter(value) for key, value in response.parameters.items()}
         outputs: list[dict[str, Any]] = []
         chunks: list[bytes] = []
         for i, tensor in enumerate(response.outputs):
@@ -481,6 +480,11 @@ class OpenInferenceHTTP:
             return web.Response(body=text, content_type="application/json")
         return web.Response(body=b"".join([text, *chunks]), content_type="application/octet-stream",
                             headers={HEADER_LENGTH: str(len(text))})
+
+
+def _parameter(value: pb.InferParameter) -> Any:
+    choice = value.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(value, choice)
 
 
 def _raw_of(tensor: pb.ModelInferResponse.InferOutputTensor) -> tuple[str, list[int], bytes]:
