@@ -3,6 +3,7 @@
 _node.py      Node: lifecycle (start, serve, drain on SIGTERM), gRPC + metrics servers
 _service.py   Open Inference Protocol servicer and swarm.v1.NodeService; request checks
 _gateway.py   forwarding for models served elsewhere; the OpenAI-compatible HTTP API
+_rest.py      the Open Inference Protocol over HTTP (KServe v2 REST, Triton binary tensors)
 _batching.py  dynamic batching: the pure policy `decide` and the asyncio Batcher
 _runtime.py   Model, TorchModel; device and thread selection
 _builtins.py  builtin/minilm (all-MiniLM-L6-v2) and builtin/mlp

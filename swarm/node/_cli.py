@@ -166,6 +166,7 @@ async def _run(config: NodeConfig) -> None:
     lines += [f"  model    {served.name}  {served.digest}" for served in node.table]
     if node.http_port:
         lines.append(f"  openai   http://{config.advertise_host}:{node.http_port}/v1")
+        lines.append(f"  kserve   http://{config.advertise_host}:{node.http_port}/v2")
     lines += [f"  p2p      {addr}" for addr in node.multiaddrs]
     # One write: with stdout and stderr on one file (simnet, systemd), a log line from
     # another thread must not land inside a banner line that tools parse. print() writes

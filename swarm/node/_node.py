@@ -57,6 +57,7 @@ from swarm.node._models import (
     policy_for,
     served_batch_size,
 )
+from swarm.node._rest import OpenInferenceHTTP
 from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
 from swarm.node._service import InferenceService, NodeStatusService, RejectUndecodable
 from swarm.protocol import (
@@ -519,8 +520,12 @@ class Node:
                                 metrics=self.metrics,
                                 max_body_bytes=self.config.http_max_body_bytes,
                                 max_json_depth=self.config.http_max_json_depth)
-        runner, self.http_port = await self._serve_http(gateway.app(), self.config.http_port,
-                                                        "the OpenAI-compatible API")
+        app = gateway.app()
+        OpenInferenceHTTP(self._service, metrics=self.metrics,
+                          max_body_bytes=self.config.http_max_body_bytes,
+                          max_json_depth=self.config.http_max_json_depth).mount(app)
+        runner, self.http_port = await self._serve_http(app, self.config.http_port,
+                                                        "the HTTP APIs (OpenAI, KServe v2)")
         return runner
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
