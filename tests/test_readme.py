@@ -20,6 +20,7 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -74,7 +75,7 @@ def readme_blocks(text: str) -> list[Block]:
         stripped = line.strip()
         if pending:
             pending += " " + stripped
-        elif line.startswith(("    .venv/bin/", "    ./scripts/")):
+        elif line.startswith(("    .venv/bin/", "    ./scripts/", "    curl ")):
             pending = stripped
         else:
             continue
@@ -127,9 +128,9 @@ class Walk:
             text = text.replace(JOIN, self.first()["p2p"])
             text = re.sub(r"\bADDR\b", self.first()["p2p"], text)
             text = text.replace("HOST:PORT", self.first()["grpc"])
-        if "/tmp/b" in self.banners:
-            openai = self.banners["/tmp/b"]["openai"]
-            text = text.replace("http://127.0.0.1:N/v1", openai)
+        if "/tmp/b" in self.banners:  # the gateway's HTTP port (its banner's openai line)
+            http = self.banners["/tmp/b"]["openai"].removeprefix("http://").removesuffix("/v1")
+            text = re.sub(r"127\.0\.0\.1:N\b", http, text)
         return text.replace("/tmp/", f"{self.home}/tmp/")
 
     def argv(self, command: str) -> list[str]:
@@ -237,9 +238,17 @@ async def step(walk: Walk, block: Block) -> None:
     elif block.kind == "python" and "OpenAI(" in command:
         await walk.python(command,
                           "assert len(result.data) == 1 and len(result.data[0].embedding) == 384")
+    elif block.kind == "python" and "tritonclient.http" in command:
+        await walk.python(command, "assert y.shape == (4, 512)")
     elif block.kind == "python":
         await walk.python("import numpy as np\nx = np.ones((2, 512), np.float32)\n" + command,
                           "assert vectors.shape == (1, 384) and y.shape == (2, 512)")
+    elif tool == "curl":
+        done = await asyncio.to_thread(
+            subprocess.run, shlex.split(walk.fill(command)), capture_output=True, text=True,
+            timeout=60, check=True)
+        outputs = json.loads(done.stdout)["outputs"]
+        assert outputs[0]["shape"] == [1, 384], outputs
     elif tool in NOT_RUN_HERE:
         pass
     elif words[1:2] == ["run"] and tool.endswith("swarm-node"):
