@@ -159,6 +159,8 @@ class ClusterConfig:
     torch_threads: int = 0
     log_level: str = "info"
     python: str = sys.executable
+    # Nodes join the WireGuard mesh (--mesh; needs a network layer: one namespace per node).
+    mesh: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -325,6 +327,8 @@ class Cluster:
         if self._network is not None:
             host = self._network.host(spec.index)
             args += ["--listen-host", host, "--advertise-host", host]
+        if self.config.mesh:
+            args += ["--mesh"]
         return args
 
     def _command(self, index: int, args: list[str]) -> list[str]:
@@ -515,6 +519,9 @@ async def start_cluster(specs: Sequence[NodeSpec], config: ClusterConfig, *,
         raise ConfigError("a cluster needs at least one node")
     if [s.index for s in specs] != list(range(len(specs))):
         raise ConfigError("node specs must be indexed 0..n-1 in order")
+    if config.mesh and network is None:
+        raise ConfigError("--mesh needs --netns (one network namespace per node: on one "
+                          "network, every node's route to the overlay would be the same)")
     config.log_dir.mkdir(parents=True, exist_ok=True)
     cluster: Cluster | None = None
     raised: BaseException | None = None
