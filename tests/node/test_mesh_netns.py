@@ -75,6 +75,10 @@ def count(namespace: str, name: str, *match: str) -> None:
                     *match, "-m", "comment", "--comment", name], check=True)
 
 
+def namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
 def leftovers(interfaces: list[str], pids: list[int], namespace: str | None = None) -> list[str]:
     found = [f"socket {UAPI_DIR / f'{i}.sock'}" for i in interfaces
              if (UAPI_DIR / f"{i}.sock").exists()]
@@ -102,7 +106,8 @@ async def test_three_namespaces_mesh_inference_leave_and_teardown(tmp_path: Path
         interfaces = [str(s["interface"]) for s in states]
         pids = [int(str(s["wireguard_go_pid"])) for s in states]
         keys = [str(s["public_key"]) for s in states]
-        overlay = [f"[{s['address']}]:{n.grpc.rsplit(':', 1)[1]}" for s, n in zip(states, nodes)]
+        overlay = [f"[{s['address']}]:{n.grpc.rsplit(':', 1)[1]}"
+                   for s, n in zip(states, nodes, strict=True)]
         for i in (1, 2):
             port = nodes[i].grpc.rsplit(":", 1)[1]
             count(net.namespace(i), "mesh-grpc-tcp", "-p", "tcp", "--dport", port)
@@ -148,5 +153,4 @@ async def test_three_namespaces_mesh_inference_leave_and_teardown(tmp_path: Path
                              what=f"node 2 gone from node {i}'s interface")
         assert leftovers(interfaces[2:], pids[2:], net.namespace(2)) == []
     assert leftovers(interfaces, pids) == []
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert net.run not in listing
+    assert net.run not in namespaces()
