@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -161,6 +161,8 @@ class ClusterConfig:
     python: str = sys.executable
     # Nodes join the WireGuard mesh (--mesh; needs a network layer: one namespace per node).
     mesh: bool = False
+    # More `swarm-node run` flags for some nodes, by index (e.g. --mesh-behind-nat).
+    node_args: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -329,6 +331,7 @@ class Cluster:
             args += ["--listen-host", host, "--advertise-host", host]
         if self.config.mesh:
             args += ["--mesh"]
+        args += list(self.config.node_args.get(spec.index, ()))
         return args
 
     def _command(self, index: int, args: list[str]) -> list[str]:
