@@ -250,8 +250,9 @@ class MeshAgent:
     async def start(self) -> None:
         check_mesh_prerequisites()
         if self.options.endpoint and not self.options.behind_nat:
-            try:
-                split_endpoint(self.options.endpoint)
+            endpoint = self.options.endpoint
+            try:  # port 0: the one WireGuard picks, advertised once known
+                split_endpoint(endpoint[:-2] + ":1" if endpoint.endswith(":0") else endpoint)
             except ValueError as exc:
                 raise ConfigError(f"mesh endpoint {self.options.endpoint!r} must be a literal "
                                   "IP:PORT (no host names)") from exc
