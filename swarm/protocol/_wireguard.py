@@ -372,8 +372,10 @@ class MeshAgent:
                 log.warning("mesh peer %s refused: %s", peer.short, why)
         _, current = parse_dump((await _cmd("wg", "show", self.interface, "dump"))[1])
         added = []
-        for action in plan(desired.peers, current, self._time()):
-            await _cmd("wg", "set", self.interface, *action.args())
+        actions = plan(desired.peers, current, self._time())
+        if actions:  # one `wg set` for all of them (peer by peer, never a full replace)
+            await _cmd("wg", "set", self.interface, *[a for act in actions for a in act.args()])
+        for action in actions:
             if isinstance(action, RemovePeer):
                 self.counters["peers_removed"] += 1
             elif action.public_key not in current:
