@@ -72,6 +72,7 @@ async def main():
                                     sequence=1, timestamp=0, ttl=60, mesh=member)
                     entries = entries.set(advert.peer_id, PeerEntry(advert, 0.0))
                 await agent.reconcile(PeerView(entries=entries))
+            await agent.poke_pending()
             await asyncio.sleep(0.05)
     except asyncio.CancelledError:
         pass

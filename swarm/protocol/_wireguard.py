@@ -66,6 +66,8 @@ INSTALL_HINT = "apt-get install wireguard-tools wireguard-go iproute2"
 UAPI_DIR = Path("/var/run/wireguard")
 STATE_FILE = "mesh.json"
 KEY_FILE = "mesh.key"
+# Seconds the end with the larger key waits for the other's handshake before its own.
+POKE_DELAY = 0.3
 # WireGuard's overhead on IPv6 underlay (40 IP + 8 UDP + 32 WireGuard).
 OVERHEAD = 80
 
@@ -157,6 +159,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _poke_all(allowed_ips: tuple[str, ...]) -> None:
+    for host in allowed_ips:
+        _poke(host.split("/")[0])
+
+
 def _poke(address: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
@@ -221,6 +228,8 @@ class MeshAgent:
         self._desired = Desired({}, {}, {}, {})
         self._cache: tuple[PeerView, PeerView] | None = None
         self._forwarding_was: str | None = None
+        # New peers to poke at a time unless they handshake first: key -> (when, allowed ips).
+        self._pending: dict[bytes, tuple[float, tuple[str, ...]]] = {}
         self._logged_refusals: set[tuple[PeerId, str]] = set()
         self.counters: dict[str, int] = {"peers_added": 0, "peers_removed": 0,
                                          "refused": 0, "restarts": 0}
@@ -381,15 +390,38 @@ class MeshAgent:
             elif action.public_key not in current:
                 self.counters["peers_added"] += 1
                 added.append(action)
-        # WireGuard handshakes on the first packet: one datagram to each new peer's overlay
-        # address (the discard port) has the tunnel ready before the first request needs it.
+        # WireGuard handshakes on the first packet: one datagram to a new peer's overlay
+        # address (the discard port) has the tunnel ready before the first request needs
+        # it. If both ends sent theirs at once, each would answer the other's initiation,
+        # drop its own, and wait 5 s (WireGuard's retry): the end with the smaller key
+        # pokes at once, the other only if no handshake came within POKE_DELAY. Behind
+        # NAT we always dial (nobody can reach us first).
+        now = time.monotonic()
         for action in added:
-            if action.endpoint is not None:
-                for host in action.allowed_ips:
-                    _poke(host.split("/")[0])
+            if action.endpoint is None:
+                continue
+            if not self.member.endpoint or self.public_key < action.public_key:
+                _poke_all(action.allowed_ips)
+            else:
+                self._pending[action.public_key] = (now + POKE_DELAY, action.allowed_ips)
         self._desired = desired
         self._cache = None
         self._write_state()
+
+    async def poke_pending(self) -> None:
+        """Poke the new peers that have not handshaken with us by their turn."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        due = [key for key, (at, _) in self._pending.items() if at <= now]
+        if not due:
+            return
+        _, current = parse_dump((await _cmd("wg", "show", self.interface, "dump"))[1])
+        for key in due:
+            _, hosts = self._pending.pop(key)
+            peer = current.get(key)
+            if peer is not None and not peer.latest_handshake:
+                _poke_all(hosts)
 
     async def run(self, view: Callable[[], PeerView], *, period: float,
                   changed: Callable[[float], Any] | None = None) -> None:
@@ -404,6 +436,8 @@ class MeshAgent:
                     last = current
                 except SwarmError as exc:
                     log.warning("mesh reconcile failed: %s", exc)
+            with contextlib.suppress(SwarmError):
+                await self.poke_pending()
             if changed is not None:
                 await changed(period)
             else:
