@@ -121,3 +121,29 @@ async def test_a_crashed_runs_wireguard_go_and_interface_are_cleaned_at_next_sta
             stale.kill()
             stale.wait()
         sh("ip", "netns", "del", namespace)
+
+
+def test_mesh_settings_from_flags_and_file(tmp_path: Path) -> None:
+    from swarm.node._config import load_config
+
+    file = tmp_path / "node.toml"
+    file.write_text('mesh = true\nmesh_port = 51999\nmesh_prefix = "fd00:1:2::/48"\n')
+    config = load_config(file, env={}, flags={"mesh_behind_nat": True})
+    assert (config.mesh, config.mesh_port, config.mesh_prefix, config.mesh_behind_nat) == (
+        True, 51999, "fd00:1:2::/48", True)
+    for bad, why in (("mesh_port = 70000", "mesh_port"), ("mesh_mtu = 500", "mesh_mtu"),
+                     ("mesh = true\np2p_port = -1", "peer-to-peer")):
+        file.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match=why):
+            load_config(file, env={})
+
+
+@pytest.mark.parametrize("prefix", ["10.0.0.0/8", "fd00::/120", "fd00::1/48", "nonsense"])
+def test_bad_mesh_prefix_is_refused_before_anything_is_created(tmp_path: Path,
+                                                               prefix: str) -> None:
+    from swarm.protocol import MeshAgent, MeshOptions
+
+    with pytest.raises(ConfigError, match="mesh prefix"):
+        MeshAgent(MeshOptions(prefix=prefix, listen_port=0, endpoint="", behind_nat=True,
+                              relay=False), tmp_path)
+    assert not (tmp_path / "mesh.key").exists()
