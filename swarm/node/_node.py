@@ -677,6 +677,13 @@ class _RegistryCollector:
             for event, count in (source.counters if source is not None else {}).items():
                 family.add_metric([event], count)
             yield family
+        if self._node.mesh is not None:
+            mesh = CounterMetricFamily("swarm_mesh_events", "WireGuard mesh events (peers "
+                                       "added, removed, refused; wireguard-go restarts).",
+                                       labels=["event"])
+            for event, count in self._node.mesh.counters.items():
+                mesh.add_metric([event], count)
+            yield mesh
 
 
 class _Withdrawn:

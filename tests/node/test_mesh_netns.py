@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -172,6 +173,9 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
             await wait_until(served, timeout=20, what="node 0 forwarding builtin/mlp")
             for _ in range(20):
                 assert (await client.infer("builtin/mlp", x)).shape == (2, 512)
+        async with aiohttp.ClientSession() as http, http.get(nodes[0].metrics) as response:
+            metrics = await response.text()
+        assert 'swarm_mesh_events_total{event="peers_added"} 3.0' in metrics, metrics[-2000:]
         seen = [counters(net.namespace(i)) for i in (1, 2)]
         assert all(c["mesh-grpc-tcp"] == 0 for c in seen), seen  # no plaintext gRPC on the link
         assert all(c["mesh-wg-udp"] > 5 for c in seen), seen
