@@ -68,6 +68,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="report folder (default: ./reports/simnet-<timestamp>/)")
     up.add_argument("--netns", action="store_true",
                     help="each node in its own network namespace with tc netem links (root)")
+    up.add_argument("--mesh", action="store_true",
+                    help="with --netns: the nodes join a WireGuard mesh (swarm-node --mesh); "
+                         "node-to-node traffic goes over overlay addresses")
     up.add_argument("--no-live", dest="live", action="store_false", default=None,
                     help="print a status line every few seconds instead of the live view")
     up.add_argument("--no-p2p", dest="p2p", action="store_false",
@@ -132,7 +135,7 @@ async def _up(args: argparse.Namespace, scenario: Any) -> int:
     _interrupt_handlers(stop, started, main, caught)
     report = args.report or Path("reports") / f"simnet-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(report_dir=report, live=args.live, netns=args.netns, p2p=args.p2p,
-                         router=args.router)
+                         router=args.router, mesh=args.mesh)
     try:
         result = await run_scenario(scenario, options, stop=stop, started=started)
     except asyncio.CancelledError:
@@ -264,6 +267,10 @@ def run(args: argparse.Namespace) -> int:
     if any(f.fraction is not None for f in scenario.faults):
         print("swarm simnet: faults with a `fraction` of the nodes are for `swarm simnet "
               "virtual`; `up` takes a node index", file=sys.stderr)
+        return 2
+    if getattr(args, "mesh", False) and not args.netns:
+        print("swarm simnet: --mesh needs --netns (one network namespace per node)",
+              file=sys.stderr)
         return 2
     if args.netns and os.geteuid() != 0:
         print("swarm simnet: --netns creates network namespaces and needs root "

@@ -72,6 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     p2p.add_argument("--price-per-1k-items", type=int,
                      help=f"micro-units per 1,000 items {_default('price_per_1k_items')}")
     p2p.add_argument("--region", help=f"region label, e.g. eu-west {_default('region')}")
+    mesh = run.add_argument_group("WireGuard mesh (root; apt-get install wireguard-tools "
+                                  "wireguard-go iproute2)")
+    mesh.add_argument("--mesh", action="store_true", default=None,
+                      help="join the mesh: other members are reached over overlay addresses "
+                           f"{_default('mesh')}")
+    mesh.add_argument("--mesh-port", type=int, metavar="PORT",
+                      help=f"WireGuard UDP port; 0 = any free port {_default('mesh_port')}")
+    mesh.add_argument("--mesh-prefix", metavar="CIDR",
+                      help=f"overlay IPv6 prefix, the same for every member {_default('mesh_prefix')}")
+    mesh.add_argument("--mesh-endpoint", metavar="IP:PORT",
+                      help="underlay address members reach our WireGuard socket at "
+                           "(default: --advertise-host and --mesh-port)")
+    mesh.add_argument("--mesh-behind-nat", action="store_true", default=None,
+                      help="this host is behind NAT: dial members, keep mappings open "
+                           f"{_default('mesh_behind_nat')}")
+    mesh.add_argument("--mesh-relay", action="store_true", default=None,
+                      help="forward overlay traffic between members behind NAT "
+                           f"{_default('mesh_relay')}")
     run.add_argument("--drain-timeout", type=float,
                      help=f"seconds to finish in-flight work {_default('drain_timeout')}")
     run.add_argument("--torch-threads", type=int,
@@ -106,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="TOML config file, for its data_dir (default: none)")
     ident.add_argument("--data-dir", type=Path, metavar="DIR",
                        help=f"identity and state directory, as for run {_default('data_dir')}")
+    mesh_cmd = sub.add_parser("mesh", help="the WireGuard mesh of a running node")
+    mesh_sub = mesh_cmd.add_subparsers(dest="mesh_command", required=True)
+    status = mesh_sub.add_parser(
+        "status", help="interface, address, and each peer with endpoint, handshake, bytes",
+        epilog=_PRECEDENCE)
+    status.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML config file, for its data_dir (default: none)")
+    status.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help=f"the node's data directory {_default('data_dir')}")
     return parser
 
 
@@ -121,6 +148,9 @@ def _config(args: argparse.Namespace) -> NodeConfig:
         "price_per_1k_items": args.price_per_1k_items, "region": args.region,
         "torch_threads": args.torch_threads, "max_message_bytes": args.max_message_bytes,
         "log_level": args.log_level, "log_format": args.log_format,
+        "mesh": args.mesh, "mesh_port": args.mesh_port, "mesh_prefix": args.mesh_prefix,
+        "mesh_endpoint": args.mesh_endpoint, "mesh_behind_nat": args.mesh_behind_nat,
+        "mesh_relay": args.mesh_relay,
     }
     config = load_config(args.config, flags=flags)
     overrides: dict[str, Any] = {}
@@ -168,6 +198,8 @@ async def _run(config: NodeConfig) -> None:
         lines.append(f"  openai   http://{config.advertise_host}:{node.http_port}/v1")
         lines.append(f"  kserve   http://{config.advertise_host}:{node.http_port}/v2")
     lines += [f"  p2p      {addr}" for addr in node.multiaddrs]
+    if node.mesh is not None:
+        lines.append(f"  mesh     {node.mesh.interface} [{node.mesh.address}]:{node.grpc_port}")
     # One write: with stdout and stderr on one file (simnet, systemd), a log line from
     # another thread must not land inside a banner line that tools parse. print() writes
     # the text and the newline separately.
@@ -204,6 +236,12 @@ def _identity(config: NodeConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "mesh":
+            from swarm.protocol import mesh_status
+
+            config = load_config(args.config, flags={"data_dir": args.data_dir})
+            print(asyncio.run(mesh_status(config.data_dir.expanduser())))
+            return 0
         if args.command == "id":
             # The same sources as run (flag, SWARM_DATA_DIR, --config, default), so both
             # commands name the same identity.
@@ -213,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         # Before importing the node (torch) and loading models: a busy port fails in a
         # fraction of a second, all busy ports in one message. Node.run checks again.
         check_ports(config)
+        if config.mesh:
+            from swarm.protocol import check_mesh_prerequisites
+
+            check_mesh_prerequisites()
         _announce_new_identity(config)
         asyncio.run(_run(config))
     except ConfigError as exc:

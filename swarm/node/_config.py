@@ -132,6 +132,22 @@ class NodeConfig:
     # Largest batch a registry version is served and warmed up with, whatever its
     # manifest declares; a model's own max_batch_size option replaces this cap.
     max_served_batch_size: int = 256
+    # Join the WireGuard mesh (root; wireguard-tools, and the kernel module or wireguard-go):
+    # inference and blob traffic to other members goes over their overlay addresses.
+    mesh: bool = False
+    # UDP port of the WireGuard socket (0: any free one).
+    mesh_port: int = 51820
+    # Overlay IPv6 prefix; every member of one mesh uses the same.
+    mesh_prefix: str = "fd5a:7761:726d::/48"
+    # Underlay "ip:port" other members reach our WireGuard socket at ("": advertise_host
+    # and mesh_port).
+    mesh_endpoint: str = ""
+    # This host is behind NAT: advertise no endpoint, dial members with keepalive.
+    mesh_behind_nat: bool = False
+    # Forward overlay traffic between members behind NAT (turns on IPv6 forwarding).
+    mesh_relay: bool = False
+    # WireGuard interface MTU (0: the underlay's MTU minus 80).
+    mesh_mtu: int = 0
 
     def model_options(self, name: str) -> ModelOptions:
         return self.models.get(name) or self.models.get("*") or ModelOptions()
@@ -306,6 +322,13 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("registry_push_idle_timeout must be >= 0 seconds (0: no limit)")
     if config.max_served_batch_size < 1:
         raise ConfigError("max_served_batch_size must be at least 1")
+    if config.mesh and config.p2p_port < 0:
+        raise ConfigError("--mesh needs peer-to-peer (members find each other in adverts): "
+                          "drop --p2p-port -1")
+    if not 0 <= config.mesh_port <= 65535:
+        raise ConfigError(f"mesh_port {config.mesh_port} is not a port number")
+    if config.mesh_mtu and not 1280 <= config.mesh_mtu <= 65535:
+        raise ConfigError("mesh_mtu must be 0 (underlay - 80) or 1280..65535 (IPv6 minimum)")
     for ref in config.serve:
         if not ref.endswith(".pt2"):
             try:

@@ -67,9 +67,12 @@ from swarm.protocol import (
     Identity,
     Membership,
     MembershipConfig,
+    MeshAgent,
+    MeshOptions,
     ModelOffer,
     PeerView,
     Price,
+    endpoint_for,
 )
 from swarm.registry import (
     DEFAULT_TAG,
@@ -152,6 +155,8 @@ class Node:
         self.gossip: Gossip | None = None
         self.membership: Membership | None = None
         self.http_port = 0
+        # The WireGuard mesh (--mesh), up while the node runs.
+        self.mesh: MeshAgent | None = None
         # Routes requests for models this node does not serve (gateway), over its peer view.
         self.router = (Router(self._peer_view, signed_tags=self._signed_targets)
                        if config.p2p_port >= 0 else None)
@@ -296,8 +301,12 @@ class Node:
                     await self.registry.load()
                 elif follow:
                     raise ConfigError("serving registry models needs peer-to-peer (p2p_port >= 0)")
+                if config.mesh:
+                    self.mesh = await self._start_mesh(data_dir)
                 self._add_services(server)
                 self.grpc_port = self._bind(server)
+                if self.mesh is not None:
+                    self._bind_overlay(server, self.mesh)
                 await server.start()
                 site_runner = await self._start_http()
                 openai_runner = await self._start_openai()
@@ -307,6 +316,10 @@ class Node:
                         config=MembershipConfig(advert_interval=config.advert_interval))
                     tg.create_task(self.membership.run(), name="membership")
                     tg.create_task(self.registry.run(), name="registry")
+                    if self.mesh is not None:
+                        tg.create_task(self.mesh.run(
+                            self._membership_view, period=min(0.5, config.advert_interval / 4)),
+                            name="mesh")
                     self.rollout = Rollout(_NodeDeployment(self), self._load_version,
                                            config=self._rollout_config)
                     for tagged in follow:
@@ -345,6 +358,8 @@ class Node:
                     await runner.cleanup()
             if self.router is not None:
                 await self.router.close()
+            if self.mesh is not None:
+                await self.mesh.close()
             for model in self._owned:  # preloaded models belong to the caller
                 model.close()
             self._remove_state_file()
@@ -455,8 +470,34 @@ class Node:
         served = ServedModel(model, batcher, options)
         return served
 
-    def _peer_view(self) -> PeerView:
+    def _membership_view(self) -> PeerView:
         return self.membership.view if self.membership is not None else PeerView()
+
+    def _peer_view(self) -> PeerView:
+        """The view routing and blob fetches use: mesh peers' overlay endpoints first."""
+        view = self._membership_view()
+        return self.mesh.prefer_overlay(view) if self.mesh is not None else view
+
+    async def _start_mesh(self, data_dir: Path) -> MeshAgent:
+        config = self.config
+        endpoint = config.mesh_endpoint or endpoint_for(config.advertise_host, config.mesh_port)
+        mesh = MeshAgent(MeshOptions(
+            prefix=config.mesh_prefix, listen_port=config.mesh_port, endpoint=endpoint,
+            behind_nat=config.mesh_behind_nat, relay=config.mesh_relay, mtu=config.mesh_mtu,
+            underlay_host=config.advertise_host), data_dir)
+        await mesh.start()
+        return mesh
+
+    def _bind_overlay(self, server: grpc.aio.Server, mesh: MeshAgent) -> None:
+        """Serve gRPC on the overlay address too (same port), for other members."""
+        address = f"[{mesh.address}]:{self.grpc_port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        if port != self.grpc_port:
+            raise ConfigError(f"cannot listen for gRPC on {address}")
+        mesh.grpc_port = port
 
     def _add_services(self, server: grpc.aio.Server) -> None:
         config = self.config
@@ -575,6 +616,7 @@ class Node:
             draining=self.state is not NodeState.SERVING,
             stored=self._stored,
             p2p_addrs=tuple(self.multiaddrs),
+            mesh=self.mesh.member if self.mesh is not None else None,
         )
 
     def status(self) -> node_pb2.NodeStatus:
@@ -640,6 +682,13 @@ class _RegistryCollector:
             for event, count in (source.counters if source is not None else {}).items():
                 family.add_metric([event], count)
             yield family
+        if self._node.mesh is not None:
+            mesh = CounterMetricFamily("swarm_mesh_events", "WireGuard mesh events (peers "
+                                       "added, removed, refused; wireguard-go restarts).",
+                                       labels=["event"])
+            for event, count in self._node.mesh.counters.items():
+                mesh.add_metric([event], count)
+            yield mesh
 
 
 class _Withdrawn:

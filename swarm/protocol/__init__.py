@@ -8,6 +8,10 @@ _snapshot.py    SnapshotPuller: push-pull on join (pull a topic from each new co
 _libp2p.py      Gossip over py-libp2p (GossipSub, Noise, yamux) on a trio thread
 _memory.py      in-memory Gossip: seeded overlay, route hook (drop/delay/duplicate), partitions
 _advert.py      capacity adverts and their signed wire form
+_mesh.py        WireGuard mesh decisions (pure): overlay addresses from keys, wanted peers
+                (collisions refused, NAT, relays), incremental `wg set` plans
+_wireguard.py   MeshAgent: the interface (kernel or a supervised wireguard-go), `wg`/`ip`,
+                reconciliation loop, teardown, crash leftovers; `mesh_status`
 _view.py        PeerView: pure admit/expire over immutable maps
 _membership.py  Membership: publish adverts, validate and admit others' (per-author rate,
                 per-peer introduction budgets), serve/pull advert snapshots, expire silent peers
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from swarm.protocol._advert import ADVERT_DOMAIN, Advert, Hardware, ModelOffer, Price
+from swarm.protocol._advert import ADVERT_DOMAIN, Advert, Hardware, MeshMember, ModelOffer, Price
 from swarm.protocol._gossip import Gossip, GossipMessage, SnapshotProvider, Validation, Validator
 from swarm.protocol._identity import Identity, peer_id_of, public_key_of_peer, verify
 from swarm.protocol._light import LightPeer
@@ -36,6 +40,13 @@ from swarm.protocol._membership import (
 from swarm.protocol._signed import open_envelope, seal
 from swarm.protocol._snapshot import SnapshotPuller
 from swarm.protocol._view import Admission, PeerEntry, PeerView, ViewPolicy, admit, check, expire
+from swarm.protocol._wireguard import (
+    MeshAgent,
+    MeshOptions,
+    check_mesh_prerequisites,
+    endpoint_for,
+    mesh_status,
+)
 
 if TYPE_CHECKING:
     from swarm.protocol._libp2p import Libp2pConfig, Libp2pGossip
@@ -54,6 +65,9 @@ __all__ = [
     "LightPeer",
     "Membership",
     "MembershipConfig",
+    "MeshAgent",
+    "MeshMember",
+    "MeshOptions",
     "ModelOffer",
     "PeerEntry",
     "PeerView",
@@ -66,7 +80,10 @@ __all__ = [
     "ViewPolicy",
     "admit",
     "check",
+    "check_mesh_prerequisites",
+    "endpoint_for",
     "expire",
+    "mesh_status",
     "open_envelope",
     "peer_id_of",
     "public_key_of_peer",

@@ -14,7 +14,8 @@ from swarm._types import Digest, PeerId
 from swarm.protocol._identity import Identity, public_key_of_peer
 from swarm.protocol._signed import open_envelope, seal
 
-__all__ = ["ADVERT_DOMAIN", "Advert", "Hardware", "ModelOffer", "Price", "decode", "encode"]
+__all__ = ["ADVERT_DOMAIN", "Advert", "Hardware", "MeshMember", "ModelOffer", "Price", "decode",
+           "encode"]
 
 ADVERT_DOMAIN = b"swarm/advert/v1\0"
 MAX_ADVERT_BYTES = 64 * 1024
@@ -50,6 +51,20 @@ class ModelOffer:
 
 
 @dataclass(frozen=True, slots=True)
+class MeshMember:
+    """A WireGuard mesh member's part of its advert (checked by swarm.protocol._mesh)."""
+
+    public_key: bytes
+    # Underlay "ip:port" of its WireGuard socket; "" behind NAT.
+    endpoint: str
+    # Overlay IPv6 address (derived from public_key in the mesh prefix).
+    address: str
+    # gRPC port on the overlay address.
+    grpc_port: int
+    relay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Advert:
     peer_id: PeerId
     endpoints: tuple[str, ...]
@@ -70,6 +85,8 @@ class Advert:
     stored: tuple[Digest, ...] = ()
     # Gossip addresses (multiaddrs) peers may connect to.
     p2p_addrs: tuple[str, ...] = ()
+    # WireGuard mesh membership (None: not a member).
+    mesh: MeshMember | None = None
 
     def offer(self, digest: Digest) -> ModelOffer | None:
         for model in self.models:
@@ -100,6 +117,10 @@ def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
         draining=advert.draining,
         stored=[str(d) for d in advert.stored],
         p2p_addrs=list(advert.p2p_addrs),
+        mesh=None if advert.mesh is None else advert_pb2.MeshMember(
+            public_key=advert.mesh.public_key, endpoint=advert.mesh.endpoint,
+            address=advert.mesh.address, grpc_port=advert.mesh.grpc_port,
+            relay=advert.mesh.relay),
     )
 
 
@@ -125,6 +146,8 @@ def _from_proto(msg: advert_pb2.CapacityAdvert) -> Advert:
             draining=msg.draining,
             stored=tuple(Digest.parse(d) for d in msg.stored),
             p2p_addrs=tuple(msg.p2p_addrs),
+            mesh=MeshMember(msg.mesh.public_key, msg.mesh.endpoint, msg.mesh.address,
+                            msg.mesh.grpc_port, msg.mesh.relay) if msg.HasField("mesh") else None,
         )
     except ValueError as exc:
         raise IntegrityError(f"malformed advert: {exc}") from exc

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -159,6 +159,10 @@ class ClusterConfig:
     torch_threads: int = 0
     log_level: str = "info"
     python: str = sys.executable
+    # Nodes join the WireGuard mesh (--mesh; needs a network layer: one namespace per node).
+    mesh: bool = False
+    # More `swarm-node run` flags for some nodes, by index (e.g. --mesh-behind-nat).
+    node_args: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -325,6 +329,9 @@ class Cluster:
         if self._network is not None:
             host = self._network.host(spec.index)
             args += ["--listen-host", host, "--advertise-host", host]
+        if self.config.mesh:
+            args += ["--mesh"]
+        args += list(self.config.node_args.get(spec.index, ()))
         return args
 
     def _command(self, index: int, args: list[str]) -> list[str]:
@@ -515,6 +522,9 @@ async def start_cluster(specs: Sequence[NodeSpec], config: ClusterConfig, *,
         raise ConfigError("a cluster needs at least one node")
     if [s.index for s in specs] != list(range(len(specs))):
         raise ConfigError("node specs must be indexed 0..n-1 in order")
+    if config.mesh and network is None:
+        raise ConfigError("--mesh needs --netns (one network namespace per node: on one "
+                          "network, every node's route to the overlay would be the same)")
     config.log_dir.mkdir(parents=True, exist_ok=True)
     cluster: Cluster | None = None
     raised: BaseException | None = None

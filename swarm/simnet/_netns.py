@@ -5,6 +5,11 @@ really crosses one (root only, Linux, iproute2).
       ├── veth "tohost" <->  root namespace "snPID" 10.213.S.1/24   (simnet's client side)
       └── veth "nodeI"  <->  node I's namespace "eth0" 10.213.S.(10+I)/24
 
+A node in `nat` sits behind a router namespace "nat<I>" that MASQUERADEs (as a home
+router does): the node has a private address 10.214.S.(4I+2)/30 and dials out through
+the router, whose address on the bridge is the node's usual one; nodes on the bridge
+cannot reach it, simnet's root side can (a route through the router, for its checks).
+
 tc netem on both ends of each node's link adds `latency_ms` (+- `jitter_ms`) and
 `loss_percent` per direction, when the kernel has sch_netem. A partition sets the
 hub end of the node's link down. Namespaces are named `swarm-sn-<simnet pid>-*`
@@ -87,6 +92,8 @@ class NetnsNetwork:
     nodes: int
     subnet: ipaddress.IPv4Network
     notes: list[str]
+    # Nodes behind a MASQUERADE router.
+    nat: frozenset[int] = frozenset()
 
     @property
     def hub(self) -> str:
@@ -96,7 +103,19 @@ class NetnsNetwork:
         return f"{self.run}-{index}"
 
     def host(self, index: int) -> str:
+        if index in self.nat:
+            return str(self._private(index) + 2)
+        return self.public_host(index)
+
+    def public_host(self, index: int) -> str:
+        """The node's address on the bridge (its router's, for a node behind NAT)."""
         return str(self.subnet.network_address + 10 + index)
+
+    def router(self, index: int) -> str:
+        return f"{self.run}-nat{index}"
+
+    def _private(self, index: int) -> ipaddress.IPv4Address:
+        return ipaddress.IPv4Address(f"10.214.{self.subnet.network_address.packed[2]}.{4 * index}")
 
     def wrap(self, index: int, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespace(index), *argv]
@@ -114,19 +133,53 @@ async def _netem(namespace: str, device: str, link: Network) -> tuple[bool, str]
     return await _tc(namespace, *args)
 
 
+async def _behind_nat(net: NetnsNetwork, index: int, host_if: str) -> None:
+    """Node `index`'s namespace, with a router namespace between it and the bridge."""
+    ns, router = net.namespace(index), net.router(index)
+    private = net._private(index)
+    await _ip("-n", router, "link", "set", "lo", "up")
+    await _ip("-n", net.hub, "link", "add", f"node{index}", "type", "veth", "peer", "name",
+              "eth0", "netns", router)
+    await _ip("-n", net.hub, "link", "set", f"node{index}", "master", "br0", "up")
+    await _ip("-n", router, "addr", "add", f"{net.public_host(index)}/24", "dev", "eth0")
+    await _ip("-n", router, "link", "set", "eth0", "up")
+    await _ip("-n", router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+              "netns", ns)
+    await _ip("-n", router, "addr", "add", f"{private + 1}/30", "dev", "lan")
+    await _ip("-n", router, "link", "set", "lan", "up")
+    await _ip("-n", ns, "addr", "add", f"{private + 2}/30", "dev", "eth0")
+    await _ip("-n", ns, "link", "set", "eth0", "up")
+    await _ip("-n", ns, "route", "add", "default", "via", str(private + 1))
+    await _ip("route", "add", f"{private}/30", "via", net.public_host(index), "dev", host_if)
+    for argv in (["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                 ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j",
+                  "MASQUERADE"]):
+        process = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", router, *argv, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await process.communicate()
+        if process.returncode != 0:
+            raise SwarmError(f"NAT for node {index}: {' '.join(argv)}: {err.decode().strip()}")
+
+
 @contextlib.asynccontextmanager
-async def netns_network(nodes: int, link: Network) -> AsyncIterator[NetnsNetwork]:
-    """Create the namespaces, bridge and links for `nodes` nodes; delete them on exit."""
+async def netns_network(nodes: int, link: Network, *,
+                        nat: frozenset[int] = frozenset()) -> AsyncIterator[NetnsNetwork]:
+    """Create the namespaces, bridge and links for `nodes` nodes; delete them on exit.
+    Nodes in `nat` are put behind a MASQUERADE router (needs iptables)."""
     if os.geteuid() != 0:
         raise ConfigError("--netns needs root")
     if not 1 <= nodes <= MAX_NODES:
         raise ConfigError(f"--netns supports 1..{MAX_NODES} nodes")
+    if any(not 0 <= i < min(nodes, 64) for i in nat):
+        raise ConfigError("nodes behind NAT must be among the first 64 nodes")
     existing = [line.split()[0] for line in (await _ip("netns", "list")).splitlines() if line]
     for name in stale_namespaces(existing):
         await _ip("netns", "del", name, check=False)
     pid = os.getpid()
     net = NetnsNetwork(run=f"{PREFIX}{pid}", nodes=nodes,
-                       subnet=_subnet(await _ip("-4", "route"), pid), notes=[])
+                       subnet=_subnet(await _ip("-4", "route"), pid), notes=[],
+                       nat=frozenset(nat))
     host_if = f"sn{pid}"[:15]
     created: list[str] = []
     try:
@@ -143,6 +196,11 @@ async def netns_network(nodes: int, link: Network) -> AsyncIterator[NetnsNetwork
             created.append(ns)
             await _ip("netns", "add", ns)
             await _ip("-n", ns, "link", "set", "lo", "up")
+            if i in net.nat:
+                created.append(net.router(i))
+                await _ip("netns", "add", net.router(i))
+                await _behind_nat(net, i, host_if)
+                continue
             await _ip("-n", net.hub, "link", "add", f"node{i}", "type", "veth", "peer", "name",
                       "eth0", "netns", ns)
             await _ip("-n", net.hub, "link", "set", f"node{i}", "master", "br0", "up")

@@ -52,6 +52,9 @@ class RunOptions:
     start_timeout: float = 120.0
     # "scheduler" (the SDK's swarm-aware client) or "round-robin" (fixed addresses).
     router: str = "scheduler"
+    # The nodes join a WireGuard mesh (needs netns): node-to-node traffic over overlay
+    # addresses; the workload's client is no member and calls the nodes' own addresses.
+    mesh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,9 @@ async def _network(scenario: Scenario, options: RunOptions,
 
     async with netns_network(scenario.node_count, scenario.network) as network:
         notes.append(f"--netns: one network namespace per node, on {network.subnet}")
+        if options.mesh:
+            notes.append("--mesh: the nodes reach each other over a WireGuard mesh (overlay "
+                         "addresses); the workload's client calls their own addresses")
         notes.extend(network.notes)
         yield network
 
@@ -175,7 +181,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
                   f"{scenario.duration:g} s, seed {scenario.seed}, report in {report_dir}")
     config = ClusterConfig(log_dir=report_dir / "logs", p2p=options.p2p,
                            advert_interval=scenario.advert_interval,
-                           start_timeout=options.start_timeout)
+                           start_timeout=options.start_timeout, mesh=options.mesh)
     interrupted = False
     ran = scenario.duration  # seconds of workload run
     timeline: _Timeline | None = None

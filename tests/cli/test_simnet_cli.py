@@ -83,6 +83,11 @@ def test_netns_needs_root(capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs root" in capsys.readouterr().err
 
 
+def test_mesh_needs_netns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert swarm_main(["simnet", "up", "--mesh"]) == 2
+    assert "--mesh needs --netns" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_up_end_to_end(tmp_path: Path, scenario_file: Path) -> None:
     report = tmp_path / "report"

@@ -24,7 +24,7 @@ class ModelOffer(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class CapacityAdvert(_message.Message):
-    __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored", "p2p_addrs")
+    __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored", "p2p_addrs", "mesh")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class CapacityAdvert(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     P2P_ADDRS_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     grpc_endpoints: _containers.RepeatedScalarFieldContainer[str]
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
@@ -55,7 +56,22 @@ class CapacityAdvert(_message.Message):
     draining: bool
     stored: _containers.RepeatedScalarFieldContainer[str]
     p2p_addrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, peer_id: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., hardware: _Optional[_Union[_node_pb2.Hardware, _Mapping]] = ..., price: _Optional[_Union[_node_pb2.Price, _Mapping]] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., stored: _Optional[_Iterable[str]] = ..., p2p_addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    mesh: MeshMember
+    def __init__(self, peer_id: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., hardware: _Optional[_Union[_node_pb2.Hardware, _Mapping]] = ..., price: _Optional[_Union[_node_pb2.Price, _Mapping]] = ..., region: _Optional[str] = ..., software_version: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_unix_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., stored: _Optional[_Iterable[str]] = ..., p2p_addrs: _Optional[_Iterable[str]] = ..., mesh: _Optional[_Union[MeshMember, _Mapping]] = ...) -> None: ...
+
+class MeshMember(_message.Message):
+    __slots__ = ("public_key", "endpoint", "address", "grpc_port", "relay")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_PORT_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    endpoint: str
+    address: str
+    grpc_port: int
+    relay: bool
+    def __init__(self, public_key: _Optional[bytes] = ..., endpoint: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., relay: _Optional[bool] = ...) -> None: ...
 
 class SignedAdvert(_message.Message):
     __slots__ = ("payload", "signature")
