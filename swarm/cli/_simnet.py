@@ -44,6 +44,13 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `simnet` (with its `up` and `virtual` subcommands) to an argparse subparsers object."""
     simnet: argparse.ArgumentParser = subparsers.add_parser(
@@ -92,6 +99,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help="virtual seconds of workload (default: 120)")
     virtual.add_argument("--rate", type=_nonnegative_float, metavar="R",
                          help="requests per second (default: 0.1 per provider)")
+    virtual.add_argument("--explore", type=_share, metavar="SHARE",
+                         help="share of first attempts sent to providers a client has not "
+                              "measured lately (default: 0.05; 0: never)")
     virtual.add_argument("--seed", type=int, metavar="N", help="random seed of the whole run")
     virtual.add_argument("--report", type=Path, metavar="DIR",
                          help="report folder (default: ./reports/simnet-virtual-<timestamp>/)")
@@ -180,9 +190,11 @@ def _virtual_scenario(args: argparse.Namespace) -> Any:
         original = load_scenario(args.scenario)
         scenario = _overridden(original, original.with_overrides(
             nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed))
-    if args.clients is not None:
+    settings = {k: v for k, v in (("clients", args.clients), ("explore", args.explore))
+                if v is not None}
+    if settings:
         scenario = dataclasses.replace(
-            scenario, virtual=dataclasses.replace(scenario.virtual, clients=args.clients))
+            scenario, virtual=dataclasses.replace(scenario.virtual, **settings))
         validate(scenario, where=f"{scenario.source} (with command-line overrides)")
     return scenario
 

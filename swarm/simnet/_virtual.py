@@ -268,7 +268,8 @@ class _Swarm:
             advert_interval=interval, check_interval=min(s.check_interval, interval / 5),
             min_interval=min(s.min_interval, interval / 2), listen=False)
         self.client_config = MembershipConfig(check_interval=1.0)
-        self.scheduler_config = SchedulerConfig(max_considered=s.max_considered or None)
+        self.scheduler_config = SchedulerConfig(max_considered=s.max_considered or None,
+                                                explore=s.explore)
         self.options = RoutingOptions(max_price=s.max_price,
                                       preference=Preference.parse(s.preference),
                                       timeout=self.workload.timeout, hedge=s.hedge,
