@@ -249,7 +249,9 @@ def _virtual_table(st: Any, *, busiest: bool) -> Any:
                                            if st.convergence_s is not None else "never"))
                   + f"; lowest completeness {st.min_view_completeness:.1%}, "
                     f"most stale entries {st.max_stale_entries}")
-    table.add_row("routing", f"{st.hedges} hedges (a second copy of a slow request)")
+    table.add_row("routing", f"{st.hedges} hedges (a second copy of a slow request), "
+                             f"{st.explorations} explorations (a first attempt to a provider "
+                             "not measured lately)")
     table.add_row("batching", f"{sum(st.batch_sizes.values())} batches, "
                               f"{st.mean_batch:.2f} items per batch")
     table.add_row("gossip", f"{st.adverts} adverts; per provider {st.provider_msgs_per_s:.1f} "
