@@ -44,6 +44,13 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `simnet` (with its `up` and `virtual` subcommands) to an argparse subparsers object."""
     simnet: argparse.ArgumentParser = subparsers.add_parser(
@@ -95,6 +102,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help="virtual seconds of workload (default: 120)")
     virtual.add_argument("--rate", type=_nonnegative_float, metavar="R",
                          help="requests per second (default: 0.1 per provider)")
+    virtual.add_argument("--explore", type=_share, metavar="SHARE",
+                         help="share of first attempts sent to providers a client has not "
+                              "measured lately (default: 0.05; 0: never)")
     virtual.add_argument("--seed", type=int, metavar="N", help="random seed of the whole run")
     virtual.add_argument("--report", type=Path, metavar="DIR",
                          help="report folder (default: ./reports/simnet-virtual-<timestamp>/)")
@@ -183,9 +193,11 @@ def _virtual_scenario(args: argparse.Namespace) -> Any:
         original = load_scenario(args.scenario)
         scenario = _overridden(original, original.with_overrides(
             nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed))
-    if args.clients is not None:
+    settings = {k: v for k, v in (("clients", args.clients), ("explore", args.explore))
+                if v is not None}
+    if settings:
         scenario = dataclasses.replace(
-            scenario, virtual=dataclasses.replace(scenario.virtual, clients=args.clients))
+            scenario, virtual=dataclasses.replace(scenario.virtual, **settings))
         validate(scenario, where=f"{scenario.source} (with command-line overrides)")
     return scenario
 
@@ -240,7 +252,9 @@ def _virtual_table(st: Any, *, busiest: bool) -> Any:
                                            if st.convergence_s is not None else "never"))
                   + f"; lowest completeness {st.min_view_completeness:.1%}, "
                     f"most stale entries {st.max_stale_entries}")
-    table.add_row("routing", f"{st.hedges} hedges (a second copy of a slow request)")
+    table.add_row("routing", f"{st.hedges} hedges (a second copy of a slow request), "
+                             f"{st.explorations} explorations (a first attempt to a provider "
+                             "not measured lately)")
     table.add_row("batching", f"{sum(st.batch_sizes.values())} batches, "
                               f"{st.mean_batch:.2f} items per batch")
     table.add_row("gossip", f"{st.adverts} adverts; per provider {st.provider_msgs_per_s:.1f} "

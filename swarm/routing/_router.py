@@ -11,8 +11,11 @@ it. For each request:
 4. on UNAVAILABLE, RESOURCE_EXHAUSTED, NOT_FOUND (a stale advert), INTERNAL or a
    transport error, try the next candidate while the deadline allows;
    INVALID_ARGUMENT is never retried: the request itself is wrong;
-5. every outcome updates the observations (latency EWMAs, server-reported queue and
-   compute time, failures and the circuit breaker).
+5. every outcome updates the observations (latency EWMAs, server-reported queue
+   time, compute time and queue depth, failures and the circuit breaker).
+
+A small share of first attempts (never retries or hedges) explores: it goes to a
+provider this client has not measured lately (`SchedulerConfig.explore`).
 
 The call itself is injected (`Caller`): `GrpcCaller` by default, a simulated network
 and provider in `swarm simnet virtual`. Everything above works on the InferenceError
@@ -163,8 +166,10 @@ class Router:
         if caller is None:
             caller = self._grpc = GrpcCaller()
         self._call = caller
-        # Hedges sent over the Router's life (observable by operators and the simulator).
+        # Hedges sent, and first attempts sent to explore (SchedulerConfig.explore), over
+        # the Router's life (observable by operators and the simulator).
         self.hedges = 0
+        self.explorations = 0
 
     @property
     def view(self) -> PeerView:
@@ -191,15 +196,17 @@ class Router:
 
     def candidates(self, digest: Digest, *, items: int = 1, deadline: float | None = None,
                    options: RoutingOptions = RoutingOptions(),
-                   tried: frozenset[PeerId] = frozenset()) -> list[Candidate]:
+                   tried: frozenset[PeerId] = frozenset(),
+                   explore: bool = False) -> list[Candidate]:
         """Providers of `digest` in the order `send` would try them (nothing is sent).
 
         The gateway forwards its other OIP calls, and the SDK asks for metadata, through
-        this one choice; NoProviderError when nobody fits.
+        this one choice; NoProviderError when nobody fits. `explore`: a first attempt,
+        which may go to a provider not measured lately (`SchedulerConfig.explore`).
         """
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
-                          exclude=tried)
+                          exclude=tried, explore=explore)
         return choose(self.view, request, self.observations, self._rng, self._clock.monotonic(),
                       self._config)
 
@@ -210,7 +217,8 @@ class Router:
         call = self._call(candidate, request, max(0.0, deadline - now))
         return _Attempt(candidate, now, asyncio.ensure_future(call))
 
-    def _finish(self, attempt: _Attempt, items: int) -> pb.ModelInferResponse | InferenceError:
+    def _finish(self, attempt: _Attempt, digest: Digest,
+                items: int) -> pb.ModelInferResponse | InferenceError:
         """Record the outcome of a completed attempt; the response, or the error."""
         now = self._clock.monotonic()
         peer = attempt.candidate.peer
@@ -224,6 +232,7 @@ class Router:
             return exc
         params = response.parameters
         queued = params["swarm_queue_us"].int64_param / 1e6 if "swarm_queue_us" in params else None
+        depth = params["swarm_queue_depth"].int64_param if "swarm_queue_depth" in params else None
         service = None
         if "swarm_compute_us" in params:
             batch = max(1, params["swarm_batch_items"].int64_param) if (
@@ -231,7 +240,7 @@ class Router:
             service = params["swarm_compute_us"].int64_param / 1e6 * items / batch
         self.observations.record_success(
             peer, now - attempt.started, items, now, expected=attempt.candidate.expected_latency,
-            queued=queued, service=service)
+            queued=queued, service=service, depth=depth, digest=digest)
         return response
 
     async def send(self, request: pb.ModelInferRequest, digest: Digest, items: int,
@@ -253,11 +262,13 @@ class Router:
                         break
                     try:
                         candidates = self.candidates(digest, items=items, deadline=deadline,
-                                                     options=options, tried=frozenset(tried))
+                                                     options=options, tried=frozenset(tried),
+                                                     explore=not tried)
                     except NoProviderError:
                         if last_error is not None:
                             break
                         raise
+                    self.explorations += candidates[0].explored
                     running.append(self._start(request, candidates[0], items, deadline))
                     tried.add(candidates[0].peer)
                     attempts += 1
@@ -287,7 +298,7 @@ class Router:
                     continue
                 for attempt in [a for a in running if a.task in done]:
                     running.remove(attempt)
-                    outcome = self._finish(attempt, items)
+                    outcome = self._finish(attempt, digest, items)
                     if isinstance(outcome, pb.ModelInferResponse):
                         c = attempt.candidate
                         return Routed(outcome, c.peer, c.endpoint, c.price, attempts,

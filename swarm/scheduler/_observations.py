@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import immutables
 
-from swarm._types import PeerId
+from swarm._types import Digest, PeerId
 
 __all__ = [
     "BreakerState",
@@ -77,6 +77,10 @@ class ObservationConfig:
     rtt_alpha: float = 0.2
     # Weight of the newest sample in the per-item service-time EWMA.
     service_alpha: float = 0.2
+    # Per-item service samples kept per (peer, model); the estimate is their median, so one
+    # slow answer (a GC pause, a busy CPU) does not make an equal provider look slow for
+    # seconds, and then idle because it is not tried again.
+    service_window: int = 5
     # Weight of the newest sample in the end-to-end latency EWMA.
     latency_alpha: float = 0.2
     # Weight of the newest sample in the EWMA of surprise (observed minus expected latency).
@@ -104,8 +108,9 @@ class ObservationConfig:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
-        if self.latency_window < 1 or self.p95_min_samples < 1:
-            raise ValueError("latency_window and p95_min_samples must be at least 1")
+        if self.latency_window < 1 or self.p95_min_samples < 1 or self.service_window < 1:
+            raise ValueError("latency_window, p95_min_samples and service_window must be at "
+                             "least 1")
         if self.failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         if not 0 < self.base_ban <= self.max_ban:
@@ -114,6 +119,11 @@ class ObservationConfig:
             raise ValueError("surprise_half_life must be positive")
         if self.ban_reset_after < 0 or self.failure_window < 0:
             raise ValueError("ban_reset_after and failure_window must not be negative")
+
+
+def _median(values: tuple[float, ...]) -> float:
+    """The median (the upper middle one of an even count)."""
+    return sorted(values)[len(values) // 2]
 
 
 def _ewma(old: float | None, sample: float, alpha: float) -> float:
@@ -126,14 +136,24 @@ class PeerStats:
 
     # Round-trip time EWMA in seconds (None: never measured).
     rtt: float | None = None
-    # Per-item execution time EWMA in seconds, as reported by the peer (None: never reported).
+    # Per-item execution time EWMA in seconds, as reported by the peer (None: never reported),
+    # over all its models; and per model, for the answers recorded with their digest (a
+    # peer serves models of very different costs: one EWMA over all of them makes the
+    # peer look slow for a light model right after it answered a heavy one).
     service: float | None = None
+    # (digest, its most recent per-item samples, oldest first, when last sampled) per model.
+    services: tuple[tuple[Digest, tuple[float, ...], float], ...] = ()
     # End-to-end latency EWMA in seconds, as seen by this client.
     latency: float | None = None
     # EWMA of observed minus expected latency (seconds), and when it was last updated: the
     # load this client cannot see (other clients' requests since the last advert).
     surprise: float = 0.0
     surprise_at: float = -math.inf
+    # Requests waiting at the peer for the model, as its last answer to us reported
+    # (`swarm_queue_depth`), and when that answer came (None, -inf: never reported). Fresher
+    # than the advert's depth whenever we use the peer more often than it advertises.
+    depth: int | None = None
+    depth_at: float = -math.inf
     # The most recent end-to-end latencies, oldest first.
     latencies: tuple[float, ...] = ()
     # (start time, items) of this client's requests in flight to the peer, oldest first.
@@ -154,6 +174,16 @@ class PeerStats:
     closed_since: float = -math.inf
     # A half-open probe is in flight.
     probing: bool = False
+
+    def service_for(self, digest: Digest) -> tuple[float | None, float, int]:
+        """(per-item seconds, when last sampled, samples) for `digest`'s model: the median of
+        its recent samples; (None, -inf, 0) when answers were recorded per model but none for
+        this one; the peer-wide EWMA, `sampled_at` and `successes` when none were recorded
+        per model."""
+        if not self.services:
+            return self.service, self.sampled_at, self.successes
+        return next(((_median(v), at, len(v)) for d, v, at in self.services if d == digest),
+                    (None, -math.inf, 0))
 
     @property
     def outstanding(self) -> int:
@@ -271,7 +301,8 @@ class Observations:
 
     def record_success(self, peer: PeerId, latency: float, items: int, now: float, *,
                        expected: float | None = None, queued: float | None = None,
-                       service: float | None = None) -> None:
+                       service: float | None = None, depth: int | None = None,
+                       digest: Digest | None = None) -> None:
         """A request of `items` items answered after `latency` seconds (end to end).
 
         `expected` is the latency the policy predicted when it sent the request
@@ -279,7 +310,10 @@ class Observations:
 
         `queued` and `service` are the seconds the peer reports the request waited in its
         queue and executed, when the response carries them; with both, the rest of the
-        latency is a round-trip sample.
+        latency is a round-trip sample. `depth` is the number of requests the peer reports
+        waiting when it answered (the policy prefers it to an older advert's); negative
+        values, from a hostile or broken peer, count as 0. `digest` is the model the request
+        was for: the service time is then also learnt per model (`PeerStats.service_for`).
         """
         if latency < 0 or items < 1:
             raise ValueError(f"need latency >= 0 and items >= 1, got {latency}, {items}")
@@ -287,8 +321,14 @@ class Observations:
         s = self.get(peer)
         self._recent.append(latency)
         rtt, per_item = s.rtt, s.service
+        services = s.services
         if service is not None:
-            per_item = _ewma(per_item, max(0.0, service) / items, cfg.service_alpha)
+            sample = max(0.0, service) / items
+            per_item = _ewma(per_item, sample, cfg.service_alpha)
+            if digest is not None:
+                recent = next((v for d, v, _ in services if d == digest), ())
+                recent = (*recent[-cfg.service_window + 1:], sample) if cfg.service_window > 1 else (sample,)
+                services = (*(e for e in services if e[0] != digest), (digest, recent, now))
             if queued is not None:
                 rtt = _ewma(rtt, max(0.0, latency - queued - service), cfg.rtt_alpha)
         surprise, surprise_at = s.surprise, s.surprise_at
@@ -297,8 +337,10 @@ class Observations:
             surprise, surprise_at = _ewma(old, latency - expected, cfg.surprise_alpha), now
         window = s.latencies[-cfg.latency_window + 1:] if cfg.latency_window > 1 else ()
         opened = s.opened and s.breaker(now) is BreakerState.OPEN  # a probe's success closes
+        if depth is not None:
+            s = replace(s, depth=max(0, depth), depth_at=now)
         self._put(peer, replace(
-            s, rtt=rtt, service=per_item, surprise=surprise, surprise_at=surprise_at,
+            s, rtt=rtt, service=per_item, services=services, surprise=surprise, surprise_at=surprise_at,
             latency=_ewma(s.latency, latency, cfg.latency_alpha),
             latencies=(*window, latency), successes=s.successes + 1, sampled_at=now,
             consecutive_failures=0,

@@ -2,9 +2,12 @@
 
 `choose` filters the providers of a digest (advert not expired, an endpoint,
 not draining, stake hook, circuit breaker, price cap), scores the rest by
-expected latency and price, and returns them best first: the first picked by
-power-of-two-choices among the best few (so that clients sharing a view do not
-all herd onto one provider), the rest by score, for failover.
+expected latency and price, and returns them best first: the first drawn at
+random among the near-best, weighted by score (so that equal providers share the
+load and clients sharing a view do not all herd onto one provider), the rest by
+score, for failover. A small share of first attempts explores instead: it goes to
+a provider this client has not measured lately, if its advert makes it a
+contender (`SchedulerConfig.explore`).
 
 Expected latency at a provider, for a request of `items` items::
 
@@ -18,14 +21,18 @@ This is "rtt + (queue depth + 1) x per-item service time" made to hold up when
 many clients share providers and adverts are seconds old:
 
 - `per_item` is the execution time per item the provider reported in its
-  answers to us, else 1 / the items_per_second it advertises, else a default.
+  answers to us for this model, else 1 / the items_per_second it advertises, else a default.
 - `advertised` is the advert's queue depth for the model, less what the
   provider has worked off since the advert at its own speed (queued requests
   are taken to be the size of this one). Adverts are seconds old; a queue
   turns over in tens of milliseconds, so only a deep queue outlives its advert.
+  When the provider's last answer to us is newer than its advert, the depth it
+  reported then (`swarm_queue_depth`) replaces the advert's, less our requests
+  still in flight (they count in `own_work`).
 - `own_work` is the work of our requests in flight to the provider that were
-  sent after its advert (older ones are in the advertised depth). It counts
-  `in_flight_weight` times: while ours wait, other clients send there too.
+  sent after its advert (older ones are in the advertised depth), or all of them
+  after a reported depth. It counts `in_flight_weight` times: while ours wait,
+  other clients send there too.
 - `surprise` is the EWMA of (observed - expected) latency of our answers from
   that provider, fading when not refreshed: the load from other clients.
 
@@ -54,7 +61,7 @@ import math
 import operator
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from swarm._errors import NoProviderError
@@ -117,6 +124,9 @@ class Request:
     preference: Preference = Preference.LATENCY
     # Peers not to return (already tried by this request, or the hedge's first peer).
     exclude: frozenset[PeerId] = frozenset()
+    # A first attempt, which may explore (`SchedulerConfig.explore`): the Router sets it on
+    # the first attempt of a request, never on its retries or hedge.
+    explore: bool = False
 
     def __post_init__(self) -> None:
         if self.items < 1:
@@ -129,22 +139,34 @@ class Request:
 class SchedulerConfig:
     # Most candidates returned (the pick first, then the failover order).
     candidates: int = 8
-    # Power-of-two-choices draws two of the best `p2c_pool` candidates and takes the
-    # better; 1 always takes the best (herds when many clients share a view).
-    p2c_pool: int = 3
-    # Candidates join the p2c pool only within this factor of the best one on what the
-    # preference weighs (expected latency, price or both): p2c spreads load among near
-    # equals and never sends work to a provider far slower, or dearer, than the best.
-    p2c_slack: float = 1.5
-    # Two candidates whose scores differ by less than this factor count as equal in p2c.
-    p2c_tie: float = 1.05
+    # The first pick is drawn at random from the best `spread_pool` candidates within
+    # `spread_slack` of the best one on what the preference weighs (expected latency,
+    # price or both), each weighted by how close it is to the best: one `spread_tie`
+    # times worse is drawn 1/e as often (1.5: 10% worse, 0.79 as often; 1.5x worse, 0.37).
+    # Near-equals share the load instead of the one estimated a little better taking it
+    # all (herding), and no work goes to a provider far slower, or dearer, than the best.
+    # spread_pool 1 always takes the best.
+    spread_pool: int = 8
+    spread_slack: float = 1.5
+    spread_tie: float = 1.5
     # Seconds after which a provider's measured RTT and service time count half toward the
     # typical provider's: one slow answer must not keep a provider out of rotation forever.
-    stale_half_life: float = 10.0
+    stale_half_life: float = 5.0
+    # A provider's measured service time counts as samples / (samples + service_prior)
+    # of its estimate, the typical provider's as the rest: a single sample, a quarter.
+    service_prior: float = 3.0
     # Our own in-flight work at a provider counts this many times in its queue estimate:
     # others send there too while ours wait. 1 is exact for a lone client; 2 cut p99 by
     # 14% with 8 clients in bench/scheduler_bench.py and costs a lone client nothing.
     in_flight_weight: float = 2.0
+    # Share of first attempts (`Request.explore`) sent to a provider this client knows
+    # nothing fresh about: never answered us (`sampled_at`), or not for `explore_after`
+    # seconds, with nothing of ours in flight there; only one that what it advertises
+    # (speed, queue, price; our RTT to it if measured) puts within `spread_slack` of the best
+    # estimate. Otherwise a provider measured slow once, or never tried while the one we
+    # know is good enough, keeps no traffic: new capacity would stay unused.
+    explore: float = 0.05
+    explore_after: float = 5.0
     # Round-trip seconds assumed for a peer never measured.
     default_rtt: float = 0.05
     # Seconds per item assumed when a peer neither reported nor advertises a speed.
@@ -159,17 +181,22 @@ class SchedulerConfig:
     recent_window: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.candidates < 1 or self.p2c_pool < 1:
-            raise ValueError("candidates and p2c_pool must be at least 1")
+        if self.candidates < 1 or self.spread_pool < 1:
+            raise ValueError("candidates and spread_pool must be at least 1")
         if self.max_considered is not None and self.max_considered < 2:
             raise ValueError(f"max_considered must be at least 2, got {self.max_considered}")
         if not self.recent_window >= 0:
             raise ValueError(f"recent_window must not be negative, got {self.recent_window}")
         if not self.stale_half_life > 0:
             raise ValueError(f"stale_half_life must be positive, got {self.stale_half_life}")
-        if not self.p2c_slack >= 1 or not self.p2c_tie >= 1:
-            raise ValueError(f"p2c_slack and p2c_tie must be at least 1, got {self.p2c_slack}, "
-                             f"{self.p2c_tie}")
+        if not self.spread_slack >= 1 or not self.spread_tie > 1:
+            raise ValueError(f"need spread_slack >= 1 and spread_tie > 1, got "
+                             f"{self.spread_slack}, {self.spread_tie}")
+        if not 0 <= self.explore <= 1 or not self.explore_after >= 0:
+            raise ValueError(f"explore must be in [0, 1] and explore_after not negative, got "
+                             f"{self.explore}, {self.explore_after}")
+        if not self.service_prior >= 0:
+            raise ValueError(f"service_prior must not be negative, got {self.service_prior}")
         if not self.in_flight_weight >= 0:
             raise ValueError(f"in_flight_weight must not be negative, got {self.in_flight_weight}")
         if not (self.default_rtt >= 0 and self.default_service > 0):
@@ -193,6 +220,8 @@ class Candidate:
     on_time: bool = True
     # Requests ahead of this one in the estimate (advertised, drained, plus our own).
     queue: float = 0.0
+    # Picked to explore (`SchedulerConfig.explore`), not for its score.
+    explored: bool = False
 
 
 _DEFAULT = SchedulerConfig()
@@ -221,7 +250,10 @@ def choose(view: PeerView, request: Request, obs: Observations | ObservationSnap
         rows, reasons, cheapest = _evaluate(entries, stats, request, now, config)
         if not rows:
             raise _no_provider(request, len(entries), reasons, cheapest)
-    return _order(_score(rows, request, now), request.preference, rng, config)
+    ranked = _order(_score(rows, request, now), request.preference, rng, config)
+    if request.explore and config.explore > 0 and rng.random() < config.explore:
+        ranked = _explore(ranked, rows, stats, request, rng, now, config)
+    return ranked[:config.candidates]
 
 
 def _evaluate(entries: list[PeerEntry], stats: ObservationSnapshot, request: Request,
@@ -232,7 +264,7 @@ def _evaluate(entries: list[PeerEntry], stats: ObservationSnapshot, request: Req
     rows = []
     reasons: dict[str, int] = {}
     cheapest: float | None = None
-    typical = _typical(entries, stats, config)
+    typical = _typical(entries, stats, request.digest, config)
     for entry in entries:
         peer_stats = stats.get(entry.peer_id)
         price = entry.advert.price.cost(request.items)
@@ -320,7 +352,7 @@ class _Row:
     queue: float
 
 
-def _typical(entries: list[PeerEntry], stats: ObservationSnapshot,
+def _typical(entries: list[PeerEntry], stats: ObservationSnapshot, digest: Digest,
              config: SchedulerConfig) -> tuple[float, float]:
     """Median measured (rtt, per-item service) over the providers; defaults when none measured.
 
@@ -328,7 +360,8 @@ def _typical(entries: list[PeerEntry], stats: ObservationSnapshot,
     the first provider measured would win every pick and the others would never be tried.
     """
     rtts = sorted(r for e in entries if (r := stats.get(e.peer_id).rtt) is not None)
-    services = sorted(v for e in entries if (v := stats.get(e.peer_id).service) is not None)
+    services = sorted(v for e in entries
+                      if (v := stats.get(e.peer_id).service_for(digest)[0]) is not None)
     rtt = rtts[len(rtts) // 2] if rtts else config.default_rtt
     service = services[len(services) // 2] if services else config.default_service
     return rtt, service
@@ -339,21 +372,33 @@ def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapsho
               typical: tuple[float, float]) -> _Row:
     advert = entry.advert
     offer = advert.offer(request.digest)
-    # Unsampled for a while: trust the old measurement less, the typical provider more.
-    fresh = 0.5 ** (max(0.0, now - peer_stats.sampled_at) / config.stale_half_life)
-    per_item = peer_stats.service
+    per_item, sampled_at, samples = peer_stats.service_for(request.digest)
     if per_item is None:
         speed = offer.items_per_second if offer is not None else 0.0
         per_item = 1.0 / speed if speed > 0 else typical[1]
     else:
-        per_item = fresh * per_item + (1 - fresh) * typical[1]
+        # Few samples, or none for a while: trust them less, the typical provider more
+        # (one unlucky answer must not make an equal provider look slow until retried).
+        trust = (0.5 ** (max(0.0, now - sampled_at) / config.stale_half_life)
+                 * samples / (samples + config.service_prior))
+        per_item = trust * per_item + (1 - trust) * typical[1]
     work = max(_MIN_WORK, request.items * per_item)
     depth = offer.queue_depth if offer is not None else advert.queue_depth
-    advertised = max(0.0, depth - max(0.0, now - entry.received_at) / work)
-    own_work = peer_stats.items_in_flight(since=entry.received_at) * per_item
+    since = own_since = entry.received_at
+    if peer_stats.depth is not None and peer_stats.depth_at > since:  # its last answer: fresher
+        # Ours still in flight were sent before it and are mostly in that queue: they count
+        # below with the rest of ours, so only the others' requests count here.
+        since, own_since = peer_stats.depth_at, -math.inf
+        depth = max(0, peer_stats.depth - (peer_stats.outstanding - peer_stats.outstanding_since(since)))
+    advertised = max(0.0, depth - max(0.0, now - since) / work)
+    own_work = peer_stats.items_in_flight(since=own_since) * per_item
     surprise = peer_stats.surprise_now(now, stats.config.surprise_half_life)
     wait = advertised * work + config.in_flight_weight * own_work + surprise
-    rtt = typical[0] if peer_stats.rtt is None else fresh * peer_stats.rtt + (1 - fresh) * typical[0]
+    if peer_stats.rtt is None:
+        rtt = typical[0]
+    else:  # any answer refreshes the RTT, whatever its model
+        fresh = 0.5 ** (max(0.0, now - peer_stats.sampled_at) / config.stale_half_life)
+        rtt = fresh * peer_stats.rtt + (1 - fresh) * typical[0]
     return _Row(entry, rtt + max(0.0, wait) + work, price, advertised + own_work / work)
 
 
@@ -378,20 +423,53 @@ def _order(candidates: list[Candidate], preference: Preference, rng: random.Rand
         ranked = sorted(candidates, key=lambda c: (
             not c.on_time, c.score, c.price, c.expected_latency, c.peer.value))
     best = ranked[0]
-    limit = best.score + math.log(config.p2c_slack)
-    pool = [c for c in ranked[:config.p2c_pool] if c.on_time == best.on_time and c.score <= limit]
+    limit = best.score + math.log(config.spread_slack)
+    pool = [c for c in ranked[:config.spread_pool] if c.on_time == best.on_time and c.score <= limit]
     if len(pool) >= 2:
-        a, b = rng.sample(pool, 2)
-        # The better of two random picks; near-equals (within p2c_tie) are a coin toss,
-        # so equally good providers share the load instead of the better-ranked one
-        # taking it all.
-        if abs(a.score - b.score) <= math.log(config.p2c_tie):
-            pick = a if rng.random() < 0.5 else b
-        else:
-            pick = a if a.score < b.score else b
+        # Drawn at random, each as often as exp(-(score - best) / ln(spread_tie)): equals
+        # share evenly, a candidate spread_tie times worse is drawn 1/e as often as the
+        # best. Estimates of equal providers differ by noise (one slow answer moves an
+        # EWMA for seconds); taking the best, or the better of two (power of two choices),
+        # turns that noise into herding: the provider measured a little slower idles.
+        temperature = math.log(config.spread_tie)
+        weights = [math.exp((best.score - c.score) / temperature) for c in pool]
+        pick = rng.choices(pool, weights)[0]
         ranked.remove(pick)
         ranked.insert(0, pick)
-    return ranked[:config.candidates]
+    return ranked
+
+
+def _explore(ranked: list[Candidate], rows: list[_Row], stats: ObservationSnapshot,
+             request: Request, rng: random.Random, now: float,
+             config: SchedulerConfig) -> list[Candidate]:
+    """`ranked` with a provider we know nothing fresh about first, if one might be good.
+
+    Judged by its prior: the estimate from its advert alone (and our RTT to it), as for a
+    provider never measured, against the best estimate of this call.
+    """
+    best = min(r.latency for r in rows)
+    cheapest = min(r.price for r in rows) + _PRICE_FLOOR
+    w = request.preference.latency_weight
+    remaining = math.inf if request.deadline is None else request.deadline - now
+    limit = math.log(config.spread_slack)
+    typical = _typical([r.entry for r in rows], stats, request.digest, config)
+    pool = []
+    for r in rows:
+        s = stats.get(r.entry.peer_id)
+        if s.in_flight or now - s.service_for(request.digest)[1] < config.explore_after:
+            continue
+        prior = _estimate(r.entry, PeerStats(rtt=s.rtt), stats, request, r.price, now, config,
+                          typical).latency
+        score = w * math.log(max(prior, best) / best) + (1 - w) * math.log(
+            (r.price + _PRICE_FLOOR) / cheapest)
+        if prior <= remaining and score <= limit:
+            pool.append(r.entry.peer_id)
+    if not pool:
+        return ranked
+    peer = rng.choice(pool)  # rows are in peer order: deterministic for a seed
+    pick = next(c for c in ranked if c.peer == peer)
+    ranked = [c for c in ranked if c.peer != peer]
+    return [replace(pick, explored=True), *ranked]
 
 
 def _no_provider(request: Request, serving: int, reasons: dict[str, int],

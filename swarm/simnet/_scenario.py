@@ -286,6 +286,8 @@ class VirtualSettings:
     # 0: all), the price cap per request in micros, and "latency", "price" or a weight.
     max_considered: int = 16
     max_price: float | None = None
+    # Share of first attempts that explore (SchedulerConfig.explore; 0: never).
+    explore: float = 0.05
     preference: str = "latency"
     # Clients' retries: hedge slow attempts, and most providers tried per request.
     hedge: bool = True
@@ -672,6 +674,8 @@ def _validate_virtual(m: VirtualSettings, w: Workload,
         raise bad("virtual: need 0 <= join_window <= warmup (providers join before the workload)")
     if m.max_considered < 0 or m.max_considered == 1:
         raise bad(f"virtual.max_considered must be 0 (all) or at least 2, got {m.max_considered}")
+    if not 0 <= m.explore <= 1:
+        raise bad(f"virtual.explore must be in [0, 1], got {m.explore}")
     if m.max_price is not None and not m.max_price >= 0:
         raise bad(f"virtual.max_price must be >= 0, got {m.max_price}")
     try:

@@ -268,7 +268,8 @@ class _Swarm:
             advert_interval=interval, check_interval=min(s.check_interval, interval / 5),
             min_interval=min(s.min_interval, interval / 2), listen=False)
         self.client_config = MembershipConfig(check_interval=1.0)
-        self.scheduler_config = SchedulerConfig(max_considered=s.max_considered or None)
+        self.scheduler_config = SchedulerConfig(max_considered=s.max_considered or None,
+                                                explore=s.explore)
         self.options = RoutingOptions(max_price=s.max_price,
                                       preference=Preference.parse(s.preference),
                                       timeout=self.workload.timeout, hedge=s.hedge,
@@ -520,7 +521,8 @@ class _Swarm:
             client_bytes_per_s=c_bytes / len(clients) / span,
             load=load, min_view_completeness=self.min_complete,
             max_stale_entries=max((stale for _, _, stale in self.views), default=0),
-            hedges=sum(c.router.hedges for c in clients), batch_sizes=dict(sorted(batches.items())))
+            hedges=sum(c.router.hedges for c in clients), batch_sizes=dict(sorted(batches.items())),
+            explorations=sum(c.router.explorations for c in clients))
 
 
 def run_virtual_swarm(scenario: Scenario, *,
@@ -568,7 +570,8 @@ def write_virtual_report(folder: Path, result: VirtualResult, *, title: str,
              f"load spread: Gini {st.load.gini:.2f}, max/mean {st.load.max_over_mean:.1f}, "
              f"fastest quarter {st.load.fastest_quarter:.0%}, slowest quarter "
              f"{st.load.slowest_quarter:.0%}",
-             f"routing: {st.hedges} hedges; batching: {st.mean_batch:.2f} items per batch"]
+             f"routing: {st.hedges} hedges, {st.explorations} explorations; batching: "
+             f"{st.mean_batch:.2f} items per batch"]
     extra = {
         "virtual": _jsonable(st),
         "providers": list(result.providers),

@@ -415,4 +415,5 @@ def _response(q: _Queue, queued: float, compute: float, items: int) -> pb.ModelI
     params["swarm_queue_us"].int64_param = round(queued * 1e6)
     params["swarm_compute_us"].int64_param = round(compute * 1e6)
     params["swarm_batch_items"].int64_param = items
+    params["swarm_queue_depth"].int64_param = len(q.pending)  # as the node: waiting now
     return response

@@ -59,6 +59,8 @@ class VirtualStats:
     hedges: int
     # Batches the providers executed: how many of each size (items per batch).
     batch_sizes: Mapping[int, int]
+    # First attempts the clients' Routers sent to explore (SchedulerConfig.explore).
+    explorations: int = 0
 
     @property
     def mean_batch(self) -> float:

@@ -19,7 +19,7 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._types import Digest
 from swarm.protocol import Advert, Identity, ModelOffer, PeerView, admit
 from swarm.routing import Routed, Router, RoutingOptions
-from swarm.scheduler import Candidate
+from swarm.scheduler import Candidate, SchedulerConfig
 from swarm.simnet import VirtualClock, run_virtual
 
 WALL = 1_795_000_000.0
@@ -70,13 +70,14 @@ class ScriptedCaller:
 
 def send(script: Script, options: RoutingOptions, *,
          prime: Callable[[Router], None] = lambda r: None,
+         config: SchedulerConfig | None = None, router_class: type[Router] = Router,
          ) -> tuple[Routed | BaseException, Router, ScriptedCaller]:
     caller = ScriptedCaller(script)
     view = swarm_view()
 
     async def main() -> tuple[Routed | BaseException, Router]:
-        router = Router(lambda: view, rng=random.Random(0), caller=caller,
-                        clock=VirtualClock.current())
+        router = router_class(lambda: view, rng=random.Random(0), caller=caller,
+                              clock=VirtualClock.current(), config=config)
         prime(router)
         try:
             return await router.send(REQUEST, DIGEST, 1, options), router
@@ -156,3 +157,56 @@ async def test_the_default_caller_speaks_grpc_and_translates_its_errors() -> Non
         await router.close()
     assert failed.value.code == "UNAVAILABLE"
     assert sum(router.observations.get(p).failures for p in PEERS) == 3
+
+
+class RecordingRouter(Router):
+    """Records the `explore` flag of every choice `send` makes."""
+
+    explore_flags: list[bool]
+
+    def candidates(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.__dict__.setdefault("explore_flags", []).append(kwargs.get("explore", False))
+        return super().candidates(*args, **kwargs)
+
+
+def test_only_the_first_attempt_may_explore() -> None:
+    # Every provider is unmeasured and explore is 1: the first attempt explores; the retry
+    # after UNAVAILABLE and the hedge never do.
+    routed, router, _ = send(answers((0.01, UnavailableError("reset")), (5.0, None)),
+                             RoutingOptions(), prime=prime_overall_p95,
+                             config=SchedulerConfig(explore=1.0), router_class=RecordingRouter)
+    assert isinstance(routed, Routed)
+    assert (routed.attempts, routed.hedged) == (3, True)
+    assert router.explore_flags == [True, False, False]  # type: ignore[attr-defined]
+    assert router.explorations == 1
+
+
+class TimedCaller(ScriptedCaller):
+    """Answers with the server timing and queue depth parameters a node sets."""
+
+    async def __call__(self, candidate: Candidate, request: pb.ModelInferRequest,
+                       timeout: float) -> pb.ModelInferResponse:
+        response = await super().__call__(candidate, request, timeout)
+        params = response.parameters
+        params["swarm_queue_us"].int64_param = 1000
+        params["swarm_compute_us"].int64_param = 20_000
+        params["swarm_batch_items"].int64_param = 2
+        params["swarm_queue_depth"].int64_param = 7
+        return response
+
+
+def test_answers_teach_queue_depth_and_per_model_service_time() -> None:
+    view = swarm_view()
+
+    async def main() -> Routed:
+        router = Router(lambda: view, rng=random.Random(0), caller=TimedCaller(answers()),
+                        clock=VirtualClock.current())
+        routed = await router.send(REQUEST, DIGEST, 1, RoutingOptions())
+        stats = router.observations.get(routed.peer)
+        assert (stats.depth, stats.depth_at) == (7, pytest.approx(0.05))
+        # 20 ms for a batch of 2 items, one of them ours: 10 ms per item, for this model.
+        assert stats.service_for(DIGEST)[0] == pytest.approx(0.010)
+        assert stats.service_for(Digest.of(b"other"))[0] is None
+        return routed
+
+    assert isinstance(run_virtual(main()), Routed)

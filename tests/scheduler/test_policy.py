@@ -26,7 +26,7 @@ MODEL = Digest.of(b"model")
 OTHER_MODEL = Digest.of(b"other")
 WALL = 1_795_000_000.0
 PEERS = [Identity.from_seed(bytes([i + 1]) * 32).peer_id for i in range(8)]
-NO_P2C = SchedulerConfig(p2c_pool=1)
+NO_SPREAD = SchedulerConfig(spread_pool=1)
 
 
 def advert(i: int, *, ips: float = 100.0, queue: int = 0, price: int = 0, draining: bool = False,
@@ -55,7 +55,7 @@ def known(*peers: int, rtt: float = 0.01) -> Observations:
 
 
 def pick(view: PeerView, request: Request, obs: Observations | None = None, *, seed: int = 0,
-         now: float = 0.0, config: SchedulerConfig = NO_P2C) -> list[Candidate]:
+         now: float = 0.0, config: SchedulerConfig = NO_SPREAD) -> list[Candidate]:
     return choose(view, request, obs or Observations(), random.Random(seed), now, config)
 
 
@@ -120,7 +120,7 @@ def test_mixed_reasons_are_all_reported() -> None:
 def test_stake_hook_excludes_and_defaults_to_allow_all() -> None:
     view = view_of(advert(0), advert(1))
     assert len(pick(view, Request(MODEL))) == 2
-    staked = SchedulerConfig(p2c_pool=1, stake_ok=lambda peer: peer == PEERS[1])
+    staked = SchedulerConfig(spread_pool=1, stake_ok=lambda peer: peer == PEERS[1])
     assert ids(pick(view, Request(MODEL), config=staked)) == [PEERS[1]]
     nobody = SchedulerConfig(stake_ok=lambda peer: False)
     with pytest.raises(NoProviderError, match="2 without the required stake"):
@@ -205,7 +205,7 @@ def test_service_time_observed_beats_advertised_beats_default() -> None:
     obs = known(0, 1, rtt=0.0)
     got = {c.peer: c for c in pick(view, Request(MODEL), obs)}
     assert got[PEERS[0]].expected_latency == pytest.approx(0.01)
-    assert got[PEERS[1]].expected_latency == pytest.approx(NO_P2C.default_service)
+    assert got[PEERS[1]].expected_latency == pytest.approx(NO_SPREAD.default_service)
     obs.record_success(PEERS[0], 0.05, items=1, now=0, queued=0.0, service=0.05)
     obs.record_rtt(PEERS[0], 0.0, now=0)
     got = {c.peer: c for c in pick(view, Request(MODEL), obs)}
@@ -246,7 +246,7 @@ def test_balanced_preference_trades_relative_latency_for_relative_price() -> Non
 
 def test_failover_order_is_by_score_and_limited() -> None:
     view = view_of(*(advert(i, ips=10 * (i + 1)) for i in range(8)))
-    got = pick(view, Request(MODEL), known(*range(8)), config=SchedulerConfig(candidates=5, p2c_pool=3))
+    got = pick(view, Request(MODEL), known(*range(8)), config=SchedulerConfig(candidates=5, spread_pool=3))
     assert len(got) == 5
     rest = got[1:]
     assert [c.score for c in rest] == sorted(c.score for c in rest)
@@ -260,42 +260,30 @@ def test_providers_that_would_miss_the_deadline_come_last() -> None:
     assert got[1].expected_latency < got[2].expected_latency
 
 
-# ------------------------------------------------------------------ power of two choices
+# ------------------------------------------------------------------ spreading the first pick
+# (more in test_spread.py)
 
 
-def test_p2c_spreads_load_over_the_best_without_herding_or_straying() -> None:
+def test_spread_shares_load_over_the_best_without_herding_or_straying() -> None:
     # Providers 0..4 within a few percent of each other (near-equals), 5 far slower.
     view = view_of(*(advert(i, ips=100 - i) for i in range(5)), advert(5, ips=20))
     obs = known(*range(6))
     rng = random.Random(7)
-    config = SchedulerConfig(p2c_pool=3)
+    config = SchedulerConfig(spread_pool=3)
     firsts = Counter(choose(view, Request(MODEL), obs, rng, 0.0, config)[0].peer for _ in range(3000))
     share = {p: n / 3000 for p, n in firsts.items()}
-    # The pool is the best three; near-equals share their pairs' coin tosses evenly.
+    # The pool is the best three; near-equals share it evenly.
     assert set(share) == {PEERS[0], PEERS[1], PEERS[2]}
     for peer in (PEERS[0], PEERS[1], PEERS[2]):
         assert 0.28 < share[peer] < 0.39
 
 
-def test_p2c_takes_the_clearly_better_of_its_two_picks() -> None:
-    # 0 is 20% faster than 1 and 2 (beyond p2c_tie), inside p2c_slack.
-    view = view_of(advert(0, ips=120), advert(1, ips=100), advert(2, ips=100))
-    obs = known(0, 1, 2, rtt=0.0)
-    rng = random.Random(3)
-    firsts = Counter(choose(view, Request(MODEL), obs, rng, 0.0, SchedulerConfig())[0].peer
-                     for _ in range(3000))
-    # 0 wins every pair it is in (2 of 3 pairs); 1 and 2 toss for the third.
-    assert 0.62 < firsts[PEERS[0]] / 3000 < 0.72
-    assert 0.12 < firsts[PEERS[1]] / 3000 < 0.22
-    assert 0.12 < firsts[PEERS[2]] / 3000 < 0.22
-
-
-def test_p2c_pool_excludes_providers_far_worse_than_the_best() -> None:
+def test_spread_pool_excludes_providers_far_worse_than_the_best() -> None:
     view = view_of(advert(0, ips=100), advert(1, ips=30), advert(2, ips=20))
     obs = known(0, 1, 2, rtt=0.0)
     firsts = {pick(view, Request(MODEL), obs, seed=s, config=SchedulerConfig())[0].peer
               for s in range(200)}
-    assert firsts == {PEERS[0]}  # 3x slower is outside p2c_slack 1.5
+    assert firsts == {PEERS[0]}  # 3x slower is outside spread_slack 1.5
 
 
 def test_same_seed_same_choices_different_seed_different_choices() -> None:
@@ -350,7 +338,7 @@ def test_request_and_preference_validation() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"candidates": 0}, {"p2c_pool": 0}, {"p2c_slack": 0.5}, {"in_flight_weight": -1},
+    {"candidates": 0}, {"spread_pool": 0}, {"spread_slack": 0.5}, {"in_flight_weight": -1},
     {"default_rtt": -0.1}, {"default_service": 0},
 ])
 def test_config_validation(kwargs: dict[str, float]) -> None:
@@ -380,6 +368,7 @@ def test_a_stale_slow_measurement_fades_toward_the_typical_provider() -> None:
                            service=service)
     now_estimates = {c.peer: c.expected_latency for c in pick(view, Request(MODEL), obs, now=0)}
     later = {c.peer: c.expected_latency for c in pick(view, Request(MODEL), obs, now=60)}
-    assert now_estimates[PEERS[2]] > 10 * now_estimates[PEERS[0]]
-    # Six half-lives later the old sample barely counts: peer 2 is back within p2c's slack.
+    # One sample counts a quarter against the typical provider (SchedulerConfig.service_prior).
+    assert now_estimates[PEERS[2]] > 4 * now_estimates[PEERS[0]]
+    # Six half-lives later the old sample barely counts: peer 2 is back within the slack.
     assert later[PEERS[2]] < 1.3 * later[PEERS[0]]

@@ -321,3 +321,22 @@ def test_batch_sizes_follow_decide(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(provider, "decide", one_at_a_time)
     assert set(bursty("").stats.batch_sizes) == {1}
+
+
+@pytest.mark.parametrize("share", ["0", "1"])
+def test_cli_explore_sets_the_share_of_first_attempts_that_explore(
+        tmp_path: Path, share: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = swarm_main(["simnet", "virtual", "--nodes", "20", "--clients", "3", "--duration", "10",
+                       "--seed", "2", "--report", str(tmp_path), "--quiet", "--explore", share])
+    assert code == 0
+    assert "explorations" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["scenario"]["virtual"]["explore"] == float(share)
+    explored = report["virtual"]["explorations"]
+    assert explored == 0 if share == "0" else explored > 0
+
+
+def test_cli_explore_outside_0_1_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        swarm_main(["simnet", "virtual", "--explore", "1.5"])
+    assert "must be in [0, 1]" in capsys.readouterr().err
