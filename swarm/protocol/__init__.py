@@ -11,6 +11,7 @@ _advert.py      capacity adverts and their signed wire form
 _view.py        PeerView: pure admit/expire over immutable maps
 _membership.py  Membership: publish adverts, validate and admit others' (per-author rate,
                 per-peer introduction budgets), serve/pull advert snapshots, expire silent peers
+_tls.py         identity-bound TLS certificates (libp2p model), pinned gRPC channels
 _light.py       LightPeer: listen-only membership for clients
 testing.py      the in-memory network for tests and the simulator (MemoryNetwork, ...)
 
@@ -35,6 +36,12 @@ from swarm.protocol._membership import (
 )
 from swarm.protocol._signed import open_envelope, seal
 from swarm.protocol._snapshot import SnapshotPuller
+from swarm.protocol._tls import (
+    NodeCertificate,
+    PeerChannels,
+    make_certificate,
+    peer_of_certificate,
+)
 from swarm.protocol._view import Admission, PeerEntry, PeerView, ViewPolicy, admit, check, expire
 
 if TYPE_CHECKING:
@@ -55,6 +62,8 @@ __all__ = [
     "Membership",
     "MembershipConfig",
     "ModelOffer",
+    "NodeCertificate",
+    "PeerChannels",
     "PeerEntry",
     "PeerView",
     "Price",
@@ -67,8 +76,10 @@ __all__ = [
     "admit",
     "check",
     "expire",
+    "make_certificate",
     "open_envelope",
     "peer_id_of",
+    "peer_of_certificate",
     "public_key_of_peer",
     "seal",
     "significant_change",
