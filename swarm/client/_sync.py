@@ -28,7 +28,8 @@ class Client:
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float = "latency", hedge: bool = True,
-                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None) -> None:
+                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
+                 expect_peer: str | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -38,7 +39,7 @@ class Client:
         async def make() -> AsyncClient:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
                                max_price=max_price, preference=preference, hedge=hedge,
-                               allowlist=allowlist)
+                               allowlist=allowlist, expect_peer=expect_peer)
 
         try:
             self._client = self._run(make())

@@ -324,7 +324,9 @@ class Cluster:
             args += ["--advert-interval", str(self.config.advert_interval)]
         if self._network is not None:
             host = self._network.host(spec.index)
-            args += ["--listen-host", host, "--advertise-host", host]
+            # The harness drives and scrapes nodes from outside their namespaces over
+            # plaintext; node-to-node traffic stays on the TLS port.
+            args += ["--listen-host", host, "--advertise-host", host, "--insecure-listen"]
         return args
 
     def _command(self, index: int, args: list[str]) -> list[str]:
