@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -35,7 +37,7 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, PeerId
 from swarm.client._convert import build_request, decode_response, to_numpy
 from swarm.client._types import ModelInfo, TensorInfo
-from swarm.protocol import LightPeer, PeerChannels
+from swarm.protocol import LightPeer, PeerChannels, ResponseSignature, verify_response
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
 from swarm.scheduler import Preference
@@ -64,6 +66,11 @@ class AsyncClient:
     `expect_peer` (a peer id) makes a node connection TLS, pinned to the certificate
     that peer proves it holds (the node's TLS port): a server holding another key is
     refused with UnavailableError. Swarm mode always dials providers this way.
+
+    `verify=True` checks the provider's signature over every response (request id,
+    model digest, inputs, outputs; swarm.protocol.verify_response) and raises
+    IntegrityError when it does not verify; the verified `ResponseSignature` is kept on
+    `Routed.signature` and in `last_signature` (evidence for staking).
     """
 
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
@@ -71,7 +78,8 @@ class AsyncClient:
                  preference: str | float | Preference = "latency", hedge: bool = True,
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
-                 clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None,
+                 verify: bool = False) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -93,6 +101,9 @@ class AsyncClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._expect = PeerId(expect_peer) if expect_peer else None
+        self.verify = verify
+        # The last verified response signature (verify=True).
+        self.last_signature: ResponseSignature | None = None
         self._channels: PeerChannels | None = None  # pinned TLS (expect_peer)
         self._own_channels = True
         if address and self._expect is not None:
@@ -328,8 +339,14 @@ class AsyncClient:
         items = _items(named)
         name = model.split("@")[0].split(":")[0]
         request = build_request(name, named, version=str(digest), outputs=outputs)
+        if self.verify:
+            request.id = uuid.uuid4().hex  # what the signature binds the answer to
         routed = await self.router.send(request, digest, items,
                                         self._options(timeout, max_price, preference))
+        if self.verify:
+            signature = verify_response(request, routed.response, signer=routed.peer)
+            routed = dataclasses.replace(routed, signature=signature)
+            self.last_signature = signature
         return decode_response(routed.response), routed
 
     async def infer_raw(self, model: str, inputs: Inputs, *, version: str = "",
@@ -345,7 +362,11 @@ class AsyncClient:
             return result
         named = await self._named(model, version, inputs)
         request = build_request(model, named, version=version, outputs=outputs)
+        if self.verify:
+            request.id = uuid.uuid4().hex
         response = await self._rpc((await self._direct()).ModelInfer, request, model, timeout)
+        if self.verify:
+            self.last_signature = verify_response(request, response, signer=self._expect)
         return decode_response(response)
 
     async def infer(self, model: str, inputs: Inputs, *, version: str = "",

@@ -497,7 +497,8 @@ class Node:
                    if self.router is not None else None)
         inference = InferenceService(self.table, self.metrics, self.cache, version=__version__,
                                      is_ready=self.is_ready, gateway=gateway,
-                                     max_stream_in_flight=config.max_stream_in_flight)
+                                     max_stream_in_flight=config.max_stream_in_flight,
+                                     identity=self.identity)
         self._service = inference
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)

@@ -12,6 +12,7 @@ _view.py        PeerView: pure admit/expire over immutable maps
 _membership.py  Membership: publish adverts, validate and admit others' (per-author rate,
                 per-peer introduction budgets), serve/pull advert snapshots, expire silent peers
 _tls.py         identity-bound TLS certificates (libp2p model), pinned gRPC channels
+_responses.py   signed inference responses (canonical tensor digests, Ed25519)
 _light.py       LightPeer: listen-only membership for clients
 testing.py      the in-memory network for tests and the simulator (MemoryNetwork, ...)
 
@@ -34,6 +35,7 @@ from swarm.protocol._membership import (
     RateLimiter,
     significant_change,
 )
+from swarm.protocol._responses import ResponseSignature, sign_response, verify_response
 from swarm.protocol._signed import open_envelope, seal
 from swarm.protocol._snapshot import SnapshotPuller
 from swarm.protocol._tls import (
@@ -68,6 +70,7 @@ __all__ = [
     "PeerView",
     "Price",
     "RateLimiter",
+    "ResponseSignature",
     "SnapshotProvider",
     "SnapshotPuller",
     "Validation",
@@ -82,8 +85,10 @@ __all__ = [
     "peer_of_certificate",
     "public_key_of_peer",
     "seal",
+    "sign_response",
     "significant_change",
     "verify",
+    "verify_response",
 ]
 
 _LAZY = {"Libp2pConfig", "Libp2pGossip"}

@@ -42,7 +42,7 @@ from swarm._errors import (
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, ModelRef, PeerId
-from swarm.protocol import PeerChannels, PeerView
+from swarm.protocol import PeerChannels, PeerView, ResponseSignature
 from swarm.routing._names import Resolver, SignedNames, SignedTags
 from swarm.routing._status import error_from_rpc
 from swarm.scheduler import (
@@ -151,6 +151,8 @@ class Routed:
     latency: float
     # A second copy was sent because the first was slow (the answer may come from either).
     hedged: bool = False
+    # The provider's verified signature over the response (the SDK's verify=True).
+    signature: ResponseSignature | None = None
 
 
 @dataclass
