@@ -63,6 +63,10 @@ _LIBP2P_ED25519_PREFIX = b"\x08\x01\x12\x20"
 # name, is what authenticates: the only root a client trusts is the certificate itself).
 SERVER_NAME = "swarm-node.invalid"
 MAX_CERTIFICATE_BYTES = 16 * 1024
+# Peers already logged as refused, process-wide (the router and the registry of one node
+# log a peer once between them); bounded: peer ids cost strangers nothing.
+_LOGGED: set[PeerId] = set()
+_MAX_LOGGED = 4096
 
 
 # ---------------------------------------------------------------------------- DER helpers
@@ -305,7 +309,6 @@ class PeerChannels:
         self._timeout = timeout
         self._channels: dict[tuple[PeerId, str], Any] = {}
         self._locks: dict[tuple[PeerId, str], asyncio.Lock] = {}
-        self._logged: set[PeerId] = set()
         # Handshakes refused because the server was not the expected peer.
         self.refused = 0
 
@@ -338,8 +341,10 @@ class PeerChannels:
         if found == peer:
             return
         self.refused += 1
-        if peer not in self._logged:
-            self._logged.add(peer)
+        if peer not in _LOGGED:
+            if len(_LOGGED) >= _MAX_LOGGED:
+                _LOGGED.clear()
+            _LOGGED.add(peer)
             log.warning("refused %s at %s: its TLS certificate proves %s", peer, address, found,
                         extra={"peer": str(peer), "endpoint": address})
         raise UnavailableError(f"{address} is not {peer}: its TLS certificate proves {found}",

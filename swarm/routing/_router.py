@@ -100,7 +100,12 @@ class GrpcCaller:
 
     async def __call__(self, candidate: Candidate, request: pb.ModelInferRequest,
                        timeout: float) -> pb.ModelInferResponse:
-        stub = await self._stub(candidate)
+        try:
+            async with asyncio.timeout(timeout):  # a first call pins the peer's certificate
+                stub = await self._stub(candidate)
+        except TimeoutError as exc:
+            raise DeadlineExceededError(
+                f"{candidate.endpoint}: no TLS handshake within {timeout:.3g} s") from exc
         try:
             response: pb.ModelInferResponse = await stub.ModelInfer(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
