@@ -45,7 +45,7 @@ from swarm._types import Digest, ModelRef
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._builtins import BUILTINS
 from swarm.node._cache import ResponseCache
-from swarm.node._certs import load_certificate
+from swarm.node._certs import CertificateRotation, load_certificate
 from swarm.node._config import NodeConfig, check_ports
 from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
@@ -143,7 +143,7 @@ class Node:
         self.grpc_port = 0
         # TLS gRPC port (advertised to peers; 0: none) and the certificate it serves.
         self.tls_port = 0
-        self.certificate: NodeCertificate | None = None
+        self.certificates: CertificateRotation | None = None
         self.metrics_port = 0
         self.started_at = time.time()
         self._preloaded = models or []
@@ -183,6 +183,13 @@ class Node:
     # ------------------------------------------------------------------ public surface
 
     @property
+    def certificate(self) -> NodeCertificate:
+        """The certificate the TLS listeners serve now."""
+        if self.certificates is None:
+            raise ConfigError("the node has no certificate yet (start the node first)")
+        return self.certificates.current
+
+    @property
     def grpc_address(self) -> str:
         """The plaintext gRPC address (loopback unless --insecure-listen)."""
         if self._plaintext_host() == self.config.listen_host:
@@ -209,8 +216,10 @@ class Node:
     def _http_tls(self) -> ssl.SSLContext | None:
         if not self.http_tls:
             return None
-        assert self.certificate is not None
-        return self.certificate.server_context()
+        assert self.certificates is not None
+        context = self.certificates.current.server_context()
+        self.certificates.contexts.append(context)
+        return context
 
     @property
     def peer_id(self) -> str:
@@ -290,7 +299,8 @@ class Node:
         data_dir.mkdir(parents=True, exist_ok=True)
         if self.identity is None:
             self.identity = await asyncio.to_thread(Identity.load_or_create, config.key_path)
-        self.certificate = await asyncio.to_thread(load_certificate, config, self.identity)
+        certificate = await asyncio.to_thread(load_certificate, config, self.identity)
+        self.certificates = CertificateRotation(config, self.identity, certificate)
         models = list(self._preloaded)
         follow = self._follow
         for ref in config.serve:
@@ -516,10 +526,9 @@ class Node:
         port = self.config.tls_listen_port
         if port < 0:
             return 0
-        assert self.certificate is not None
+        assert self.certificates is not None
         address = f"{self.config.listen_host}:{port}"
-        credentials = grpc.ssl_server_credentials(
-            [(self.certificate.key_pem, self.certificate.cert_pem)])
+        credentials = self.certificates.grpc_credentials()
         try:
             bound = server.add_secure_port(address, credentials)
         except RuntimeError as exc:

@@ -222,7 +222,7 @@ class NodeCertificate:
             if fresh and peer_of_certificate(cert_pem, now=now) == identity.peer_id:
                 return cls(cert_pem, key_pem, cert_path, key_path)
         cert_pem, key_pem = make_certificate(identity, hosts=hosts, now=now,
-                                             lifetime=rotate_after * 2)
+                                             lifetime=rotate_after * 2 + datetime.timedelta(days=1))
         tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write(key_path, key_pem, 0o600)
         _write(cert_path, cert_pem, 0o644)
@@ -242,6 +242,12 @@ class NodeCertificate:
                 != cert.public_key().public_bytes(serialization.Encoding.DER, spki)):
             raise ConfigError(f"{key_path} is not the key of {cert_path}")
         return cls(cert_pem, key_pem, cert_path, key_path, identity_bound=False)
+
+    @property
+    def created(self) -> datetime.datetime:
+        """When the certificate was made (its notBefore is backdated an hour)."""
+        cert = x509.load_pem_x509_certificate(self.cert_pem)
+        return cert.not_valid_before_utc + datetime.timedelta(hours=1)
 
     def server_context(self) -> ssl.SSLContext:
         """A TLS 1.3-only server context (for the HTTP listeners)."""

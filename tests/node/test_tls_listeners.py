@@ -23,10 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from swarm._types import PeerId
 from swarm.node._builtins import MLP_DIMS
 from swarm.node._cli import main as swarm_node
 from swarm.node._runtime import Model
-from swarm.protocol import Identity, peer_of_certificate
+from swarm.protocol import Identity, PeerChannels, peer_of_certificate
+from swarm.protocol._tls import fetch_certificate
 from tests.conftest import NodeFactory
 
 
@@ -131,3 +133,30 @@ async def test_beyond_loopback_grpc_plaintext_stays_on_loopback_and_http_is_tls(
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_certificate_rotates_on_schedule_without_a_restart(
+        start_node: NodeFactory, mlp: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with start_node([mlp]) as node:
+        peer = PeerId(node.peer_id)
+        before = await fetch_certificate(node.tls_address)
+        assert peer_of_certificate(before) == peer
+        channels = PeerChannels()
+        try:
+            channel = await channels.channel(peer, node.tls_address)
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                            timeout=5)
+            assert node.certificates is not None
+            with monkeypatch.context() as patch:  # the current certificate is due
+                patch.setattr("swarm.node._certs.ROTATE_AFTER", datetime.timedelta(0))
+                after = await fetch_certificate(node.tls_address)  # the next handshake rotates
+            assert after != before
+            assert peer_of_certificate(after) == peer  # the same identity
+            assert node.certificates.rotations >= 1
+            # A client pinned to the old certificate pins the new one after a failure.
+            await channels.forget(node.tls_address)
+            channel = await channels.channel(peer, node.tls_address)
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                            timeout=5)
+        finally:
+            await channels.close()
