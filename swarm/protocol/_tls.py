@@ -16,7 +16,8 @@ handshake, no verification), checks that its extension names X (`peer_of_certifi
 and then opens the gRPC channel with that exact certificate as its only root
 (`grpc.ssl_channel_credentials(root_certificates=pem)` + `grpc.ssl_target_name_override`):
 the gRPC handshake then succeeds only against the holder of that certificate's key.
-`PeerChannels` caches the pin per (peer, address), refetches after a failure (rotation),
+`PeerChannels` caches the pin per (peer, address), refetches once a channel is in
+TRANSIENT_FAILURE or after `forget` (a rotated certificate fails the pinned handshake),
 counts refusals and logs each refused peer once.
 """
 
@@ -322,7 +323,10 @@ class PeerChannels:
         key = (peer, address)
         channel = self._channels.get(key)
         if channel is not None:
-            return channel
+            if channel.get_state() != self._grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                return channel
+            # Its handshakes fail: perhaps a rotated certificate. Pin it anew.
+            await self._channels.pop(key).close()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             channel = self._channels.get(key)

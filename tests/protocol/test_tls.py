@@ -113,3 +113,31 @@ async def test_plaintext_client_cannot_talk_to_the_tls_port(tmp_path) -> None:
                                      grpc.StatusCode.DEADLINE_EXCEEDED)
     finally:
         await server.stop(None)
+
+
+async def test_a_restarted_peer_with_a_new_certificate_is_pinned_anew(tmp_path) -> None:
+    identity = Identity.generate()
+    first = NodeCertificate.load_or_create(tmp_path / "a", identity)
+    server, address = await _serve(first)
+    channels = PeerChannels()
+    try:
+        stub = health_pb2_grpc.HealthStub(await channels.channel(identity.peer_id, address))
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        await server.stop(None)
+        # The same peer comes back on the same port with a rotated certificate.
+        second = NodeCertificate.load_or_create(tmp_path / "b", identity)
+        assert second.cert_pem != first.cert_pem
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        server.add_secure_port(address, grpc.ssl_server_credentials(
+            [(second.key_pem, second.cert_pem)]))
+        await server.start()
+        with pytest.raises(grpc.aio.AioRpcError):  # the old pin fails the handshake
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        stub = health_pb2_grpc.HealthStub(await channels.channel(identity.peer_id, address))
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert channels.refused == 0
+    finally:
+        await channels.close()
+        await server.stop(None)
