@@ -224,6 +224,8 @@ def _identity(config: NodeConfig) -> int:
     if state.exists():
         info = json.loads(state.read_text())
         print(f"grpc {info['grpc']}")
+        if info.get("tls"):
+            print(f"tls {info['tls']}")
         for addr in info.get("multiaddrs", []):
             print(addr)
     return 0
