@@ -72,6 +72,8 @@ class Banner:
     metrics: str = ""
     models: tuple[tuple[str, str], ...] = ()  # (name, digest)
     p2p: tuple[str, ...] = ()
+    # The TLS gRPC address peers dial (what the node advertises).
+    tls: str = ""
 
 
 def parse_banner(text: str) -> Banner:
@@ -86,7 +88,7 @@ def parse_banner(text: str) -> Banner:
         value = value.strip()
         if key == "peer" and value.startswith("id "):
             fields["peer_id"] = value[3:].strip()
-        elif key in ("grpc", "metrics"):
+        elif key in ("grpc", "metrics", "tls"):
             fields[key] = value
         elif key == "model":
             name, _, digest = value.partition(" ")
@@ -94,6 +96,7 @@ def parse_banner(text: str) -> Banner:
         elif key == "p2p":
             p2p.append(value)
     return Banner(peer_id=fields.get("peer_id", ""), grpc=fields.get("grpc", ""),
+                  tls=fields.get("tls", ""),
                   metrics=fields.get("metrics", ""), models=tuple(models), p2p=tuple(p2p))
 
 
@@ -115,6 +118,8 @@ class NodeHandle:
     # Prices the node advertises (its NodeService status), micro-units.
     price_per_request: int
     price_per_1k_items: int
+    # The TLS gRPC address peers (and routing clients) dial.
+    tls: str = ""
 
     def price_of(self, items: int) -> float:
         """Micro-units one request of `items` items costs at this node."""
@@ -371,7 +376,7 @@ class Cluster:
             pid=process.pid, grpc=banner.grpc, metrics=banner.metrics, peer_id=banner.peer_id,
             p2p=banner.p2p, models=banner.models, data_dir=slot.data_dir, log=slot.log,
             price_per_request=status.price.per_request_micros,
-            price_per_1k_items=status.price.per_1k_items_micros)
+            price_per_1k_items=status.price.per_1k_items_micros, tls=banner.tls)
         return handle
 
     async def _await_banner(self, slot: _Slot, process: asyncio.subprocess.Process, offset: int,
