@@ -7,6 +7,7 @@ gets a precise INVALID_ARGUMENT instead of a crash.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "encode_bytes_elements",
     "encode_raw",
     "numpy_dtype",
+    "tensors_digest",
 ]
 
 # OIP datatype -> little-endian numpy dtype. BYTES uses object arrays of bytes.
@@ -188,3 +190,27 @@ def encode_raw(array: np.ndarray) -> tuple[str, list[int], bytes]:
         return datatype, shape, encode_bytes_elements([_as_bytes(x) for x in array.reshape(-1)])
     dtype = DATATYPES[datatype]
     return datatype, shape, np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def tensors_digest(tensors: Sequence[tuple[str, str, Sequence[int], bytes | memoryview]]) -> bytes:
+    """The canonical SHA-256 digest of named tensors (what signed responses sign).
+
+    Tensors are (name, datatype, shape, raw bytes), the raw bytes in OIP raw form
+    (little-endian, row-major; BYTES: each element as a u32 LE length and its bytes,
+    as `encode_raw` writes them). They are taken in order of name (UTF-8 bytes) and
+    each contributes:
+
+        u32 LE len(name) | name (UTF-8) | u32 LE len(datatype) | datatype (ASCII)
+        | u32 LE ndim | each dim as i64 LE | u64 LE len(raw) | raw
+
+    so that no two different tensor lists frame to the same bytes.
+    """
+    h = hashlib.sha256()
+    for name, datatype, shape, raw in sorted(tensors, key=lambda t: t[0].encode()):
+        encoded_name, encoded_type = name.encode(), datatype.encode()
+        h.update(_LEN.pack(len(encoded_name)) + encoded_name)
+        h.update(_LEN.pack(len(encoded_type)) + encoded_type)
+        h.update(_LEN.pack(len(shape)) + struct.pack(f"<{len(shape)}q", *shape))
+        h.update(struct.pack("<Q", len(raw)))
+        h.update(raw)
+    return h.digest()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarm._errors import IntegrityError, InvalidInputError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
-from swarm._types import Digest, ModelRef
+from swarm._types import Digest, ModelRef, PeerId
 from swarm.registry import (
     DEFAULT_CHUNK_SIZE,
     BlobStore,
@@ -61,6 +61,8 @@ class _Link:
     client: RegistryClient
     holders: Callable[[Digest], list[str]]
     opened: list[RegistryClient] = field(default_factory=list)
+    # Swarm mode: the peer advertising an address (its TLS certificate is pinned to it).
+    peer_of: Callable[[str], PeerId | None] = lambda address: None
 
     def sources(self, digest: Digest) -> list[Source]:
         out: list[Source] = []
@@ -68,7 +70,8 @@ class _Link:
             if address == self.client.address:
                 out.append(self.client)
             else:
-                client = RegistryClient(address, timeout=self.client.timeout)
+                client = RegistryClient(address, timeout=self.client.timeout,
+                                        peer=self.peer_of(address))
                 self.opened.append(client)
                 out.append(client)
         return out
@@ -97,7 +100,12 @@ async def _link(args: argparse.Namespace) -> AsyncIterator[_Link]:
             return [e.advert.endpoints[0] for e in peer.view.holders(digest)
                     if e.advert.endpoints and not e.advert.draining]
 
-        link = _Link(RegistryClient(entry.advert.endpoints[0], timeout=args.timeout), holders)
+        def peer_of(address: str) -> PeerId | None:
+            return next((e.peer_id for e in peer.view
+                         if e.advert.endpoints and e.advert.endpoints[0] == address), None)
+
+        link = _Link(RegistryClient(entry.advert.endpoints[0], timeout=args.timeout,
+                                    peer=entry.peer_id), holders, peer_of=peer_of)
         try:
             yield link
         finally:

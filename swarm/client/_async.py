@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -23,17 +25,19 @@ from swarm._clock import SYSTEM_CLOCK, Clock, wait_within
 from swarm._errors import (
     ClosedError,
     ConfigError,
+    InferenceError,
     InvalidInputError,
     NoProviderError,
     SwarmError,
+    UnavailableError,
     first_failure,
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from swarm._types import Digest
+from swarm._types import Digest, PeerId
 from swarm.client._convert import build_request, decode_response, to_numpy
 from swarm.client._types import ModelInfo, TensorInfo
-from swarm.protocol import LightPeer
+from swarm.protocol import LightPeer, PeerChannels, ResponseSignature, verify_response
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
 from swarm.scheduler import Preference
@@ -42,6 +46,9 @@ __all__ = ["AsyncClient"]
 
 DEFAULT_EMBED_MODEL = "builtin/minilm"
 MAX_MESSAGE_BYTES = 64 << 20
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+_METADATA_ATTEMPTS = 4  # providers asked for a model's metadata
 _JOIN_SAMPLE = 0.05  # seconds between looks for a provider while joining
 
 Inputs = Any  # one array-like, or a mapping of input name -> array-like
@@ -55,6 +62,15 @@ class AsyncClient:
     each call may set `max_price` (micro-units per request), `preference`
     ("latency", "price" or a latency weight in [0, 1]) and `timeout`; the client's
     own settings are the defaults. `clock` stands in for the system clock (tests).
+
+    `expect_peer` (a peer id) makes a node connection TLS, pinned to the certificate
+    that peer proves it holds (the node's TLS port): a server holding another key is
+    refused with UnavailableError. Swarm mode always dials providers this way.
+
+    `verify=True` checks the provider's signature over every response (request id,
+    model digest, inputs, outputs; swarm.protocol.verify_response) and raises
+    IntegrityError when it does not verify; the verified `ResponseSignature` is kept on
+    `Routed.signature` and in `last_signature` (evidence for staking).
     """
 
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
@@ -62,7 +78,8 @@ class AsyncClient:
                  preference: str | float | Preference = "latency", hedge: bool = True,
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None,
+                 verify: bool = False) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -83,7 +100,15 @@ class AsyncClient:
         self._started = asyncio.Lock()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
-        if address:
+        self._expect = PeerId(expect_peer) if expect_peer else None
+        self.verify = verify
+        # The last verified response signature (verify=True).
+        self.last_signature: ResponseSignature | None = None
+        self._channels: PeerChannels | None = None  # pinned TLS (expect_peer)
+        self._own_channels = True
+        if address and self._expect is not None:
+            self._channels = PeerChannels(options=_CHANNEL_OPTIONS)
+        elif address:
             self._channel = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -174,6 +199,8 @@ class AsyncClient:
         self._closed = True
         if self._channel is not None:
             await self._channel.close()
+        if self._channels is not None and self._own_channels:
+            await self._channels.close()
         if self._router is not None:
             await self._router.close()
         if self._tags is not None and self._tags_task is not None:
@@ -184,7 +211,10 @@ class AsyncClient:
         if self._peer is not None:
             await self._peer.close()
 
-    def _direct(self) -> pb_grpc.GRPCInferenceServiceStub:
+    async def _direct(self) -> pb_grpc.GRPCInferenceServiceStub:
+        if self._stub is None and self._channels is not None and self._expect is not None:
+            channel = await self._channels.channel(self._expect, self.address)
+            self._stub = pb_grpc.GRPCInferenceServiceStub(channel)
         if self._stub is None:
             raise ConfigError("no direct node connection in swarm mode")
         return self._stub
@@ -205,7 +235,7 @@ class AsyncClient:
             return info
         if self.in_swarm:
             return await self._swarm_metadata(model, version)
-        stub = self._direct()
+        stub = await self._direct()
         meta, config = await asyncio.gather(
             self._rpc(stub.ModelMetadata,
                       pb.ModelMetadataRequest(name=model, version=version), model, None),
@@ -227,12 +257,25 @@ class AsyncClient:
         digest = await self._provider_of(model if not version else f"{model.split('@')[0]}@{version}")
         # The scheduler's choice, as for inference: a reachable, non-draining provider
         # (never an endpoint-less or draining advert); NoProviderError says what is served.
-        best = self.router.candidates(digest)[0]
-        entry = self.router.view.get(best.peer)
-        offer = entry.advert.offer(digest) if entry is not None else None
-        name = offer.name if offer is not None else model
-        async with AsyncClient(best.endpoint, timeout=self.timeout) as direct:
-            info = await direct.metadata(name, version=str(digest))
+        # A provider that cannot prove its advert's peer id (or is unreachable) is skipped.
+        last: InferenceError | None = None
+        for best in self.router.candidates(digest)[:_METADATA_ATTEMPTS]:
+            entry = self.router.view.get(best.peer)
+            offer = entry.advert.offer(digest) if entry is not None else None
+            name = offer.name if offer is not None else model
+            direct = AsyncClient(best.endpoint, timeout=self.timeout,
+                                 expect_peer=str(best.peer))
+            if self.router.channels is not None:  # share the router's pinned channels
+                direct._channels, direct._own_channels = self.router.channels, False
+            try:
+                async with direct:
+                    info = await direct.metadata(name, version=str(digest))
+                break
+            except UnavailableError as exc:
+                last = exc
+        else:
+            assert last is not None  # candidates() returns at least one
+            raise last
         self._info[f"{model}\0{version}"] = info
         return info
 
@@ -246,7 +289,7 @@ class AsyncClient:
             versions = sorted({f"{o.name}@{o.digest}" for e in self.router.view
                                for o in e.advert.models})
             return list(await asyncio.gather(*(self.metadata(v) for v in versions)))
-        index = await self._rpc(self._direct().RepositoryIndex,
+        index = await self._rpc((await self._direct()).RepositoryIndex,
                                 pb.RepositoryIndexRequest(ready=True), "models", None)
         names = sorted({m.name for m in index.models})
         return list(await asyncio.gather(*(self.metadata(n) for n in names)))
@@ -296,8 +339,14 @@ class AsyncClient:
         items = _items(named)
         name = model.split("@")[0].split(":")[0]
         request = build_request(name, named, version=str(digest), outputs=outputs)
+        if self.verify:
+            request.id = uuid.uuid4().hex  # what the signature binds the answer to
         routed = await self.router.send(request, digest, items,
                                         self._options(timeout, max_price, preference))
+        if self.verify:
+            signature = verify_response(request, routed.response, signer=routed.peer)
+            routed = dataclasses.replace(routed, signature=signature)
+            self.last_signature = signature
         return decode_response(routed.response), routed
 
     async def infer_raw(self, model: str, inputs: Inputs, *, version: str = "",
@@ -313,7 +362,11 @@ class AsyncClient:
             return result
         named = await self._named(model, version, inputs)
         request = build_request(model, named, version=version, outputs=outputs)
-        response = await self._rpc(self._direct().ModelInfer, request, model, timeout)
+        if self.verify:
+            request.id = uuid.uuid4().hex
+        response = await self._rpc((await self._direct()).ModelInfer, request, model, timeout)
+        if self.verify:
+            self.last_signature = verify_response(request, response, signer=self._expect)
         return decode_response(response)
 
     async def infer(self, model: str, inputs: Inputs, *, version: str = "",

@@ -13,6 +13,7 @@ import numpy as np
 from swarm._errors import ClosedError
 from swarm.client._async import DEFAULT_EMBED_MODEL, AsyncClient, Inputs
 from swarm.client._types import ModelInfo
+from swarm.protocol import ResponseSignature
 
 __all__ = ["Client"]
 
@@ -28,7 +29,8 @@ class Client:
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float = "latency", hedge: bool = True,
-                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None) -> None:
+                 allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
+                 expect_peer: str | None = None, verify: bool = False) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -38,7 +40,8 @@ class Client:
         async def make() -> AsyncClient:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
                                max_price=max_price, preference=preference, hedge=hedge,
-                               allowlist=allowlist)
+                               allowlist=allowlist, expect_peer=expect_peer,
+                               verify=verify)
 
         try:
             self._client = self._run(make())
@@ -49,6 +52,11 @@ class Client:
     @property
     def address(self) -> str:
         return self._client.address
+
+    @property
+    def last_signature(self) -> ResponseSignature | None:
+        """The last verified response signature (verify=True)."""
+        return self._client.last_signature
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:

@@ -12,6 +12,7 @@ _models.py    ServedModel, ModelTable (name/version lookup), loading by referenc
 _cache.py     response cache (bounded LRU)
 _metrics.py   Prometheus metrics
 _config.py    NodeConfig: TOML + environment + flags
+_certs.py     the TLS listeners' certificate (identity-bound or the operator's) and its rotation
 _hardware.py  device and memory detection
 _cli.py       `swarm-node` command line
 

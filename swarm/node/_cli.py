@@ -58,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--advertise-host", metavar="HOST",
                      help=f"host clients use to reach this node {_default('advertise_host')}")
     run.add_argument("--device", help=f"auto, cpu, cuda, cuda:N {_default('device')}")
+    tls = run.add_argument_group("TLS")
+    tls.add_argument("--tls-port", type=int, metavar="PORT",
+                     help="TLS gRPC port that peers dial (advertised); 0 = any free port, "
+                          "-1 = none (default: --grpc-port + 2, or any free port)")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM",
+                     help="operator certificate for the TLS listeners (default: the node's "
+                          "identity-bound certificate, printed by `swarm-node cert`)")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
+    tls.add_argument("--tls-http", action="store_true", default=None,
+                     help="serve the HTTP ports (OpenAI API, metrics) over TLS also on loopback")
+    tls.add_argument("--insecure-listen", action="store_true", default=None,
+                     help="allow plaintext gRPC and HTTP beyond loopback (default: plaintext "
+                          "gRPC only on 127.0.0.1, HTTP over TLS)")
     p2p = run.add_argument_group("peer-to-peer")
     p2p.add_argument("--p2p-port", type=int, metavar="PORT",
                      help=f"libp2p port; 0 = any free port, -1 = off {_default('p2p_port')}")
@@ -133,6 +146,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="TOML config file, for its data_dir (default: none)")
     status.add_argument("--data-dir", type=Path, metavar="DIR",
                         help=f"the node's data directory {_default('data_dir')}")
+    cert = sub.add_parser("cert", help="print this node's TLS certificate (PEM)",
+                          epilog=_PRECEDENCE,
+                          description="Print the PEM certificate the node's TLS listeners serve "
+                                      "(bound to its identity, which is created in the data dir "
+                                      "if none exists; renewed weekly, at start-up). Give it to "
+                                      "foreign clients as their root certificate.")
+    cert.add_argument("--config", type=Path, metavar="FILE",
+                      help="TOML config file, for its data_dir and hosts (default: none)")
+    cert.add_argument("--data-dir", type=Path, metavar="DIR",
+                      help=f"identity and state directory, as for run {_default('data_dir')}")
     return parser
 
 
@@ -151,6 +174,8 @@ def _config(args: argparse.Namespace) -> NodeConfig:
         "mesh": args.mesh, "mesh_port": args.mesh_port, "mesh_prefix": args.mesh_prefix,
         "mesh_endpoint": args.mesh_endpoint, "mesh_behind_nat": args.mesh_behind_nat,
         "mesh_relay": args.mesh_relay,
+        "tls_port": args.tls_port, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "tls_http": args.tls_http, "insecure_listen": args.insecure_listen,
     }
     config = load_config(args.config, flags=flags)
     overrides: dict[str, Any] = {}
@@ -191,12 +216,16 @@ async def _run(config: NodeConfig) -> None:
     await node.start()
     lines = [f"swarm-node {__version__} serving", f"  peer id  {node.peer_id}",
              f"  grpc     {node.grpc_address}"]
+    if node.tls_address:
+        lines.append(f"  tls      {node.tls_address}")
     if node.metrics_port:
-        lines.append(f"  metrics  http://{config.advertise_host}:{node.metrics_port}/metrics")
+        scheme = "https" if node.http_tls else "http"
+        lines.append(f"  metrics  {scheme}://{config.advertise_host}:{node.metrics_port}/metrics")
     lines += [f"  model    {served.name}  {served.digest}" for served in node.table]
     if node.http_port:
-        lines.append(f"  openai   http://{config.advertise_host}:{node.http_port}/v1")
-        lines.append(f"  kserve   http://{config.advertise_host}:{node.http_port}/v2")
+        scheme = "https" if node.http_tls else "http"
+        lines.append(f"  openai   {scheme}://{config.advertise_host}:{node.http_port}/v1")
+        lines.append(f"  kserve   {scheme}://{config.advertise_host}:{node.http_port}/v2")
     lines += [f"  p2p      {addr}" for addr in node.multiaddrs]
     if node.mesh is not None:
         lines.append(f"  mesh     {node.mesh.interface} [{node.mesh.address}]:{node.grpc_port}")
@@ -228,8 +257,20 @@ def _identity(config: NodeConfig) -> int:
     if state.exists():
         info = json.loads(state.read_text())
         print(f"grpc {info['grpc']}")
+        if info.get("tls"):
+            print(f"tls {info['tls']}")
         for addr in info.get("multiaddrs", []):
             print(addr)
+    return 0
+
+
+def _cert(config: NodeConfig) -> int:
+    from swarm.node._certs import load_certificate
+    from swarm.protocol import Identity
+
+    _announce_new_identity(config)
+    identity = Identity.load_or_create(config.key_path)
+    sys.stdout.write(load_certificate(config, identity).cert_pem.decode())
     return 0
 
 
@@ -246,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             # The same sources as run (flag, SWARM_DATA_DIR, --config, default), so both
             # commands name the same identity.
             return _identity(load_config(args.config, flags={"data_dir": args.data_dir}))
+        if args.command == "cert":
+            return _cert(load_config(args.config, flags={"data_dir": args.data_dir}))
         config = _config(args)
         configure_logging(config.log_level, config.log_format)
         # Before importing the node (torch) and loading models: a busy port fails in a

@@ -67,6 +67,18 @@ class NodeConfig:
     advertise_host: str = "127.0.0.1"
     # gRPC port (0 = pick a free one).
     grpc_port: int = 7070
+    # TLS gRPC port: what the node advertises and peers dial (identity-bound certificate,
+    # TLS 1.3). None = grpc_port + 2 (0 when grpc_port is 0: a free one); -1 = none.
+    tls_port: int | None = None
+    # Operator certificate and key (PEM) for the TLS listeners instead of the node's
+    # identity-bound one (then swarm peers cannot verify this node: foreign clients only).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Serve the HTTP listeners (OpenAI API, metrics) over TLS even on loopback.
+    tls_http: bool = False
+    # Allow plaintext listeners beyond loopback. Without it, a node listening beyond
+    # loopback serves plaintext gRPC on 127.0.0.1:grpc_port only, and HTTP over TLS.
+    insecure_listen: bool = False
     # Prometheus /metrics and health port (0 = pick a free one, -1 = off). A free one by
     # default, so a second node on the machine starts; it is printed in the banner and in
     # node.json. Scrapers that need a fixed port set it.
@@ -155,6 +167,25 @@ class NodeConfig:
     @property
     def key_path(self) -> Path:
         return self.data_dir / "identity.key"
+
+    @property
+    def tls_listen_port(self) -> int:
+        """The TLS gRPC port to bind (0: a free one, -1: none)."""
+        if self.tls_port is not None:
+            return self.tls_port
+        return self.grpc_port + 2 if self.grpc_port > 0 else 0
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the listen host is a loopback address (or name)."""
+        import ipaddress
+
+        if self.listen_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.listen_host).is_loopback
+        except ValueError:
+            return False
 
     @classmethod
     def local(cls, data_dir: Path, **overrides: Any) -> NodeConfig:
@@ -288,6 +319,8 @@ def _validate(config: NodeConfig) -> None:
         port = getattr(config, port_name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{port_name} {port} is not a port number")
+    if config.tls_port is not None and not -1 <= config.tls_port <= 65535:
+        raise ConfigError(f"tls_port {config.tls_port} is not a port number (or -1)")
     for name in ("metrics_port", "p2p_port", "http_port"):
         if not -1 <= getattr(config, name) <= 65535:
             raise ConfigError(f"{name} {getattr(config, name)} is not a port number (or -1)")
@@ -340,6 +373,7 @@ def _validate(config: NodeConfig) -> None:
 # Every port the node listens on: setting, flag, what it serves.
 PORTS = (
     ("grpc_port", "--grpc-port", "gRPC"),
+    ("tls_listen_port", "--tls-port", "TLS gRPC"),
     ("metrics_port", "--metrics-port", "metrics"),
     ("http_port", "--http-port", "OpenAI-compatible HTTP"),
     ("p2p_port", "--p2p-port", "libp2p"),

@@ -166,7 +166,14 @@ class RoutingGateway:
                 _ASK_TIMEOUT, deadline - self._clock.monotonic())
             if timeout <= 0:
                 raise DeadlineExceededError(f"deadline passed asking about {digest}")
-            channel = grpc.aio.insecure_channel(candidate.endpoint)
+            channels = self.router.channels
+            try:
+                channel = (await channels.channel(candidate.peer, candidate.endpoint)
+                           if channels is not None
+                           else grpc.aio.insecure_channel(candidate.endpoint))
+            except InferenceError as exc:  # not the advert's author, or unreachable
+                last = exc
+                continue
             try:
                 return await call(pb_grpc.GRPCInferenceServiceStub(channel), timeout)
             except grpc.aio.AioRpcError as exc:
@@ -174,7 +181,8 @@ class RoutingGateway:
                 if last.code == "INVALID_ARGUMENT":  # the request itself: no one will take it
                     raise last from exc
             finally:
-                await channel.close()
+                if channels is None:  # pinned channels stay open for the next call
+                    await channel.close()
         assert last is not None  # choose() returns at least one candidate
         raise last
 

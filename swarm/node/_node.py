@@ -16,6 +16,7 @@ import enum
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,7 @@ from swarm._types import Digest, ModelRef
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._builtins import BUILTINS
 from swarm.node._cache import ResponseCache
+from swarm.node._certs import CertificateRotation, load_certificate
 from swarm.node._config import NodeConfig, check_ports
 from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
@@ -70,6 +72,7 @@ from swarm.protocol import (
     MeshAgent,
     MeshOptions,
     ModelOffer,
+    NodeCertificate,
     PeerView,
     Price,
     endpoint_for,
@@ -142,6 +145,9 @@ class Node:
         self.cache = ResponseCache(max_bytes=config.cache_max_bytes)
         self.device = select_device(config.device)
         self.grpc_port = 0
+        # TLS gRPC port (advertised to peers; 0: none) and the certificate it serves.
+        self.tls_port = 0
+        self.certificates: CertificateRotation | None = None
         self.metrics_port = 0
         self.started_at = time.time()
         self._preloaded = models or []
@@ -183,8 +189,43 @@ class Node:
     # ------------------------------------------------------------------ public surface
 
     @property
+    def certificate(self) -> NodeCertificate:
+        """The certificate the TLS listeners serve now."""
+        if self.certificates is None:
+            raise ConfigError("the node has no certificate yet (start the node first)")
+        return self.certificates.current
+
+    @property
     def grpc_address(self) -> str:
-        return f"{self.config.advertise_host}:{self.grpc_port}"
+        """The plaintext gRPC address (loopback unless --insecure-listen)."""
+        if self._plaintext_host() == self.config.listen_host:
+            return f"{self.config.advertise_host}:{self.grpc_port}"
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def tls_address(self) -> str:
+        """The TLS gRPC address peers dial (what the advert carries); "" without one."""
+        return f"{self.config.advertise_host}:{self.tls_port}" if self.tls_port else ""
+
+    def _plaintext_host(self) -> str:
+        """Nothing listens in plaintext beyond loopback unless the operator says so."""
+        config = self.config
+        return config.listen_host if config.loopback_only or config.insecure_listen \
+            else "127.0.0.1"
+
+    @property
+    def http_tls(self) -> bool:
+        """Whether the HTTP listeners (OpenAI API, metrics) serve TLS."""
+        config = self.config
+        return config.tls_http or not (config.loopback_only or config.insecure_listen)
+
+    def _http_tls(self) -> ssl.SSLContext | None:
+        if not self.http_tls:
+            return None
+        assert self.certificates is not None
+        context = self.certificates.current.server_context()
+        self.certificates.contexts.append(context)
+        return context
 
     @property
     def peer_id(self) -> str:
@@ -264,6 +305,8 @@ class Node:
         data_dir.mkdir(parents=True, exist_ok=True)
         if self.identity is None:
             self.identity = await asyncio.to_thread(Identity.load_or_create, config.key_path)
+        certificate = await asyncio.to_thread(load_certificate, config, self.identity)
+        self.certificates = CertificateRotation(config, self.identity, certificate)
         models = list(self._preloaded)
         follow = self._follow
         for ref in config.serve:
@@ -305,6 +348,7 @@ class Node:
                     self.mesh = await self._start_mesh(data_dir)
                 self._add_services(server)
                 self.grpc_port = self._bind(server)
+                self.tls_port = self._bind_tls(server)
                 if self.mesh is not None:
                     self._bind_overlay(server, self.mesh)
                 await server.start()
@@ -489,13 +533,20 @@ class Node:
         return mesh
 
     def _bind_overlay(self, server: grpc.aio.Server, mesh: MeshAgent) -> None:
-        """Serve gRPC on the overlay address too (same port), for other members."""
-        address = f"[{mesh.address}]:{self.grpc_port}"
+        """Serve gRPC on the overlay address too, for other members: over identity-bound
+        TLS on the TLS port (what peers dial; mesh + TLS), or, with TLS off, plaintext on
+        the gRPC port (inside WireGuard)."""
+        wanted = self.tls_port or self.grpc_port
+        address = f"[{mesh.address}]:{wanted}"
         try:
-            port = server.add_insecure_port(address)
+            if self.tls_port:
+                assert self.certificates is not None
+                port = server.add_secure_port(address, self.certificates.grpc_credentials())
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
-        if port != self.grpc_port:
+        if port != wanted:
             raise ConfigError(f"cannot listen for gRPC on {address}")
         mesh.grpc_port = port
 
@@ -505,7 +556,8 @@ class Node:
                    if self.router is not None else None)
         inference = InferenceService(self.table, self.metrics, self.cache, version=__version__,
                                      is_ready=self.is_ready, gateway=gateway,
-                                     max_stream_in_flight=config.max_stream_in_flight)
+                                     max_stream_in_flight=config.max_stream_in_flight,
+                                     identity=self.identity)
         self._service = inference
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
@@ -519,8 +571,23 @@ class Node:
             services.append(REGISTRY_SERVICE)
         reflection.enable_server_reflection(tuple(services), server, pool=_pool.POOL)
 
+    def _bind_tls(self, server: grpc.aio.Server) -> int:
+        port = self.config.tls_listen_port
+        if port < 0:
+            return 0
+        assert self.certificates is not None
+        address = f"{self.config.listen_host}:{port}"
+        credentials = self.certificates.grpc_credentials()
+        try:
+            bound = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen for TLS gRPC on {address}: {exc}") from exc
+        if bound == 0:
+            raise ConfigError(f"cannot listen for TLS gRPC on {address}")
+        return int(bound)
+
     def _bind(self, server: grpc.aio.Server) -> int:
-        address = f"{self.config.listen_host}:{self.config.grpc_port}"
+        address = f"{self._plaintext_host()}:{self.config.grpc_port}"
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -533,7 +600,8 @@ class Node:
                           what: str) -> tuple[web.AppRunner, int]:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.listen_host, port, reuse_port=False)
+        site = web.TCPSite(runner, self.config.listen_host, port, reuse_port=False,
+                           ssl_context=self._http_tls())
         try:
             await site.start()
         except OSError as exc:
@@ -604,7 +672,8 @@ class Node:
             queue_depth=s.batcher.queue_depth) for s in self.table)
         return Advert(
             peer_id=self.identity.peer_id,
-            endpoints=(self.grpc_address,),
+            # Peers dial the TLS port only (they pin its identity-bound certificate).
+            endpoints=(self.tls_address,) if self.tls_address else (),
             models=offers,
             sequence=0, timestamp=0.0, ttl=0.0,
             queue_depth=sum(o.queue_depth for o in offers),
@@ -648,6 +717,7 @@ class Node:
 
     def _state(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "peer_id": self.peer_id, "grpc": self.grpc_address,
+                "tls": self.tls_address,
                 "metrics_port": self.metrics_port, "multiaddrs": self.multiaddrs}
 
     def _write_state_file(self) -> None:
@@ -689,6 +759,15 @@ class _RegistryCollector:
             for event, count in self._node.mesh.counters.items():
                 mesh.add_metric([event], count)
             yield mesh
+        refused = CounterMetricFamily(
+            "swarm_tls_peer_refused", "TLS handshakes refused because the server did not "
+            "prove the expected peer id (impersonation or a stale advert).", labels=["client"])
+        router, registry = self._node.router, self._node.registry
+        for client, channels in (("router", router.channels if router is not None else None),
+                                 ("registry", registry.channels if registry is not None
+                                  else None)):
+            refused.add_metric([client], channels.refused if channels is not None else 0)
+        yield refused
 
 
 class _Withdrawn:

@@ -45,6 +45,7 @@ from swarm.node._cache import ResponseCache, cache_key
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import ModelStats, ModelTable, ServedModel
 from swarm.node._runtime import ModelSpec, TensorSpec
+from swarm.protocol import Identity, sign_response
 from swarm.routing import FORWARDED, status_of
 
 __all__ = ["FORWARDED", "FORWARDED_HEADER", "Gateway", "InferenceService", "NodeStatusService",
@@ -288,8 +289,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                  *, version: str, is_ready: Callable[[], bool],
                  clock: Clock = SYSTEM_CLOCK,
                  gateway: Gateway | None = None,
-                 max_stream_in_flight: int = 16) -> None:
+                 max_stream_in_flight: int = 16,
+                 identity: Identity | None = None) -> None:
         self._table = table
+        # Signs every response this node computes (swarm.protocol.sign_response).
+        self._identity = identity
         self._gateway = gateway
         self._stream_window = max_stream_in_flight
         self._in_flight = 0
@@ -521,6 +525,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             params["swarm_compute_us"].int64_param = round(compute_s * 1e6)
             params["swarm_batch_items"].int64_param = batch_items
             params["swarm_queue_depth"].int64_param = served.batcher.queue_depth
+            if self._identity is not None:
+                sign_response(self._identity, request, response)
         except SwarmError as exc:
             elapsed = self._clock.monotonic() - started
             stats.fail.add(elapsed)

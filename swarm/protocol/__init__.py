@@ -15,6 +15,8 @@ _wireguard.py   MeshAgent: the interface (kernel or a supervised wireguard-go), 
 _view.py        PeerView: pure admit/expire over immutable maps
 _membership.py  Membership: publish adverts, validate and admit others' (per-author rate,
                 per-peer introduction budgets), serve/pull advert snapshots, expire silent peers
+_tls.py         identity-bound TLS certificates (libp2p model), pinned gRPC channels
+_responses.py   signed inference responses (canonical tensor digests, Ed25519)
 _light.py       LightPeer: listen-only membership for clients
 testing.py      the in-memory network for tests and the simulator (MemoryNetwork, ...)
 
@@ -37,8 +39,15 @@ from swarm.protocol._membership import (
     RateLimiter,
     significant_change,
 )
+from swarm.protocol._responses import ResponseSignature, sign_response, verify_response
 from swarm.protocol._signed import open_envelope, seal
 from swarm.protocol._snapshot import SnapshotPuller
+from swarm.protocol._tls import (
+    NodeCertificate,
+    PeerChannels,
+    make_certificate,
+    peer_of_certificate,
+)
 from swarm.protocol._view import Admission, PeerEntry, PeerView, ViewPolicy, admit, check, expire
 from swarm.protocol._wireguard import (
     MeshAgent,
@@ -69,10 +78,13 @@ __all__ = [
     "MeshMember",
     "MeshOptions",
     "ModelOffer",
+    "NodeCertificate",
+    "PeerChannels",
     "PeerEntry",
     "PeerView",
     "Price",
     "RateLimiter",
+    "ResponseSignature",
     "SnapshotProvider",
     "SnapshotPuller",
     "Validation",
@@ -83,13 +95,17 @@ __all__ = [
     "check_mesh_prerequisites",
     "endpoint_for",
     "expire",
+    "make_certificate",
     "mesh_status",
     "open_envelope",
     "peer_id_of",
+    "peer_of_certificate",
     "public_key_of_peer",
     "seal",
+    "sign_response",
     "significant_change",
     "verify",
+    "verify_response",
 ]
 
 _LAZY = {"Libp2pConfig", "Libp2pGossip"}

@@ -39,8 +39,8 @@ from swarm._clock import SYSTEM_CLOCK, Clock
 from swarm._errors import IntegrityError, ModelNotFoundError, SwarmError, UnavailableError
 from swarm._proto.swarm.v1 import registry_pb2
 from swarm._types import Digest, ModelRef
-from swarm.protocol import Gossip, GossipMessage, PeerView, SnapshotPuller, Validation
-from swarm.registry._client import RegistryClient
+from swarm.protocol import Gossip, GossipMessage, PeerChannels, PeerView, SnapshotPuller, Validation
+from swarm.registry._client import CHANNEL_OPTIONS, RegistryClient
 from swarm.registry._fetch import FetchConfig, FetchStats, Progress, Source, fetch_version
 from swarm.registry._manifest import Manifest
 from swarm.registry._manifests import ManifestStore
@@ -210,7 +210,7 @@ class RegistryAgent:
     def __init__(self, gossip: Gossip, manifests: ManifestStore | None, *,
                  view: Callable[[], PeerView], config: RegistryConfig = RegistryConfig(),
                  rng: random.Random | None = None,
-                 connect: Connect = RegistryClient,
+                 connect: Connect | None = None,
                  on_stored: Callable[[Digest], None] = lambda digest: None,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         if manifests is None and config.volunteer:
@@ -220,7 +220,9 @@ class RegistryAgent:
         self._manifests = manifests
         self._view = view
         self._rng = rng or random.Random()
-        self._connect = connect
+        # Peers' registry services are dialled over TLS pinned to the advert's peer id.
+        self.channels = PeerChannels(options=CHANNEL_OPTIONS)
+        self._connect: Connect = connect or self._pinned
         self._on_stored = on_stored
         self._clock = clock
         self._state = TagState()
@@ -474,6 +476,13 @@ class RegistryAgent:
                 continue
             await changed.wait()
 
+    def _pinned(self, address: str) -> RegistryPeer:
+        """A RegistryClient to `address`, pinned to the peer that advertises it."""
+        for entry in self._view():
+            if entry.advert.endpoints and entry.advert.endpoints[0] == address:
+                return RegistryClient(address, peer=entry.peer_id, channels=self.channels)
+        raise UnavailableError(f"no live peer advertises {address}", code="UNAVAILABLE")
+
     async def sync(self) -> int:
         """Pull every tag record a random peer holds; returns how many moved a tag here."""
         peers = [e for e in self._view() if e.advert.endpoints]
@@ -595,6 +604,7 @@ class RegistryAgent:
             pass
         finally:
             self._closed = True
+            await self.channels.close()
             self._fire()  # ends watchers
             await self._save()  # what gossip brought since the last save
             # Transports' subscriptions end when the transport closes; ours ends now, so an

@@ -16,7 +16,8 @@ from types import TracebackType
 import grpc
 
 from swarm._proto.swarm.v1 import registry_pb2, registry_pb2_grpc
-from swarm._types import Digest
+from swarm._types import Digest, PeerId
+from swarm.protocol import PeerChannels
 from swarm.registry._manifest import MAX_CHUNK_SIZE
 from swarm.routing import error_from_rpc
 
@@ -32,18 +33,40 @@ CHANNEL_OPTIONS = [
 class RegistryClient:
     """One connection to a node's RegistryService. `async with RegistryClient(addr) as c:`."""
 
-    def __init__(self, address: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, *, timeout: float = 30.0, peer: PeerId | None = None,
+                 channels: PeerChannels | None = None) -> None:
+        """With `peer`, the connection is TLS pinned to the certificate `peer` proves it
+        holds (through `channels`, which the caller owns, or a private set); without,
+        plaintext (a local node's loopback port)."""
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._peer = peer
+        self._own_channels = channels is None and peer is not None
+        self._channels = channels if channels is not None or peer is None else PeerChannels(
+            options=CHANNEL_OPTIONS)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: registry_pb2_grpc.RegistryServiceStub | None = None
+        if peer is None:
+            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._stub_ = registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    async def _connect(self) -> registry_pb2_grpc.RegistryServiceStub:
+        if self._stub_ is None:
+            assert self._channels is not None
+            assert self._peer is not None
+            channel = await self._channels.channel(self._peer, self.address)
+            self._stub_ = registry_pb2_grpc.RegistryServiceStub(channel)
+        return self._stub_
 
     @property
     def name(self) -> str:
         return self.address
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+        if self._own_channels and self._channels is not None:
+            await self._channels.close()
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -57,7 +80,7 @@ class RegistryClient:
     async def manifest(self, digest: Digest) -> bytes:
         """SignedManifest bytes of `digest` as the node has them (the caller verifies)."""
         try:
-            signed = await self._stub.GetManifest(
+            signed = await (await self._connect()).GetManifest(
                 registry_pb2.GetManifestRequest(digest=str(digest)), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"{self.address}: manifest {digest.short}") from exc
@@ -71,7 +94,7 @@ class RegistryClient:
         Unverified: the caller checks them against the manifest. Closing the
         iterator early cancels the stream.
         """
-        call = self._stub.ReadBlob(registry_pb2.ReadBlobRequest(
+        call = (await self._connect()).ReadBlob(registry_pb2.ReadBlobRequest(
             digest=str(blob), offset=offset, length=length,
             manifest=str(manifest) if manifest is not None else ""))
         try:
@@ -86,7 +109,7 @@ class RegistryClient:
 
     async def list_models(self, name: str = "") -> registry_pb2.ListModelsResponse:
         try:
-            response: registry_pb2.ListModelsResponse = await self._stub.ListModels(
+            response: registry_pb2.ListModelsResponse = await (await self._connect()).ListModels(
                 registry_pb2.ListModelsRequest(name=name), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"{self.address}: list models") from exc
@@ -96,7 +119,7 @@ class RegistryClient:
             registry_pb2.PushChunk], *, timeout: float | None = None) -> registry_pb2.PushModelResponse:
         """Upload a version (see RegistryService.PushModel); no deadline unless `timeout`."""
         try:
-            response: registry_pb2.PushModelResponse = await self._stub.PushModel(
+            response: registry_pb2.PushModelResponse = await (await self._connect()).PushModel(
                 messages, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"{self.address}: push") from exc
@@ -105,7 +128,7 @@ class RegistryClient:
     async def publish_tag(self, signed: bytes) -> str:
         """Send SignedTag bytes; returns the node's outcome ("accepted", "bound", "duplicate")."""
         try:
-            response: registry_pb2.PublishTagResponse = await self._stub.PublishTag(
+            response: registry_pb2.PublishTagResponse = await (await self._connect()).PublishTag(
                 registry_pb2.SignedTag.FromString(signed), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, f"{self.address}: publish tag") from exc

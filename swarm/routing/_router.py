@@ -45,7 +45,7 @@ from swarm._errors import (
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, ModelRef, PeerId
-from swarm.protocol import PeerView
+from swarm.protocol import PeerChannels, PeerView, ResponseSignature
 from swarm.routing._names import Resolver, SignedNames, SignedTags
 from swarm.routing._status import error_from_rpc
 from swarm.scheduler import (
@@ -74,33 +74,63 @@ Caller = Callable[[Candidate, pb.ModelInferRequest, float], Awaitable[pb.ModelIn
 
 
 class GrpcCaller:
-    """The production Caller: OIP ModelInfer over gRPC, one channel per endpoint."""
+    """The production Caller: OIP ModelInfer over gRPC, one channel per (peer, endpoint).
 
-    def __init__(self) -> None:
-        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+    Channels are TLS pinned to the certificate the candidate's peer proves it holds
+    (swarm.protocol.PeerChannels): a server holding another key is refused as UNAVAILABLE
+    (the Router tries the next candidate). `tls=False` dials plaintext (tests, benchmarks).
+    """
 
-    def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
-        entry = self._stubs.get(endpoint)
+    def __init__(self, *, tls: bool = True, channels: PeerChannels | None = None) -> None:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self._options = options
+        self.channels = (channels or PeerChannels(options=options)) if tls else None
+        self._stubs: dict[tuple[PeerId, str],
+                          tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]] = {}
+
+    async def _stub(self, candidate: Candidate) -> pb_grpc.GRPCInferenceServiceStub:
+        key = (candidate.peer, candidate.endpoint)
+        entry = self._stubs.get(key)
         if entry is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            if self.channels is not None:
+                channel = await self.channels.channel(candidate.peer, candidate.endpoint)
+            else:
+                channel = grpc.aio.insecure_channel(candidate.endpoint, options=self._options)
             entry = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
-            self._stubs[endpoint] = entry
+            self._stubs[key] = entry
         return entry[1]
 
     async def __call__(self, candidate: Candidate, request: pb.ModelInferRequest,
                        timeout: float) -> pb.ModelInferResponse:
         try:
-            response: pb.ModelInferResponse = await self._stub(candidate.endpoint).ModelInfer(
-                request, timeout=timeout)
+            async with asyncio.timeout(timeout):  # a first call pins the peer's certificate
+                stub = await self._stub(candidate)
+        except TimeoutError as exc:
+            raise DeadlineExceededError(
+                f"{candidate.endpoint}: no TLS handshake within {timeout:.3g} s") from exc
+        try:
+            response: pb.ModelInferResponse = await stub.ModelInfer(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # Perhaps a rotated certificate: pin it anew on the next attempt.
+                await self._forget(candidate)
             raise error_from_rpc(exc, candidate.endpoint) from exc
         return response
+
+    async def _forget(self, candidate: Candidate) -> None:
+        entry = self._stubs.pop((candidate.peer, candidate.endpoint), None)
+        if self.channels is not None:
+            await self.channels.forget(candidate.endpoint)
+        elif entry is not None:
+            await entry[0].close()
 
     async def close(self) -> None:
         """Close every channel opened so far."""
         stubs, self._stubs = self._stubs, {}
+        if self.channels is not None:
+            await self.channels.close()
+            return
         for channel, _ in stubs.values():
             await channel.close()
 
@@ -129,6 +159,8 @@ class Routed:
     latency: float
     # A second copy was sent because the first was slow (the answer may come from either).
     hedged: bool = False
+    # The provider's verified signature over the response (the SDK's verify=True).
+    signature: ResponseSignature | None = None
 
 
 @dataclass
@@ -174,6 +206,12 @@ class Router:
     @property
     def view(self) -> PeerView:
         return self._view()
+
+    @property
+    def channels(self) -> PeerChannels | None:
+        """The identity-pinned TLS channels of the Router's own GrpcCaller (None: another
+        caller); other calls to providers (metadata, registry) reuse them."""
+        return self._grpc.channels if self._grpc is not None else None
 
     def resolve(self, model: str) -> Digest:
         """The digest to route `model` to, as the resolver decides.

@@ -72,6 +72,8 @@ class Banner:
     metrics: str = ""
     models: tuple[tuple[str, str], ...] = ()  # (name, digest)
     p2p: tuple[str, ...] = ()
+    # The TLS gRPC address peers dial (what the node advertises).
+    tls: str = ""
 
 
 def parse_banner(text: str) -> Banner:
@@ -86,7 +88,7 @@ def parse_banner(text: str) -> Banner:
         value = value.strip()
         if key == "peer" and value.startswith("id "):
             fields["peer_id"] = value[3:].strip()
-        elif key in ("grpc", "metrics"):
+        elif key in ("grpc", "metrics", "tls"):
             fields[key] = value
         elif key == "model":
             name, _, digest = value.partition(" ")
@@ -94,6 +96,7 @@ def parse_banner(text: str) -> Banner:
         elif key == "p2p":
             p2p.append(value)
     return Banner(peer_id=fields.get("peer_id", ""), grpc=fields.get("grpc", ""),
+                  tls=fields.get("tls", ""),
                   metrics=fields.get("metrics", ""), models=tuple(models), p2p=tuple(p2p))
 
 
@@ -115,6 +118,8 @@ class NodeHandle:
     # Prices the node advertises (its NodeService status), micro-units.
     price_per_request: int
     price_per_1k_items: int
+    # The TLS gRPC address peers (and routing clients) dial.
+    tls: str = ""
 
     def price_of(self, items: int) -> float:
         """Micro-units one request of `items` items costs at this node."""
@@ -328,7 +333,9 @@ class Cluster:
             args += ["--advert-interval", str(self.config.advert_interval)]
         if self._network is not None:
             host = self._network.host(spec.index)
-            args += ["--listen-host", host, "--advertise-host", host]
+            # The harness drives and scrapes nodes from outside their namespaces over
+            # plaintext; node-to-node traffic stays on the TLS port.
+            args += ["--listen-host", host, "--advertise-host", host, "--insecure-listen"]
         if self.config.mesh:
             args += ["--mesh"]
         args += list(self.config.node_args.get(spec.index, ()))
@@ -376,7 +383,7 @@ class Cluster:
             pid=process.pid, grpc=banner.grpc, metrics=banner.metrics, peer_id=banner.peer_id,
             p2p=banner.p2p, models=banner.models, data_dir=slot.data_dir, log=slot.log,
             price_per_request=status.price.per_request_micros,
-            price_per_1k_items=status.price.per_1k_items_micros)
+            price_per_1k_items=status.price.per_1k_items_micros, tls=banner.tls)
         return handle
 
     async def _await_banner(self, slot: _Slot, process: asyncio.subprocess.Process, offset: int,

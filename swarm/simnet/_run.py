@@ -230,7 +230,9 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
 
         def node_of(address: str) -> int | None:
             if address not in index_of:
-                index_of.update({h.grpc: h.index for h in cluster.history})
+                # Routed requests name the TLS address a node advertises, others its grpc one.
+                index_of.update({a: h.index for h in cluster.history for a in (h.grpc, h.tls)
+                                 if a})
             return index_of.get(address)
 
         def price_of(node: int, items: int) -> float | None:

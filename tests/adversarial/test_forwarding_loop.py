@@ -27,7 +27,7 @@ def _infer_request() -> pb.ModelInferRequest:
 async def test_metadata_forwarding_does_not_loop(memory_swarm: Any, mlp: Model) -> None:
     async with memory_swarm([[mlp]]) as (network, (gateway,)):
         # A stranger claims to serve acme/loop at the gateway's own address.
-        await advertise(network, 7, endpoints=[gateway.grpc_address],
+        await advertise(network, 7, endpoints=[gateway.tls_address],
                         models=[ModelOffer(Digest.of(b"loop"), LOOP)], seen_by=gateway)
         async with grpc.aio.insecure_channel(gateway.grpc_address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -63,7 +63,7 @@ def light_peer(network: MemoryNetwork) -> LightPeer:
 async def hijack(network: MemoryNetwork, attacker: Any, gateway: Any) -> None:
     """Three fresh identities claim builtin/minilm at the attacker's digest and endpoint."""
     for seed in SYBILS:
-        await advertise(network, seed, endpoints=[attacker.grpc_address],
+        await advertise(network, seed, endpoints=[attacker.tls_address],
                         models=[ModelOffer(BOGUS, "builtin/minilm")], seen_by=gateway)
 
 
@@ -149,7 +149,7 @@ async def test_a_bare_name_without_a_signed_tag_is_refused(memory_swarm: Any, ml
     async with memory_swarm([[mlp], [impostor]]) as (network, nodes):
         gateway, attacker = nodes
         for seed in SYBILS:
-            await advertise(network, seed, endpoints=[attacker.grpc_address],
+            await advertise(network, seed, endpoints=[attacker.tls_address],
                             models=[ModelOffer(BOGUS, "acme/embedder")], seen_by=gateway)
         assert gateway.router is not None
         with pytest.raises(NoProviderError) as info:

@@ -124,7 +124,7 @@ async def test_a_strangers_manifest_cannot_get_a_publishers_blob_quarantined(
     v = make_version(tmp_path / "src", size=4 * CHUNK + 10)
     rng = random.Random(7)
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         await push(client, v.path, v.manifest, PUBLISHER)
         record = TagRecord(PUBLISHER.public_key, "acme/classifier", "stable", v.digest, 1, 1.0)
         assert await client.publish_tag(sign_tag(record, PUBLISHER)) == "bound"
@@ -136,18 +136,18 @@ async def test_a_strangers_manifest_cannot_get_a_publishers_blob_quarantined(
                 (v.digest, rng.randbytes(3 * CHUNK), "evil/z")]
         for blob, junk, name in lies:
             lie = _lie(v.manifest, blob, junk, name=name)
-            code, details = await _raw_push(node.address,
+            code, details = await _raw_push(node.plain,
                                             _messages(sign_manifest(lie, INTRUDER), junk))
             assert code is Code.INVALID_ARGUMENT, (name, code, details)
             # Nothing of the lie is kept, so nobody can read with it either.
             assert not node.manifests.has(manifest_digest(lie))
-            code, _ = await _read(node.address, blob, manifest_digest(lie))
+            code, _ = await _read(node.plain, blob, manifest_digest(lie))
             assert code is Code.NOT_FOUND, (name, code)
         # A's version is whole: it reads intact, is listed complete, nothing is quarantined.
         assert _quarantined(node.blobs.root) == []
         assert node.manifests.versions() == [v.digest]
         assert node.manifests.complete(v.digest)
-        assert await _read(node.address, v.blob, v.digest) == (Code.OK, v.data)
+        assert await _read(node.plain, v.blob, v.digest) == (Code.OK, v.data)
 
 
 async def test_a_lying_layout_already_stored_reads_as_bad_input_not_as_lost_data(
@@ -158,17 +158,17 @@ async def test_a_lying_layout_already_stored_reads_as_bad_input_not_as_lost_data
     v = make_version(tmp_path / "src", size=4 * CHUNK + 10)
     rng = random.Random(8)
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         await push(client, v.path, v.manifest, PUBLISHER)
         for blob, junk, name in [(v.blob, rng.randbytes(len(v.data)), "evil/y"),
                                  (v.digest, rng.randbytes(3 * CHUNK), "evil/z")]:
             lie = _lie(v.manifest, blob, junk, name=name)
             node.manifests.put(sign_manifest(lie, INTRUDER))
-            code, _ = await _read(node.address, blob, manifest_digest(lie))
+            code, _ = await _read(node.plain, blob, manifest_digest(lie))
             assert code is Code.INVALID_ARGUMENT, (name, code)
         assert _quarantined(node.blobs.root) == []
         assert node.manifests.complete(v.digest)
-        assert await _read(node.address, v.blob, v.digest) == (Code.OK, v.data)
+        assert await _read(node.plain, v.blob, v.digest) == (Code.OK, v.data)
         assert node.blobs.read(v.blob) == v.data
 
 
@@ -213,7 +213,7 @@ async def test_a_fetched_manifest_that_lies_about_a_stored_blob_is_not_kept(
     v = make_version(tmp_path / "src", size=4 * CHUNK + 10)
     lie = _lie(v.manifest, v.blob, random.Random(10).randbytes(len(v.data)))
     async with registry_node(tmp_path / "peer", MemoryNetwork(0), 1) as peer, \
-            RegistryClient(peer.address) as source:
+            RegistryClient(peer.plain) as source:
         peer.manifests.put(sign_manifest(lie, INTRUDER))  # a peer serving it (say, an old node)
         store = ManifestStore(BlobStore(tmp_path / "me"))
         store_version(store, v)
@@ -241,13 +241,13 @@ async def test_a_huge_push_is_refused_before_anything_is_stored(tmp_path: Path) 
     v = make_version(tmp_path / "src", size=4 * CHUNK)
     huge = _declaring(v.manifest, 1 << 40)  # 1 TiB
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
-        code, details = await _raw_push(node.address, _messages(sign_manifest(huge, PUBLISHER), b""))
+            RegistryClient(node.plain) as client:
+        code, details = await _raw_push(node.plain, _messages(sign_manifest(huge, PUBLISHER), b""))
         assert code is Code.RESOURCE_EXHAUSTED, (code, details)
         assert "1099511627776" in details  # says how big, and the limit
         # A push that fails half-way leaves nothing listed either (its verified chunks stay
         # for a resume; the manifest is stored only once every file is).
-        code, _ = await _raw_push(node.address, _messages(v.signed, v.data)[:3])
+        code, _ = await _raw_push(node.plain, _messages(v.signed, v.data)[:3])
         assert code is Code.INVALID_ARGUMENT
         assert node.manifests.versions() == []
         assert list((await client.list_models()).versions) == []
@@ -279,11 +279,11 @@ async def test_a_stalled_push_does_not_keep_the_owner_out(tmp_path: Path) -> Non
 
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1, servicer=servicer) as node, \
             asyncio.TaskGroup() as tg:
-        stranger = tg.create_task(_raw_push(node.address, stalled()))
+        stranger = tg.create_task(_raw_push(node.plain, stalled()))
         record = node.blobs.root / "partial" / f"{v.blob.hex}.json"
         await wait_until(lambda: record.exists() and clock.sleepers == 1,
                          what="the stranger's push to hold the blob, waiting for data")
-        owner = tg.create_task(_raw_push(node.address, _messages(v.signed, v.data)))
+        owner = tg.create_task(_raw_push(node.plain, _messages(v.signed, v.data)))
         turns = servicers[0]._turns
         await wait_until(lambda: turns.waiting(v.blob) == 2, what="the owner's push in line")
         assert not owner.done()  # waiting its turn, not refused
@@ -342,7 +342,7 @@ async def test_one_key_cannot_bind_unlimited_namespaces_or_tags(tmp_path: Path) 
     limits = RegistryConfig()
     other = Identity.from_seed(b"\x33" * 32)
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         async def listing_bytes() -> int:
             return len((await client.list_models()).SerializeToString())
 

@@ -30,7 +30,13 @@ from swarm.registry import (
     publisher_key_path,
     sign_tag,
 )
-from tests.registry.support import PUBLISHER, make_version, registry_node, store_version
+from tests.registry.support import (
+    PUBLISHER,
+    make_version,
+    registry_node,
+    store_version,
+)
+from tests.registry.support import identity as node_identity
 
 
 class Small(torch.nn.Module):
@@ -71,7 +77,7 @@ def node(tmp_path: Path) -> Iterator[str]:
         async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as n:
             stop.append(asyncio.Event())
             loop.append(asyncio.get_running_loop())
-            address.append(n.address)
+            address.append(n.plain)
             ready.set()
             await stop[0].wait()
 
@@ -224,13 +230,15 @@ async def test_bootstrap_joins_as_a_light_peer_and_pulls_from_holders(
     monkeypatch.setenv("SWARM_DATA_DIR", str(tmp_path / "data"))  # where the pull keeps it
     v = make_version(tmp_path / "src")
     network = MemoryNetwork(0)
-    async with registry_node(tmp_path / "a", network, 1) as a, \
-            registry_node(tmp_path / "b", network, 2) as b:
+    # The holders' registry gossip runs apart: their peer ids advertise on `network`.
+    holders = MemoryNetwork(1)
+    async with registry_node(tmp_path / "a", holders, 1) as a, \
+            registry_node(tmp_path / "b", holders, 2) as b:
         for holder in (a, b):
             store_version(holder.manifests, v)
         record = TagRecord(PUBLISHER.public_key, "acme/classifier", "stable", v.digest, 1, 1.0)
         await a.agent.publish(sign_tag(record, PUBLISHER))
-        identities = [Identity.from_seed(bytes([i]) * 32) for i in (1, 2)]
+        identities = [node_identity(i) for i in (1, 2)]  # the keys the nodes serve TLS with
         members = []
         for identity, holder in zip(identities, (a, b), strict=True):
             advert = Advert(peer_id=identity.peer_id, endpoints=(holder.address,), models=(),

@@ -90,7 +90,7 @@ async def test_impossible_price_cap_fails_fast_with_a_clear_error(memory_swarm: 
             # Within the cap, only the cheap provider is used.
             for _ in range(10):
                 _, routed = await client.infer_routed("builtin/mlp", x(), max_price=60)
-                assert routed.endpoint == nodes[0].grpc_address
+                assert routed.endpoint == nodes[0].tls_address
                 assert routed.price <= 60
         finally:
             await client.close()

@@ -78,7 +78,7 @@ async def test_nodes_discover_each_other_and_adverts_carry_capacity(
         entry = view.get(nodes[1].identity.peer_id)  # type: ignore[union-attr]
         assert entry is not None
         advert = entry.advert
-        assert advert.endpoints == (nodes[1].grpc_address,)
+        assert advert.endpoints == (nodes[1].tls_address,)
         assert [m.name for m in advert.models] == ["builtin/mlp"]
         assert advert.models[0].digest == mlp.digest
         assert advert.price == Price(20, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from swarm._types import Digest, PeerId, TensorSpec
-from swarm.protocol import Advert, Gossip, Identity, PeerView, admit
+from swarm.protocol import Advert, Gossip, Identity, PeerView, admit, make_certificate
 from swarm.protocol.testing import MemoryNetwork
 from swarm.registry import (
     BlobStore,
@@ -81,8 +81,12 @@ def store_version(manifests: ManifestStore, v: Version) -> None:
     manifests.blobs.put(v.data, v.blob)
 
 
+def identity(seed: int) -> Identity:
+    return Identity.from_seed(hashlib.sha256(b"peer%d" % seed).digest())
+
+
 def peer_id(seed: int) -> PeerId:
-    return Identity.from_seed(hashlib.sha256(b"peer%d" % seed).digest()).peer_id
+    return identity(seed).peer_id
 
 
 def view_of(entries: Sequence[tuple[PeerId, str, Sequence[Digest]]], *,
@@ -113,12 +117,15 @@ class StaticView:
 class RegistryNode:
     """A registry service on loopback: store, agent (in-memory gossip), gRPC server."""
 
+    # TLS, proving peer_id(seed): what views advertise and agents dial.
     address: str
     manifests: ManifestStore
     agent: RegistryAgent
     server: grpc.aio.Server
     view: StaticView
     stored: list[Digest]
+    # Plaintext, for tests' direct RegistryClient (a node's loopback port).
+    plain: str = ""
 
     @property
     def blobs(self) -> BlobStore:
@@ -148,9 +155,13 @@ async def registry_node(root: Path, network: MemoryNetwork, seed: int, *,
         svc = servicer(manifests, agent)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     add_registry_service(svc, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    # As a node: peers reach the registry service over TLS proving peer_id(seed).
+    cert, key = make_certificate(identity(seed))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    plain = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    node = RegistryNode(f"127.0.0.1:{port}", manifests, agent, server, view, stored)
+    node = RegistryNode(f"127.0.0.1:{port}", manifests, agent, server, view, stored,
+                        plain=f"127.0.0.1:{plain}")
     try:
         async with asyncio.TaskGroup() as tg:
             if run_agent:

@@ -134,7 +134,7 @@ async def holders(tmp_path: Path, version: Version, *servicers: Any) -> AsyncIte
 @asynccontextmanager
 async def clients(nodes: list[RegistryNode]) -> AsyncIterator[list[RegistryClient]]:
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(RegistryClient(n.address)) for n in nodes]
+        yield [await stack.enter_async_context(RegistryClient(n.plain)) for n in nodes]
 
 
 def local(tmp_path: Path) -> ManifestStore:
@@ -156,7 +156,7 @@ async def test_fetch_from_two_sources_in_parallel(tmp_path: Path, version: Versi
     check_complete(store, version)
     stats = result.stats
     assert result.manifest == version.manifest
-    assert set(stats.bytes_by_source) == {n.address for n in nodes}
+    assert set(stats.bytes_by_source) == {n.plain for n in nodes}
     assert all(b > 0 for b in stats.bytes_by_source.values())
     assert sum(stats.bytes_by_source.values()) == stats.bytes_fetched == SIZE
     assert (stats.chunks_fetched, stats.chunks_rejected, stats.source_failures) == (25, 0, 0)
@@ -186,8 +186,8 @@ async def test_source_killed_midway_the_other_finishes(tmp_path: Path, version: 
     check_complete(store, version)
     stats = result.stats
     assert stats.source_failures >= 1
-    assert nodes[0].address in stats.dropped_sources
-    assert stats.bytes_by_source[nodes[1].address] > stats.bytes_by_source.get(nodes[0].address, 0)
+    assert nodes[0].plain in stats.dropped_sources
+    assert stats.bytes_by_source[nodes[1].plain] > stats.bytes_by_source.get(nodes[0].plain, 0)
     assert stats.bytes_fetched == SIZE
     assert written == list(range(25))
 
@@ -204,7 +204,7 @@ async def test_stalled_source_times_out_and_the_other_finishes(tmp_path: Path,
         result = await fetch_version(store, version.digest, sources, config=config)
     check_complete(store, version)
     assert result.stats.source_failures == 1
-    assert nodes[0].address in result.stats.dropped_sources
+    assert nodes[0].plain in result.stats.dropped_sources
 
 
 async def test_tampered_chunks_are_rejected_and_fetched_elsewhere(tmp_path: Path, version: Version,
@@ -216,9 +216,9 @@ async def test_tampered_chunks_are_rejected_and_fetched_elsewhere(tmp_path: Path
     check_complete(store, version)
     assert result.stats is stats
     assert stats.chunks_rejected == 1  # its first bad chunk; it is not asked again
-    assert "does not match" in stats.dropped_sources[nodes[0].address]
-    assert nodes[0].address not in stats.bytes_by_source
-    assert stats.bytes_by_source[nodes[1].address] == SIZE
+    assert "does not match" in stats.dropped_sources[nodes[0].plain]
+    assert nodes[0].plain not in stats.bytes_by_source
+    assert stats.bytes_by_source[nodes[1].plain] == SIZE
     assert written == list(range(25))
 
 
@@ -251,8 +251,8 @@ async def test_bad_manifests_are_rejected_and_counted(tmp_path: Path, version: V
         result = await fetch_version(store, version.digest, sources, config=FAST)
     check_complete(store, version)
     assert result.stats.manifests_rejected == 3
-    assert set(result.stats.dropped_sources) == {n.address for n in nodes[:3]}
-    assert set(result.stats.bytes_by_source) == {nodes[3].address}
+    assert set(result.stats.dropped_sources) == {n.plain for n in nodes[:3]}
+    assert set(result.stats.bytes_by_source) == {nodes[3].plain}
 
 
 async def test_resume_after_restart_from_another_source(tmp_path: Path, version: Version) -> None:
@@ -295,5 +295,5 @@ async def test_a_fast_source_steals_work_from_a_slow_one(tmp_path: Path, version
     check_complete(store, version)
     stats = result.stats
     assert stats.steals >= 1
-    assert stats.bytes_by_source[nodes[1].address] > stats.bytes_by_source[nodes[0].address]
+    assert stats.bytes_by_source[nodes[1].plain] > stats.bytes_by_source[nodes[0].plain]
     assert written == list(range(25))

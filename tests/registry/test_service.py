@@ -84,7 +84,7 @@ def test_manifest_store_refuses_forgeries(tmp_path: Path) -> None:
 async def test_push_get_manifest_and_read_ranges(tmp_path: Path) -> None:
     v = make_version(tmp_path / "src", size=10 * CHUNK + 100)
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         seen: list[tuple[int, int]] = []
         result = await push(client, v.path, v.manifest, PUBLISHER,
                             progress=lambda done, total: seen.append((done, total)))
@@ -131,7 +131,7 @@ async def test_large_chunks_are_sent_in_pieces(tmp_path: Path) -> None:
     v = make_version(tmp_path / "src", size=3 * CHUNK)
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1,
                              service_config=ServiceConfig(max_piece_bytes=CHUNK // 4)) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         await push(client, v.path, v.manifest, PUBLISHER)
         pieces = [p async for p in client.chunks(v.blob, v.digest, CHUNK, CHUNK)]
         assert [o for o, _ in pieces] == [CHUNK + i * CHUNK // 4 for i in range(4)]
@@ -141,7 +141,7 @@ async def test_large_chunks_are_sent_in_pieces(tmp_path: Path) -> None:
 async def test_corrupted_blob_is_data_loss_and_quarantined(tmp_path: Path) -> None:
     v = make_version(tmp_path / "src", size=4 * CHUNK)
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         await push(client, v.path, v.manifest, PUBLISHER)
         path = node.blobs.path(v.blob)
         os.chmod(path, 0o644)
@@ -176,7 +176,7 @@ async def test_push_refuses_bad_input_precisely(tmp_path: Path) -> None:
                                          signature=flip(signed.signature, 9)).SerializeToString()
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1,
                              service_config=ServiceConfig(max_push_bytes=1 << 30)) as node:
-        addr = node.address
+        addr = node.plain
         assert await _raw_push(addr, _messages(forged, v.data)) == grpc.StatusCode.INVALID_ARGUMENT
         assert await _raw_push(addr, _messages(v.signed, flip(v.data, 3 * CHUNK + 1))) == \
             grpc.StatusCode.DATA_LOSS
@@ -201,7 +201,7 @@ async def test_push_refuses_bad_input_precisely(tmp_path: Path) -> None:
             grpc.StatusCode.PERMISSION_DENIED
     async with registry_node(tmp_path / "small", MemoryNetwork(0), 1,
                              service_config=ServiceConfig(max_push_bytes=CHUNK)) as node:
-        assert await _raw_push(node.address, _messages(v.signed, v.data)) == \
+        assert await _raw_push(node.plain, _messages(v.signed, v.data)) == \
             grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -210,7 +210,7 @@ async def test_list_models_and_publish_tag_statuses(tmp_path: Path) -> None:
     v2 = make_version(tmp_path / "src", seed=2, version="v2")
     elsewhere = make_version(tmp_path / "src", seed=3, name="acme/other")
     async with registry_node(tmp_path / "node", MemoryNetwork(0), 1) as node, \
-            RegistryClient(node.address) as client:
+            RegistryClient(node.plain) as client:
         for v in (v1, v2, elsewhere):
             await push(client, v.path, v.manifest, PUBLISHER)
 
