@@ -46,12 +46,17 @@ pytestmark = [
                               "(scripts/setup installs them as root)"),
 ]
 
+# Reach each TARGET=PEERID over TLS and check that the certificate proves that peer:
+# what the router does before it sends a request over the mesh.
 LIVE = """
-import sys, grpc
-from swarm._proto.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
-for target in sys.argv[1:]:
-    with grpc.insecure_channel(target) as channel:
-        pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=20)
+import asyncio, sys
+from swarm.protocol._tls import fetch_certificate, peer_of_certificate
+async def main():
+    for arg in sys.argv[1:]:
+        target, peer = arg.rsplit("=", 1)
+        proven = peer_of_certificate(await fetch_certificate(target, timeout=20)).value
+        assert proven == peer, (target, proven, peer)
+asyncio.run(main())
 """
 
 
@@ -128,11 +133,12 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
         interfaces = [str(s["interface"]) for s in states]
         pids = [int(str(s["wireguard_go_pid"])) for s in states]
         keys = [str(s["public_key"]) for s in states]
-        overlay = [f"[{s['address']}]:{n.grpc.rsplit(':', 1)[1]}"
+        # Peers dial each other's TLS port on the overlay address (mesh + TLS).
+        overlay = [f"[{s['address']}]:{n.tls.rsplit(':', 1)[1]}={n.peer_id}"
                    for s, n in zip(states, nodes, strict=True)]
         for i in (1, 2):
-            port = nodes[i].grpc.rsplit(":", 1)[1]
-            count(net.namespace(i), "mesh-grpc-tcp", "-p", "tcp", "--dport", port)
+            for name, address in (("mesh-grpc-tcp", nodes[i].grpc), ("mesh-tls-tcp", nodes[i].tls)):
+                count(net.namespace(i), name, "-p", "tcp", "--dport", address.rsplit(":", 1)[1])
             count(net.namespace(i), "mesh-wg-udp", "-p", "udp")
 
         # Peers within seconds (adverts every second); the NATed nodes reach each other
@@ -149,7 +155,7 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
             await wait_until(lambda interface=interface: handshaken(interface), timeout=30,
                              what=f"handshakes with node {i}'s peers")
 
-        # Each node reaches every other's gRPC on its overlay address.
+        # Each node reaches every other's TLS gRPC on its overlay address, proving its peer.
         for i in range(4):
             targets = [overlay[j] for j in range(4) if j != i]
             process = await asyncio.create_subprocess_exec(
@@ -177,7 +183,9 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
             metrics = await response.text()
         assert 'swarm_mesh_events_total{event="peers_added"} 3.0' in metrics, metrics[-2000:]
         seen = [counters(net.namespace(i)) for i in (1, 2)]
-        assert all(c["mesh-grpc-tcp"] == 0 for c in seen), seen  # no plaintext gRPC on the link
+        # No gRPC, plaintext or TLS, on the link itself: only WireGuard UDP.
+        assert all(c["mesh-grpc-tcp"] == 0 for c in seen), seen
+        assert all(c["mesh-tls-tcp"] == 0 for c in seen), seen
         assert all(c["mesh-wg-udp"] > 5 for c in seen), seen
 
         # A node that leaves is removed from the others' interfaces, its own interface gone.
