@@ -1,0 +1,46 @@
+"""Text generation: continuous batching over a lean Llama forward.
+
+- `_llama.py`: GGUF reading (gguf package) and the forward pass with its KV cache;
+- `_tokenizer.py`: the GGUF's byte-level BPE tokenizer and chat template;
+- `_schedule.py`: the pure per-step scheduling decision (running first, admission,
+  chunked prefill, preemption);
+- `_engine.py`: the async driver per model (`GenerationEngine`), sampling, streaming,
+  cancellation;
+- `_model.py`: a served generative model and the built-in `builtin/smollm2`;
+- `_openai.py`: OpenAI `/v1/chat/completions` and `/v1/completions`.
+"""
+
+from swarm.node._generate._engine import (
+    Delta,
+    EngineStats,
+    Generation,
+    GenerationEngine,
+    RequestTiming,
+    SamplingParams,
+)
+from swarm.node._generate._model import (
+    GENERATIVE_BUILTINS,
+    GenerationConfig,
+    GenerativeModel,
+    load_smollm2,
+)
+from swarm.node._generate._openai import ChatAPI
+from swarm.node._generate._schedule import SchedulerConfig, SeqState, Step, schedule
+
+__all__ = [
+    "GENERATIVE_BUILTINS",
+    "ChatAPI",
+    "Delta",
+    "EngineStats",
+    "Generation",
+    "GenerationConfig",
+    "GenerationEngine",
+    "GenerativeModel",
+    "RequestTiming",
+    "SamplingParams",
+    "SchedulerConfig",
+    "SeqState",
+    "Step",
+    "load_smollm2",
+    "schedule",
+]
