@@ -164,6 +164,7 @@ async def _run(config: NodeConfig) -> None:
     if node.metrics_port:
         lines.append(f"  metrics  http://{config.advertise_host}:{node.metrics_port}/metrics")
     lines += [f"  model    {served.name}  {served.digest}" for served in node.table]
+    lines += [f"  model    {name}  {g.digest}" for name, g in node.generative.items()]
     if node.http_port:
         lines.append(f"  openai   http://{config.advertise_host}:{node.http_port}/v1")
     lines += [f"  p2p      {addr}" for addr in node.multiaddrs]

@@ -47,6 +47,7 @@ from swarm.node._cache import ResponseCache
 from swarm.node._config import NodeConfig, check_ports
 from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
+from swarm.node._generate import GENERATIVE_BUILTINS, ChatAPI, GenerationMetrics, GenerativeModel
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import (
@@ -172,7 +173,11 @@ class Node:
         self._batchers: dict[Digest, asyncio.Task[None]] = {}
         # Registry models named by tag on --serve: served as their tags move.
         self._follow: list[ModelRef] = []
+        # Generative models (builtin/smollm2) by name: served by their engines, not the batcher.
+        self.generative: dict[str, GenerativeModel] = {}
         self.metrics.registry.register(_RegistryCollector(self))
+        self._generation_metrics = GenerationMetrics(
+            self.metrics.registry, lambda: {n: g.engine for n, g in self.generative.items()})
 
     # ------------------------------------------------------------------ public surface
 
@@ -261,6 +266,11 @@ class Node:
         models = list(self._preloaded)
         follow = self._follow
         for ref in config.serve:
+            if ref in GENERATIVE_BUILTINS:
+                generative = await asyncio.to_thread(GENERATIVE_BUILTINS[ref], self.device)
+                self._generation_metrics.attach(ref, generative.engine)
+                self.generative[ref] = generative
+                continue
             tagged = registry_ref(ref)
             if tagged is not None:  # served once fetched; follows its tag (rollout/rollback)
                 follow.append(tagged)
@@ -284,6 +294,8 @@ class Node:
                 self._tg = tg
                 for model in models:
                     self._start_serving(model, default=True)
+                for name, generative in self.generative.items():
+                    tg.create_task(generative.engine.run(), name=f"engine:{name}")
                 if config.p2p_port >= 0:
                     # Before the services: the registry service answers from the agent's tags.
                     self.gossip = await self._gossip_factory(self.identity, config)
@@ -346,6 +358,8 @@ class Node:
                 await self.router.close()
             for model in self._owned:  # preloaded models belong to the caller
                 model.close()
+            for generative in self.generative.values():
+                generative.close()
             self._remove_state_file()
             log.info("node stopped")
 
@@ -518,8 +532,11 @@ class Node:
         gateway = OpenAIGateway(self._service, self.table, lambda: self.router,
                                 metrics=self.metrics,
                                 max_body_bytes=self.config.http_max_body_bytes,
-                                max_json_depth=self.config.http_max_json_depth)
-        runner, self.http_port = await self._serve_http(gateway.app(), self.config.http_port,
+                                max_json_depth=self.config.http_max_json_depth,
+                                generative=self.generative.keys)
+        app = gateway.app()
+        ChatAPI(self.generative.get).add_routes(app)
+        runner, self.http_port = await self._serve_http(app, self.config.http_port,
                                                         "the OpenAI-compatible API")
         return runner
 

@@ -7,6 +7,7 @@
 - `_engine.py`: the async driver per model (`GenerationEngine`), sampling, streaming,
   cancellation;
 - `_model.py`: a served generative model and the built-in `builtin/smollm2`;
+- `_metrics.py`: vLLM-named Prometheus metrics;
 - `_openai.py`: OpenAI `/v1/chat/completions` and `/v1/completions`.
 """
 
@@ -18,6 +19,7 @@ from swarm.node._generate._engine import (
     RequestTiming,
     SamplingParams,
 )
+from swarm.node._generate._metrics import GenerationMetrics
 from swarm.node._generate._model import (
     GENERATIVE_BUILTINS,
     GenerationConfig,
@@ -35,6 +37,7 @@ __all__ = [
     "Generation",
     "GenerationConfig",
     "GenerationEngine",
+    "GenerationMetrics",
     "GenerativeModel",
     "RequestTiming",
     "SamplingParams",

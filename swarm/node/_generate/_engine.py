@@ -108,6 +108,7 @@ class _Seq:
     finished: bool = False
     scheduled: float | None = None  # first admitted
     first_token: float | None = None
+    last_token: float | None = None
 
     def state(self) -> SeqState:
         return SeqState(self.id, max(self.target, self.computed), self.computed)
@@ -168,6 +169,8 @@ class GenerationEngine:
         self._preemptions = 0
         # Called once per sequence as it leaves (metrics); must not raise.
         self.on_finish: Callable[[RequestTiming], None] | None = None
+        # Called with the seconds between consecutive tokens of a sequence.
+        self.on_token_interval: Callable[[float], None] | None = None
 
     @property
     def max_len(self) -> int:
@@ -307,6 +310,9 @@ class GenerationEngine:
             token, logprob = sampled[seq.id]
             if seq.first_token is None:
                 seq.first_token = now
+            elif self.on_token_interval is not None and seq.last_token is not None:
+                self.on_token_interval(now - seq.last_token)
+            seq.last_token = now
             seq.generated.append(token)
             seq.target = seq.computed
             self._generated_total += 1

@@ -1,0 +1,205 @@
+"""OpenAI chat and completions against a real `swarm-node run --serve builtin/smollm2`.
+
+One node process for the module (the model loads once); few tokens per request.
+Texts are compared only with this node's own greedy output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+MODEL = "builtin/smollm2"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+START_TIMEOUT = 120.0
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "swarm-node"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "swarm.node._cli"]
+
+
+class NodeProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], openai_url: str, metrics: str) -> None:
+        self.proc = proc
+        self.base_url = openai_url
+        self.metrics = metrics
+
+    def scrape(self, name: str) -> float:
+        text = httpx.get(self.metrics, timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    data = tmp_path_factory.mktemp("node")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env["SWARM_TORCH_THREADS"] = "1"
+    log = (data / "stderr.log").open("wb")
+    proc = subprocess.Popen(
+        [*_command(), "run", "--data-dir", str(data), "--grpc-port", "0", "--metrics-port", "0",
+         "--p2p-port", "-1", "--http-port", "0", "--serve", MODEL],
+        stdout=subprocess.PIPE, stderr=log, env=env)
+    try:
+        fields: dict[str, str] = {}
+        deadline = time.monotonic() + START_TIMEOUT
+        assert proc.stdout is not None
+        while not {"openai", "metrics"} <= fields.keys():
+            line = proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                raise AssertionError("swarm-node did not serve:\n"
+                                     + (data / "stderr.log").read_text()[-3000:])
+            text = line.decode().rstrip()
+            if text.startswith("  "):
+                key, _, value = text.strip().partition("  ")
+                fields[key] = value.strip()
+        yield NodeProcess(proc, fields["openai"], fields["metrics"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(node: NodeProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=node.base_url, api_key="unused", max_retries=0,
+                       timeout=60) as c:
+        yield c
+
+
+def test_chat_completion_greedy_is_sensible_and_repeats(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(model=MODEL, messages=FRANCE,  # type: ignore[arg-type]
+                                           max_tokens=10, temperature=0)
+    choice = first.choices[0]
+    assert "Paris" in (choice.message.content or "")
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert first.usage is not None
+    assert first.usage.completion_tokens <= 10
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    again = client.chat.completions.create(model=MODEL, messages=FRANCE,  # type: ignore[arg-type]
+                                           max_completion_tokens=10, temperature=0)
+    assert again.choices[0].message.content == choice.message.content
+
+
+def test_chat_stream_with_usage_matches_the_whole_answer(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=MODEL, messages=FRANCE,  # type: ignore[arg-type]
+                                           max_tokens=6, temperature=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=FRANCE, max_tokens=6, temperature=0,  # type: ignore[arg-type]
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" or finishes[-1] == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_completions_stream_and_not(client: openai.OpenAI, node: NodeProcess) -> None:
+    whole = client.completions.create(model=MODEL, prompt="The capital of France is",
+                                      max_tokens=4, temperature=0, logprobs=1)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens == 4
+    assert whole.choices[0].logprobs is not None
+    assert all(lp <= 0 for lp in whole.choices[0].logprobs.token_logprobs or [])
+    parts = list(client.completions.create(model=MODEL, prompt="The capital of France is",
+                                           max_tokens=4, temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in parts) == whole.choices[0].text
+    # the raw SSE ends with [DONE]
+    raw = httpx.post(f"{node.base_url}/completions", timeout=60, json={
+        "model": MODEL, "prompt": "Hi", "max_tokens": 2, "stream": True})
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_seed_stop_and_sampling_fields(client: openai.OpenAI) -> None:
+    kw: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 5,
+                          "temperature": 0.9, "top_p": 0.9, "seed": 11}
+    a = client.completions.create(**kw).choices[0].text
+    b = client.completions.create(**kw).choices[0].text
+    assert a == b
+    greedy = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=6,
+                                       temperature=0).choices[0]
+    stop = greedy.text.strip()[:1]
+    cut = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=6,
+                                    temperature=0, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+    ({"messages": [{"role": "user"}]}, "messages"),
+    ({"messages": FRANCE, "max_tokens": 0}, "max_tokens"),
+    ({"messages": FRANCE, "max_tokens": 10**9}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi " * 5000}]}, "messages"),
+    ({"messages": FRANCE, "n": 2}, "n"),
+    ({"messages": FRANCE, "tools": [], "frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"messages": FRANCE, "temperature": 5}, "temperature"),
+    ({"messages": FRANCE, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": FRANCE, "stream_options": {"include_usage": True}}, "stream_options"),
+])
+def test_bad_chat_requests_get_400_naming_the_field(node: NodeProcess, body: dict[str, Any],
+                                                    param: str) -> None:
+    r = httpx.post(f"{node.base_url}/chat/completions", json={"model": MODEL, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param
+    if param == "frequency_penalty":
+        assert "tools" in error["message"]
+        assert "frequency_penalty" in error["message"]
+
+
+def test_unknown_model_and_bad_json(node: NodeProcess, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no/such", messages=FRANCE)  # type: ignore[arg-type]
+    r = httpx.post(f"{node.base_url}/chat/completions", content=b"{not json", timeout=10)
+    assert r.status_code == 400
+    models = {m.id for m in client.models.list()}
+    assert MODEL in models
+
+
+async def test_client_leaving_mid_stream_frees_its_slot(node: NodeProcess) -> None:
+    story = [{"role": "user", "content": "Write a very long story about dragons."}]
+    body = {"model": MODEL, "messages": story, "max_tokens": 500, "stream": True,
+            "temperature": 0}
+    with httpx.stream("POST", f"{node.base_url}/chat/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            assert line != "data: [DONE]", "the story ended before the client left"
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get(
+                    "content"):
+                break
+        assert node.scrape("vllm:num_requests_running") == 1
+    await wait_until(lambda: node.scrape("vllm:num_requests_running") == 0, timeout=20,
+                     what="the abandoned sequence to leave the batch")
+    assert node.scrape("vllm:generation_tokens_total") < 400
+    assert node.scrape("vllm:time_to_first_token_seconds_count") >= 1
