@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -32,6 +32,7 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest
 from swarm.client._convert import build_request, decode_response, to_numpy
+from swarm.client._generate import GenerationOptions, generation_request, stream_text
 from swarm.client._types import ModelInfo, TensorInfo
 from swarm.protocol import LightPeer
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
@@ -358,6 +359,42 @@ class AsyncClient:
         except* SwarmError as group:  # the first failure cancels the rest: raise it as itself
             raise first_failure(group) from None
         return [r for r in results if r is not None]
+
+    def generate(self, model: str, prompt: str, *, max_tokens: int = 128,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] = (), timeout: float | None = None) -> AsyncIterator[str]:
+        """Complete `prompt` with a generative model: an async iterator of text chunks.
+
+        Greedy by default (temperature 0). Leaving the loop early cancels the generation
+        on the node. In swarm mode the scheduler picks the provider.
+        """
+        options = GenerationOptions(max_tokens, temperature, top_p, seed, tuple(stop))
+        return self._generation(model, options, timeout, prompt=prompt)
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: Sequence[str] = (), timeout: float | None = None) -> AsyncIterator[str]:
+        """The assistant's reply to `messages` ({"role", "content"}), as text chunks."""
+        options = GenerationOptions(max_tokens, temperature, top_p, seed, tuple(stop))
+        return self._generation(model, options, timeout, messages=list(messages))
+
+    async def _generation(self, model: str, options: GenerationOptions, timeout: float | None,
+                          **what: Any) -> AsyncIterator[str]:
+        if self._closed:
+            raise ClosedError("client is closed")
+        limit = timeout if timeout is not None else self.timeout
+        if self._stub is not None:
+            request = generation_request(model, options, **what)
+            async for text in stream_text(self._stub, request, self.address, limit):
+                yield text
+            return
+        digest = await self._provider_of(model)
+        candidate = self.router.candidates(digest)[0]
+        request = generation_request(model, options, version=str(digest), **what)
+        async with grpc.aio.insecure_channel(candidate.endpoint) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            async for text in stream_text(stub, request, candidate.endpoint, limit):
+                yield text
 
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
                     timeout: float | None = None, max_price: float | None = None,

@@ -47,7 +47,14 @@ from swarm.node._cache import ResponseCache
 from swarm.node._config import NodeConfig, check_ports
 from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
-from swarm.node._generate import GENERATIVE_BUILTINS, ChatAPI, GenerationMetrics, GenerativeModel
+from swarm.node._generate import (
+    GENERATIVE_BUILTINS,
+    ChatAPI,
+    GenerationMetrics,
+    GenerationStreams,
+    GenerativeModel,
+    generative_offer,
+)
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import (
@@ -478,6 +485,7 @@ class Node:
         inference = InferenceService(self.table, self.metrics, self.cache, version=__version__,
                                      is_ready=self.is_ready, gateway=gateway,
                                      max_stream_in_flight=config.max_stream_in_flight)
+        inference.generation = GenerationStreams(self.generative.get, lambda: self.router)
         self._service = inference
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
@@ -573,6 +581,7 @@ class Node:
             max_batch_size=s.batcher.policy.max_batch_size,
             items_per_second=round(s.batcher.items_per_second, 1),
             queue_depth=s.batcher.queue_depth) for s in self.table)
+        offers += tuple(generative_offer(g) for g in self.generative.values())
         return Advert(
             peer_id=self.identity.peer_id,
             endpoints=(self.grpc_address,),

@@ -8,6 +8,7 @@
   cancellation;
 - `_model.py`: a served generative model and the built-in `builtin/smollm2`;
 - `_metrics.py`: vLLM-named Prometheus metrics;
+- `_grpc.py`: ModelStreamInfer as a Triton decoupled model, and relaying it (gateway);
 - `_openai.py`: OpenAI `/v1/chat/completions` and `/v1/completions`.
 """
 
@@ -19,11 +20,13 @@ from swarm.node._generate._engine import (
     RequestTiming,
     SamplingParams,
 )
+from swarm.node._generate._grpc import GenerationStreams, generation_request, text_of
 from swarm.node._generate._metrics import GenerationMetrics
 from swarm.node._generate._model import (
     GENERATIVE_BUILTINS,
     GenerationConfig,
     GenerativeModel,
+    generative_offer,
     load_smollm2,
 )
 from swarm.node._generate._openai import ChatAPI
@@ -38,12 +41,16 @@ __all__ = [
     "GenerationConfig",
     "GenerationEngine",
     "GenerationMetrics",
+    "GenerationStreams",
     "GenerativeModel",
     "RequestTiming",
     "SamplingParams",
     "SchedulerConfig",
     "SeqState",
     "Step",
+    "generation_request",
+    "generative_offer",
     "load_smollm2",
     "schedule",
+    "text_of",
 ]

