@@ -97,6 +97,8 @@ from swarm.routing import Router
 __all__ = ["Node", "NodeState"]
 
 log = logging.getLogger("swarm.node")
+# Seconds a relayed generation (OpenAI API of a gateway) may take from start to end.
+RELAY_TIMEOUT = 600.0
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 NODE_SERVICE = "swarm.v1.NodeService"
@@ -543,7 +545,9 @@ class Node:
                                 max_json_depth=self.config.http_max_json_depth,
                                 generative=self.generative.keys)
         app = gateway.app()
-        ChatAPI(self.generative.get).add_routes(app)
+        streams = GenerationStreams(self.generative.get, lambda: self.router)
+        ChatAPI(self.generative.get,
+                relay=lambda request: streams.stream(request, RELAY_TIMEOUT)).add_routes(app)
         runner, self.http_port = await self._serve_http(app, self.config.http_port,
                                                         "the OpenAI-compatible API")
         return runner

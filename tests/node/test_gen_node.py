@@ -267,7 +267,7 @@ def test_sdk_chat_and_generate(node: NodeProcess, client: openai.OpenAI) -> None
 async def test_async_sdk_through_a_gateway_that_does_not_serve_it(
         node: NodeProcess, tmp_path: Path) -> None:
     gateway = start_node(tmp_path / "gw", "--p2p-port", "0", "--bootstrap", node.p2p,
-                         want={"grpc"})
+                         "--http-port", "0", want={"grpc", "openai"})
     try:
         async with swarm.AsyncClient(gateway.grpc, timeout=60) as sdk:
             async def answer() -> str:
@@ -285,6 +285,21 @@ async def test_async_sdk_through_a_gateway_that_does_not_serve_it(
 
             await wait_until(routed, timeout=30, what="the gateway to route to the provider")
         assert "Paris" in text
+        # the OpenAI API of the gateway relays too, streamed and not
+        with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0,
+                           timeout=60) as via:
+            whole = via.chat.completions.create(model=MODEL, messages=FRANCE,  # type: ignore[arg-type]
+                                                max_tokens=8, temperature=0)
+            assert whole.choices[0].message.content == text
+            assert whole.usage is not None
+            assert whole.usage.completion_tokens >= 1
+            streamed = via.chat.completions.create(
+                model=MODEL, messages=FRANCE, max_tokens=8, temperature=0,  # type: ignore[arg-type]
+                stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+            with pytest.raises(openai.BadRequestError):  # the provider's refusal, as a 400
+                via.chat.completions.create(model=MODEL, messages=FRANCE,  # type: ignore[arg-type]
+                                            max_tokens=10**9)
     finally:
         stop_node(gateway.proc)
 

@@ -55,6 +55,7 @@ class SamplingParams:
     seed: int | None = None  # a seeded sequence samples the same tokens every time
     stop: tuple[str, ...] = ()  # generation ends before the first occurrence of any
     logprobs: bool = False
+    ignore_eos: bool = False  # run to max_tokens (benchmarks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +336,7 @@ class GenerationEngine:
     def _advance(self, seq: _Seq, token: int) -> None:
         params = seq.params
         ids = seq.generated
-        eos = token == self.tokenizer.eos_id
+        eos = token == self.tokenizer.eos_id and not params.ignore_eos
         text = self.tokenizer.decode(ids[:-1] if eos else ids)
         reason: str | None = "stop" if eos else None
         cut = min((i for i in (text.find(s) for s in params.stop if s) if i >= 0), default=-1)

@@ -12,14 +12,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from swarm._errors import InvalidInputError, OverloadedError, SwarmError, code_of
-from swarm.node._generate._engine import Delta, Generation, SamplingParams
+from swarm._errors import SwarmError, code_of
+from swarm._proto.inference import grpc_service_pb2 as pb
+from swarm._tensors import encode_bytes_elements
+from swarm.node._generate._engine import Delta, SamplingParams
+from swarm.node._generate._grpc import text_of
 from swarm.node._generate._model import GenerativeModel
+from swarm.node._generate._tokenizer import ChatTokenizer
 
 __all__ = ["ChatAPI"]
 
@@ -95,8 +100,11 @@ def _content(message: Mapping[str, Any], i: int) -> str:
 class ChatAPI:
     """Routes on an aiohttp app; `models` gives the generative model served under a name."""
 
-    def __init__(self, models: Callable[[str], GenerativeModel | None]) -> None:
+    def __init__(self, models: Callable[[str], GenerativeModel | None],
+                 relay: Callable[[pb.ModelInferRequest], AsyncIterator[pb.ModelInferResponse]]
+                 | None = None) -> None:
         self._models = models
+        self._relay = relay  # streams of models served elsewhere (None: answer 404)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -116,118 +124,202 @@ class ChatAPI:
         try:
             if not isinstance(body, dict):
                 raise _Bad("body must be a JSON object")
-            model = self._model(body)
-            prompt, params = self._parse(body, model, chat=chat)
-            stream = body.get("stream") or False
-            if not isinstance(stream, bool):
-                raise _Bad("'stream' must be a boolean", "stream")
-            options = body.get("stream_options")
-            if options is not None:
-                if not stream:
-                    raise _Bad("'stream_options' is only allowed with stream", "stream_options")
-                if not isinstance(options, dict) or set(options) - {"include_usage"} \
-                        or not isinstance(options.get("include_usage", False), bool):
-                    raise _Bad("'stream_options' takes only include_usage (a boolean)",
-                               "stream_options")
-            include_usage = bool(options and options.get("include_usage"))
-            generation = model.engine.submit(prompt, params)
+            name = body.get("model")
+            if not isinstance(name, str) or not name:
+                raise _Bad("'model' is required", "model")
+            asked = _parse(body, chat=chat)
+            model = self._models(name)
+            generation: AsyncIterator[Delta]
+            if model is not None:
+                prompt, params = _local(asked, model, chat=chat)
+                generation = model.engine.submit(prompt, params)
+                tokenizer: ChatTokenizer | None = model.tokenizer
+            elif self._relay is None:
+                raise _NotHere(name)
+            else:  # served elsewhere: relayed over gRPC to a provider the scheduler picks
+                if asked.logprobs:
+                    raise _Bad("logprobs are available only from a node serving the model",
+                               "logprobs")
+                generation = _relayed(self._relay(_grpc_request(name, asked)))
+                generation = await _started(generation)  # a refusal is an HTTP error yet
+                tokenizer = None
         except _NotHere as exc:
             return _error(404, "invalid_request_error", str(exc), "model")
         except _Bad as exc:
             return _error(400, "invalid_request_error", str(exc), exc.param)
-        except (InvalidInputError, OverloadedError, SwarmError) as exc:
+        except SwarmError as exc:
             status, kind = _STATUS.get(code_of(exc), (500, "server_error"))
             return _error(status, kind, str(exc))
-        reply = _Reply(model, generation, chat=chat, logprobs=params.logprobs)
+        reply = _Reply(name, tokenizer, generation, chat=chat, logprobs=asked.logprobs)
         try:
-            if stream:
-                return await reply.stream(request, include_usage)
+            if asked.stream:
+                return await reply.stream(request, asked.include_usage)
             return await reply.whole()
+        except SwarmError as exc:  # a relayed stream failing before its answer was whole
+            status, kind = _STATUS.get(code_of(exc), (500, "server_error"))
+            return _error(status, kind, str(exc))
         finally:
-            await generation.aclose()
+            close = getattr(generation, "aclose", None)
+            if close is not None:
+                await close()
 
-    def _model(self, body: Mapping[str, Any]) -> GenerativeModel:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise _Bad("'model' is required", "model")
-        model = self._models(name)
-        if model is None:
-            raise _NotHere(name)
-        return model
 
-    def _parse(self, body: Mapping[str, Any], model: GenerativeModel, *,
-               chat: bool) -> tuple[list[int], SamplingParams]:
-        unknown = sorted(set(body) - (_CHAT_FIELDS if chat else _COMPLETION_FIELDS))
-        if unknown:
-            raise _Bad(f"unsupported field(s): {', '.join(unknown)}", unknown[0])
-        tok = model.tokenizer
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise _Bad("'messages' must be a non-empty list", "messages")
-            if len(messages) > MAX_MESSAGES:
-                raise _Bad(f"at most {MAX_MESSAGES} messages", "messages")
-            parsed = []
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict) or m.get("role") not in _ROLES:
-                    raise _Bad(f"messages[{i}].role must be one of {sorted(_ROLES)}", "messages")
-                if set(m) - {"role", "content", "name"}:
-                    extra = sorted(set(m) - {"role", "content", "name"})
-                    raise _Bad(f"messages[{i}]: unsupported field(s): {', '.join(extra)}",
-                               "messages")
-                parsed.append({"role": m["role"], "content": _content(m, i)})
-            if parsed[-1]["role"] == "assistant":
-                raise _Bad("the last message must not be the assistant's "
-                           "(continuing a reply is not supported)", "messages")
-            prompt = tok.chat_prompt(parsed)
-            top = _integer(body, "top_logprobs")
-            if top:
-                raise _Bad("top_logprobs > 0 is not supported (logprobs of the chosen tokens only)",
-                           "top_logprobs")
-            logprobs = body.get("logprobs") or False
-            if not isinstance(logprobs, bool):
-                raise _Bad("'logprobs' must be a boolean", "logprobs")
-            limit = _integer(body, "max_completion_tokens")
-            if limit is None:
-                limit = _integer(body, "max_tokens")
-            default = model.engine.max_len - len(prompt)
-        else:
-            text = body.get("prompt")
-            if isinstance(text, list) and len(text) == 1:
-                text = text[0]
-            if not isinstance(text, str) or not text:
-                raise _Bad("'prompt' must be a non-empty string (one prompt per request)", "prompt")
-            if body.get("echo"):
-                raise _Bad("echo is not supported", "echo")
-            prompt = tok.encode(text)
-            lp = _integer(body, "logprobs")
-            if lp is not None and not 0 <= lp <= 1:
-                raise _Bad("'logprobs' may be 0 or 1 (the chosen tokens only)", "logprobs")
-            logprobs = lp is not None
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A request's fields, checked without the model (a gateway relays them as they are)."""
+
+    messages: list[dict[str, str]] | None
+    text: str | None
+    limit: int | None  # max_tokens asked for (None: the default)
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    logprobs: bool
+    stream: bool
+    include_usage: bool
+
+
+def _parse(body: Mapping[str, Any], *, chat: bool) -> _Asked:
+    unknown = sorted(set(body) - (_CHAT_FIELDS if chat else _COMPLETION_FIELDS))
+    if unknown:
+        raise _Bad(f"unsupported field(s): {', '.join(unknown)}", unknown[0])
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+    if chat:
+        raw = body.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise _Bad("'messages' must be a non-empty list", "messages")
+        if len(raw) > MAX_MESSAGES:
+            raise _Bad(f"at most {MAX_MESSAGES} messages", "messages")
+        messages = []
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise _Bad(f"messages[{i}].role must be one of {sorted(_ROLES)}", "messages")
+            if set(m) - {"role", "content", "name"}:
+                extra = sorted(set(m) - {"role", "content", "name"})
+                raise _Bad(f"messages[{i}]: unsupported field(s): {', '.join(extra)}",
+                           "messages")
+            messages.append({"role": m["role"], "content": _content(m, i)})
+        if messages[-1]["role"] == "assistant":
+            raise _Bad("the last message must not be the assistant's "
+                       "(continuing a reply is not supported)", "messages")
+        if _integer(body, "top_logprobs"):
+            raise _Bad("top_logprobs > 0 is not supported (logprobs of the chosen tokens only)",
+                       "top_logprobs")
+        logprobs = body.get("logprobs") or False
+        if not isinstance(logprobs, bool):
+            raise _Bad("'logprobs' must be a boolean", "logprobs")
+        limit = _integer(body, "max_completion_tokens")
+        if limit is None:
             limit = _integer(body, "max_tokens")
-            default = 16
-        n = _integer(body, "n")
-        if n not in (None, 1):
-            raise _Bad("only n=1 is supported", "n")
-        if not prompt:
-            raise _Bad("the prompt is empty", "prompt")
-        max_len = model.engine.max_len
-        if len(prompt) >= max_len:
-            raise _Bad(f"the prompt is {len(prompt)} tokens; the context is {max_len}",
-                       "messages" if chat else "prompt")
-        max_tokens = default if limit is None else limit
-        if max_tokens < 1 or len(prompt) + max_tokens > max_len:
-            raise _Bad(f"max_tokens must be in [1, {max_len - len(prompt)}] for this prompt "
-                       f"({len(prompt)} of the {max_len} tokens of context)", "max_tokens")
-        seed = _integer(body, "seed")
-        if seed is not None and not 0 <= seed < 2**63:
-            raise _Bad("'seed' must be in [0, 2^63)", "seed")
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-            top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
-            seed=seed, stop=_stop(body), logprobs=logprobs)
-        return prompt, params
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise _Bad("'prompt' must be a non-empty string (one prompt per request)", "prompt")
+        text = prompt
+        if body.get("echo"):
+            raise _Bad("echo is not supported", "echo")
+        lp = _integer(body, "logprobs")
+        if lp is not None and not 0 <= lp <= 1:
+            raise _Bad("'logprobs' may be 0 or 1 (the chosen tokens only)", "logprobs")
+        logprobs = lp is not None
+        limit = _integer(body, "max_tokens")
+    if _integer(body, "n") not in (None, 1):
+        raise _Bad("only n=1 is supported", "n")
+    if limit is not None and limit < 1:
+        raise _Bad("max_tokens must be at least 1", "max_tokens")
+    seed = _integer(body, "seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise _Bad("'seed' must be in [0, 2^63)", "seed")
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise _Bad("'stream' must be a boolean", "stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise _Bad("'stream_options' is only allowed with stream", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage"} \
+                or not isinstance(options.get("include_usage", False), bool):
+            raise _Bad("'stream_options' takes only include_usage (a boolean)",
+                       "stream_options")
+    return _Asked(messages, text, limit, _number(body, "temperature", 1.0, 0.0, 2.0),
+                  _number(body, "top_p", 1.0, 1e-9, 1.0), seed, _stop(body), logprobs, stream,
+                  bool(options and options.get("include_usage")))
+
+
+def _local(asked: _Asked, model: GenerativeModel, *, chat: bool) -> tuple[list[int], SamplingParams]:
+    """Tokenized, and checked against the model's context."""
+    tok = model.tokenizer
+    max_len = model.engine.max_len
+    if asked.messages is not None:
+        prompt = tok.chat_prompt(asked.messages)
+        default = max_len - len(prompt)
+    else:
+        prompt = tok.encode(asked.text or "")
+        default = 16
+    if not prompt:
+        raise _Bad("the prompt is empty", "prompt")
+    if len(prompt) >= max_len:
+        raise _Bad(f"the prompt is {len(prompt)} tokens; the context is {max_len}",
+                   "messages" if chat else "prompt")
+    max_tokens = default if asked.limit is None else asked.limit
+    if len(prompt) + max_tokens > max_len:
+        raise _Bad(f"max_tokens must be in [1, {max_len - len(prompt)}] for this prompt "
+                   f"({len(prompt)} of the {max_len} tokens of context)", "max_tokens")
+    return prompt, SamplingParams(max_tokens=max_tokens, temperature=asked.temperature,
+                                  top_p=asked.top_p, seed=asked.seed, stop=asked.stop,
+                                  logprobs=asked.logprobs)
+
+
+def _grpc_request(model: str, asked: _Asked) -> pb.ModelInferRequest:
+    """The ModelStreamInfer request a gateway relays (swarm.node._generate._grpc)."""
+    request = pb.ModelInferRequest(model_name=model)
+    if asked.messages is not None:
+        name, value = "messages", json.dumps(asked.messages)
+    else:
+        name, value = "text_input", asked.text or ""
+    request.inputs.add(name=name, datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(encode_bytes_elements([value.encode()]))
+    p = request.parameters
+    if asked.limit is not None:
+        p["max_tokens"].int64_param = asked.limit
+    p["temperature"].double_param = asked.temperature
+    p["top_p"].double_param = asked.top_p
+    if asked.seed is not None:
+        p["seed"].int64_param = asked.seed
+    if asked.stop:
+        p["stop"].string_param = json.dumps(list(asked.stop))
+    return request
+
+
+async def _relayed(responses: AsyncIterator[pb.ModelInferResponse]) -> AsyncIterator[Delta]:
+    async for response in responses:
+        params = response.parameters
+        final = "triton_final_response" in params
+        yield Delta(text_of(response),
+                    finish_reason=params["finish_reason"].string_param if final else None,
+                    prompt_tokens=params["prompt_tokens"].int64_param if final else 0,
+                    completion_tokens=params["completion_tokens"].int64_param if final else 0)
+
+
+async def _started(deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """`deltas` with its first item already awaited (its errors raised here)."""
+    first = await anext(deltas)
+
+    async def chained() -> AsyncIterator[Delta]:
+        try:
+            yield first
+            async for delta in deltas:
+                yield delta
+        finally:
+            close = getattr(deltas, "aclose", None)
+            if close is not None:
+                await close()
+
+    return chained()
 
 
 class _NotHere(_Bad):
@@ -236,9 +328,10 @@ class _NotHere(_Bad):
 
 
 class _Reply:
-    def __init__(self, model: GenerativeModel, generation: Generation, *, chat: bool,
-                 logprobs: bool) -> None:
-        self.model = model
+    def __init__(self, name: str, tokenizer: ChatTokenizer | None,
+                 generation: AsyncIterator[Delta], *, chat: bool, logprobs: bool) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
         self.generation = generation
         self.chat = chat
         self.logprobs = logprobs
@@ -249,7 +342,9 @@ class _Reply:
     def _logprobs(self, deltas: list[Delta]) -> Any:
         if not self.logprobs:
             return None
-        tok = self.model.tokenizer
+        tok = self.tokenizer
+        if tok is None:
+            return None
         pairs = [(tok.decode([t]), lp) for d in deltas for t, lp in zip(d.token_ids, d.logprobs,
                                                                           strict=False)]
         if self.chat:
@@ -281,7 +376,7 @@ class _Reply:
     def _object(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         kind = self.object + (".chunk" if self.chat and "stream" in extra else "")
         extra.pop("stream", None)
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model.name,
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.name,
                 "choices": choices, **extra}
 
     async def whole(self) -> web.Response:
