@@ -50,6 +50,7 @@ from swarm.node._gateway import OpenAIGateway, RoutingGateway
 from swarm.node._generate import (
     GENERATIVE_BUILTINS,
     ChatAPI,
+    GenerateAPI,
     GenerationMetrics,
     GenerationStreams,
     GenerativeModel,
@@ -548,6 +549,8 @@ class Node:
         streams = GenerationStreams(self.generative.get, lambda: self.router)
         ChatAPI(self.generative.get,
                 relay=lambda request: streams.stream(request, RELAY_TIMEOUT)).add_routes(app)
+        GenerateAPI(self.generative.get,
+                    relay=lambda request: streams.stream(request, RELAY_TIMEOUT)).add_routes(app)
         runner, self.http_port = await self._serve_http(app, self.config.http_port,
                                                         "the OpenAI-compatible API")
         return runner

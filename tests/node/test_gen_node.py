@@ -312,3 +312,24 @@ def test_swarm_chat_command(node: NodeProcess) -> None:
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
+
+
+def test_kserve_generate_extension(node: NodeProcess) -> None:
+    root = node.base_url.removesuffix("/v1")
+    body = {"text_input": "The capital of France is",
+            "parameters": {"max_tokens": 4, "temperature": 0}}
+    r = httpx.post(f"{root}/v2/models/{MODEL}/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["model_name"] == MODEL
+    assert answer["finish_reason"] == "length"
+    events = []
+    with httpx.stream("POST", f"{root}/v2/models/{MODEL}/generate_stream", json=body,
+                      timeout=60) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+    assert "".join(e["text_output"] for e in events) == answer["text_output"]
+    assert events[-1]["finish_reason"] == "length"
+    bad = httpx.post(f"{root}/v2/models/{MODEL}/generate",
+                     json={"text_input": "x", "parameters": {"beam_width": 4}}, timeout=10)
+    assert bad.status_code == 400
+    assert "beam_width" in bad.json()["error"]

@@ -9,6 +9,7 @@
 - `_model.py`: a served generative model and the built-in `builtin/smollm2`;
 - `_metrics.py`: vLLM-named Prometheus metrics;
 - `_grpc.py`: ModelStreamInfer as a Triton decoupled model, and relaying it (gateway);
+- `_kserve.py`: KServe's generate extension (/v2/models/{m}/generate[_stream]);
 - `_openai.py`: OpenAI `/v1/chat/completions` and `/v1/completions`.
 """
 
@@ -21,6 +22,7 @@ from swarm.node._generate._engine import (
     SamplingParams,
 )
 from swarm.node._generate._grpc import GenerationStreams, generation_request, text_of
+from swarm.node._generate._kserve import GenerateAPI
 from swarm.node._generate._metrics import GenerationMetrics
 from swarm.node._generate._model import (
     GENERATIVE_BUILTINS,
@@ -37,6 +39,7 @@ __all__ = [
     "ChatAPI",
     "Delta",
     "EngineStats",
+    "GenerateAPI",
     "Generation",
     "GenerationConfig",
     "GenerationEngine",
