@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from swarm._errors import ConfigError, SwarmError
-from swarm.client import AsyncClient
+if TYPE_CHECKING:  # the client (grpc, numpy, libp2p) is imported only to run: --help stays light
+    from swarm.client import AsyncClient
 
 __all__ = ["add_parser", "run"]
 
@@ -48,6 +48,9 @@ async def _reply(client: AsyncClient, args: argparse.Namespace,
 
 
 async def _chat(args: argparse.Namespace) -> int:
+    from swarm._errors import ConfigError
+    from swarm.client import AsyncClient
+
     if args.node and args.bootstrap:
         raise ConfigError("give --node HOST:PORT or --bootstrap MULTIADDR, not both")
     client = (AsyncClient(bootstrap=args.bootstrap, timeout=args.timeout) if args.bootstrap
@@ -76,6 +79,8 @@ async def _chat(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from swarm._errors import SwarmError
+
     try:
         return asyncio.run(_chat(args))
     except (SwarmError, OSError) as exc:

@@ -26,13 +26,19 @@ from swarm._errors import (
     InvalidInputError,
     NoProviderError,
     SwarmError,
+    UnavailableError,
     first_failure,
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from swarm._types import Digest
+from swarm._types import Digest, PeerId
 from swarm.client._convert import build_request, decode_response, to_numpy
-from swarm.client._generate import GenerationOptions, generation_request, stream_text
+from swarm.client._generate import (
+    RESUME_ATTEMPTS,
+    GenerationOptions,
+    generation_request,
+    stream_text,
+)
 from swarm.client._types import ModelInfo, TensorInfo
 from swarm.protocol import LightPeer
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
@@ -385,16 +391,38 @@ class AsyncClient:
         limit = timeout if timeout is not None else self.timeout
         if self._stub is not None:
             request = generation_request(model, options, **what)
-            async for text in stream_text(self._stub, request, self.address, limit):
-                yield text
+            async for chunk in stream_text(self._stub, request, self.address, limit):
+                if chunk.text:
+                    yield chunk.text
             return
+        # Swarm mode: a provider that fails mid-stream (UNAVAILABLE: it died, drained, the
+        # network broke) is replaced by the next candidate, which prefills the prompt plus
+        # the tokens already streamed (Petals replays inputs the same way): the caller's
+        # text continues without loss or repeats.
         digest = await self._provider_of(model)
-        candidate = self.router.candidates(digest)[0]
-        request = generation_request(model, options, version=str(digest), **what)
-        async with grpc.aio.insecure_channel(candidate.endpoint) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            async for text in stream_text(stub, request, candidate.endpoint, limit):
-                yield text
+        streamed: list[int] = []
+        tried: set[PeerId] = set()
+        failure: SwarmError = NoProviderError(f"no provider serves {model}")
+        for _ in range(RESUME_ATTEMPTS):
+            try:
+                candidate = self.router.candidates(digest, tried=frozenset(tried))[0]
+            except NoProviderError:
+                break
+            tried.add(candidate.peer)
+            request = generation_request(model, options, version=str(digest), resume=streamed,
+                                         **what)
+            try:
+                async with grpc.aio.insecure_channel(candidate.endpoint) as channel:
+                    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                    async for chunk in stream_text(stub, request, candidate.endpoint, limit):
+                        streamed.extend(chunk.token_ids)
+                        if chunk.text:
+                            yield chunk.text
+                        if chunk.final:
+                            return
+            except UnavailableError as exc:
+                failure = exc
+        raise failure
 
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
                     timeout: float | None = None, max_price: float | None = None,

@@ -20,7 +20,10 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._tensors import decode_raw, encode_bytes_elements
 from swarm.routing import error_from_rpc
 
-__all__ = ["FINAL", "GenerationOptions", "generation_request", "stream_text"]
+__all__ = ["FINAL", "Chunk", "GenerationOptions", "generation_request", "stream_text"]
+
+# Providers tried for one generation in swarm mode: a stream broken off resumes on the next.
+RESUME_ATTEMPTS = 3
 
 FINAL = "triton_final_response"
 
@@ -36,7 +39,7 @@ class GenerationOptions:
 
 def generation_request(model: str, options: GenerationOptions, *, prompt: str | None = None,
                        messages: Sequence[Mapping[str, str]] | None = None,
-                       version: str = "") -> pb.ModelInferRequest:
+                       version: str = "", resume: Sequence[int] = ()) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     if messages is not None:
         name = "messages"
@@ -53,6 +56,8 @@ def generation_request(model: str, options: GenerationOptions, *, prompt: str | 
         p["seed"].int64_param = options.seed
     if options.stop:
         p["stop"].string_param = json.dumps(list(options.stop))
+    if resume:
+        p["resume_tokens"].string_param = json.dumps(list(resume))
     return request
 
 
@@ -64,9 +69,26 @@ def _text(response: pb.ModelInferResponse) -> str:
     return ""
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    token_ids: tuple[int, ...]  # the ids behind the text (resuming replays them)
+    final: bool
+
+
+def _ids(response: pb.ModelInferResponse) -> tuple[int, ...]:
+    if "token_ids" not in response.parameters:
+        return ()
+    try:
+        ids = json.loads(response.parameters["token_ids"].string_param)
+    except ValueError:
+        return ()
+    return tuple(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else ()
+
+
 async def stream_text(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest,
-                      target: str, timeout: float | None) -> AsyncIterator[str]:
-    """The text chunks of one generation; the call is cancelled if the reader stops early."""
+                      target: str, timeout: float | None) -> AsyncIterator[Chunk]:
+    """The chunks of one generation; the call is cancelled if the reader stops early."""
 
     async def one() -> AsyncIterator[pb.ModelInferRequest]:
         yield request
@@ -77,10 +99,9 @@ async def stream_text(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelI
             if message.error_message:
                 code, _, text = message.error_message.partition(": ")
                 raise error_for(code, text or message.error_message)
-            text = _text(message.infer_response)
-            if text:
-                yield text
-            if FINAL in message.infer_response.parameters:
+            final = FINAL in message.infer_response.parameters
+            yield Chunk(_text(message.infer_response), _ids(message.infer_response), final)
+            if final:
                 return
         raise UnavailableError(f"{target} ended the stream without a final response")
     except grpc.aio.AioRpcError as exc:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "builtin/smollm2"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-START_TIMEOUT = 120.0
+START_TIMEOUT = 300.0  # a generous bound: a loaded 2-core CI machine loads slowly
 
 
 def _command() -> list[str]:
@@ -333,3 +333,28 @@ def test_kserve_generate_extension(node: NodeProcess) -> None:
                      json={"text_input": "x", "parameters": {"beam_width": 4}}, timeout=10)
     assert bad.status_code == 400
     assert "beam_width" in bad.json()["error"]
+
+
+# Last in the module: it may SIGKILL the module's node.
+async def test_stream_resumes_on_another_provider_when_one_is_killed(
+        node: NodeProcess, tmp_path: Path) -> None:
+    story = [{"role": "user", "content": "Write a long story about dragons."}]
+    with swarm.Client(node.grpc) as direct:  # the uninterrupted greedy answer
+        reference = "".join(direct.chat(MODEL, story, max_tokens=24))
+    second = start_node(tmp_path / "b", "--p2p-port", "0", "--bootstrap", node.p2p,
+                        "--serve", MODEL, want={"grpc", "p2p", "metrics"})
+    try:
+        async with swarm.AsyncClient(bootstrap=[node.p2p], timeout=120) as sdk:
+            await sdk.start()
+            await wait_until(lambda: len(sdk.router.view.providers_of_name(MODEL)) == 2,
+                             timeout=30, what="the client to see both providers")
+            stream = sdk.chat(MODEL, story, max_tokens=24)
+            parts = [await anext(stream)]
+            victim = node if node.scrape("vllm:num_requests_running") == 1 else second
+            assert victim.scrape("vllm:num_requests_running") == 1
+            victim.proc.kill()
+            victim.proc.wait()
+            parts += [text async for text in stream]
+        assert "".join(parts) == reference
+    finally:
+        stop_node(second.proc)

@@ -103,6 +103,24 @@ def _param(request: pb.ModelInferRequest, key: str, kind: str) -> Any:
     raise InvalidInputError(f"parameter {key!r} has the wrong type ({which})")
 
 
+def _resume_tokens(request: pb.ModelInferRequest, model: GenerativeModel,
+                   max_len: int) -> list[int]:
+    text = _param(request, "resume_tokens", "str")
+    if not text:
+        return []
+    if len(text) > 16 * max_len:
+        raise InvalidInputError("resume_tokens is longer than any context")
+    try:
+        ids = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInputError("resume_tokens is not a JSON list") from exc
+    vocab = model.tokenizer.vocab_size
+    if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
+        raise InvalidInputError(f"resume_tokens: a JSON list of token ids in [0, {vocab})")
+    return ids
+
+
 def parse(request: pb.ModelInferRequest, model: GenerativeModel) -> tuple[list[int], SamplingParams]:
     kind, text = _text_input(request)
     tok = model.tokenizer
@@ -125,6 +143,14 @@ def parse(request: pb.ModelInferRequest, model: GenerativeModel) -> tuple[list[i
         raise InvalidInputError(f"the prompt is {len(prompt)} tokens; the context is {max_len}")
     max_tokens = _param(request, "max_tokens", "int")
     max_tokens = min(128, max_len - len(prompt)) if max_tokens is None else int(max_tokens)
+    resumed = _resume_tokens(request, model, max_len)
+    if resumed:  # a client resuming a stream another provider broke off: replay its tokens
+        if len(resumed) >= max_tokens:
+            raise InvalidInputError("resume_tokens: as many as max_tokens, nothing to generate")
+        prompt = prompt + resumed
+        max_tokens -= len(resumed)
+        if len(prompt) >= max_len:
+            raise InvalidInputError("prompt + resume_tokens exceed the context")
     temperature = _param(request, "temperature", "number")
     top_p = _param(request, "top_p", "number")
     seed = _param(request, "seed", "int")
@@ -181,6 +207,8 @@ class GenerationStreams:
                                                  model_version=str(model.digest), id=request.id)
                 response.outputs.add(name="text_output", datatype="BYTES", shape=[1])
                 response.raw_output_contents.append(encode_bytes_elements([delta.text.encode()]))
+                # The ids behind the text: a client resumes elsewhere by replaying them.
+                response.parameters["token_ids"].string_param = json.dumps(list(delta.token_ids))
                 if delta.finish_reason is not None:
                     if delta.finish_reason == "abort":
                         raise SwarmError("the node stopped before the answer ended")
