@@ -14,9 +14,12 @@ Two entry points, both synchronous (call them off the event loop):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import importlib.util
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +80,7 @@ def gguf_digest(path: Path) -> str:
 @dataclass(frozen=True, slots=True)
 class GGUFContents:
     config: LlamaConfig
-    tensors: dict[str, np.ndarray]  # dequantized, FP32, torch layout ([out, in])
+    tensors: Mapping[str, np.ndarray]  # dequantized on access, FP32, torch layout ([out, in])
     metadata: dict[str, Any]  # tokenizer.* and general.* fields
     digest: str
 
@@ -113,16 +116,45 @@ def read_gguf(path: Path) -> GGUFContents:
             rope_base=float(_field(reader, "llama.rope.freq_base")),
             eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
         )
-        tensors = {}
-        for t in reader.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape))
-            tensors[t.name] = np.array(dequantize(t.data, t.tensor_type),
-                                         dtype=np.float32).reshape(shape)
+        tensors = _Dequantized({t.name: t for t in reader.tensors}, dequantize)
         metadata = {k: reader.fields[k].contents() for k in reader.fields
                     if k.startswith(("tokenizer.", "general."))}
     except (ValueError, KeyError, IndexError, NotImplementedError) as exc:
         raise ModelLoadError(f"{path.name}: unreadable GGUF: {exc}") from exc
     return GGUFContents(cfg, tensors, metadata, digest)
+
+
+class _Dequantized(Mapping[str, np.ndarray]):
+    """GGUF tensors, each dequantized when read: the FP32 copies are never all alive at
+    once next to the model's own (a node's RSS stays near the model's size)."""
+
+    def __init__(self, tensors: dict[str, Any], dequantize: Any) -> None:
+        self._tensors = tensors
+        self._dequantize = dequantize
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        t = self._tensors[name]
+        shape = tuple(int(d) for d in reversed(t.shape))
+        try:
+            return np.array(self._dequantize(t.data, t.tensor_type),
+                            dtype=np.float32).reshape(shape)
+        except (ValueError, NotImplementedError) as exc:
+            raise ModelLoadError(f"GGUF tensor {name!r} cannot be read: {exc}") from exc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after a load's temporaries)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -182,6 +214,7 @@ class LeanLlama:
         shape = (slots, cfg.kv_heads, self.max_len, hd)
         self.k = [self._zeros(shape) for _ in range(cfg.layers)]
         self.v = [self._zeros(shape) for _ in range(cfg.layers)]
+        release_memory()
         self.scale = 1.0 / math.sqrt(hd)
 
     def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
