@@ -28,9 +28,9 @@ TEXT = ("the swarm routes requests to providers that advertise capacity and pric
 WORDS = TEXT.split(" ")
 
 
-def prompt_text(i: int) -> str:
-    words = [WORDS[(i * 7 + j) % len(WORDS)] for j in range(80)]
-    return f"Request {i}: summarize this. " + " ".join(words)
+def prompt_text(i: int, words: int = 60) -> str:
+    return f"Request {i}: summarize this. " + " ".join(
+        WORDS[(i * 7 + j) % len(WORDS)] for j in range(words))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -81,8 +81,9 @@ async def run_engine(levels: list[int], new: int) -> tuple[dict[int, dict[str, f
     model = load_smollm2(torch.device("cpu"), GenerationConfig(max_num_seqs=32, max_model_len=512))
     task = asyncio.create_task(model.engine.run())
     tok = model.tokenizer
+    # whole chat prompts (template intact) of ~100 tokens
     prompts = [tok.chat_prompt([{"role": "user", "content": prompt_text(i)}]) for i in range(32)]
-    prompts = [p[:100] if len(p) > 100 else p for p in prompts]
+    print(f"prompt tokens: {min(map(len, prompts))}-{max(map(len, prompts))}", flush=True)
     # a lone request's prefill (warm), for the TTFT goal
     await engine_level(model, prompts[:1], 1)
     t0 = time.perf_counter()
