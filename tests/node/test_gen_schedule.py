@@ -63,7 +63,7 @@ def situations(draw: st.DrawFn) -> tuple[list[SeqState], list[SeqState], Schedul
     return running, waiting, cfg
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(situations())
 def test_invariants(case: tuple[list[SeqState], list[SeqState], SchedulerConfig]) -> None:
     running, waiting, cfg = case
