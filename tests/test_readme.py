@@ -6,9 +6,10 @@ itself started. A README command this test does not know how to run fails it, so
 cannot grow a step that nobody ran. Placeholders are filled from the nodes' start-up banners:
 the multiaddr (`/ip4/127.0.0.1/tcp/PORT/p2p/PEERID`, `ADDR`) and `HOST:PORT` are the first
 node of "Joining a swarm", `N` the second node's HTTP port. HOME is a temporary directory, so
-`~/.swarm` and the publisher key land there. The fixed ports of "Serving models" (7070, 7071,
-9090) are used as written when they are free; on a machine where something holds them, free
-ports stand in and commands that rely on the default node get `--node` with the stand-in.
+`~/.swarm` and the publisher key land there. The fixed ports (7070, 7071, 7072 of "Serving
+models" and 9090; 8000 of "Text generation") are used as written when they are free; on a
+machine where something holds them, free ports stand in and commands that rely on the default
+node get `--node` with the stand-in.
 """
 
 from __future__ import annotations
@@ -139,16 +140,16 @@ class Walk:
         words[0] = str(BIN / words[0].removeprefix(".venv/bin/"))
         return words
 
-    async def run(self, command: str, *extra: str,
+    async def run(self, command: str, *extra: str, stdin: bytes = b"",
                   timeout: float = 120.0) -> tuple[int, str, str]:
         argv = self.argv(command) + list(extra)
         if self.ports["7070"] != "7070" and argv[1] in ("infer", "served") \
                 and "--node" not in argv and "--bootstrap" not in argv:
             argv[2:2] = ["--node", self.default_node]  # the stand-in for the default node
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=self.env, cwd=self.home)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.home)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
 
@@ -230,6 +231,10 @@ async def step(walk: Walk, block: Block) -> None:
         path.write_text(command)
         config = load_config(path)
         assert config.models["builtin/mlp"].max_batch_size == 128
+    elif block.kind == "python" and "chat.completions" in command:
+        await walk.python(command, "assert text.strip()")
+    elif block.kind == "python" and "client.chat(" in command:
+        await walk.python("import swarm\n" + command, "assert answer.strip()")
     elif block.kind == "python" and "bootstrap=" in command:
         await walk.python(
             "import numpy as np\nmany_arrays = [np.full((1, 512), i, np.float32) for i in range(8)]\n"
@@ -289,6 +294,10 @@ async def step(walk: Walk, block: Block) -> None:
         assert lines, command
         assert all(list(line) == [key] for line in lines), lines
         assert len(lines) == (3 if "--file" in words else 1)
+    elif verb[:1] == ["chat"]:
+        code, out, err = await walk.run(command, stdin=b"What is the capital of France?\n")
+        assert code == 0, f"{command}\nexit {code}\n{out}\n{err}"
+        assert out.strip(), f"swarm chat answered nothing: {err}"
     elif verb[:1] == ["served"]:
         out = await walk.must(command)
         assert "builtin/minilm" in out, out
@@ -332,7 +341,7 @@ async def test_readme_runs_in_order_on_one_machine(tmp_path: Path) -> None:
     env.pop("XDG_CONFIG_HOME", None)
     env.pop("XDG_DATA_HOME", None)
     walk = Walk(home=tmp_path, env=env)
-    fixed = ("7070", "7071", "9090")
+    fixed = ("7070", "7071", "7072", "9090", "8000")
     if all(port_free(int(p)) for p in fixed):
         walk.ports = {p: p for p in fixed}
     else:

@@ -2,6 +2,7 @@
 
 _main.py      main(): the parser and dispatch
 _client.py    infer, served (formerly `models`), peers (the SDK)
+_chat.py      chat (interactive, with a generative model)
 _registry.py  model push|ls|tag|rollback|pull|key (the registry)
 _simnet.py    simnet up|virtual (the simulator)
 

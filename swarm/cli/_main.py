@@ -19,16 +19,18 @@ _MODULES = {
     "peers": "swarm.cli._client",
     "model": "swarm.cli._registry",
     "simnet": "swarm.cli._simnet",
+    "chat": "swarm.cli._chat",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    from swarm.cli import _client, _registry, _simnet
+    from swarm.cli import _chat, _client, _registry, _simnet
 
     parser = argparse.ArgumentParser(prog="swarm", description="Use a Swarm inference network.")
     parser.add_argument("--version", action="version", version=f"swarm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _client.add_parsers(sub)
+    _chat.add_parser(sub)
     _simnet.add_parser(sub)
     _registry.add_parser(sub)
     return parser

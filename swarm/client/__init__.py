@@ -1,6 +1,7 @@
 """The SDK (routing itself is swarm.routing's; the `swarm` command is swarm.cli's).
 
-_async.py   AsyncClient (grpc.aio): infer, embed, models, metadata
+_async.py   AsyncClient (grpc.aio): infer, embed, generate, chat, models, metadata
+_generate.py text generation over ModelStreamInfer (Triton decoupled answers)
 _sync.py    Client: the same API, blocking, on a private event-loop thread
 _convert.py arrays/tensors <-> Open Inference Protocol messages
 _types.py   ModelInfo, TensorInfo

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +36,12 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, PeerId
 from swarm.client._convert import build_request, decode_response, to_numpy
+from swarm.client._generate import (
+    RESUME_ATTEMPTS,
+    GenerationOptions,
+    generation_request,
+    stream_text,
+)
 from swarm.client._types import ModelInfo, TensorInfo
 from swarm.protocol import LightPeer, PeerChannels, ResponseSignature, verify_response
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
@@ -411,6 +417,64 @@ class AsyncClient:
         except* SwarmError as group:  # the first failure cancels the rest: raise it as itself
             raise first_failure(group) from None
         return [r for r in results if r is not None]
+
+    def generate(self, model: str, prompt: str, *, max_tokens: int = 128,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] = (), timeout: float | None = None) -> AsyncIterator[str]:
+        """Complete `prompt` with a generative model: an async iterator of text chunks.
+
+        Greedy by default (temperature 0). Leaving the loop early cancels the generation
+        on the node. In swarm mode the scheduler picks the provider.
+        """
+        options = GenerationOptions(max_tokens, temperature, top_p, seed, tuple(stop))
+        return self._generation(model, options, timeout, prompt=prompt)
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: Sequence[str] = (), timeout: float | None = None) -> AsyncIterator[str]:
+        """The assistant's reply to `messages` ({"role", "content"}), as text chunks."""
+        options = GenerationOptions(max_tokens, temperature, top_p, seed, tuple(stop))
+        return self._generation(model, options, timeout, messages=list(messages))
+
+    async def _generation(self, model: str, options: GenerationOptions, timeout: float | None,
+                          **what: Any) -> AsyncIterator[str]:
+        if self._closed:
+            raise ClosedError("client is closed")
+        limit = timeout if timeout is not None else self.timeout
+        if self._stub is not None:
+            request = generation_request(model, options, **what)
+            async for chunk in stream_text(self._stub, request, self.address, limit):
+                if chunk.text:
+                    yield chunk.text
+            return
+        # Swarm mode: a provider that fails mid-stream (UNAVAILABLE: it died, drained, the
+        # network broke) is replaced by the next candidate, which prefills the prompt plus
+        # the tokens already streamed (Petals replays inputs the same way): the caller's
+        # text continues without loss or repeats.
+        digest = await self._provider_of(model)
+        streamed: list[int] = []
+        tried: set[PeerId] = set()
+        failure: SwarmError = NoProviderError(f"no provider serves {model}")
+        for _ in range(RESUME_ATTEMPTS):
+            try:
+                candidate = self.router.candidates(digest, tried=frozenset(tried))[0]
+            except NoProviderError:
+                break
+            tried.add(candidate.peer)
+            request = generation_request(model, options, version=str(digest), resume=streamed,
+                                         **what)
+            try:
+                async with self.router.channel(candidate) as channel:
+                    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                    async for chunk in stream_text(stub, request, candidate.endpoint, limit):
+                        streamed.extend(chunk.token_ids)
+                        if chunk.text:
+                            yield chunk.text
+                        if chunk.final:
+                            return
+            except UnavailableError as exc:
+                failure = exc
+        raise failure
 
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
                     timeout: float | None = None, max_price: float | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,6 +16,10 @@ from swarm.client._types import ModelInfo
 from swarm.protocol import ResponseSignature
 
 __all__ = ["Client"]
+
+
+async def _next(iterator: AsyncIterator[str]) -> str:
+    return await anext(iterator)
 
 T = TypeVar("T")
 
@@ -99,6 +103,29 @@ class Client:
         return self._run(self._client.map(model, inputs, concurrency=concurrency,
                                           timeout=timeout, max_price=max_price,
                                           preference=preference, progress=progress))
+
+    def generate(self, model: str, prompt: str, **options: Any) -> Iterator[str]:
+        """`AsyncClient.generate`, blocking: an iterator of text chunks."""
+        return self._iterate(self._client.generate(model, prompt, **options))
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, str]],
+             **options: Any) -> Iterator[str]:
+        """`AsyncClient.chat`, blocking: an iterator of text chunks."""
+        return self._iterate(self._client.chat(model, messages, **options))
+
+    def _iterate(self, chunks: AsyncIterator[str]) -> Iterator[str]:
+        iterator = aiter(chunks)
+        try:
+            while True:
+                try:
+                    yield self._run(_next(iterator))
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._closed:
+                close = getattr(iterator, "aclose", None)
+                if close is not None:
+                    self._run(close())
 
     def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,
               timeout: float | None = None, max_price: float | None = None,

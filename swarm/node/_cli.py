@@ -222,6 +222,7 @@ async def _run(config: NodeConfig) -> None:
         scheme = "https" if node.http_tls else "http"
         lines.append(f"  metrics  {scheme}://{config.advertise_host}:{node.metrics_port}/metrics")
     lines += [f"  model    {served.name}  {served.digest}" for served in node.table]
+    lines += [f"  model    {name}  {g.digest}" for name, g in node.generative.items()]
     if node.http_port:
         scheme = "https" if node.http_tls else "http"
         lines.append(f"  openai   {scheme}://{config.advertise_host}:{node.http_port}/v1")

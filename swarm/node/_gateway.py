@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -290,8 +290,10 @@ class OpenAIGateway:
     def __init__(self, service: InferenceService, table: ModelTable,
                  router: Callable[[], Router | None], *, metrics: NodeMetrics,
                  max_body_bytes: int = 32 << 20, max_json_depth: int = 32,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK,
+                 generative: Callable[[], Iterable[str]] = tuple) -> None:
         self._service = service
+        self._generative = generative  # names of the generative models served here
         self._table = table
         self._router = router
         self._metrics = metrics
@@ -307,7 +309,7 @@ class OpenAIGateway:
         return app
 
     def _model_ids(self) -> list[str]:
-        names = {s.name for s in self._table}
+        names = {s.name for s in self._table} | set(self._generative())
         router = self._router()
         if router is not None:
             names |= {o.name for e in router.view for o in e.advert.models}

@@ -49,6 +49,15 @@ from swarm.node._certs import CertificateRotation, load_certificate
 from swarm.node._config import NodeConfig, check_ports
 from swarm.node._export import ExportedModel
 from swarm.node._gateway import OpenAIGateway, RoutingGateway
+from swarm.node._generate import (
+    GENERATIVE_BUILTINS,
+    ChatAPI,
+    GenerateAPI,
+    GenerationMetrics,
+    GenerationStreams,
+    GenerativeModel,
+    generative_offer,
+)
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import (
@@ -96,6 +105,8 @@ from swarm.routing import Router
 __all__ = ["Node", "NodeState"]
 
 log = logging.getLogger("swarm.node")
+# Seconds a relayed generation (OpenAI API of a gateway) may take from start to end.
+RELAY_TIMEOUT = 600.0
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 NODE_SERVICE = "swarm.v1.NodeService"
@@ -184,7 +195,11 @@ class Node:
         self._batchers: dict[Digest, asyncio.Task[None]] = {}
         # Registry models named by tag on --serve: served as their tags move.
         self._follow: list[ModelRef] = []
+        # Generative models (builtin/smollm2) by name: served by their engines, not the batcher.
+        self.generative: dict[str, GenerativeModel] = {}
         self.metrics.registry.register(_RegistryCollector(self))
+        self._generation_metrics = GenerationMetrics(
+            self.metrics.registry, lambda: {n: g.engine for n, g in self.generative.items()})
 
     # ------------------------------------------------------------------ public surface
 
@@ -310,6 +325,11 @@ class Node:
         models = list(self._preloaded)
         follow = self._follow
         for ref in config.serve:
+            if ref in GENERATIVE_BUILTINS:
+                generative = await asyncio.to_thread(GENERATIVE_BUILTINS[ref], self.device)
+                self._generation_metrics.attach(ref, generative.engine)
+                self.generative[ref] = generative
+                continue
             tagged = registry_ref(ref)
             if tagged is not None:  # served once fetched; follows its tag (rollout/rollback)
                 follow.append(tagged)
@@ -333,6 +353,8 @@ class Node:
                 self._tg = tg
                 for model in models:
                     self._start_serving(model, default=True)
+                for name, generative in self.generative.items():
+                    tg.create_task(generative.engine.run(), name=f"engine:{name}")
                 if config.p2p_port >= 0:
                     # Before the services: the registry service answers from the agent's tags.
                     self.gossip = await self._gossip_factory(self.identity, config)
@@ -406,6 +428,8 @@ class Node:
                 await self.mesh.close()
             for model in self._owned:  # preloaded models belong to the caller
                 model.close()
+            for generative in self.generative.values():
+                generative.close()
             self._remove_state_file()
             log.info("node stopped")
 
@@ -558,6 +582,7 @@ class Node:
                                      is_ready=self.is_ready, gateway=gateway,
                                      max_stream_in_flight=config.max_stream_in_flight,
                                      identity=self.identity)
+        inference.generation = GenerationStreams(self.generative.get, lambda: self.router)
         self._service = inference
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
@@ -628,13 +653,21 @@ class Node:
         gateway = OpenAIGateway(self._service, self.table, lambda: self.router,
                                 metrics=self.metrics,
                                 max_body_bytes=self.config.http_max_body_bytes,
-                                max_json_depth=self.config.http_max_json_depth)
+                                max_json_depth=self.config.http_max_json_depth,
+                                generative=self.generative.keys)
         app = gateway.app()
+        streams = GenerationStreams(self.generative.get, lambda: self.router)
+        # Generation routes first: /v2/models/NAME/generate must not reach the KServe
+        # routes' model path (a percent-encoded NAME is one segment there).
+        ChatAPI(self.generative.get,
+                relay=lambda request: streams.stream(request, RELAY_TIMEOUT)).add_routes(app)
+        GenerateAPI(self.generative.get,
+                    relay=lambda request: streams.stream(request, RELAY_TIMEOUT)).add_routes(app)
         OpenInferenceHTTP(self._service, metrics=self.metrics,
                           max_body_bytes=self.config.http_max_body_bytes,
                           max_json_depth=self.config.http_max_json_depth).mount(app)
-        runner, self.http_port = await self._serve_http(app, self.config.http_port,
-                                                        "the HTTP APIs (OpenAI, KServe v2)")
+        runner, self.http_port = await self._serve_http(
+            app, self.config.http_port, "the HTTP APIs (OpenAI, KServe v2)")
         return runner
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
@@ -670,6 +703,7 @@ class Node:
             max_batch_size=s.batcher.policy.max_batch_size,
             items_per_second=round(s.batcher.items_per_second, 1),
             queue_depth=s.batcher.queue_depth) for s in self.table)
+        offers += tuple(generative_offer(g) for g in self.generative.values())
         return Advert(
             peer_id=self.identity.peer_id,
             # Peers dial the TLS port only (they pin its identity-bound certificate).

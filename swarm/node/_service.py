@@ -282,6 +282,16 @@ def _marked(context: grpc.aio.ServicerContext) -> bool:
     return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
 
 
+class Generation(Protocol):
+    """Generation over ModelStreamInfer (swarm.node._generate.GenerationStreams)."""
+
+    def handles(self, request: pb.ModelInferRequest, served_here: bool,
+                forwarded: bool) -> bool: ...
+
+    def stream(self, request: pb.ModelInferRequest,
+               deadline_s: float | None) -> AsyncIterator[pb.ModelInferResponse]: ...
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService backed by a ModelTable."""
 
@@ -304,6 +314,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._version = version
         self._is_ready = is_ready
         self._clock = clock
+        # Set by the node when it serves generative models or may relay their streams.
+        self.generation: Generation | None = None
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -612,6 +624,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         forwarded = _marked(context)
 
         async def handle(req: pb.ModelInferRequest) -> None:
+            if self.generation is not None and self.generation.handles(
+                    req, bool(self._table.versions(req.model_name)), forwarded):
+                await self._generate(self.generation, req, stream_deadline, window, done)
+                return
             try:
                 response = pb.ModelStreamInferResponse(
                     infer_response=await self.infer(req, stream_deadline, forwarded=forwarded))
@@ -656,6 +672,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     reader.cancel()  # and with it the requests still computing
                     break
                 window.release()
+
+
+    async def _generate(self, generation: Generation, req: pb.ModelInferRequest,
+                        deadline: float | None, window: asyncio.Semaphore,
+                        done: asyncio.Queue[pb.ModelStreamInferResponse | None]) -> None:
+        """A decoupled answer: many responses to one request, each taking a window place."""
+        first = True
+        timeout = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
+        try:
+            async for response in generation.stream(req, timeout):
+                if not first:
+                    await window.acquire()
+                first = False
+                done.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+        except SwarmError as exc:
+            if not first:
+                await window.acquire()
+            done.put_nowait(pb.ModelStreamInferResponse(
+                error_message=f"{status_of(exc).name}: {status_details(exc)}",
+                infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
 
 
 class NodeStatusService(node_pb2_grpc.NodeServiceServicer):

