@@ -92,11 +92,14 @@ class GrpcCaller:
     async def _stub(self, candidate: Candidate) -> pb_grpc.GRPCInferenceServiceStub:
         key = (candidate.peer, candidate.endpoint)
         entry = self._stubs.get(key)
-        if entry is None:
-            if self.channels is not None:
-                channel = await self.channels.channel(candidate.peer, candidate.endpoint)
-            else:
-                channel = grpc.aio.insecure_channel(candidate.endpoint, options=self._options)
+        if self.channels is not None:
+            # The channels re-pin a peer whose handshakes fail (a rotated certificate).
+            channel = await self.channels.channel(candidate.peer, candidate.endpoint)
+            if entry is None or entry[0] is not channel:
+                entry = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
+                self._stubs[key] = entry
+        elif entry is None:
+            channel = grpc.aio.insecure_channel(candidate.endpoint, options=self._options)
             entry = (channel, pb_grpc.GRPCInferenceServiceStub(channel))
             self._stubs[key] = entry
         return entry[1]
@@ -112,18 +115,8 @@ class GrpcCaller:
         try:
             response: pb.ModelInferResponse = await stub.ModelInfer(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                # Perhaps a rotated certificate: pin it anew on the next attempt.
-                await self._forget(candidate)
             raise error_from_rpc(exc, candidate.endpoint) from exc
         return response
-
-    async def _forget(self, candidate: Candidate) -> None:
-        entry = self._stubs.pop((candidate.peer, candidate.endpoint), None)
-        if self.channels is not None:
-            await self.channels.forget(candidate.endpoint)
-        elif entry is not None:
-            await entry[0].close()
 
     async def close(self) -> None:
         """Close every channel opened so far."""
