@@ -459,10 +459,17 @@ def plot_latency(path: Path, records: Sequence[RequestRecord], faults: Sequence[
     ax.set_xlabel("send time (s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _legend(ax: Any) -> None:
+    """A legend when something is labelled (a run that answered nothing has no series;
+    matplotlib warns about an empty legend)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=8)
 
 
 def plot_load(path: Path, records: Sequence[RequestRecord], faults: Sequence[FaultEvent],
@@ -479,7 +486,7 @@ def plot_load(path: Path, records: Sequence[RequestRecord], faults: Sequence[Fau
     ax.set_xlabel("time (s)")
     ax.set_ylabel("requests/s answered")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -157,6 +157,17 @@ def test_write_report(tmp_path: Path) -> None:
     assert "- a note" in markdown
 
 
+def test_a_run_that_answered_nothing_still_plots(tmp_path: Path) -> None:
+    """No node answered (every request failed): no series to label, no legend, no warning
+    (the suite turns warnings into errors; matplotlib warns about an empty legend)."""
+    records = [rec(i, outcome="UNAVAILABLE", at=0.1 * i) for i in range(5)]
+    summary = summarize(records, duration=1.0, promises=Promises(), faults=[])
+    files = write_report(tmp_path / "r", title="nothing answered", scenario={"name": "t"},
+                         summary=summary, records=records, faults=[], nodes=[], notes=[],
+                         started_at=0.0)
+    assert files[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 async def test_live_view_renders_rates_nodes_and_events() -> None:
     recorder = Recorder()
     recorder.started_at = asyncio.get_running_loop().time() - 10.0
