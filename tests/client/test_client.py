@@ -229,7 +229,7 @@ async def test_float64_arrays_are_sent_as_the_models_fp32(start_node: NodeFactor
 
 
 def test_peers_table_names_models_with_their_tags() -> None:
-    from swarm.cli._client import _model_cell
+    from swarm.cli._client_commands import _model_cell
 
     digest = "sha256:" + "ab" * 32
     assert _model_cell({"name": "builtin/mlp", "tags": [], "digest": digest}) == \
