@@ -1,0 +1,111 @@
+"""Supply and demand per model, from a node's peer view and its own offers (pure)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from swarm._types import Digest, PeerId
+from swarm.protocol import Advert, ModelOffer, PeerView
+
+__all__ = ["ModelDemand", "replica_load", "supply_and_demand"]
+
+
+def replica_load(offer: ModelOffer, cap: float) -> float:
+    """How many replicas' worth of work one provider's model sees (1.0 = saturated).
+
+    The larger of its measured utilization and arrival rate / throughput: utilization
+    stops at 1, arrivals beyond what it executes do not. Capped at `cap`: one advert
+    (hostile input) moves a model's demand by at most `cap` replicas.
+    """
+    load = offer.utilization
+    if offer.items_per_second > 0:
+        load = max(load, offer.arrival_rate / offer.items_per_second)
+    return min(load, cap)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDemand:
+    """One model version's supply (replicas) and demand, as one node sees them."""
+
+    digest: Digest
+    name: str
+    # Providers serving it (not draining), this node included if it does.
+    replicas: int
+    # Sum of the providers' replica loads (replica_load): replicas' worth of busy work.
+    load: float
+    # Items/s arriving at its providers, in all.
+    arrival_rate: float
+    # Items/s its providers executed while busy (their measured throughput), in all.
+    throughput: float
+    # Worst mean queue wait among its providers (seconds).
+    queue_wait: float
+    # Median price per request its providers ask (micro-units): what serving it pays.
+    price: float
+    # Bytes its files take (largest any provider advertises; 0 = unknown).
+    memory_bytes: int
+    # Peers that store the registry version (where a new replica pulls it from).
+    holders: int
+    # Peers (this node included) that do not serve it and are not draining:
+    # the nodes that may volunteer a replica.
+    candidates: int
+    # Peers serving it, by peer id (who may release a replica).
+    providers: tuple[PeerId, ...] = ()
+
+    @property
+    def per_replica(self) -> float:
+        return self.load / self.replicas if self.replicas else math.inf if self.load else 0.0
+
+    def desired(self, target: float, min_replicas: int) -> int:
+        """Replicas that bring the load per replica to `target` (Knative: load / target)."""
+        return max(min_replicas, math.ceil(self.load / target - 1e-9))
+
+
+def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: float = 4.0,
+                      ) -> dict[Digest, ModelDemand]:
+    """Every model version offered in `view` (plus this node's `own` advert), with its demand.
+
+    `own` is this node's current advert (the view does not hold it: own adverts are
+    not admitted). Draining providers count for neither supply nor candidates.
+    """
+    adverts: list[Advert] = [e.advert for e in view if e.advert.peer_id != (own and own.peer_id)]
+    if own is not None:
+        adverts.append(own)
+    live = [a for a in adverts if not a.draining]
+    offers: dict[Digest, list[tuple[Advert, ModelOffer]]] = {}
+    for advert in live:
+        for offer in advert.models:
+            offers.setdefault(offer.digest, []).append((advert, offer))
+    stored: dict[Digest, int] = {}
+    for advert in adverts:
+        for digest in advert.stored:
+            stored[digest] = stored.get(digest, 0) + 1
+    out = {}
+    for digest, served in offers.items():
+        out[digest] = _demand(digest, served, len(live), stored.get(digest, 0), max_replica_load)
+    return out
+
+
+def _demand(digest: Digest, served: Sequence[tuple[Advert, ModelOffer]], live: int,
+            holders: int, cap: float) -> ModelDemand:
+    names = sorted(o.name for _, o in served)
+    return ModelDemand(
+        digest=digest,
+        name=names[0],
+        replicas=len(served),
+        load=sum(replica_load(o, cap) for _, o in served),
+        arrival_rate=sum(o.arrival_rate for _, o in served),
+        throughput=sum(o.items_per_second for _, o in served),
+        queue_wait=max(o.queue_wait for _, o in served),
+        price=float(statistics.median(a.price.per_request_micros for a, _ in served)),
+        memory_bytes=max(o.memory_bytes for _, o in served),
+        holders=holders,
+        candidates=live - len(served),
+        providers=_sorted_peers(a.peer_id for a, _ in served),
+    )
+
+
+def _sorted_peers(peers: Iterable[PeerId]) -> tuple[PeerId, ...]:
+    return tuple(sorted(peers, key=lambda p: p.value))
