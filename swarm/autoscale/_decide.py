@@ -23,9 +23,10 @@ Every node runs it on its own view; no coordinator. The rules:
 - Down: a model this node loaded itself (never one the operator told it to serve)
   whose desired replicas stay below its replicas for `down_delay` seconds (the
   longer cool-down: Ray Serve's downscale_delay_s) releases the excess: the
-  providers are ranked by a hash of (peer, model), the same ranking on every node,
-  and those ranked within the excess unload, so `min_replicas` is kept when views
-  agree. Never while the model is in panic.
+  providers whose adverts say their autoscaler loaded it (`ModelOffer.autoscaled`)
+  are ranked by a hash of (peer, model), the same ranking on every node, and those
+  ranked within the excess unload, so `min_replicas` is kept when views agree.
+  Never while the model is in panic.
 - At most one action per call; none while a load or unload is in progress.
 
 Pure: time comes in `SelfState.now`, randomness from `rng`, and what must be
@@ -202,6 +203,7 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
     own = me.advert
     demand = supply_and_demand(view, own, max_replica_load=config.max_replica_load)
     mine = {o.digest for o in own.models} if own is not None else set()
+    names = {o.name for o in own.models} if own is not None else set()
     panic_at = config.target_load * config.panic_factor
     trends: dict[Digest, Trend] = {}
     ready_up: list[tuple[ModelDemand, int]] = []
@@ -228,19 +230,21 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
     for d, excess in sorted(ready_down, key=lambda x: x[0].digest.hex):
         if d.digest not in me.managed or own is None:
             continue
-        order = sorted(d.providers, key=lambda p: _rank(p, d.digest))
+        order = sorted(d.releasable, key=lambda p: _rank(p, d.digest))
         if own.peer_id in order[:excess]:
             trends.pop(d.digest, None)
             return Decision((Action(
                 ActionKind.UNLOAD, d.digest, d.name,
-                f"demand {d.load:.2f} replicas' worth for {len(order)} replicas wants "
-                f"{len(order) - excess} (target load {config.target_load:g}, min "
+                f"demand {d.load:.2f} replicas' worth for {d.replicas} replicas wants "
+                f"{d.replicas - excess} (target load {config.target_load:g}, min "
                 f"{config.min_replicas}) for {config.down_delay:g}s; this node ranks among "
-                f"the {excess} to release", d.memory_bytes),), trends, result)
+                f"the {excess} of {len(order)} autoscaled replicas to release",
+                d.memory_bytes),), trends, result)
 
     served = len(own.models) if own is not None else 0
     for d, deficit in sorted(ready_up, key=lambda x: (-_pays(x[0], config), x[0].digest.hex)):
-        if d.digest in mine or not _eligible(d, me, config, served):
+        # One version per name here: another version of a name served here is not a candidate.
+        if d.digest in mine or d.name in names or not _eligible(d, me, config, served):
             continue
         # One lottery per model per delay, won or lost: restart the trend.
         trends[d.digest] = Trend(Direction.UP, me.now, d.replicas)

@@ -51,8 +51,8 @@ class ModelDemand:
     # Peers (this node included) that do not serve it and are not draining:
     # the nodes that may volunteer a replica.
     candidates: int
-    # Peers serving it, by peer id (who may release a replica).
-    providers: tuple[PeerId, ...] = ()
+    # Peers whose autoscaler loaded it (those that may release a replica), by peer id.
+    releasable: tuple[PeerId, ...] = ()
 
     @property
     def per_replica(self) -> float:
@@ -103,7 +103,7 @@ def _demand(digest: Digest, served: Sequence[tuple[Advert, ModelOffer]], live: i
         memory_bytes=max(o.memory_bytes for _, o in served),
         holders=holders,
         candidates=live - len(served),
-        providers=_sorted_peers(a.peer_id for a, _ in served),
+        releasable=_sorted_peers(a.peer_id for a, o in served if o.autoscaled),
     )
 
 

@@ -58,6 +58,8 @@ class ModelOffer:
     utilization: float = 0.0
     # Bytes the model's files take (what loading it needs, roughly); 0 = unknown.
     memory_bytes: int = 0
+    # Loaded by the author's autoscaler, which may release it (not the operator's choice).
+    autoscaled: bool = False
 
 
 def _demand(value: float, name: str, high: float) -> float:
@@ -76,7 +78,7 @@ def _offer(m: advert_pb2.ModelOffer) -> ModelOffer:
         arrival_rate=_demand(m.arrival_rate, "arrival_rate", MAX_ARRIVAL_RATE),
         queue_wait=_demand(m.queue_wait_s, "queue_wait", MAX_QUEUE_WAIT),
         utilization=_demand(m.utilization, "utilization", 1.0),
-        memory_bytes=m.memory_bytes)
+        memory_bytes=m.memory_bytes, autoscaled=m.autoscaled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
             digest=str(m.digest), name=m.name, tags=list(m.tags), max_batch_size=m.max_batch_size,
             items_per_second=m.items_per_second, queue_depth=m.queue_depth,
             arrival_rate=m.arrival_rate, queue_wait_s=m.queue_wait, utilization=m.utilization,
-            memory_bytes=m.memory_bytes) for m in advert.models],
+            memory_bytes=m.memory_bytes, autoscaled=m.autoscaled) for m in advert.models],
         queue_depth=advert.queue_depth,
         free_accelerator_memory_bytes=advert.free_accelerator_memory,
         hardware=node_pb2.Hardware(device_kind=hw.device_kind, device_count=hw.device_count,

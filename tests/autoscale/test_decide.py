@@ -34,10 +34,10 @@ def peer(i: int) -> Identity:
 
 
 def offer(digest: Digest = HOT, name: str = "acme/chat", *, load: float = 0.0,
-          ips: float = 10.0, memory: int = 100 * MB) -> ModelOffer:
+          ips: float = 10.0, memory: int = 100 * MB, autoscaled: bool = True) -> ModelOffer:
     """An offer whose replica load is `load` (arrivals over throughput)."""
     return ModelOffer(digest, name, items_per_second=ips, arrival_rate=load * ips,
-                      utilization=min(1.0, load), memory_bytes=memory)
+                      utilization=min(1.0, load), memory_bytes=memory, autoscaled=autoscaled)
 
 
 def advert(i: int, models: tuple[ModelOffer, ...] = (), *, price: int = 10,
@@ -142,6 +142,11 @@ def test_no_action_while_busy_or_in_backoff() -> None:
     assert run(view, me(backoff_until={HOT: 5.0}), steps=(0, 6)).actions != ()
 
 
+def test_no_second_version_of_a_name_served_here() -> None:
+    other = offer(Digest.of(b"v0"), load=0.1)
+    assert run(swarm([3.0], idle=0), me(models=(other,)), steps=(0, 6)).actions == ()
+
+
 def test_the_better_paying_model_is_loaded_first() -> None:
     cheap, dear = Digest.of(b"cheap"), Digest.of(b"dear")
     view = view_of(advert(1, (offer(cheap, "acme/cheap", load=3.0),), price=5, stored=(cheap,)),
@@ -174,12 +179,22 @@ def test_unload_after_the_down_delay_only_what_it_loaded() -> None:
     d = supply_and_demand(view, managed.advert)[HOT]
     assert d.replicas == 3
     import hashlib
-    ranked = sorted(d.providers, key=lambda p: hashlib.sha256(f"{p.value}\0{HOT}".encode()).digest())
+    ranked = sorted(d.releasable,
+                    key=lambda p: hashlib.sha256(f"{p.value}\0{HOT}".encode()).digest())
     should = managed.advert is not None and managed.advert.peer_id in ranked[:2]
     assert [a.kind for a in late.actions] == ([ActionKind.UNLOAD] if should else [])
     # A model the operator serves (not managed) is never released.
     pinned = me(models=own)
     assert run(view, pinned, steps=(0, 60, 120)).actions == ()
+
+
+def test_a_pinned_replica_does_not_hold_back_the_release() -> None:
+    """The operator's replica ranks nowhere: the autoscaled one releases down to the minimum."""
+    view = view_of(advert(1, (offer(load=0.0, autoscaled=False),), stored=(HOT,)))
+    managed = me(models=(offer(load=0.0),), managed=frozenset({HOT}))
+    (action,) = run(view, managed, steps=(0, 60, 120)).actions
+    assert action.kind is ActionKind.UNLOAD
+    assert "1 of 1 autoscaled" in action.reason
 
 
 def test_allowed_patterns() -> None:
