@@ -3,8 +3,10 @@
 Every node runs it on its own view; no coordinator. The rules:
 
 - Demand (swarm.autoscale._demand): a model's load is the sum of its providers'
-  replica loads; it wants `desired = ceil(load / target_load)` replicas (Knative's
-  KPA: observed load over the per-replica target), never fewer than `min_replicas`.
+  replica loads (utilization, arrivals over throughput, and a backlog beyond
+  `target_queue_wait`); it wants `desired = ceil(load / target_load)` replicas
+  (Knative's KPA: observed load over the per-replica target), at most
+  `max_scale_up_rate` x the replicas it has, never fewer than `min_replicas`.
 - Up: a model that wants more replicas than it has for `up_delay` seconds (Ray
   Serve's upscale_delay_s) is a *hot* model; when its load per replica reaches
   `panic_factor` x the target, `panic_delay` is the delay instead (KPA's panic
@@ -82,6 +84,11 @@ class AutoscaleConfig:
     min_price: int = 0
     # Largest load one provider's advert may add to a model (hostile adverts).
     max_replica_load: float = 4.0
+    # Mean queue wait (s) a replica should not exceed: beyond it the backlog counts as load.
+    target_queue_wait: float = 0.5
+    # At most this many times the current replicas are wanted at once (Knative's
+    # max-scale-up-rate): a backlog says "more", not how many more.
+    max_scale_up_rate: float = 2.0
     # After a failed load, the model is not tried again for this long, doubling to backoff_max.
     backoff_initial: float = 30.0
     backoff_max: float = 600.0
@@ -108,6 +115,9 @@ class AutoscaleConfig:
             raise ConfigError("autoscale needs 0 < backoff_initial <= backoff_max")
         if not 0 < self.max_replica_load < math.inf or self.history < 1:
             raise ConfigError("autoscale.max_replica_load must be > 0 and history >= 1")
+        if not 0 <= self.target_queue_wait < math.inf or not self.max_scale_up_rate > 1:
+            raise ConfigError("autoscale.target_queue_wait must be >= 0 (0: ignore queue waits) "
+                              "and max_scale_up_rate > 1")
 
 
 class ActionKind(enum.StrEnum):
@@ -201,7 +211,8 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
     """This node's scaling actions now (at most one), and the trends to carry forward."""
     me = self_state
     own = me.advert
-    demand = supply_and_demand(view, own, max_replica_load=config.max_replica_load)
+    demand = supply_and_demand(view, own, max_replica_load=config.max_replica_load,
+                               target_queue_wait=config.target_queue_wait)
     mine = {o.digest for o in own.models} if own is not None else set()
     names = {o.name for o in own.models} if own is not None else set()
     panic_at = config.target_load * config.panic_factor
@@ -209,7 +220,7 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
     ready_up: list[tuple[ModelDemand, int]] = []
     ready_down: list[tuple[ModelDemand, int]] = []
     for digest, d in demand.items():
-        desired = d.desired(config.target_load, config.min_replicas)
+        desired = d.desired(config.target_load, config.min_replicas, config.max_scale_up_rate)
         panic = d.per_replica >= panic_at
         direction = (Direction.UP if desired > d.replicas
                      else Direction.DOWN if desired < d.replicas and not panic else None)

@@ -13,16 +13,21 @@ from swarm.protocol import Advert, ModelOffer, PeerView
 __all__ = ["ModelDemand", "replica_load", "supply_and_demand"]
 
 
-def replica_load(offer: ModelOffer, cap: float) -> float:
+def replica_load(offer: ModelOffer, cap: float, target_queue_wait: float = 0.5) -> float:
     """How many replicas' worth of work one provider's model sees (1.0 = saturated).
 
-    The larger of its measured utilization and arrival rate / throughput: utilization
-    stops at 1, arrivals beyond what it executes do not. Capped at `cap`: one advert
-    (hostile input) moves a model's demand by at most `cap` replicas.
+    The largest of its measured utilization, its arrival rate over its throughput
+    (utilization stops at 1, arrivals beyond what it executes do not), and its
+    utilization x (1 + queue wait / `target_queue_wait`): when clients bound their
+    requests in flight, a backlog is all an overloaded provider sees, its arrivals
+    matching what it executes. Capped at `cap`: one advert (hostile input) moves a
+    model's demand by at most `cap` replicas.
     """
     load = offer.utilization
     if offer.items_per_second > 0:
         load = max(load, offer.arrival_rate / offer.items_per_second)
+    if target_queue_wait > 0:
+        load = max(load, offer.utilization * (1 + offer.queue_wait / target_queue_wait))
     return min(load, cap)
 
 
@@ -58,13 +63,17 @@ class ModelDemand:
     def per_replica(self) -> float:
         return self.load / self.replicas if self.replicas else math.inf if self.load else 0.0
 
-    def desired(self, target: float, min_replicas: int) -> int:
-        """Replicas that bring the load per replica to `target` (Knative: load / target)."""
-        return max(min_replicas, math.ceil(self.load / target - 1e-9))
+    def desired(self, target: float, min_replicas: int, max_rate: float = math.inf) -> int:
+        """Replicas that bring the load per replica to `target` (Knative: load / target),
+        at most `max_rate` times the replicas there are (Knative's max-scale-up-rate)."""
+        want = math.ceil(self.load / target - 1e-9)
+        if self.replicas and math.isfinite(max_rate):
+            want = min(want, math.ceil(max_rate * self.replicas))
+        return max(min_replicas, want)
 
 
 def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: float = 4.0,
-                      ) -> dict[Digest, ModelDemand]:
+                      target_queue_wait: float = 0.5) -> dict[Digest, ModelDemand]:
     """Every model version offered in `view` (plus this node's `own` advert), with its demand.
 
     `own` is this node's current advert (the view does not hold it: own adverts are
@@ -84,18 +93,19 @@ def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: f
             stored[digest] = stored.get(digest, 0) + 1
     out = {}
     for digest, served in offers.items():
-        out[digest] = _demand(digest, served, len(live), stored.get(digest, 0), max_replica_load)
+        out[digest] = _demand(digest, served, len(live), stored.get(digest, 0), max_replica_load,
+                              target_queue_wait)
     return out
 
 
 def _demand(digest: Digest, served: Sequence[tuple[Advert, ModelOffer]], live: int,
-            holders: int, cap: float) -> ModelDemand:
+            holders: int, cap: float, wait: float) -> ModelDemand:
     names = sorted(o.name for _, o in served)
     return ModelDemand(
         digest=digest,
         name=names[0],
         replicas=len(served),
-        load=sum(replica_load(o, cap) for _, o in served),
+        load=sum(replica_load(o, cap, wait) for _, o in served),
         arrival_rate=sum(o.arrival_rate for _, o in served),
         throughput=sum(o.items_per_second for _, o in served),
         queue_wait=max(o.queue_wait for _, o in served),

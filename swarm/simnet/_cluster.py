@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import enum
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import grpc
 
@@ -159,6 +160,8 @@ class ClusterConfig:
     torch_threads: int = 0
     log_level: str = "info"
     python: str = sys.executable
+    # [autoscale] settings (swarm.autoscale.AutoscaleConfig) of nodes whose spec autoscales.
+    autoscale: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -325,6 +328,13 @@ class Cluster:
         if self._network is not None:
             host = self._network.host(spec.index)
             args += ["--listen-host", host, "--advertise-host", host]
+        if spec.autoscale:
+            args += ["--autoscale"]
+            if self.config.autoscale:
+                slot.data_dir.mkdir(parents=True, exist_ok=True)
+                path = slot.data_dir / "autoscale.toml"
+                path.write_text(_autoscale_toml(self.config.autoscale))
+                args += ["--config", str(path)]
         return args
 
     def _command(self, index: int, args: list[str]) -> list[str]:
@@ -505,6 +515,20 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _autoscale_toml(settings: Sequence[tuple[str, Any]]) -> str:
+    """An `[autoscale]` table (numbers, booleans, strings, lists of strings) as TOML."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        return "[" + ", ".join(value(x) for x in v) + "]"
+
+    return "[autoscale]\n" + "".join(f"{k} = {value(v)}\n" for k, v in settings)
 
 
 @contextlib.asynccontextmanager

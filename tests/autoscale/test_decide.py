@@ -27,6 +27,7 @@ COLD = Digest.of(b"cold")
 MB = 1 << 20
 CONFIG = AutoscaleConfig(enabled=True, up_delay=30, panic_delay=6, down_delay=120,
                          target_load=0.7, min_replicas=1)
+UNCAPPED = dataclasses.replace(CONFIG, max_scale_up_rate=100)
 
 
 def peer(i: int) -> Identity:
@@ -151,7 +152,7 @@ def test_the_better_paying_model_is_loaded_first() -> None:
     cheap, dear = Digest.of(b"cheap"), Digest.of(b"dear")
     view = view_of(advert(1, (offer(cheap, "acme/cheap", load=3.0),), price=5, stored=(cheap,)),
                    advert(2, (offer(dear, "acme/dear", load=3.0),), price=50, stored=(dear,)))
-    (action,) = run(view, me(), steps=(0, 6)).actions
+    (action,) = run(view, me(), UNCAPPED, steps=(0, 6)).actions
     assert action.digest == dear
 
 
@@ -258,6 +259,24 @@ def test_expected_loads_match_the_deficit() -> None:
         for j in range(20):
             own = advert(100 + j)
             state = SelfState(now=6.0, advert=own, trends=run(view, me(), steps=(0,)).trends)
-            total += len(decide(view, state, CONFIG, rng).actions)
+            total += len(decide(view, state, UNCAPPED, rng).actions)
     mean = total / rounds
     assert mean == pytest.approx(4.0, abs=0.3)
+
+
+def test_scale_up_rate_caps_the_deficit() -> None:
+    """3 replicas' worth on one replica wants 5, but at most 2 x 1 at once: a deficit of 1."""
+    d = supply_and_demand(swarm([3.0], idle=3), None)[HOT]
+    assert d.desired(0.7, 1) == 5
+    assert d.desired(0.7, 1, max_rate=2.0) == 2
+
+
+def test_a_backlog_counts_as_load() -> None:
+    """A saturated provider whose arrivals match its throughput (clients bound what they
+    have in flight) but whose queue waits 2 s: the backlog makes it hot."""
+    offer_ = ModelOffer(HOT, "acme/chat", items_per_second=10, arrival_rate=10,
+                        utilization=1.0, queue_wait=2.0)
+    d = supply_and_demand(view_of(advert(1, (offer_,), stored=(HOT,))), None)[HOT]
+    assert d.load == pytest.approx(4.0)  # 1 x (1 + 2 / 0.5), at the cap
+    assert supply_and_demand(view_of(advert(1, (offer_,))), None,
+                             target_queue_wait=0)[HOT].load == pytest.approx(1.0)
