@@ -26,9 +26,9 @@ def test_swarm_exports() -> None:
 
 def test_swarm_node_exports() -> None:
     assert set(swarm.node.__all__) == {
-        "MLP_DIMS", "BatchPolicy", "Dispatch", "Model", "ModelOptions", "ModelSpec", "Node",
-        "NodeConfig", "NodeState", "QueueView", "TensorSpec", "Wait", "decide", "load_config",
-        "main", "mlp_module",
+        "MLP_DIMS", "AutoscaleHost", "Autoscaler", "BatchPolicy", "Dispatch", "Model",
+        "ModelOptions", "ModelSpec", "Node", "NodeConfig", "NodeState", "QueueView",
+        "ScalingEvent", "TensorSpec", "Wait", "decide", "load_config", "main", "mlp_module",
     }
 
 

@@ -11,11 +11,12 @@ Every node runs it on its own view; no coordinator. The rules:
   Serve's upscale_delay_s) is a *hot* model; when its load per replica reaches
   `panic_factor` x the target, `panic_delay` is the delay instead (KPA's panic
   mode: a burst is answered within seconds). Each node that could serve it enters
-  a lottery once per delay: it loads with probability deficit / candidates, so the
-  expected number of new replicas in the swarm is the deficit, and idle nodes do
-  not all load the same model at once. The delay restarts after every lottery and
-  whenever the replica count changes (a new replica must show up in adverts
-  before the next round).
+  a lottery: it loads with probability deficit / candidates, so the expected
+  number of new replicas in the swarm is the deficit, and idle nodes do not all
+  load the same model at once. A node's next lottery for the model waits `settle`
+  seconds more (what a load takes plus an advert interval: the replicas a round
+  adds must show up in adverts before the next round counts the deficit again),
+  and the delay restarts whenever the replica count changes.
 - Bounds: only models in `allowed` (names or `namespace/` prefixes; empty: any),
   whose providers' median price is at least `min_price`, with a registry holder to
   pull from, that fit `memory_budget` with what this node already serves (a model
@@ -28,7 +29,13 @@ Every node runs it on its own view; no coordinator. The rules:
   providers whose adverts say their autoscaler loaded it (`ModelOffer.autoscaled`)
   are ranked by a hash of (peer, model), the same ranking on every node, and those
   ranked within the excess unload, so `min_replicas` is kept when views agree.
-  Never while the model is in panic.
+  Never while the model is in panic. A release round keeps the most replicas
+  wanted at any time in its cool-down (Knative's scale-down window) and at least
+  1/`max_scale_down_rate` of the replicas it began with, so a dip in the
+  measurements while replicas leave (their traffic moves, measured a window later)
+  does not release more. The cool-down does not restart as replicas leave (only
+  when more come): a round releases its excess at once; then the next round
+  measures over a cool-down of its own.
 - At most one action per call; none while a load or unload is in progress.
 
 Pure: time comes in `SelfState.now`, randomness from `rng`, and what must be
@@ -70,6 +77,9 @@ class AutoscaleConfig:
     panic_factor: float = 2.0
     # The up-scale delay in panic (a burst).
     panic_delay: float = 6.0
+    # Seconds between two lotteries of one node for one model: at least what a load takes
+    # plus an advert interval, so that the replicas one round adds are seen before the next.
+    settle: float = 60.0
     # Seconds a model must want fewer replicas before a node releases its replica.
     down_delay: float = 300.0
     # Replicas of a model the swarm keeps, however quiet it is.
@@ -88,7 +98,10 @@ class AutoscaleConfig:
     target_queue_wait: float = 0.5
     # At most this many times the current replicas are wanted at once (Knative's
     # max-scale-up-rate): a backlog says "more", not how many more.
-    max_scale_up_rate: float = 2.0
+    max_scale_up_rate: float = 4.0
+    # One release round keeps at least 1/max_scale_down_rate of the replicas it began with
+    # (Knative's max-scale-down-rate): measurements lag while replicas leave.
+    max_scale_down_rate: float = 2.0
     # After a failed load, the model is not tried again for this long, doubling to backoff_max.
     backoff_initial: float = 30.0
     backoff_max: float = 600.0
@@ -102,7 +115,7 @@ class AutoscaleConfig:
             raise ConfigError(f"autoscale.target_load must be > 0, not {self.target_load}")
         if not self.panic_factor > 1:
             raise ConfigError(f"autoscale.panic_factor must be > 1, not {self.panic_factor}")
-        for name in ("up_delay", "panic_delay", "down_delay"):
+        for name in ("up_delay", "panic_delay", "down_delay", "settle"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:
                 raise ConfigError(f"autoscale.{name} must be finite and >= 0, not {value}")
@@ -115,9 +128,10 @@ class AutoscaleConfig:
             raise ConfigError("autoscale needs 0 < backoff_initial <= backoff_max")
         if not 0 < self.max_replica_load < math.inf or self.history < 1:
             raise ConfigError("autoscale.max_replica_load must be > 0 and history >= 1")
-        if not 0 <= self.target_queue_wait < math.inf or not self.max_scale_up_rate > 1:
+        if (not 0 <= self.target_queue_wait < math.inf or not self.max_scale_up_rate > 1
+                or not self.max_scale_down_rate > 1):
             raise ConfigError("autoscale.target_queue_wait must be >= 0 (0: ignore queue waits) "
-                              "and max_scale_up_rate > 1")
+                              "and max_scale_up_rate, max_scale_down_rate > 1")
 
 
 class ActionKind(enum.StrEnum):
@@ -147,8 +161,12 @@ class Trend:
 
     direction: Direction
     since: float
-    # The replica count when the trend (re)started: a change restarts it.
+    # The replica count when the trend (re)started: a change restarts it (for a
+    # cool-down, only more replicas do).
     replicas: int
+    # Cool-down: the most replicas wanted since it started (what a release keeps:
+    # Knative's scale-down window takes the largest desired count over the window).
+    peak: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +209,17 @@ def _rank(peer: PeerId, digest: Digest) -> bytes:
     return hashlib.sha256(f"{peer.value}\0{digest}".encode()).digest()
 
 
-def _trend(old: Trend | None, direction: Direction | None, replicas: int,
+def _trend(old: Trend | None, direction: Direction | None, replicas: int, desired: int,
            now: float) -> Trend | None:
     if direction is None:
         return None
-    if old is not None and old.direction is direction and old.replicas == replicas:
-        return old
-    return Trend(direction, now, replicas)
+    if old is not None and old.direction is direction:
+        if direction is Direction.UP and old.replicas == replicas:
+            return old
+        if direction is Direction.DOWN and replicas <= old.replicas:  # a round goes on
+            return old if desired <= old.peak else Trend(direction, old.since, old.replicas,
+                                                           desired)
+    return Trend(direction, now, replicas, desired)
 
 
 def _pays(d: ModelDemand, config: AutoscaleConfig) -> float:
@@ -224,7 +246,7 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
         panic = d.per_replica >= panic_at
         direction = (Direction.UP if desired > d.replicas
                      else Direction.DOWN if desired < d.replicas and not panic else None)
-        trend = _trend(me.trends.get(digest), direction, d.replicas, me.now)
+        trend = _trend(me.trends.get(digest), direction, d.replicas, desired, me.now)
         if trend is None:
             continue
         trends[digest] = trend
@@ -232,14 +254,19 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
         if direction is Direction.UP and held >= (config.panic_delay if panic else config.up_delay):
             ready_up.append((d, desired - d.replicas))
         elif direction is Direction.DOWN and held >= config.down_delay:
-            ready_down.append((d, d.replicas - desired))
+            floor = math.ceil(trend.replicas / config.max_scale_down_rate - 1e-9)
+            excess = d.replicas - max(desired, trend.peak, floor)
+            if excess > 0:
+                ready_down.append((d, excess))
+            else:  # this round is done: the next one measures over a cool-down of its own
+                trends[digest] = Trend(Direction.DOWN, me.now, d.replicas, desired)
     result = tuple(sorted(demand.values(), key=lambda d: (d.name, d.digest.hex)))
-    if me.busy or (own is not None and own.draining):
+    if me.busy or own is None or own.draining:  # no advert yet (starting): nothing to offer
         return Decision((), trends, result)
 
     # Release first: an excess replica here is capacity another model may need.
     for d, excess in sorted(ready_down, key=lambda x: x[0].digest.hex):
-        if d.digest not in me.managed or own is None:
+        if d.digest not in me.managed:
             continue
         order = sorted(d.releasable, key=lambda p: _rank(p, d.digest))
         if own.peer_id in order[:excess]:
@@ -252,13 +279,13 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
                 f"the {excess} of {len(order)} autoscaled replicas to release",
                 d.memory_bytes),), trends, result)
 
-    served = len(own.models) if own is not None else 0
+    served = len(own.models)
     for d, deficit in sorted(ready_up, key=lambda x: (-_pays(x[0], config), x[0].digest.hex)):
         # One version per name here: another version of a name served here is not a candidate.
         if d.digest in mine or d.name in names or not _eligible(d, me, config, served):
             continue
-        # One lottery per model per delay, won or lost: restart the trend.
-        trends[d.digest] = Trend(Direction.UP, me.now, d.replicas)
+        # Won or lost, this node's next lottery for the model waits `settle` more seconds.
+        trends[d.digest] = Trend(Direction.UP, me.now + config.settle, d.replicas)
         chance = min(1.0, deficit / max(1, d.candidates))
         if rng.random() < chance:
             return Decision((Action(

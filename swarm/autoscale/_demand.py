@@ -13,21 +13,32 @@ from swarm.protocol import Advert, ModelOffer, PeerView
 __all__ = ["ModelDemand", "replica_load", "supply_and_demand"]
 
 
+# Utilization from which a provider counts as saturated: its utilization no longer
+# says how much more work there is.
+SATURATED = 0.9
+# A saturated provider with a backlog counts as this many replicas' worth (at least).
+BACKLOG = 1.5
+
+
 def replica_load(offer: ModelOffer, cap: float, target_queue_wait: float = 0.5) -> float:
     """How many replicas' worth of work one provider's model sees (1.0 = saturated).
 
-    The largest of its measured utilization, its arrival rate over its throughput
-    (utilization stops at 1, arrivals beyond what it executes do not), and its
-    utilization x (1 + queue wait / `target_queue_wait`): when clients bound their
-    requests in flight, a backlog is all an overloaded provider sees, its arrivals
-    matching what it executes. Capped at `cap`: one advert (hostile input) moves a
-    model's demand by at most `cap` replicas.
+    Its measured utilization; once saturated (utilization >= SATURATED), at least its
+    arrival rate over its throughput (arrivals beyond what it executes), and at least
+    twice its utilization when requests wait longer than `target_queue_wait` (when
+    clients bound their requests in flight, a backlog is all an overloaded provider
+    sees: its arrivals match what it executes; the backlog says "more", not how many
+    more, so it asks for a doubling and the next round measures again). Below
+    saturation the throughput of small batches understates capacity, so arrivals over
+    throughput would overstate load: utilization alone counts there. Capped at `cap`:
+    one advert (hostile input) moves a model's demand by at most `cap` replicas.
     """
     load = offer.utilization
-    if offer.items_per_second > 0:
-        load = max(load, offer.arrival_rate / offer.items_per_second)
-    if target_queue_wait > 0:
-        load = max(load, offer.utilization * (1 + offer.queue_wait / target_queue_wait))
+    if load >= SATURATED:
+        if offer.items_per_second > 0:
+            load = max(load, offer.arrival_rate / offer.items_per_second)
+        if target_queue_wait > 0 and offer.queue_wait > target_queue_wait:
+            load = max(load, BACKLOG * offer.utilization)
     return min(load, cap)
 
 
@@ -79,23 +90,36 @@ def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: f
     `own` is this node's current advert (the view does not hold it: own adverts are
     not admitted). Draining providers count for neither supply nor candidates.
     """
-    adverts: list[Advert] = [e.advert for e in view if e.advert.peer_id != (own and own.peer_id)]
-    if own is not None:
-        adverts.append(own)
-    live = [a for a in adverts if not a.draining]
-    offers: dict[Digest, list[tuple[Advert, ModelOffer]]] = {}
-    for advert in live:
-        for offer in advert.models:
-            offers.setdefault(offer.digest, []).append((advert, offer))
+    # One pass over the view for what every peer contributes (cheap attribute reads:
+    # every node runs this every interval, over views of thousands of peers); the
+    # offers come from the view's digest index.
+    own_id = own.peer_id if own is not None else None
+    live = 0
     stored: dict[Digest, int] = {}
-    for advert in adverts:
+    for entry in view.entries.values():
+        advert = entry.advert
+        if advert.peer_id == own_id:
+            continue
+        live += not advert.draining
         for digest in advert.stored:
             stored[digest] = stored.get(digest, 0) + 1
-    out = {}
-    for digest, served in offers.items():
-        out[digest] = _demand(digest, served, len(live), stored.get(digest, 0), max_replica_load,
-                              target_queue_wait)
-    return out
+    offers: dict[Digest, list[tuple[Advert, ModelOffer]]] = {}
+    for digest, peers in view.by_digest.items():
+        for peer in peers:
+            advert = view.entries[peer].advert
+            offer = advert.offer(digest)
+            if advert.peer_id != own_id and not advert.draining and offer is not None:
+                offers.setdefault(digest, []).append((advert, offer))
+    if own is not None:
+        live += not own.draining
+        for digest in own.stored:
+            stored[digest] = stored.get(digest, 0) + 1
+        if not own.draining:
+            for offer in own.models:
+                offers.setdefault(offer.digest, []).append((own, offer))
+    return {digest: _demand(digest, served, live, stored.get(digest, 0), max_replica_load,
+                            target_queue_wait)
+            for digest, served in offers.items()}
 
 
 def _demand(digest: Digest, served: Sequence[tuple[Advert, ModelOffer]], live: int,

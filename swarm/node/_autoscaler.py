@@ -36,10 +36,10 @@ from swarm.autoscale import (
     allowed,
     decide,
 )
-from swarm.node._models import ServedModel
 from swarm.protocol import Advert, PeerView
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not at run time: the simulator runs the driver without torch
+    from swarm.node._models import ServedModel
     from swarm.node._node import Node
 
 __all__ = ["AutoscaleHost", "Autoscaler", "DemandMeter", "Measured", "NodeHost", "ScalingEvent"]

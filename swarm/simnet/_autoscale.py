@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,12 @@ class AutoscaleSummary:
     p99_after_ms: float
     samples: tuple[ReplicaSample, ...]
     events: tuple[ScalingRecord, ...]
+
+    @property
+    def replica_seconds(self) -> float:
+        """Replicas x seconds over the samples from t = 0 (what serving the model cost)."""
+        pts = [s for s in self.samples if s.at >= 0]
+        return sum(a.replicas * (b.at - a.at) for a, b in itertools.pairwise(pts))
 
     @property
     def time_to_enough(self) -> float | None:
@@ -142,7 +149,7 @@ def autoscale_lines(s: AutoscaleSummary) -> list[str]:
         + f"; at most {s.max_replicas}, {s.final_replicas} at the end",
         f"autoscale: {s.loads} loads, {s.unloads} unloads, {s.failed} failed actions; p99 before "
         f"{ms(s.p99_before_ms)}, while scaling {ms(s.p99_scaling_ms)}, with enough replicas "
-        f"{ms(s.p99_after_ms)}",
+        f"{ms(s.p99_after_ms)}; {s.replica_seconds:.0f} replica-seconds",
     ]
     changes = []
     last = None

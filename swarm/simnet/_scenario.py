@@ -322,6 +322,8 @@ class VirtualSettings:
     # Clients' retries: hedge slow attempts, and most providers tried per request.
     hedge: bool = True
     max_attempts: int = 4
+    # Autoscaling groups: virtual seconds a provider takes to pull, load and warm up a model.
+    model_load_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,6 +753,8 @@ def _validate_virtual(m: VirtualSettings, w: Workload,
         raise bad(f"virtual.{exc}") from None
     if m.max_attempts < 1:
         raise bad(f"virtual.max_attempts must be at least 1, got {m.max_attempts}")
+    if not (m.model_load_s >= 0 and finite(m.model_load_s)):
+        raise bad(f"virtual.model_load_s must be >= 0, got {m.model_load_s}")
 
 
 def _validate_workload(w: Workload, duration: float, bad: Callable[[str], ConfigError]) -> None:

@@ -36,7 +36,8 @@ def peer(i: int) -> Identity:
 
 def offer(digest: Digest = HOT, name: str = "acme/chat", *, load: float = 0.0,
           ips: float = 10.0, memory: int = 100 * MB, autoscaled: bool = True) -> ModelOffer:
-    """An offer whose replica load is `load` (arrivals over throughput)."""
+    """An offer whose replica load is `load` (its utilization; beyond 1, arrivals over
+    throughput)."""
     return ModelOffer(digest, name, items_per_second=ips, arrival_rate=load * ips,
                       utilization=min(1.0, load), memory_bytes=memory, autoscaled=autoscaled)
 
@@ -167,6 +168,23 @@ def test_a_replica_count_change_restarts_the_delay() -> None:
     assert d2.trends[HOT].since == 40.0
 
 
+def test_after_a_lottery_the_next_waits_settle() -> None:
+    config = dataclasses.replace(CONFIG, max_scale_up_rate=100, settle=60)
+    view = swarm([3.0], idle=30)  # p = 4 / 31 per lottery
+    state = me()
+    rolls = 0
+    decision = Decision((), {})
+    rng = random.Random(3)
+    for t in range(0, 120, 2):
+        state = dataclasses.replace(state, now=float(t), trends=decision.trends)
+        before = decision.trends.get(HOT)
+        decision = decide(view, state, config, rng)
+        after = decision.trends.get(HOT)
+        rolls += after is not before and after is not None and after.since > t  # a lottery
+        assert before is None or after is not None
+    assert rolls == 2  # at 6 s (the panic delay), then 60 + 6 s later
+
+
 def test_unload_after_the_down_delay_only_what_it_loaded() -> None:
     quiet = offer(load=0.0)
     view = view_of(advert(1, (quiet,), stored=(HOT,)), advert(2, (quiet,)))
@@ -271,12 +289,19 @@ def test_scale_up_rate_caps_the_deficit() -> None:
     assert d.desired(0.7, 1, max_rate=2.0) == 2
 
 
+def test_below_saturation_only_utilization_counts() -> None:
+    """Small batches run slower per item: arrivals over that throughput would overstate."""
+    half = ModelOffer(HOT, "acme/chat", items_per_second=1, arrival_rate=3, utilization=0.5,
+                      queue_wait=5.0)
+    assert supply_and_demand(view_of(advert(1, (half,))), None)[HOT].load == 0.5
+
+
 def test_a_backlog_counts_as_load() -> None:
     """A saturated provider whose arrivals match its throughput (clients bound what they
     have in flight) but whose queue waits 2 s: the backlog makes it hot."""
     offer_ = ModelOffer(HOT, "acme/chat", items_per_second=10, arrival_rate=10,
                         utilization=1.0, queue_wait=2.0)
     d = supply_and_demand(view_of(advert(1, (offer_,), stored=(HOT,))), None)[HOT]
-    assert d.load == pytest.approx(4.0)  # 1 x (1 + 2 / 0.5), at the cap
+    assert d.load == pytest.approx(1.5)  # "more" (x1.5), then measure again
     assert supply_and_demand(view_of(advert(1, (offer_,))), None,
                              target_queue_wait=0)[HOT].load == pytest.approx(1.0)

@@ -18,7 +18,7 @@ from swarm.node._models import BatchStat, ModelStats
 from swarm.protocol import Advert, PeerView
 from tests.autoscale.test_decide import HOT, advert, offer, swarm
 
-CONFIG = AutoscaleConfig(enabled=True, interval=1, up_delay=2, panic_delay=1, down_delay=4,
+CONFIG = AutoscaleConfig(enabled=True, interval=1, up_delay=2, panic_delay=1, down_delay=4, settle=0,
                          backoff_initial=10, backoff_max=40)
 
 

@@ -23,7 +23,7 @@ from tests.waiting import wait_until
 
 # Any traffic counts as hot (target load far below it); short delays, in seconds.
 SCALE = AutoscaleConfig(enabled=True, interval=0.2, target_load=0.001, up_delay=0.4,
-                        panic_delay=0.2, down_delay=1.5, min_replicas=1)
+                        panic_delay=0.2, settle=0.5, down_delay=1.5, min_replicas=1)
 
 
 async def test_hot_model_gains_a_replica_and_releases_it_when_quiet(tmp_path: Path) -> None:
