@@ -99,7 +99,9 @@ def _p99(records: Sequence[RequestRecord], start: float, end: float) -> float:
 
 def summarize_autoscale(model: str, workload: Workload, duration: float, promises: Promises,
                         samples: Sequence[ReplicaSample], events: Sequence[ScalingRecord],
-                        records: Sequence[RequestRecord]) -> AutoscaleSummary:
+                        records: Sequence[RequestRecord],
+                        final: int | None = None) -> AutoscaleSummary:
+    """`final`: replicas at the end, when known better than the last sample."""
     rise, fall = _changes(workload, duration)
     most = max((s.replicas for s in samples), default=0)
     wanted = promises.scale_up_replicas if promises.scale_up_replicas is not None else most
@@ -109,7 +111,8 @@ def summarize_autoscale(model: str, workload: Workload, duration: float, promise
     end_scaling = enough if enough is not None else (fall if fall is not None else duration)
     return AutoscaleSummary(
         model=model, rise_at=rise, fall_at=fall, wanted=wanted, enough_at=enough,
-        max_replicas=most, final_replicas=samples[-1].replicas if samples else 0,
+        max_replicas=most,
+        final_replicas=final if final is not None else samples[-1].replicas if samples else 0,
         loads=sum(e.action == "load" for e in done),
         unloads=sum(e.action == "unload" for e in done),
         failed=sum(e.outcome == "failed" for e in events),
@@ -174,9 +177,11 @@ async def sample_replicas(count: Callable[[], int], start: float, out: list[Repl
 
 
 async def collect_events(addresses: Sequence[tuple[int, str]], start_wall: float,
-                         timeout: float = 5.0) -> list[ScalingRecord]:
-    """Every reachable node's scaling events (status RPC), timed from `start_wall`."""
+                         digest: str = "", timeout: float = 5.0) -> tuple[list[ScalingRecord], int]:
+    """Every reachable node's scaling events (status RPC), timed from `start_wall`, and how
+    many of them serve `digest` now (what the nodes say, not a client's view)."""
     records: list[ScalingRecord] = []
+    serving = 0
     for index, address in addresses:
         with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
             async with grpc.aio.insecure_channel(address) as channel:
@@ -184,4 +189,5 @@ async def collect_events(addresses: Sequence[tuple[int, str]], start_wall: float
                     node_pb2.GetStatusRequest(), timeout=timeout)
             records += [ScalingRecord(round(e.at_unix_ns / 1e9 - start_wall, 2), index, e.action,
                                       e.outcome, e.reason, e.error) for e in status.scaling]
-    return records
+            serving += any(m.digest == digest for m in status.models)
+    return records, serving

@@ -289,13 +289,15 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
             await router.aclose()
         history = cluster.history
         notes = [*cluster.notes, *timeline.lines]
-        events = (await collect_events([(h.index, h.grpc) for h in cluster.nodes if h is not None],
-                                       start_wall) if autoscaling else [])
+        events, serving = (await collect_events(
+            [(h.index, h.grpc) for h in cluster.nodes if h is not None], start_wall,
+            str(scaled_model[1])) if scaled_model is not None else ([], 0))
     summary = summarize(recorder.records, duration=ran, promises=scenario.promises,
                         faults=timeline.events, interrupted=interrupted)
     if scaled_model is not None:
         scaling = summarize_autoscale(scaled_model[0], scenario.workload, ran,
-                                      scenario.promises, replicas, events, recorder.records)
+                                      scenario.promises, replicas, events, recorder.records,
+                                      final=serving)
         summary = dataclasses.replace(
             summary, promises=summary.promises + autoscale_promises(scenario.promises, scaling))
         notes += autoscale_lines(scaling)
