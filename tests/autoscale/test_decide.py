@@ -305,3 +305,11 @@ def test_a_backlog_counts_as_load() -> None:
     assert d.load == pytest.approx(1.5)  # "more" (x1.5), then measure again
     assert supply_and_demand(view_of(advert(1, (offer_,))), None,
                              target_queue_wait=0)[HOT].load == pytest.approx(1.0)
+
+
+def test_swarm_peers_rows_show_replicas_per_model() -> None:
+    from swarm.cli._client import _replica_rows
+
+    rows = _replica_rows(swarm([1.0, 0.5], idle=2))
+    assert [(r["name"], r["replicas"], r["load"], r["holders"]) for r in rows] == [
+        ("acme/chat", 2, 1.5, 1)]
