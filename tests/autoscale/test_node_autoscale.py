@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from swarm.autoscale import AutoscaleConfig
 from swarm.client import AsyncClient
@@ -26,7 +27,8 @@ SCALE = AutoscaleConfig(enabled=True, interval=0.2, target_load=0.001, up_delay=
                         panic_delay=0.2, settle=0.5, down_delay=1.5, min_replicas=1)
 
 
-async def test_hot_model_gains_a_replica_and_releases_it_when_quiet(tmp_path: Path) -> None:
+async def test_hot_model_gains_a_replica_and_releases_it_when_quiet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     network = MemoryNetwork(0)
 
     async def gossip(identity: Identity, config: NodeConfig) -> Gossip:
@@ -78,6 +80,15 @@ async def test_hot_model_gains_a_replica_and_releases_it_when_quiet(tmp_path: Pa
                          what="C releasing the replica")
         assert any(s.digest == digest for s in b.table)
         assert [e.action for e in c.status().scaling][-2:] == ["unload", "unload"]
+        # `swarm-node status` asks the running node over its status RPC.
+        from swarm.node._cli import main
+
+        assert await asyncio.to_thread(main, ["status", "--address", c.grpc_address]) == 0
+        out = capsys.readouterr().out
+        assert "autoscale  on" in out
+        assert "load simnet" not in out
+        assert "load acme/classifier" in out
+        assert "why: demand" in out
         metrics = c.metrics.render().decode()
         assert 'swarm_autoscale_actions_total{action="load",outcome="done"} 1.0' in metrics
         assert 'swarm_autoscale_actions_total{action="unload",outcome="done"} 1.0' in metrics
