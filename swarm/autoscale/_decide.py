@@ -16,7 +16,8 @@ Every node runs it on its own view; no coordinator. The rules:
   load the same model at once. A node's next lottery for the model waits `settle`
   seconds more (what a load takes plus an advert interval: the replicas a round
   adds must show up in adverts before the next round counts the deficit again),
-  and the delay restarts whenever the replica count changes.
+  and the delay restarts when more replicas show up (not when one is missing from
+  the view for a moment: that leaves more work for the others).
 - Bounds: only models in `allowed` (names or `namespace/` prefixes; empty: any),
   whose providers' median price is at least `min_price`, with a registry holder to
   pull from, that fit `memory_budget` with what this node already serves (a model
@@ -214,7 +215,9 @@ def _trend(old: Trend | None, direction: Direction | None, replicas: int, desire
     if direction is None:
         return None
     if old is not None and old.direction is direction:
-        if direction is Direction.UP and old.replicas == replicas:
+        # A provider missing from the view for a moment (late adverts on a busy host)
+        # leaves more work for the others: only more replicas restart the delay.
+        if direction is Direction.UP and replicas <= old.replicas:
             return old
         if direction is Direction.DOWN and replicas <= old.replicas:  # a round goes on
             return old if desired <= old.peak else Trend(direction, old.since, old.replicas,
@@ -260,6 +263,11 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
                 ready_down.append((d, excess))
             else:  # this round is done: the next one measures over a cool-down of its own
                 trends[digest] = Trend(Direction.DOWN, me.now, d.replicas, desired)
+    # A model whose every provider is missing from the view for a moment keeps its trend
+    # (for up to a cool-down), rather than starting over when they are back.
+    for digest, old in me.trends.items():
+        if digest not in demand and me.now - old.since < config.down_delay:
+            trends[digest] = old
     result = tuple(sorted(demand.values(), key=lambda d: (d.name, d.digest.hex)))
     if me.busy or own is None or own.draining:  # no advert yet (starting): nothing to offer
         return Decision((), trends, result)

@@ -185,6 +185,23 @@ def test_after_a_lottery_the_next_waits_settle() -> None:
     assert rolls == 2  # at 6 s (the panic delay), then 60 + 6 s later
 
 
+def test_a_provider_missing_for_a_moment_does_not_restart_the_delay() -> None:
+    state = me()
+    d1 = run(swarm([0.9, 0.9, 0.9], idle=0), state, steps=(0, 20))
+    since = d1.trends[HOT].since
+    # One provider's advert is late: two replicas in the view, then none at all.
+    state = dataclasses.replace(state, now=25.0, trends=d1.trends)
+    d2 = decide(swarm([0.9, 0.9], idle=0), state, CONFIG, random.Random(0))
+    assert d2.trends[HOT].since == since
+    state = dataclasses.replace(state, now=28.0, trends=d2.trends)
+    d3 = decide(view_of(advert(9)), state, CONFIG, random.Random(0))
+    assert d3.trends[HOT].since == since
+    # Back, and hot past the delay: this node's lottery (p = 1: it is the only candidate).
+    state = dataclasses.replace(state, now=31.0, trends=d3.trends)
+    (action,) = decide(swarm([0.9, 0.9, 0.9], idle=0), state, CONFIG, random.Random(0)).actions
+    assert action.kind is ActionKind.LOAD
+
+
 def test_unload_after_the_down_delay_only_what_it_loaded() -> None:
     quiet = offer(load=0.0)
     view = view_of(advert(1, (quiet,), stored=(HOT,)), advert(2, (quiet,)))
