@@ -16,29 +16,32 @@ __all__ = ["ModelDemand", "replica_load", "supply_and_demand"]
 # Utilization from which a provider counts as saturated: its utilization no longer
 # says how much more work there is.
 SATURATED = 0.9
-# A saturated provider with a backlog counts as this many replicas' worth (at least).
+# A provider with a backlog counts as at least this many replicas' worth.
 BACKLOG = 1.5
 
 
 def replica_load(offer: ModelOffer, cap: float, target_queue_wait: float = 0.5) -> float:
     """How many replicas' worth of work one provider's model sees (1.0 = saturated).
 
-    Its measured utilization; once saturated (utilization >= SATURATED), at least its
-    arrival rate over its throughput (arrivals beyond what it executes), and at least
-    twice its utilization when requests wait longer than `target_queue_wait` (when
-    clients bound their requests in flight, a backlog is all an overloaded provider
-    sees: its arrivals match what it executes; the backlog says "more", not how many
-    more, so it asks for a doubling and the next round measures again). Below
-    saturation the throughput of small batches understates capacity, so arrivals over
-    throughput would overstate load: utilization alone counts there. Capped at `cap`:
-    one advert (hostile input) moves a model's demand by at most `cap` replicas.
+    Its measured utilization (the share of time its model executes). Once saturated
+    (utilization >= SATURATED) or backlogged (requests wait longer than
+    `target_queue_wait`), at least its arrival rate over its throughput (arrivals
+    beyond what it executes); and backlogged, at least BACKLOG: a node whose time goes
+    to serving requests rather than executing them (a CPU node decoding gRPC) never
+    looks busy by utilization, and when clients bound their requests in flight its
+    arrivals match what it executes, so the backlog is the signal. It says "more",
+    not how many more: the next round measures again. Below that, the throughput of
+    small batches understates capacity, so arrivals over throughput would overstate
+    load: utilization alone counts. Capped at `cap`: one advert (hostile input) moves a
+    model's demand by at most `cap` replicas.
     """
     load = offer.utilization
-    if load >= SATURATED:
+    backlog = 0 < target_queue_wait < offer.queue_wait
+    if load >= SATURATED or backlog:
         if offer.items_per_second > 0:
             load = max(load, offer.arrival_rate / offer.items_per_second)
-        if target_queue_wait > 0 and offer.queue_wait > target_queue_wait:
-            load = max(load, BACKLOG * offer.utilization)
+        if backlog:
+            load = max(load, BACKLOG)
     return min(load, cap)
 
 

@@ -309,8 +309,16 @@ def test_scale_up_rate_caps_the_deficit() -> None:
 def test_below_saturation_only_utilization_counts() -> None:
     """Small batches run slower per item: arrivals over that throughput would overstate."""
     half = ModelOffer(HOT, "acme/chat", items_per_second=1, arrival_rate=3, utilization=0.5,
-                      queue_wait=5.0)
+                      queue_wait=0.1)
     assert supply_and_demand(view_of(advert(1, (half,))), None)[HOT].load == 0.5
+
+
+def test_a_backlog_is_load_even_when_the_model_looks_idle() -> None:
+    """A CPU node whose time goes to gRPC, not to its model: utilization 0.3, but requests
+    wait 3 s. It counts as BACKLOG (1.5) replicas' worth at least."""
+    busy = ModelOffer(HOT, "acme/chat", items_per_second=100, arrival_rate=20,
+                      utilization=0.3, queue_wait=3.0)
+    assert supply_and_demand(view_of(advert(1, (busy,))), None)[HOT].load == 1.5
 
 
 def test_a_backlog_counts_as_load() -> None:
