@@ -26,9 +26,9 @@ def test_swarm_exports() -> None:
 
 def test_swarm_node_exports() -> None:
     assert set(swarm.node.__all__) == {
-        "MLP_DIMS", "BatchPolicy", "Dispatch", "Model", "ModelOptions", "ModelSpec", "Node",
-        "NodeConfig", "NodeState", "QueueView", "TensorSpec", "Wait", "decide", "load_config",
-        "main", "mlp_module",
+        "MLP_DIMS", "AutoscaleHost", "Autoscaler", "BatchPolicy", "Dispatch", "Model",
+        "ModelOptions", "ModelSpec", "Node", "NodeConfig", "NodeState", "QueueView",
+        "ScalingEvent", "TensorSpec", "Wait", "decide", "load_config", "main", "mlp_module",
     }
 
 
@@ -39,6 +39,14 @@ def test_swarm_routing_exports() -> None:
         "BUILTIN_DIGESTS", "FORWARDED", "MAX_MESSAGE_BYTES", "Caller", "GrpcCaller",
         "ProviderWeight", "Resolver", "Routed", "Router", "RoutingOptions", "SignedNames",
         "SignedTags", "error_from_rpc", "one_per_provider", "status_of"}
+
+
+def test_swarm_autoscale_exports() -> None:
+    import swarm.autoscale
+
+    assert set(swarm.autoscale.__all__) == {
+        "Action", "ActionKind", "AutoscaleConfig", "Decision", "Direction", "ModelDemand",
+        "SelfState", "Trend", "allowed", "decide", "replica_load", "supply_and_demand"}
 
 
 def test_swarm_modelfile_exports() -> None:
@@ -59,7 +67,7 @@ def test_every_front_exports_what_it_names() -> None:
     import importlib
 
     for name in ("swarm.protocol", "swarm.protocol.testing", "swarm.modelfile", "swarm.staking",
-                 "swarm.scheduler", "swarm.routing", "swarm.registry", "swarm.node",
+                 "swarm.scheduler", "swarm.routing", "swarm.registry", "swarm.autoscale", "swarm.node",
                  "swarm.client", "swarm.simnet", "swarm.cli"):
         module = importlib.import_module(name)
         assert len(module.__all__) == len(set(module.__all__)), name

@@ -62,6 +62,8 @@ def add_parsers(sub: Any) -> None:
     peers.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR",
                        help="a peer's multiaddr (repeatable), as printed by swarm-node")
     peers.add_argument("--json", action="store_true", help="machine-readable output")
+    peers.add_argument("--models", action="store_true",
+                       help="only the replicas and demand per model (with --json: those rows)")
     peers.add_argument("--wait", type=float, default=8.0,
                        help="longest time to try (seconds); the list is printed as soon as "
                             "the bootstrap peer's snapshot of the swarm is in")

@@ -178,7 +178,9 @@ def _peer_rows(view: PeerView, now: float) -> list[dict[str, Any]]:
             "grpc": list(a.endpoints),
             "models": [{"name": m.name, "digest": str(m.digest), "tags": list(m.tags),
                         "items_per_second": m.items_per_second, "queue_depth": m.queue_depth,
-                        "max_batch_size": m.max_batch_size} for m in a.models],
+                        "max_batch_size": m.max_batch_size, "arrival_rate": m.arrival_rate,
+                        "queue_wait_s": m.queue_wait, "utilization": m.utilization}
+                       for m in a.models],
             "queue_depth": a.queue_depth,
             "items_per_second": round(sum(m.items_per_second for m in a.models), 1),
             "price": {"per_request_micros": a.price.per_request_micros,
@@ -193,6 +195,18 @@ def _peer_rows(view: PeerView, now: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _replica_rows(view: PeerView) -> list[dict[str, Any]]:
+    """Replicas and demand per model version (what autoscaling sees), most replicas first."""
+    from swarm.autoscale import supply_and_demand
+
+    demand = sorted(supply_and_demand(view, None).values(),
+                    key=lambda d: (-d.replicas, d.name, d.digest.hex))
+    return [{"name": d.name, "digest": str(d.digest), "replicas": d.replicas,
+             "load": round(d.load, 2), "arrival_rate": round(d.arrival_rate, 2),
+             "throughput": round(d.throughput, 1), "queue_wait_s": round(d.queue_wait, 4),
+             "holders": d.holders} for d in demand]
+
+
 def _model_cell(model: dict[str, Any]) -> str:
     """`acme/classifier:stable,v2 3085ca515f8c`: name, the tags naming it, short digest."""
     tags = ":" + ",".join(model["tags"]) if model["tags"] else ""
@@ -205,8 +219,9 @@ async def _peers(args: argparse.Namespace) -> int:
     async with LightPeer.libp2p(args.bootstrap) as peer:
         view = await peer.settle(args.wait)
         rows = _peer_rows(view, asyncio.get_running_loop().time())
+        replicas = _replica_rows(view)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(replicas if args.models else rows, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -224,7 +239,17 @@ async def _peers(args: argparse.Namespace) -> int:
             str(r["price"]["per_request_micros"]), str(r["price"]["per_1k_items_micros"]),
             f"{hw['count']}x {hw['device_kind']} {mem:.0f}GiB", r["region"] or "-",
             f"{r['advert_age_s']:.1f}s" + (" draining" if r["draining"] else ""))
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if not args.models:
+        console.print(table)
+    # Load: replicas' worth of busy work (1.0 = one replica saturated), as autoscaling sees it.
+    models = Table("model", "version", "replicas", "load", "items/s in", "items/s capacity",
+                   "queue wait", "stored by")
+    for m in replicas:
+        models.add_row(m["name"], m["digest"].removeprefix("sha256:")[:12], str(m["replicas"]),
+                       f"{m['load']:.2f}", f"{m['arrival_rate']:.1f}", f"{m['throughput']:.0f}",
+                       f"{m['queue_wait_s'] * 1000:.0f} ms", str(m["holders"]))
+    console.print(models)
     if not rows:
         print("no peers seen (is the bootstrap address right?)", file=sys.stderr)
         return 1

@@ -15,9 +15,11 @@ _config.py    NodeConfig: TOML + environment + flags
 _certs.py     the TLS listeners' certificate (identity-bound or the operator's) and its rotation
 _hardware.py  device and memory detection
 _cli.py       `swarm-node` command line
+_autoscaler.py the demand signal adverts carry (DemandMeter) and the autoscaling driver
+              (Autoscaler: swarm.autoscale.decide every interval, through an AutoscaleHost)
 
 Names are imported on first use, so `swarm-node --help` and the batching policy
-(`decide`, which the simulator runs) do not import torch.
+(`decide`, which the simulator runs) and the autoscaling driver do not import torch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from swarm._types import ModelSpec, TensorSpec
+    from swarm.node._autoscaler import AutoscaleHost, Autoscaler, ScalingEvent
     from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide
     from swarm.node._builtins import MLP_DIMS, mlp_module
     from swarm.node._cli import main
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from swarm.node._runtime import Model
 
 _WHERE = {
+    "AutoscaleHost": "swarm.node._autoscaler",
+    "Autoscaler": "swarm.node._autoscaler",
+    "ScalingEvent": "swarm.node._autoscaler",
     "BatchPolicy": "swarm.node._batching",
     "Dispatch": "swarm.node._batching",
     "MLP_DIMS": "swarm.node._builtins",
@@ -55,6 +61,8 @@ _WHERE = {
 
 __all__ = [
     "MLP_DIMS",
+    "AutoscaleHost",
+    "Autoscaler",
     "BatchPolicy",
     "Dispatch",
     "Model",
@@ -64,6 +72,7 @@ __all__ = [
     "NodeConfig",
     "NodeState",
     "QueueView",
+    "ScalingEvent",
     "TensorSpec",
     "Wait",
     "decide",

@@ -1,4 +1,4 @@
-"""`swarm-node`: run the provider agent, or print its identity."""
+"""`swarm-node`: run the provider agent, print its identity, or show a running node's status."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from swarm import __version__
 from swarm._errors import ConfigError, ModelLoadError, SwarmError
 from swarm._logging import configure_logging
+from swarm.autoscale import AutoscaleConfig
 from swarm.node._config import ModelOptions, NodeConfig, check_ports, load_config
 
 __all__ = ["main"]
@@ -21,6 +23,7 @@ __all__ = ["main"]
 # What an unset flag falls back to when neither SWARM_* nor --config sets it.
 _DEFAULTS = NodeConfig()
 _MODEL_DEFAULTS = ModelOptions()
+_SCALE = AutoscaleConfig()
 
 
 _PRECEDENCE = ("Settings: flags override SWARM_<SETTING> environment variables, which "
@@ -127,6 +130,24 @@ def _parser() -> argparse.ArgumentParser:
                             f"(default: {_MODEL_DEFAULTS.max_queue_size})")
     batch.add_argument("--no-batching", action="store_true", help="execute requests one by one")
     batch.add_argument("--cache", action="store_true", help="cache responses")
+    scale = run.add_argument_group(
+        "autoscaling (opt-in; more settings: the [autoscale] table of the config file)")
+    scale.add_argument("--autoscale", action="store_true", default=None,
+                       help="load models the swarm needs more replicas of and release them "
+                            "when it no longer does (default: off)")
+    scale.add_argument("--autoscale-max-models", type=int, metavar="N",
+                       help=f"most models served here (default: {_SCALE.max_models})")
+    scale.add_argument("--autoscale-memory-budget", type=int, metavar="BYTES",
+                       help="bytes of models held loaded; 0 = no bound "
+                            f"(default: {_SCALE.memory_budget})")
+    scale.add_argument("--autoscale-allow", action="append", metavar="NAME_OR_NAMESPACE/",
+                       help="model names or namespaces (ending in /) it may load (repeatable; "
+                            "default: any)")
+    scale.add_argument("--autoscale-min-price", type=int, metavar="MICROS",
+                       help="least price per request a model must pay "
+                            f"(default: {_SCALE.min_price})")
+    scale.add_argument("--autoscale-min-replicas", type=int, metavar="N",
+                       help=f"replicas kept however quiet a model is (default: {_SCALE.min_replicas})")
 
     ident = sub.add_parser("id", help="print this node's peer id (and addresses while it runs)",
                            epilog=_PRECEDENCE,
@@ -139,13 +160,26 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"identity and state directory, as for run {_default('data_dir')}")
     mesh_cmd = sub.add_parser("mesh", help="the WireGuard mesh of a running node")
     mesh_sub = mesh_cmd.add_subparsers(dest="mesh_command", required=True)
-    status = mesh_sub.add_parser(
+    mesh_status = mesh_sub.add_parser(
         "status", help="interface, address, and each peer with endpoint, handshake, bytes",
         epilog=_PRECEDENCE)
+    mesh_status.add_argument("--config", type=Path, metavar="FILE",
+                             help="TOML config file, for its data_dir (default: none)")
+    mesh_status.add_argument("--data-dir", type=Path, metavar="DIR",
+                             help=f"the node's data directory {_default('data_dir')}")
+
+    status = sub.add_parser("status", help="show a running node's models and scaling decisions",
+                            epilog=_PRECEDENCE,
+                            description="Ask a running node (found through node.json in its "
+                                        "data dir, or at --address) for its status: models "
+                                        "served, and its latest autoscaling decisions and why.")
     status.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML config file, for its data_dir (default: none)")
     status.add_argument("--data-dir", type=Path, metavar="DIR",
                         help=f"the node's data directory {_default('data_dir')}")
+    status.add_argument("--address", metavar="HOST:PORT", help="the node's gRPC address instead")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
     cert = sub.add_parser("cert", help="print this node's TLS certificate (PEM)",
                           epilog=_PRECEDENCE,
                           description="Print the PEM certificate the node's TLS listeners serve "
@@ -203,7 +237,60 @@ def _config(args: argparse.Namespace) -> NodeConfig:
                   for name, opts in config.models.items()}
         models["*"] = dataclasses.replace(config.models.get("*", ModelOptions()), **overrides)
         config = dataclasses.replace(config, models=models)
-    return config
+    return _autoscale_flags(args, config)
+
+
+def _autoscale_flags(args: argparse.Namespace, config: NodeConfig) -> NodeConfig:
+    import dataclasses
+
+    scale: dict[str, Any] = {
+        "enabled": args.autoscale, "max_models": args.autoscale_max_models,
+        "memory_budget": args.autoscale_memory_budget, "min_price": args.autoscale_min_price,
+        "min_replicas": args.autoscale_min_replicas,
+        "allowed": tuple(args.autoscale_allow) if args.autoscale_allow else None}
+    scale = {k: v for k, v in scale.items() if v is not None}
+    if not scale:
+        return config
+    return dataclasses.replace(config, autoscale=dataclasses.replace(config.autoscale, **scale))
+
+
+def _status(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
+
+    address = args.address
+    if address is None:
+        config = load_config(args.config, flags={"data_dir": args.data_dir})
+        state = config.data_dir.expanduser() / "node.json"
+        if not state.exists():
+            raise SwarmError(f"no node runs with data dir {config.data_dir} ({state} is missing); "
+                             "give --data-dir or --address")
+        address = json.loads(state.read_text())["grpc"]
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = node_pb2_grpc.NodeServiceStub(channel).GetStatus(
+                node_pb2.GetStatusRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        raise SwarmError(f"cannot reach the node at {address}: {exc.code().name}: "
+                         f"{exc.details()}") from None
+    if args.json:
+        print(json_format.MessageToJson(status, preserving_proto_field_name=True))
+        return 0
+    print(f"peer id    {status.peer_id}")
+    print(f"grpc       {', '.join(status.grpc_endpoints)}")
+    print(f"state      {'draining' if status.draining else 'serving'}")
+    for model in status.models:
+        print(f"model      {model.name}  {model.digest}  queue {model.queue_depth}  "
+              f"{model.items_per_second:.1f} items/s")
+    print(f"autoscale  {'on' if status.autoscale else 'off'}")
+    for event in status.scaling:
+        when = time.strftime("%H:%M:%S", time.localtime(event.at_unix_ns / 1e9))
+        error = f"  ({event.error})" if event.error else ""
+        print(f"  {when} {event.action} {event.model} {event.digest[:19]} "
+              f"{event.outcome}{error}\n           why: {event.reason}")
+    return 0
 
 
 async def _run(config: NodeConfig) -> None:
@@ -284,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, flags={"data_dir": args.data_dir})
             print(asyncio.run(mesh_status(config.data_dir.expanduser())))
             return 0
+        if args.command == "status":
+            return _status(args)
         if args.command == "id":
             # The same sources as run (flag, SWARM_DATA_DIR, --config, default), so both
             # commands name the same identity.

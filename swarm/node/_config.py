@@ -20,6 +20,7 @@ from typing import Any
 
 from swarm._errors import ConfigError
 from swarm._types import ModelRef
+from swarm.autoscale import AutoscaleConfig
 
 __all__ = ["ModelOptions", "NodeConfig", "check_ports", "load_config"]
 
@@ -160,6 +161,9 @@ class NodeConfig:
     mesh_relay: bool = False
     # WireGuard interface MTU (0: the underlay's MTU minus 80).
     mesh_mtu: int = 0
+    # Autoscaling (the `[autoscale]` table; off unless enabled = true or --autoscale):
+    # load models the swarm needs more replicas of, release them when it no longer does.
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
 
     def model_options(self, name: str) -> ModelOptions:
         return self.models.get(name) or self.models.get("*") or ModelOptions()
@@ -270,6 +274,24 @@ def _allowlist(raw: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _autoscale(raw: Any) -> AutoscaleConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("autoscale must be a table")
+    hints = typing.get_type_hints(AutoscaleConfig)
+    unknown = set(k.replace("-", "_") for k in raw) - set(hints)
+    if unknown:
+        raise ConfigError(f"autoscale: unknown settings {sorted(unknown)}")
+    values = {k.replace("-", "_"): _coerce(f"autoscale.{k}", hints[k.replace("-", "_")], v)
+              for k, v in raw.items()}
+    try:
+        return AutoscaleConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"autoscale: {exc}") from exc
+
+
+_TABLES = ("models", "allowlist", "autoscale")
+
+
 def load_config(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -294,6 +316,8 @@ def load_config(
                 models = {name: _model_options(name, opts) for name, opts in value.items()}
             elif key == "allowlist":
                 merged["allowlist"] = _allowlist(value)
+            elif key == "autoscale":
+                merged["autoscale"] = _autoscale(value)
             elif key in hints:
                 merged[key] = _coerce(key, hints[key], value)
             else:
@@ -301,12 +325,12 @@ def load_config(
     for key, value in (env if env is not None else os.environ).items():
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX):].lower()
-            if name in hints and name not in ("models", "allowlist"):
+            if name in hints and name not in _TABLES:
                 merged[name] = _coerce(key, hints[name], value)
     for key, value in (flags or {}).items():
         if value is None or value == ():
             continue
-        if key not in hints or key in ("models", "allowlist"):
+        if key not in hints or key in _TABLES:
             raise ConfigError(f"unknown flag {key!r}")
         merged[key] = _coerce(f"--{key.replace('_', '-')}", hints[key], value)
     config = NodeConfig(models=models, **merged)

@@ -27,7 +27,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from swarm import __version__
 from swarm._errors import (
@@ -42,6 +42,7 @@ from swarm._proto import _pool
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
 from swarm._types import Digest, ModelRef
+from swarm.node._autoscaler import Autoscaler, DemandMeter, Measured, NodeHost
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._builtins import BUILTINS
 from swarm.node._cache import ResponseCache
@@ -200,6 +201,12 @@ class Node:
         self.metrics.registry.register(_RegistryCollector(self))
         self._generation_metrics = GenerationMetrics(
             self.metrics.registry, lambda: {n: g.engine for n, g in self.generative.items()})
+        # Autoscaling (swarm.autoscale): the demand signal every advert carries, the driver
+        # when enabled, and versions being released (no longer advertised).
+        self._meter = DemandMeter(window=config.advert_interval)
+        self.autoscaler: Autoscaler | None = None
+        self.releasing: set[Digest] = set()
+        self._model_bytes: dict[Digest, int] = {}
 
     # ------------------------------------------------------------------ public surface
 
@@ -366,6 +373,8 @@ class Node:
                     await self.registry.load()
                 elif follow:
                     raise ConfigError("serving registry models needs peer-to-peer (p2p_port >= 0)")
+                elif config.autoscale.enabled:
+                    raise ConfigError("autoscaling needs peer-to-peer (p2p_port >= 0)")
                 if config.mesh:
                     self.mesh = await self._start_mesh(data_dir)
                 self._add_services(server)
@@ -392,6 +401,9 @@ class Node:
                         tg.create_task(self.rollout.follow(
                             tagged.name, self.registry.watch(tagged), self.registry.ensure),
                             name=f"follow:{tagged}")
+                    if config.autoscale.enabled:
+                        self.autoscaler = Autoscaler(NodeHost(self), config.autoscale)
+                        tg.create_task(self.autoscaler.run(), name="autoscale")
                 await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
                 await self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
                 self.state = NodeState.SERVING
@@ -537,6 +549,19 @@ class Node:
         batcher = Batcher(model, policy_for(model, options), hooks=hooks)
         served = ServedModel(model, batcher, options)
         return served
+
+    def deployment(self) -> _NodeDeployment:
+        """The served versions as the registry's Deployment (rollout, autoscaling)."""
+        return _NodeDeployment(self)
+
+    def model_bytes(self, digest: Digest) -> int:
+        """Bytes a served registry version's files take (0: not a registry version)."""
+        if digest not in self._model_bytes:
+            size = 0
+            if self.manifests is not None and self.manifests.has(digest):
+                size = sum(f.size for f in self.manifests.get(digest).files)
+            self._model_bytes[digest] = size
+        return self._model_bytes[digest]
 
     def _membership_view(self) -> PeerView:
         return self.membership.view if self.membership is not None else PeerView()
@@ -698,11 +723,16 @@ class Node:
         """What this node offers now (Membership adds sequence, timestamp and TTL)."""
         assert self.identity is not None
         hw = self._hardware
+        served = [s for s in self.table if s.digest not in self.releasing]
+        demand = self._meter.measure(served)
         offers = tuple(ModelOffer(
             digest=s.digest, name=s.name, tags=self._tags_of(s.name, s.digest),
             max_batch_size=s.batcher.policy.max_batch_size,
             items_per_second=round(s.batcher.items_per_second, 1),
-            queue_depth=s.batcher.queue_depth) for s in self.table)
+            queue_depth=s.batcher.queue_depth,
+            **_demand_fields(demand.get(s.digest)), memory_bytes=self.model_bytes(s.digest),
+            autoscaled=self.autoscaler is not None and s.digest in self.autoscaler.managed,
+        ) for s in served)
         offers += tuple(generative_offer(g) for g in self.generative.values())
         return Advert(
             peer_id=self.identity.peer_id,
@@ -741,6 +771,11 @@ class Node:
             free_accelerator_memory_bytes=free_accelerator_memory(self.device),
             started_at_unix_ns=int(self.started_at * 1e9),
             draining=self.state is not NodeState.SERVING,
+            autoscale=self.autoscaler is not None,
+            scaling=[node_pb2.ScalingEvent(
+                at_unix_ns=int(e.at * 1e9), action=e.action.value, model=e.name,
+                digest=str(e.digest), reason=e.reason, outcome=e.outcome, error=e.error)
+                for e in (self.autoscaler.events if self.autoscaler is not None else ())],
         )
 
     # ------------------------------------------------------------------ state file
@@ -767,6 +802,14 @@ class Node:
 
 class _Stopped(Exception):
     """Raised inside the node's TaskGroup to cancel its long-running tasks on stop."""
+
+
+def _demand_fields(measured: Measured | None) -> dict[str, float]:
+    if measured is None:
+        return {}
+    return {"arrival_rate": round(measured.arrival_rate, 3),
+            "queue_wait": round(measured.queue_wait, 4),
+            "utilization": round(measured.utilization, 3)}
 
 
 class _RegistryCollector:
@@ -802,6 +845,19 @@ class _RegistryCollector:
                                   else None)):
             refused.add_metric([client], channels.refused if channels is not None else 0)
         yield refused
+        scaler = self._node.autoscaler
+        actions = CounterMetricFamily(
+            "swarm_autoscale_actions", "Autoscaling actions by kind and outcome (started, done, "
+            "failed); swarm-node status shows the latest with their reasons.",
+            labels=["action", "outcome"])
+        for (action, outcome), count in (scaler.counters.by if scaler is not None else {}).items():
+            actions.add_metric([action, outcome], count)
+        yield actions
+        if scaler is not None:
+            managed = GaugeMetricFamily("swarm_autoscale_managed_models",
+                                        "Model versions the autoscaler loaded here.")
+            managed.add_metric([], len(scaler.managed))
+            yield managed
 
 
 class _Withdrawn:

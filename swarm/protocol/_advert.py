@@ -6,6 +6,7 @@ the key inlined in the author's peer id before anything else is trusted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from swarm._errors import IntegrityError, InvalidReferenceError
@@ -19,6 +20,9 @@ __all__ = ["ADVERT_DOMAIN", "Advert", "Hardware", "MeshMember", "ModelOffer", "P
 
 ADVERT_DOMAIN = b"swarm/advert/v1\0"
 MAX_ADVERT_BYTES = 64 * 1024
+# Bounds of the demand signal a ModelOffer carries (hostile input: autoscalers act on it).
+MAX_ARRIVAL_RATE = 1e9  # items/s
+MAX_QUEUE_WAIT = 86_400.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,34 @@ class ModelOffer:
     max_batch_size: int = 1
     items_per_second: float = 0.0
     queue_depth: int = 0
+    # Demand signal over the author's last advert interval (swarm.autoscale reads it):
+    # items/s that arrived, mean seconds queued, fraction of the time spent executing.
+    arrival_rate: float = 0.0
+    queue_wait: float = 0.0
+    utilization: float = 0.0
+    # Bytes the model's files take (what loading it needs, roughly); 0 = unknown.
+    memory_bytes: int = 0
+    # Loaded by the author's autoscaler, which may release it (not the operator's choice).
+    autoscaled: bool = False
+
+
+def _demand(value: float, name: str, high: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise IntegrityError(f"malformed advert: {name} {value!r} is not a finite number >= 0")
+    if value > high:
+        raise IntegrityError(f"malformed advert: {name} {value!r} out of range (at most {high:g})")
+    return value
+
+
+def _offer(m: advert_pb2.ModelOffer) -> ModelOffer:
+    return ModelOffer(
+        digest=Digest.parse(m.digest), name=m.name, tags=tuple(m.tags),
+        max_batch_size=m.max_batch_size, items_per_second=m.items_per_second,
+        queue_depth=m.queue_depth,
+        arrival_rate=_demand(m.arrival_rate, "arrival_rate", MAX_ARRIVAL_RATE),
+        queue_wait=_demand(m.queue_wait_s, "queue_wait", MAX_QUEUE_WAIT),
+        utilization=_demand(m.utilization, "utilization", 1.0),
+        memory_bytes=m.memory_bytes, autoscaled=m.autoscaled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +134,9 @@ def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
         grpc_endpoints=list(advert.endpoints),
         models=[advert_pb2.ModelOffer(
             digest=str(m.digest), name=m.name, tags=list(m.tags), max_batch_size=m.max_batch_size,
-            items_per_second=m.items_per_second, queue_depth=m.queue_depth) for m in advert.models],
+            items_per_second=m.items_per_second, queue_depth=m.queue_depth,
+            arrival_rate=m.arrival_rate, queue_wait_s=m.queue_wait, utilization=m.utilization,
+            memory_bytes=m.memory_bytes, autoscaled=m.autoscaled) for m in advert.models],
         queue_depth=advert.queue_depth,
         free_accelerator_memory_bytes=advert.free_accelerator_memory,
         hardware=node_pb2.Hardware(device_kind=hw.device_kind, device_count=hw.device_count,
@@ -129,10 +163,7 @@ def _from_proto(msg: advert_pb2.CapacityAdvert) -> Advert:
         return Advert(
             peer_id=PeerId(msg.peer_id),
             endpoints=tuple(msg.grpc_endpoints),
-            models=tuple(ModelOffer(
-                digest=Digest.parse(m.digest), name=m.name, tags=tuple(m.tags),
-                max_batch_size=m.max_batch_size, items_per_second=m.items_per_second,
-                queue_depth=m.queue_depth) for m in msg.models),
+            models=tuple(_offer(m) for m in msg.models),
             sequence=msg.sequence,
             timestamp=msg.timestamp_unix_ms / 1000,
             ttl=msg.ttl_ms / 1000,

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import enum
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import grpc
 
@@ -168,6 +169,8 @@ class ClusterConfig:
     mesh: bool = False
     # More `swarm-node run` flags for some nodes, by index (e.g. --mesh-behind-nat).
     node_args: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    # [autoscale] settings (swarm.autoscale.AutoscaleConfig) of nodes whose spec autoscales.
+    autoscale: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -339,6 +342,13 @@ class Cluster:
         if self.config.mesh:
             args += ["--mesh"]
         args += list(self.config.node_args.get(spec.index, ()))
+        if spec.autoscale:
+            args += ["--autoscale"]
+            if self.config.autoscale:
+                slot.data_dir.mkdir(parents=True, exist_ok=True)
+                path = slot.data_dir / "autoscale.toml"
+                path.write_text(_autoscale_toml(self.config.autoscale))
+                args += ["--config", str(path)]
         return args
 
     def _command(self, index: int, args: list[str]) -> list[str]:
@@ -519,6 +529,20 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _autoscale_toml(settings: Sequence[tuple[str, Any]]) -> str:
+    """An `[autoscale]` table (numbers, booleans, strings, lists of strings) as TOML."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        return "[" + ", ".join(value(x) for x in v) + "]"
+
+    return "[autoscale]\n" + "".join(f"{k} = {value(v)}\n" for k, v in settings)
 
 
 @contextlib.asynccontextmanager

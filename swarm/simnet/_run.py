@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +24,14 @@ from rich.console import Console
 from swarm._errors import ConfigError, SwarmError
 from swarm._types import Digest
 from swarm.client import AsyncClient
+from swarm.simnet._autoscale import (
+    ReplicaSample,
+    autoscale_lines,
+    autoscale_promises,
+    collect_events,
+    sample_replicas,
+    summarize_autoscale,
+)
 from swarm.simnet._cluster import Cluster, ClusterConfig, NetworkLayer, NodeStatus, start_cluster
 from swarm.simnet._registry import PublishedModels, publish_models, registry_refs
 from swarm.simnet._report import (
@@ -181,7 +191,11 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
                   f"{scenario.duration:g} s, seed {scenario.seed}, report in {report_dir}")
     config = ClusterConfig(log_dir=report_dir / "logs", p2p=options.p2p,
                            advert_interval=scenario.advert_interval,
-                           start_timeout=options.start_timeout, mesh=options.mesh)
+                           start_timeout=options.start_timeout, mesh=options.mesh,
+                           autoscale=scenario.autoscale)
+    autoscaling = any(spec.autoscale for spec in scenario.node_specs())
+    replicas: list[ReplicaSample] = []
+    scaled_model: tuple[str, Digest] | None = None
     interrupted = False
     ran = scenario.duration  # seconds of workload run
     timeline: _Timeline | None = None
@@ -227,6 +241,10 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
             for name, versions in published.versions.items():
                 for label, digest in versions.items():
                     console.print(f"  {name} {label} {digest.short}", highlight=False)
+            if autoscaling:  # the workload's first registry model is the one that scales
+                first = next(ref for ref in published.refs
+                             if str(ref) in {m.name for m in scenario.workload.models})
+                scaled_model = (str(first), published.versions[first.name]["v1"])
 
         def node_of(address: str) -> int | None:
             if address not in index_of:
@@ -241,6 +259,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
 
         loop = asyncio.get_running_loop()
         start = loop.time()
+        start_wall = time.time()
         recorder.started_at = start
         timeline = _Timeline(cluster, scenario, start, options.netns, published)
         view = LiveView(console, title=title, duration=scenario.duration, recorder=recorder,
@@ -252,12 +271,22 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
             started.set()
         try:
             async with asyncio.TaskGroup() as tg:
-                driving = tg.create_task(drive(
-                    plan, scenario.workload, router, recorder, rng=inputs_rng,
-                    node_of=node_of, price_of=price_of, start=start), name="workload")
+                async def workload() -> None:
+                    await drive(plan, scenario.workload, router, recorder, rng=inputs_rng,
+                                node_of=node_of, price_of=price_of, start=start)
+                    if autoscaling:  # a quiet tail (rate 0) is part of the run: the cool-down
+                        await asyncio.sleep(max(0.0, start + scenario.duration - loop.time()))
+
+                driving = tg.create_task(workload(), name="workload")
                 stopping = tg.create_task(stop.wait(), name="stop")
                 others = [tg.create_task(timeline.run(), name="faults"),
                           tg.create_task(view.run(), name="live view")]
+                if scaled_model is not None and isinstance(router, SchedulerRouter):
+                    routed, digest = router.client.router, scaled_model[1]
+                    others.append(tg.create_task(sample_replicas(
+                        lambda: sum(not e.advert.draining
+                                    for e in routed.view.providers(digest)),
+                        start, replicas), name="replicas"))
                 await asyncio.wait({driving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 interrupted = not driving.done()
                 # Rates are over the time the workload actually ran (all of it, unless stopped).
@@ -269,8 +298,23 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
             await router.aclose()
         history = cluster.history
         notes = [*cluster.notes, *timeline.lines]
+        events, serving = (await collect_events(
+            [(h.index, h.grpc) for h in cluster.nodes if h is not None], start_wall,
+            str(scaled_model[1])) if scaled_model is not None else ([], 0))
     summary = summarize(recorder.records, duration=ran, promises=scenario.promises,
                         faults=timeline.events, interrupted=interrupted)
+    if scaled_model is not None:
+        scaling = summarize_autoscale(scaled_model[0], scenario.workload, ran,
+                                      scenario.promises, replicas, events, recorder.records,
+                                      final=serving)
+        summary = dataclasses.replace(
+            summary, promises=summary.promises + autoscale_promises(scenario.promises, scaling))
+        notes += autoscale_lines(scaling)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "autoscale.json").write_text(json.dumps(
+            dataclasses.asdict(scaling), indent=1, default=str) + "\n")
+        for line in autoscale_lines(scaling)[:3]:
+            console.print(line, highlight=False)
     console.print(render_summary(summary, title=title, faults=timeline.events))
     files = write_report(report_dir, title=title, scenario=scenario, summary=summary,
                          records=recorder.records, faults=timeline.events, nodes=history,

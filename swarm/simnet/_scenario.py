@@ -16,11 +16,12 @@
     slowdown = 1.0                      # >= 1: the process runs 1/slowdown of the time
 
     [workload]
-    shape = "poisson"                   # constant | poisson | ramp | burst
+    shape = "poisson"                   # constant | poisson | ramp | burst | steps
     rate = 20                           # requests/s (ramp: at the start; burst: the base)
     end_rate = 40                       # ramp only: rate at the end
     burst_rate = 80                     # burst only: rate inside each burst
     bursts = [{at = 5, length = 2}]     # burst only
+    steps = [{at = 0, rate = 2}, {at = 10, rate = 60}]  # steps only: the rate from `at` on
     items = 1                           # items per request
     timeout = 5                         # per-request deadline, seconds
     max_in_flight = 256                 # open loop, but bounded: beyond it requests are shed
@@ -37,6 +38,13 @@
     [promises]
     max_lost_requests = 0
     p99_ms = 1500
+    scale_up_replicas = 3               # autoscaling: this many replicas of the workload's
+    scale_up_within_s = 30              #   model within this long after its rate first rises
+    max_loads = 4                       #   at most this many loads in the run (no oscillation)
+    released_to = 1                     #   at most this many replicas at the end
+
+    [autoscale]                         # swarm.autoscale.AutoscaleConfig for the groups
+    up_delay = 4                        # with `autoscale = true` (swarm-node --autoscale)
 
     [virtual]                           # read only by `swarm simnet virtual` (VirtualSettings)
     clients = 50                        # (an older name of the table, [model], is accepted)
@@ -49,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import math
 import random
 import tomllib
@@ -73,6 +82,7 @@ __all__ = [
     "Promises",
     "Scenario",
     "Shape",
+    "Step",
     "VirtualSettings",
     "Workload",
     "builtin_scenarios",
@@ -94,6 +104,7 @@ class Shape(enum.StrEnum):
     POISSON = "poisson"    # exponential inter-arrival times
     RAMP = "ramp"          # Poisson, rate moving linearly from `rate` to `end_rate`
     BURST = "burst"        # Poisson at `rate`, at `burst_rate` inside each burst window
+    STEPS = "steps"        # Poisson at each step's rate from its `at` on
 
 
 class FaultKind(enum.StrEnum):
@@ -126,6 +137,8 @@ class NodeGroup:
     region: str = ""
     # >= 1. The whole process runs 1/slowdown of the time (SIGSTOP/SIGCONT duty cycle).
     slowdown: float = 1.0
+    # Run the autoscaler (`--autoscale`, with the scenario's [autoscale] settings).
+    autoscale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +151,7 @@ class NodeSpec:
     price_per_1k_items: int = 0
     region: str = ""
     slowdown: float = 1.0
+    autoscale: bool = False
 
     def price_of(self, items: int) -> float:
         """Micro-units one request of `items` items costs at this node."""
@@ -150,6 +164,14 @@ class Burst:
     at: float
     # Seconds the burst lasts.
     length: float
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    # Seconds from the start of the workload.
+    at: float
+    # Requests per second from then on (until the next step).
+    rate: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +195,8 @@ class Workload:
     # Burst: requests per second inside a burst.
     burst_rate: float | None = None
     bursts: tuple[Burst, ...] = ()
+    # Steps: the rate from each step's time on (before the first: `rate`).
+    steps: tuple[Step, ...] = ()
     models: tuple[ModelMix, ...] = (ModelMix("builtin/minilm", inputs="text"),
                                     ModelMix("builtin/mlp"))
     # Items (texts or vectors) per request.
@@ -188,7 +212,8 @@ class Workload:
         return dataclasses.replace(
             self, rate=rate,
             end_rate=None if self.end_rate is None else self.end_rate * factor,
-            burst_rate=None if self.burst_rate is None else self.burst_rate * factor)
+            burst_rate=None if self.burst_rate is None else self.burst_rate * factor,
+            steps=tuple(Step(s.at, s.rate * factor) for s in self.steps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +263,13 @@ class Promises:
     max_lost_requests: int = 0
     # Bound on the 99th percentile latency of successful requests (None: no bound).
     p99_ms: float | None = None
+    # Autoscaling (None: not promised): `scale_up_replicas` replicas of the workload's first
+    # model within `scale_up_within_s` seconds of its rate first rising; at most `max_loads`
+    # loads in the run; at most `released_to` replicas at its end.
+    scale_up_replicas: int | None = None
+    scale_up_within_s: float | None = None
+    max_loads: int | None = None
+    released_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +324,8 @@ class VirtualSettings:
     # Clients' retries: hedge slow attempts, and most providers tried per request.
     hedge: bool = True
     max_attempts: int = 4
+    # Autoscaling groups: virtual seconds a provider takes to pull, load and warm up a model.
+    model_load_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +346,8 @@ class Scenario:
     advert_interval: float | None = None
     # Settings of `swarm simnet virtual` (the `[virtual]` table).
     virtual: VirtualSettings = VirtualSettings()
+    # The `[autoscale]` table: AutoscaleConfig settings of the nodes that autoscale.
+    autoscale: tuple[tuple[str, Any], ...] = ()
     # Where it came from: a path or "builtin:NAME".
     source: str = ""
 
@@ -322,7 +358,7 @@ class Scenario:
         return tuple(
             NodeSpec(index=i, models=g.models, price_per_request=g.price_per_request,
                      price_per_1k_items=g.price_per_1k_items, region=g.region,
-                     slowdown=g.slowdown)
+                     slowdown=g.slowdown, autoscale=g.autoscale)
             for i, g in ((i, expanded[i % len(expanded)]) for i in range(self.node_count)))
 
     def with_overrides(self, *, nodes: int | None = None, duration: float | None = None,
@@ -376,7 +412,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     r = _Reader(raw, source, "")
     r.known({"name", "description", "duration", "seed", "nodes", "workload", "fault",
-             "promises", "network", "virtual", "model"})
+             "promises", "network", "virtual", "model", "autoscale"})
     if r.has("virtual") and r.has("model"):
         raise ConfigError(f"{source}: [model] is the old name of [virtual]; give one of them")
     nodes = r.table("nodes")
@@ -403,6 +439,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         network=_network(r.table("network")),
         advert_interval=nodes.optional_number("advert_interval"),
         virtual=_virtual(r.table("model" if r.has("model") else "virtual")),
+        autoscale=_autoscale(r.table("autoscale")),
         source=source,
     )
     validate(scenario, where=source)
@@ -483,6 +520,7 @@ def _group(r: _Reader) -> NodeGroup:
         price_per_1k_items=r.integer("price_per_1k_items", 0) or 0,
         region=r.string("region", ""),
         slowdown=r.number("slowdown", 1.0),
+        autoscale=r.boolean("autoscale", False),
     )
 
 
@@ -500,8 +538,8 @@ def _model_mix(r: _Reader) -> ModelMix:
 
 
 def _workload(r: _Reader) -> Workload:
-    r.known({"shape", "rate", "end_rate", "burst_rate", "bursts", "model", "items", "timeout",
-             "max_in_flight"})
+    r.known({"shape", "rate", "end_rate", "burst_rate", "bursts", "steps", "model", "items",
+             "timeout", "max_in_flight"})
     shape_text = r.string("shape", "poisson")
     try:
         shape = Shape(shape_text)
@@ -514,6 +552,12 @@ def _workload(r: _Reader) -> Workload:
         if not (b.has("at") and b.has("length")):
             raise ConfigError(f"{b.where('at')}: a burst needs `at` and `length`")
         bursts.append(Burst(at=b.number("at", 0.0), length=b.number("length", 0.0)))
+    steps = []
+    for s in r.tables("steps"):
+        s.known({"at", "rate"})
+        if not (s.has("at") and s.has("rate")):
+            raise ConfigError(f"{s.where('at')}: a step needs `at` and `rate`")
+        steps.append(Step(at=s.number("at", 0.0), rate=s.number("rate", 0.0)))
     models = tuple(_model_mix(m) for m in r.tables("model")) or Workload().models
     return Workload(
         shape=shape,
@@ -521,6 +565,7 @@ def _workload(r: _Reader) -> Workload:
         end_rate=r.optional_number("end_rate"),
         burst_rate=r.optional_number("burst_rate"),
         bursts=tuple(bursts),
+        steps=tuple(steps),
         models=models,
         items=r.integer("items", 1) or 0,
         timeout=r.number("timeout", 5.0),
@@ -565,9 +610,28 @@ def _fault(r: _Reader) -> Fault:
 
 
 def _promises(r: _Reader) -> Promises:
-    r.known({"max_lost_requests", "p99_ms"})
+    r.known({"max_lost_requests", "p99_ms", "scale_up_replicas", "scale_up_within_s",
+             "max_loads", "released_to"})
     return Promises(max_lost_requests=r.integer("max_lost_requests", 0) or 0,
-                    p99_ms=r.optional_number("p99_ms"))
+                    p99_ms=r.optional_number("p99_ms"),
+                    scale_up_replicas=r.integer("scale_up_replicas", None),
+                    scale_up_within_s=r.optional_number("scale_up_within_s"),
+                    max_loads=r.integer("max_loads", None),
+                    released_to=r.integer("released_to", None))
+
+
+def _autoscale(r: _Reader) -> tuple[tuple[str, Any], ...]:
+    """The [autoscale] table, checked by building the node's AutoscaleConfig from it."""
+    from swarm.autoscale import AutoscaleConfig
+
+    fields = {f.name for f in dataclasses.fields(AutoscaleConfig)} - {"enabled"}
+    r.known(fields)
+    values = dict(r.raw)
+    try:
+        AutoscaleConfig(**values)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{r.source}: [autoscale]: {exc}") from None
+    return tuple(sorted(values.items()))
 
 
 def _virtual(r: _Reader) -> VirtualSettings:
@@ -614,8 +678,8 @@ def validate(s: Scenario, *, where: str) -> None:
         at = f"nodes.group[{i}]"
         if g.count < 1:
             raise bad(f"{at}.count must be at least 1, got {g.count}")
-        if not g.models:
-            raise bad(f"{at}.models must name at least one model")
+        if not g.models and not g.autoscale:
+            raise bad(f"{at}.models must name at least one model (or the group autoscales)")
         if g.price_per_request < 0 or g.price_per_1k_items < 0:
             raise bad(f"{at}: prices cannot be negative")
         if not (g.slowdown >= 1 and math.isfinite(g.slowdown)):
@@ -631,6 +695,15 @@ def validate(s: Scenario, *, where: str) -> None:
         raise bad("promises.max_lost_requests cannot be negative")
     if s.promises.p99_ms is not None and not s.promises.p99_ms > 0:
         raise bad("promises.p99_ms must be positive")
+    p = s.promises
+    if (p.scale_up_replicas is None) != (p.scale_up_within_s is None):
+        raise bad("promises.scale_up_replicas and promises.scale_up_within_s go together")
+    for name in ("scale_up_replicas", "max_loads", "released_to"):
+        if (getattr(p, name) or 0) < 0:
+            raise bad(f"promises.{name} cannot be negative")
+    if any(v is not None for v in (p.scale_up_replicas, p.max_loads, p.released_to)) and not any(
+            spec.autoscale for spec in s.node_specs()):
+        raise bad("autoscaling promises need a node group with autoscale = true")
     n = s.network
     if n.latency_ms < 0 or n.jitter_ms < 0 or not 0 <= n.loss_percent <= 100:
         raise bad("network: latency and jitter must be >= 0 and loss_percent in 0..100")
@@ -684,6 +757,8 @@ def _validate_virtual(m: VirtualSettings, w: Workload,
         raise bad(f"virtual.{exc}") from None
     if m.max_attempts < 1:
         raise bad(f"virtual.max_attempts must be at least 1, got {m.max_attempts}")
+    if not (m.model_load_s >= 0 and finite(m.model_load_s)):
+        raise bad(f"virtual.model_load_s must be >= 0, got {m.model_load_s}")
 
 
 def _validate_workload(w: Workload, duration: float, bad: Callable[[str], ConfigError]) -> None:
@@ -706,6 +781,18 @@ def _validate_workload(w: Workload, duration: float, bad: Callable[[str], Config
                           f"{duration:g}) and last > 0 s")
     elif w.burst_rate is not None or w.bursts:
         raise bad("workload.burst_rate and workload.bursts apply only to shape = \"burst\"")
+    if w.shape is Shape.STEPS:
+        if not w.steps:
+            raise bad("workload.steps is required for shape = \"steps\", "
+                      "e.g. steps = [{at = 0, rate = 2}, {at = 10, rate = 60}]")
+        for i, s in enumerate(w.steps):
+            if not (0 <= s.at < duration and s.rate >= 0 and math.isfinite(s.rate)):
+                raise bad(f"workload.steps[{i}] must start within the run (0 <= at < "
+                          f"{duration:g}) at a rate >= 0")
+            if i and s.at <= w.steps[i - 1].at:
+                raise bad(f"workload.steps[{i}]: steps must be in increasing `at` order")
+    elif w.steps:
+        raise bad("workload.steps applies only to shape = \"steps\"")
     if not w.models:
         raise bad("workload needs at least one [[workload.model]]")
     for i, m in enumerate(w.models):
@@ -790,6 +877,12 @@ def rate_at(w: Workload, t: float, duration: float) -> float:
         assert w.burst_rate is not None
         if any(b.at <= t < b.at + b.length for b in w.bursts):
             return w.burst_rate
+    if w.shape is Shape.STEPS:
+        rate = w.rate
+        for s in w.steps:
+            if s.at <= t:
+                rate = s.rate
+        return rate
     return w.rate
 
 
@@ -799,6 +892,9 @@ def _expected_count(w: Workload, duration: float) -> float:
     if w.shape is Shape.BURST:
         inside = sum(max(0.0, min(b.at + b.length, duration) - b.at) for b in w.bursts)
         return w.rate * (duration - inside) + (w.burst_rate or 0.0) * inside
+    if w.shape is Shape.STEPS:
+        edges = [0.0, *(s.at for s in w.steps), duration]
+        return sum(rate_at(w, a, duration) * (b - a) for a, b in itertools.pairwise(edges))
     return w.rate * duration
 
 
@@ -828,6 +924,7 @@ def send_times(w: Workload, duration: float, rng: random.Random) -> tuple[float,
 def _breakpoints(w: Workload, duration: float) -> list[float]:
     points = [0.0, math.nextafter(duration, 0.0)]
     points += [b.at for b in w.bursts if b.at < duration]
+    points += [s.at for s in w.steps if s.at < duration]
     return points
 
 

@@ -24,6 +24,8 @@ simulated  the call under the Router (swarm/simnet/_virtual_provider.py: `Wire`)
 One VirtualTimeLoop and its VirtualClock are the only time; every draw comes from
 RNGs seeded from the scenario's seed, so a seed gives the same run, in any process.
 A change to routing or batching in production changes what this simulates.
+Groups with `autoscale = true` run the node's autoscaling driver and the production
+`swarm.autoscale.decide` (swarm/simnet/_virtual_autoscale.py says what is simulated).
 
 Defaults (`VirtualSettings`, and `default_virtual_scenario`) for a swarm of thousands
 of providers, as the real system would be configured there (ARCHITECTURE.md, Scale
@@ -88,6 +90,7 @@ picks a share of the nodes at random when the fault happens):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import hashlib
 import math
@@ -102,10 +105,20 @@ from typing import Any
 from swarm._errors import SwarmError
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._types import Digest
+from swarm.autoscale import AutoscaleConfig
+from swarm.node import Autoscaler
 from swarm.protocol import Identity, Membership, MembershipConfig
 from swarm.protocol.testing import MemoryNetwork
 from swarm.routing import Router, RoutingOptions, SignedNames
 from swarm.scheduler import Preference, SchedulerConfig
+from swarm.simnet._autoscale import (
+    AutoscaleSummary,
+    ReplicaSample,
+    ScalingRecord,
+    autoscale_lines,
+    autoscale_promises,
+    summarize_autoscale,
+)
 from swarm.simnet._latency import Latency, gossip_route
 from swarm.simnet._report import (
     FaultEvent,
@@ -126,6 +139,7 @@ from swarm.simnet._scenario import (
     Workload,
     plan_requests,
 )
+from swarm.simnet._virtual_autoscale import VirtualHost, replicas_of, sample_every
 from swarm.simnet._virtual_provider import ProviderContext, VirtualProvider, Wire, batch_policy
 from swarm.simnet._virtual_stats import VirtualStats, load_spread
 from swarm.simnet._vloop import VirtualClock, VirtualTimeLoop, run_virtual
@@ -183,6 +197,8 @@ class VirtualResult:
     providers: tuple[dict[str, Any], ...]
     # (virtual seconds from the workload's start, mean view completeness, stale entries).
     views: tuple[tuple[float, float, int], ...]
+    # Groups that autoscale: replicas over time and every scaling action (else None).
+    autoscale: AutoscaleSummary | None = None
 
 
 def _identity(seed: int, role: str, index: int) -> Identity:
@@ -287,6 +303,12 @@ class _Swarm:
         self.last_join = 0.0
         self.providers: list[VirtualProvider] = []
         self.clients: list[_Client] = []
+        # Autoscaling: the node's driver per provider of a group that autoscales.
+        self.autoscale = (AutoscaleConfig(**{**dict(scenario.autoscale), "enabled": True})
+                          if any(spec.autoscale for spec in self.specs) else None)
+        self.autoscalers: dict[int, Autoscaler] = {}
+        self._autoscaling: list[asyncio.Task[None]] = []
+        self.replicas: list[ReplicaSample] = []
 
     def node_of_client(self, index: int) -> int:
         """A client's index among all peers (providers first), for latencies."""
@@ -311,7 +333,9 @@ class _Swarm:
         context = ProviderContext(
             loop=loop, clock=self.clock, network=self.network, wire=self.wire, settings=s,
             policy=batch_policy(s), membership=self.provider_config, spawn=self._spawn,
-            names={d: name for name, d in self.digest_of.items()})
+            names={d: name for name, d in self.digest_of.items()},
+            autoscale=self.autoscale is not None,
+            demand_window=self.provider_config.advert_interval)
         # Node i belongs to the group that Scenario.node_specs gave it.
         group_of = [i for i, g in enumerate(self.scenario.groups) for _ in range(g.count)]
         spread = math.log(s.speed_spread)
@@ -340,6 +364,11 @@ class _Swarm:
             background.append(tg.create_task(self._join(joins)))
             background.append(tg.create_task(self._faults()))
             background.append(tg.create_task(self._housekeeping()))
+            if self.autoscale is not None:
+                digest = self.digest_of[self.workload.models[0].name]
+                background.append(tg.create_task(sample_every(1.0, lambda: self.replicas.append(
+                    ReplicaSample(round(loop.time() - self.t0, 2),
+                                  replicas_of(self.providers, digest))))))
             await self._drive(plan, random.Random(self.rng.getrandbits(64)))
             if self.progress is not None:  # the last line counts what the summary counts
                 self.progress(self._progress_line(loop.time()) + "  (workload done)")
@@ -348,6 +377,8 @@ class _Swarm:
             for p in self.providers:
                 if p.task is not None:
                     p.task.cancel()
+            for task in self._autoscaling:
+                task.cancel()
         return loop.time(), loop.callbacks
 
     # ------------------------------------------------------------------ requests
@@ -389,6 +420,28 @@ class _Swarm:
             if at > self.loop.time():
                 await asyncio.sleep(at - self.loop.time())
             self.providers[index].start()
+            if self.autoscale is not None and self.specs[index].autoscale:
+                self._start_autoscaler(self.providers[index])
+
+    def _start_autoscaler(self, p: VirtualProvider) -> None:
+        """The node's driver on this provider, over the view of a client near it."""
+        assert self.autoscale is not None
+        if p.index in self.autoscalers:
+            return
+        client = self.clients[p.index % len(self.clients)]
+        host = VirtualHost(p, lambda: client.membership.view, self.clock,
+                           load_seconds=self.settings.model_load_s, linger=5.0)
+        scaler = Autoscaler(host, self.autoscale, clock=self.clock,
+                            rng=random.Random(self.rng.getrandbits(64)))
+        self.autoscalers[p.index] = scaler
+        self._autoscaling.append(self.tg.create_task(scaler.run(), name=f"autoscale-{p.index}"))
+
+    def scaling_records(self) -> list[ScalingRecord]:
+        """Every provider's scaling events, timed from the workload's start."""
+        offset = self.clock.time() - self.loop.time() + self.t0
+        return [ScalingRecord(round(e.at - offset, 2), index, e.action.value, e.outcome,
+                              e.reason, e.error)
+                for index, scaler in self.autoscalers.items() for e in scaler.events]
 
     async def _faults(self) -> None:
         loop = self.loop
@@ -553,10 +606,17 @@ def run_virtual_swarm(scenario: Scenario, *,
                        "served": summary.node_requests.get(p.index, 0),
                        "price_per_request": p.price.per_request_micros}
                       for p in swarm.providers)
+    scaling = None
+    if swarm.autoscale is not None:
+        scaling = summarize_autoscale(scenario.workload.models[0].name, scenario.workload,
+                                      scenario.duration, scenario.promises, swarm.replicas,
+                                      swarm.scaling_records(), records)
+        summary = dataclasses.replace(
+            summary, promises=summary.promises + autoscale_promises(scenario.promises, scaling))
     return VirtualResult(scenario=scenario, summary=summary,
                          stats=swarm.stats(virtual, events, wall, cpu), records=records,
                          faults=tuple(swarm.fault_events), providers=providers,
-                         views=tuple(swarm.views))
+                         views=tuple(swarm.views), autoscale=scaling)
 
 
 def write_virtual_report(folder: Path, result: VirtualResult, *, title: str,
@@ -572,6 +632,8 @@ def write_virtual_report(folder: Path, result: VirtualResult, *, title: str,
              f"{st.load.slowest_quarter:.0%}",
              f"routing: {st.hedges} hedges, {st.explorations} explorations; batching: "
              f"{st.mean_batch:.2f} items per batch"]
+    if result.autoscale is not None:
+        notes += autoscale_lines(result.autoscale)
     extra = {
         "virtual": _jsonable(st),
         "providers": list(result.providers),

@@ -163,13 +163,18 @@ class ProviderContext:
     spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
     # Model name of each digest the scenario serves.
     names: dict[Digest, str]
+    # Autoscaling runs in this swarm: adverts carry the demand signal (measured over
+    # `demand_window` seconds) and the versions providers store (registry holders).
+    autoscale: bool = False
+    demand_window: float = 60.0
 
 
 class _Queue:
     """One model's queue at one provider, with what `decide` needs to know of it."""
 
-    __slots__ = ("arrival_gap", "batch", "digest", "done", "execution_time",
-                 "items_per_second", "last_arrival", "name", "pending", "wait")
+    __slots__ = ("arrival_gap", "arrived", "batch", "busy", "demand", "digest", "done",
+                 "execution_time", "items_per_second", "last_arrival", "mark", "name",
+                 "pending", "wait", "waited", "waits")
 
     def __init__(self, digest: Digest, name: str) -> None:
         self.digest = digest
@@ -185,6 +190,30 @@ class _Queue:
         self.arrival_gap: float | None = None
         self.execution_time: float | None = None
         self.items_per_second: float | None = None
+        # The demand signal's counters (as the node's DemandMeter reads its statistics):
+        # items arrived, seconds queued over `waits` requests, seconds executing.
+        self.arrived = 0
+        self.waited = 0.0
+        self.waits = 0
+        self.busy = 0.0
+        # The counters at the last measurement (time first), and what it measured.
+        self.mark: tuple[float, int, float, int, float] | None = None
+        self.demand: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def measure(self, now: float, window: float) -> bool:
+        """Recompute (arrival rate, queue wait, utilization) once `window` has passed."""
+        mark = self.mark
+        if mark is not None and now - mark[0] < window:
+            return False
+        self.mark = (now, self.arrived, self.waited, self.waits, self.busy)
+        if mark is None:
+            return False
+        dt = now - mark[0]
+        waits = self.waits - mark[3]
+        self.demand = ((self.arrived - mark[1]) / dt,
+                       (self.waited - mark[2]) / waits if waits else 0.0,
+                       min(1.0, (self.busy - mark[4]) / dt))
+        return True
 
     def purge(self) -> None:
         """Forget calls whose client gave up (as the Batcher skips cancelled futures)."""
@@ -225,6 +254,9 @@ class VirtualProvider:
         # Batches executed, by items per batch.
         self.batch_sizes: dict[int, int] = {}
         self._advert: Advert | None = None
+        # Autoscaling: versions its autoscaler loaded, and those being released.
+        self.autoscaled: set[Digest] = set()
+        self.releasing: set[Digest] = set()
 
     def _new_queues(self) -> dict[str, _Queue]:
         """Empty queues, keyed as requests name their model (`model_version`: the digest)."""
@@ -235,18 +267,54 @@ class VirtualProvider:
 
     def advert(self) -> Advert:
         """What the provider offers now (Membership adds sequence, timestamp and TTL)."""
+        ctx = self.ctx
+        if ctx.autoscale:
+            now = ctx.loop.time()
+            for q in self.queues.values():
+                if q.measure(now, ctx.demand_window):
+                    self._advert = None
         if self._advert is None:
+            served = [q for q in self.queues.values() if q.digest not in self.releasing]
             offers = tuple(ModelOffer(
                 digest=q.digest, name=q.name, max_batch_size=self.ctx.policy.max_batch_size,
                 items_per_second=round(q.items_per_second or 0.0, 1),
-                queue_depth=len(q.pending)) for q in self.queues.values())
+                queue_depth=len(q.pending),
+                arrival_rate=q.demand[0], queue_wait=q.demand[1], utilization=q.demand[2],
+                autoscaled=q.digest in self.autoscaled) for q in served)
             self._advert = Advert(
                 peer_id=self.peer_id, endpoints=(self.endpoint,), models=offers,
                 sequence=0, timestamp=0.0, ttl=0.0,
                 queue_depth=sum(o.queue_depth for o in offers), hardware=_HARDWARE,
                 price=self.price, region=self.spec.region, software_version=__version__,
-                draining=self.state is not self.UP)
+                draining=self.state is not self.UP,
+                stored=tuple(q.digest for q in served) if ctx.autoscale else ())
         return self._advert
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def add_model(self, digest: Digest) -> None:
+        """Serve a version loaded by the autoscaler (advertised from now on)."""
+        self.queues[str(digest)] = _Queue(digest, self.ctx.names[digest])
+        self.autoscaled.add(digest)
+        self._changed()
+
+    def release(self, digest: Digest) -> None:
+        """Stop advertising a version (the first step of an unload)."""
+        self.releasing.add(digest)
+        self._changed()
+
+    def remove_model(self, digest: Digest) -> None:
+        """Take the version out: new requests for it are refused (clients retry elsewhere);
+        what it has queued still executes (the queue object lives on in its timers)."""
+        self.queues.pop(str(digest), None)
+        self.releasing.discard(digest)
+        self.autoscaled.discard(digest)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._advert = None
+        if self.membership is not None:
+            self.membership.notify_change()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -339,6 +407,7 @@ class VirtualProvider:
             return
         call.items = request.inputs[0].shape[0] if request.inputs else 1
         call.enqueued = now
+        q.arrived += call.items
         if q.last_arrival is not None:
             q.arrival_gap = _ewma(q.arrival_gap, now - q.last_arrival)
         q.last_arrival = now
@@ -394,6 +463,9 @@ class VirtualProvider:
         q.batch = batch
         self._advert = None
         self.batch_sizes[items] = self.batch_sizes.get(items, 0) + 1
+        q.busy += service
+        q.waits += len(batch)
+        q.waited += sum(started - c.enqueued for c in batch)
         q.done = self.ctx.loop.call_later(service, self._done, q, started, service, items)
 
     def _done(self, q: _Queue, started: float, service: float, items: int) -> None:

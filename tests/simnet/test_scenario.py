@@ -184,7 +184,7 @@ def test_fault_fields_are_parsed() -> None:
     ("duration = -1", "duration must be a positive number"),
     ("[workload]\nrat = 3", r"unknown key 'rat' in \[workload\]"),
     ("[workload]\nshape = \"sine\"", "workload.shape: unknown shape 'sine' "
-                                     r"\(one of: constant, poisson, ramp, burst\)"),
+                                     r"\(one of: constant, poisson, ramp, burst, steps\)"),
     ("[workload]\nshape = \"ramp\"", "workload.end_rate .* is required for shape = \"ramp\""),
     ("[workload]\nshape = \"burst\"\nburst_rate = 9",
      "workload.bursts is required for shape = \"burst\""),

@@ -31,10 +31,13 @@ def compressed(scenario: Scenario, duration: float) -> Scenario:
 
 
 def test_every_shipped_scenario_is_covered() -> None:
-    assert set(builtin_scenarios()) == {"default", "failover", "heterogeneous", "churn", "rollout"}
+    assert set(builtin_scenarios()) == {"default", "failover", "heterogeneous", "churn", "rollout",
+                                        "autoscale"}
 
 
-@pytest.mark.parametrize("name", sorted(builtin_scenarios()))
+# Autoscaling cannot be compressed (its delays and model loads take what they take): it
+# runs below at its own, smaller size.
+@pytest.mark.parametrize("name", sorted(set(builtin_scenarios()) - {"autoscale"}))
 async def test_shipped_scenario_keeps_its_promises(name: str, tmp_path: Path) -> None:
     scenario = compressed(load_scenario(name), _BUDGET)
     with (tmp_path / "console.txt").open("w") as out:
@@ -49,3 +52,17 @@ async def test_shipped_scenario_keeps_its_promises(name: str, tmp_path: Path) ->
     assert s.requests == s.ok > 0.5 * scenario.workload.rate * scenario.duration
     assert s.faults_applied == s.faults_total == len(scenario.faults)
     assert (tmp_path / "report" / "report.json").stat().st_size > 0
+
+
+async def test_autoscale_scenario_keeps_its_promises(tmp_path: Path) -> None:
+    """The autoscale scenario at 4 nodes (node 0 and three that autoscale), its full
+    timeline: replicas follow the step up, then go back to node 0's alone."""
+    scenario = load_scenario("autoscale").with_overrides(nodes=4)
+    with (tmp_path / "console.txt").open("w") as out:
+        result = await run_scenario(
+            scenario, RunOptions(report_dir=tmp_path / "report", live=False),
+            console=Console(file=out, width=160))
+    console = (tmp_path / "console.txt").read_text()
+    assert result.summary.kept, f"{result.summary.promises}\n{console}"
+    scaling = (tmp_path / "report" / "autoscale.json").read_text()
+    assert '"loads": 0' not in scaling, console

@@ -26,19 +26,19 @@ _sym_db = _symbol_database.Default()
 from swarm._proto.swarm.v1 import node_pb2 as swarm_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _swarm_pool.POOL.AddSerializedFile(b'\n\x15swarm/v1/advert.proto\x12\x08swarm.v1\x1a\x13swarm/v1/node.proto\"\x7f\n\nModelOffer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\x18\n\x10items_per_second\x18\x05 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\"\xa1\x03\n\x0e\x43\x61pacityAdvert\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x16\n\x0egrpc_endpoints\x18\x02 \x03(\t\x12$\n\x06models\x18\x03 \x03(\x0b\x32\x14.swarm.v1.ModelOffer\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\r\x12%\n\x1d\x66ree_accelerator_memory_bytes\x18\x05 \x01(\x04\x12$\n\x08hardware\x18\x06 \x01(\x0b\x32\x12.swarm.v1.Hardware\x12\x1e\n\x05price\x18\x07 \x01(\x0b\x32\x0f.swarm.v1.Price\x12\x0e\n\x06region\x18\x08 \x01(\t\x12\x18\n\x10software_version\x18\t \x01(\t\x12\x10\n\x08sequence\x18\n \x01(\x04\x12\x19\n\x11timestamp_unix_ms\x18\x0b \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x0c \x01(\r\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12\x0e\n\x06stored\x18\x0e \x03(\t\x12\x11\n\tp2p_addrs\x18\x0f \x03(\t\x12\"\n\x04mesh\x18( \x01(\x0b\x32\x14.swarm.v1.MeshMember\"e\n\nMeshMember\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x11\n\tgrpc_port\x18\x04 \x01(\r\x12\r\n\x05relay\x18\x05 \x01(\x08\"2\n\x0cSignedAdvert\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _swarm_pool.POOL.AddSerializedFile(b'\n\x15swarm/v1/advert.proto\x12\x08swarm.v1\x1a\x13swarm/v1/node.proto\"\xea\x01\n\nModelOffer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\r\x12\x18\n\x10items_per_second\x18\x05 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12\x14\n\x0c\x61rrival_rate\x18\x10 \x01(\x01\x12\x14\n\x0cqueue_wait_s\x18\x11 \x01(\x01\x12\x13\n\x0butilization\x18\x12 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x13 \x01(\x04\x12\x12\n\nautoscaled\x18\x14 \x01(\x08\"\xa1\x03\n\x0e\x43\x61pacityAdvert\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x16\n\x0egrpc_endpoints\x18\x02 \x03(\t\x12$\n\x06models\x18\x03 \x03(\x0b\x32\x14.swarm.v1.ModelOffer\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\r\x12%\n\x1d\x66ree_accelerator_memory_bytes\x18\x05 \x01(\x04\x12$\n\x08hardware\x18\x06 \x01(\x0b\x32\x12.swarm.v1.Hardware\x12\x1e\n\x05price\x18\x07 \x01(\x0b\x32\x0f.swarm.v1.Price\x12\x0e\n\x06region\x18\x08 \x01(\t\x12\x18\n\x10software_version\x18\t \x01(\t\x12\x10\n\x08sequence\x18\n \x01(\x04\x12\x19\n\x11timestamp_unix_ms\x18\x0b \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x0c \x01(\r\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12\x0e\n\x06stored\x18\x0e \x03(\t\x12\x11\n\tp2p_addrs\x18\x0f \x03(\t\x12\"\n\x04mesh\x18( \x01(\x0b\x32\x14.swarm.v1.MeshMember\"e\n\nMeshMember\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x11\n\tgrpc_port\x18\x04 \x01(\r\x12\r\n\x05relay\x18\x05 \x01(\x08\"2\n\x0cSignedAdvert\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarm.v1.advert_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELOFFER']._serialized_start=56
-  _globals['_MODELOFFER']._serialized_end=183
-  _globals['_CAPACITYADVERT']._serialized_start=186
-  _globals['_CAPACITYADVERT']._serialized_end=603
-  _globals['_MESHMEMBER']._serialized_start=605
-  _globals['_MESHMEMBER']._serialized_end=706
-  _globals['_SIGNEDADVERT']._serialized_start=708
-  _globals['_SIGNEDADVERT']._serialized_end=758
+  _globals['_MODELOFFER']._serialized_start=57
+  _globals['_MODELOFFER']._serialized_end=291
+  _globals['_CAPACITYADVERT']._serialized_start=294
+  _globals['_CAPACITYADVERT']._serialized_end=711
+  _globals['_MESHMEMBER']._serialized_start=713
+  _globals['_MESHMEMBER']._serialized_end=814
+  _globals['_SIGNEDADVERT']._serialized_start=816
+  _globals['_SIGNEDADVERT']._serialized_end=866
 # @@protoc_insertion_point(module_scope)

@@ -8,20 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelOffer(_message.Message):
-    __slots__ = ("digest", "name", "tags", "max_batch_size", "items_per_second", "queue_depth")
+    __slots__ = ("digest", "name", "tags", "max_batch_size", "items_per_second", "queue_depth", "arrival_rate", "queue_wait_s", "utilization", "memory_bytes", "autoscaled")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_RATE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALED_FIELD_NUMBER: _ClassVar[int]
     digest: str
     name: str
     tags: _containers.RepeatedScalarFieldContainer[str]
     max_batch_size: int
     items_per_second: float
     queue_depth: int
-    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    arrival_rate: float
+    queue_wait_s: float
+    utilization: float
+    memory_bytes: int
+    autoscaled: bool
+    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ..., arrival_rate: _Optional[float] = ..., queue_wait_s: _Optional[float] = ..., utilization: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., autoscaled: _Optional[bool] = ...) -> None: ...
 
 class CapacityAdvert(_message.Message):
     __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored", "p2p_addrs", "mesh")

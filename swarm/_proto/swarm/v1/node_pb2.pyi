@@ -45,7 +45,7 @@ class ServedModel(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("peer_id", "software_version", "grpc_endpoints", "models", "hardware", "price", "region", "free_accelerator_memory_bytes", "started_at_unix_ns", "draining")
+    __slots__ = ("peer_id", "software_version", "grpc_endpoints", "models", "hardware", "price", "region", "free_accelerator_memory_bytes", "started_at_unix_ns", "draining", "autoscale", "scaling")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class NodeStatus(_message.Message):
     FREE_ACCELERATOR_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
+    SCALING_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     software_version: str
     grpc_endpoints: _containers.RepeatedScalarFieldContainer[str]
@@ -66,7 +68,27 @@ class NodeStatus(_message.Message):
     free_accelerator_memory_bytes: int
     started_at_unix_ns: int
     draining: bool
-    def __init__(self, peer_id: _Optional[str] = ..., software_version: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., region: _Optional[str] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., started_at_unix_ns: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    autoscale: bool
+    scaling: _containers.RepeatedCompositeFieldContainer[ScalingEvent]
+    def __init__(self, peer_id: _Optional[str] = ..., software_version: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., region: _Optional[str] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., started_at_unix_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., autoscale: _Optional[bool] = ..., scaling: _Optional[_Iterable[_Union[ScalingEvent, _Mapping]]] = ...) -> None: ...
+
+class ScalingEvent(_message.Message):
+    __slots__ = ("at_unix_ns", "action", "model", "digest", "reason", "outcome", "error")
+    AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    at_unix_ns: int
+    action: str
+    model: str
+    digest: str
+    reason: str
+    outcome: str
+    error: str
+    def __init__(self, at_unix_ns: _Optional[int] = ..., action: _Optional[str] = ..., model: _Optional[str] = ..., digest: _Optional[str] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

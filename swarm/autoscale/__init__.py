@@ -1,0 +1,40 @@
+"""Autoscaling: every node decides on its own, from its peer view, what to load and unload.
+
+_demand.py  supply and demand per model from the view's adverts (arrival rate, queue
+            wait, utilization, throughput, price, holders, candidates): `supply_and_demand`
+_decide.py  the pure decision `decide(view, self_state, config, rng) -> Decision`
+            (Knative KPA-style desired replicas with a panic mode, Ray Serve-style
+            up/down delays, a lottery so that the expected new replicas match the
+            deficit, provider bounds) and `AutoscaleConfig`
+
+The node's driver (swarm/node/_autoscaler.py) runs `decide` every interval and
+carries its actions out through the registry's pull and the zero-downtime load path.
+"""
+
+from swarm.autoscale._decide import (
+    Action,
+    ActionKind,
+    AutoscaleConfig,
+    Decision,
+    Direction,
+    SelfState,
+    Trend,
+    allowed,
+    decide,
+)
+from swarm.autoscale._demand import ModelDemand, replica_load, supply_and_demand
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "AutoscaleConfig",
+    "Decision",
+    "Direction",
+    "ModelDemand",
+    "SelfState",
+    "Trend",
+    "allowed",
+    "decide",
+    "replica_load",
+    "supply_and_demand",
+]

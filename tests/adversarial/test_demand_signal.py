@@ -1,0 +1,50 @@
+"""Issue 14: the demand signal in adverts (arrival rate, queue wait, utilization, memory)
+is hostile input: a forged NaN, a negative or an absurd value would steer every node's
+autoscaler. decode() refuses such an advert as a whole with IntegrityError."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from swarm._errors import IntegrityError
+from swarm._proto.swarm.v1 import advert_pb2
+from swarm._types import Digest
+from swarm.protocol import ADVERT_DOMAIN, Advert, Identity, ModelOffer, seal
+from swarm.protocol._advert import decode, encode
+
+ME = Identity.from_seed(b"\x07" * 32)
+
+
+def _signed(**offer: float) -> bytes:
+    """A validly signed advert whose one model offer carries `offer` as given."""
+    msg = advert_pb2.CapacityAdvert(
+        peer_id=ME.peer_id.value, sequence=1, timestamp_unix_ms=1, ttl_ms=1000,
+        models=[advert_pb2.ModelOffer(digest=str(Digest.of(b"m")), name="acme/m", **offer)])
+    return seal(advert_pb2.SignedAdvert, ADVERT_DOMAIN,
+                msg.SerializeToString(deterministic=True), ME)
+
+
+def test_honest_demand_round_trips() -> None:
+    offer = ModelOffer(Digest.of(b"m"), "acme/m", arrival_rate=12.5, queue_wait=0.25,
+                       utilization=0.8, memory_bytes=1 << 20)
+    advert = Advert(ME.peer_id, ("127.0.0.1:1",), (offer,), 1, 1.0, 10.0)
+    assert decode(encode(advert, ME)).models == (offer,)
+
+
+@pytest.mark.parametrize("field", ["arrival_rate", "queue_wait_s", "utilization"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0])
+def test_non_finite_or_negative_demand_is_refused(field: str, value: float) -> None:
+    with pytest.raises(IntegrityError, match=field.removesuffix("_s")):
+        decode(_signed(**{field: value}))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("utilization", 1.5),          # a fraction of the interval
+    ("arrival_rate", 1e12),        # beyond any node
+    ("queue_wait_s", 1e7),         # longer than any deadline
+])
+def test_out_of_range_demand_is_refused(field: str, value: float) -> None:
+    with pytest.raises(IntegrityError, match="out of range"):
+        decode(_signed(**{field: value}))
