@@ -13,8 +13,9 @@ Root only (network namespaces, WireGuard interfaces; wireguard-go and wireguard-
    agent's interface being up until then. Through gossip add up to one advert interval.
 2. Inference between two namespaces: node 0 (a gateway, --mesh) and node 1 (builtin/mlp,
    --mesh); a load process inside node 0's namespace calls node 1 directly, alternating
-   rounds: on its underlay address (plaintext gRPC over the bridge) and on its overlay
-   address (the same gRPC through WireGuard). c=1 p50 and c=64 req/s.
+   rounds: on its underlay address (plaintext gRPC over the bridge), on its TLS port
+   (identity-pinned TLS, as peers dial) and on its overlay address's TLS port (what mesh
+   members dial: TLS inside WireGuard). c=1 p50 and c=64 req/s.
 """
 
 from __future__ import annotations
@@ -87,17 +88,24 @@ loop.run_until_complete(task)
 """
 
 LOAD = r"""
-import asyncio, json, sys, time
+import asyncio, contextlib, json, sys, time
 import numpy as np, grpc
 from swarm._proto.inference import grpc_service_pb2 as pb
 
-async def main(address, concurrency, duration):
+async def main(address, concurrency, duration, peer):
     x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
     req = pb.ModelInferRequest(model_name="builtin/mlp")
     req.inputs.add(name="input", datatype="FP32", shape=[1, 512])
     req.raw_input_contents.append(x.tobytes())
     payload = req.SerializeToString()
-    async with grpc.aio.insecure_channel(address) as channel:
+    # With a peer id: identity-pinned TLS, as the router dials (swarm.protocol.PeerChannels).
+    from swarm.protocol import PeerChannels
+    from swarm._types import PeerId
+    channels = PeerChannels() if peer else None
+    channel = (await channels.channel(PeerId(peer), address) if channels
+               else grpc.aio.insecure_channel(address))
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(channels.close if channels else channel.close)
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         for _ in range(20):
             await call(payload, timeout=30)
@@ -111,7 +119,7 @@ async def main(address, concurrency, duration):
     print(json.dumps({"rps": len(latencies) / duration,
                       "p50_ms": 1000 * float(np.percentile(latencies, 50))}))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]))
 """
 
 
@@ -176,7 +184,7 @@ async def inference(duration: float, rounds: int) -> dict[str, Any]:
 
     specs = [NodeSpec(index=0, models=()), NodeSpec(index=1, models=("builtin/mlp",))]
     results: dict[str, dict[str, list[float]]] = {
-        "plaintext": {"c1_p50_ms": [], "c64_rps": []}, "mesh": {"c1_p50_ms": [], "c64_rps": []}}
+        name: {"c1_p50_ms": [], "c64_rps": []} for name in ("plaintext", "tls", "mesh+tls")}
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         config = ClusterConfig(log_dir=Path(tmp) / "logs", advert_interval=1.0, mesh=True)
         async with netns_network(2, Network()) as net, \
@@ -184,13 +192,15 @@ async def inference(duration: float, rounds: int) -> dict[str, Any]:
             node = cluster.nodes[1]
             assert node is not None
             state = json.loads((node.data_dir / "mesh.json").read_text())
-            port = node.grpc.rsplit(":", 1)[1]
-            targets = {"plaintext": node.grpc, "mesh": f"[{state['address']}]:{port}"}
+            tls_port = node.tls.rsplit(":", 1)[1]
+            # Peers dial the TLS port; on the overlay address that is TLS inside WireGuard.
+            targets = {"plaintext": (node.grpc, ""), "tls": (node.tls, node.peer_id),
+                       "mesh+tls": (f"[{state['address']}]:{tls_port}", node.peer_id)}
             for _ in range(rounds):
-                for name, address in targets.items():
+                for name, (address, peer) in targets.items():
                     for concurrency, key in ((1, "c1_p50_ms"), (64, "c64_rps")):
                         row = _load(net.wrap(0, [sys.executable, "-c", LOAD, address,
-                                                 str(concurrency), str(duration)]))
+                                                 str(concurrency), str(duration), peer]))
                         results[name][key].append(row["p50_ms" if concurrency == 1 else "rps"])
     return results
 
@@ -223,9 +233,10 @@ def main() -> int:
             print(f"| {name} | {', '.join(f'{v:.2f}' for v in p50)} | "
                   f"{statistics.median(p50):.2f} | {', '.join(f'{v:.0f}' for v in rps)} | "
                   f"{statistics.median(rps):.0f} |")
-        ratio = (statistics.median(results["mesh"]["c64_rps"])
-                 / statistics.median(results["plaintext"]["c64_rps"]))
-        print(f"\nmesh / plaintext c=64 req/s: {ratio:.2f}")
+        plain = statistics.median(results["plaintext"]["c64_rps"])
+        for name in ("tls", "mesh+tls"):
+            ratio = statistics.median(results[name]["c64_rps"]) / plain
+            print(f"{name} / plaintext c=64 req/s: {ratio:.2f}")
     return 0
 
 
