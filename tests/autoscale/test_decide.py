@@ -333,7 +333,7 @@ def test_a_backlog_counts_as_load() -> None:
 
 
 def test_swarm_peers_rows_show_replicas_per_model() -> None:
-    from swarm.cli._client import _replica_rows
+    from swarm.cli._client_commands import _replica_rows
 
     rows = _replica_rows(swarm([1.0, 0.5], idle=2))
     assert [(r["name"], r["replicas"], r["load"], r["holders"]) for r in rows] == [

@@ -136,10 +136,6 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
         # Peers dial each other's TLS port on the overlay address (mesh + TLS).
         overlay = [f"[{s['address']}]:{n.tls.rsplit(':', 1)[1]}={n.peer_id}"
                    for s, n in zip(states, nodes, strict=True)]
-        for i in (1, 2):
-            for name, address in (("mesh-grpc-tcp", nodes[i].grpc), ("mesh-tls-tcp", nodes[i].tls)):
-                count(net.namespace(i), name, "-p", "tcp", "--dport", address.rsplit(":", 1)[1])
-            count(net.namespace(i), "mesh-wg-udp", "-p", "udp")
 
         # Peers within seconds (adverts every second); the NATed nodes reach each other
         # through the relay, so they have the public members only.
@@ -177,6 +173,13 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
                 return True
 
             await wait_until(served, timeout=20, what="node 0 forwarding builtin/mlp")
+            # Count what reaches the providers' links while the forwarded requests run.
+            for i in (1, 2):
+                for name, address in (("mesh-grpc-tcp", nodes[i].grpc),
+                                      ("mesh-tls-tcp", nodes[i].tls)):
+                    count(net.namespace(i), name, "-p", "tcp", "--dport",
+                          address.rsplit(":", 1)[1])
+                count(net.namespace(i), "mesh-wg-udp", "-p", "udp")
             for _ in range(20):
                 assert (await client.infer("builtin/mlp", x)).shape == (2, 512)
         async with aiohttp.ClientSession() as http, http.get(nodes[0].metrics) as response:
@@ -186,7 +189,7 @@ async def test_mesh_nat_relay_inference_leave_and_teardown(tmp_path: Path) -> No
         # No gRPC, plaintext or TLS, on the link itself: only WireGuard UDP.
         assert all(c["mesh-grpc-tcp"] == 0 for c in seen), seen
         assert all(c["mesh-tls-tcp"] == 0 for c in seen), seen
-        assert all(c["mesh-wg-udp"] > 5 for c in seen), seen
+        assert sum(c["mesh-wg-udp"] for c in seen) > 5, seen  # the 20 requests and answers
 
         # A node that leaves is removed from the others' interfaces, its own interface gone.
         await cluster.leave(1)
