@@ -416,7 +416,11 @@ class AsyncClient:
                     tg.create_task(one(i, x))
         except* SwarmError as group:  # the first failure cancels the rest: raise it as itself
             raise first_failure(group) from None
-        return [r for r in results if r is not None]
+        answered = [r for r in results if r is not None]
+        if len(answered) < len(items):  # a task cancelled from outside the group: never silent
+            raise UnavailableError(f"{len(items) - len(answered)} of {len(items)} requests "
+                                   "ended without an answer")
+        return answered
 
     def generate(self, model: str, prompt: str, *, max_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,

@@ -298,6 +298,10 @@ async def fetch_certificate(address: str, *, timeout: float = 5.0) -> bytes:
     return bytes(der)
 
 
+# How long calls in flight on a replaced channel may finish before it closes.
+_RETIRE_GRACE = 30.0
+
+
 class PeerChannels:
     """gRPC channels pinned to the certificate a peer proves it holds.
 
@@ -316,8 +320,16 @@ class PeerChannels:
         self._timeout = timeout
         self._channels: dict[tuple[PeerId, str], Any] = {}
         self._locks: dict[tuple[PeerId, str], asyncio.Lock] = {}
+        # Channels replaced while calls may be in flight on them: closed with a grace period
+        # in the background (closing at once would cancel those calls).
+        self._retiring: dict[asyncio.Task[None], Any] = {}
         # Handshakes refused because the server was not the expected peer.
         self.refused = 0
+
+    def _retire(self, channel: Any) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(_RETIRE_GRACE))
+        self._retiring[task] = channel
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def channel(self, peer: PeerId, address: str) -> Any:
         key = (peer, address)
@@ -326,7 +338,9 @@ class PeerChannels:
             if channel.get_state() != self._grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                 return channel
             # Its handshakes fail: perhaps a rotated certificate. Pin it anew.
-            await self._channels.pop(key).close()
+            retired = self._channels.pop(key, None)
+            if retired is not None:
+                self._retire(retired)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             channel = self._channels.get(key)
@@ -362,9 +376,14 @@ class PeerChannels:
 
     async def forget(self, address: str) -> None:
         for key in [k for k in self._channels if k[1] == address]:
-            await self._channels.pop(key).close()
+            self._retire(self._channels.pop(key))
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close()
+        retiring, self._retiring = dict(self._retiring), {}
+        for task, channel in retiring.items():
+            task.cancel()
+            await channel.close()
+        await asyncio.gather(*retiring, return_exceptions=True)

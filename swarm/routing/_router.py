@@ -41,6 +41,7 @@ from swarm._errors import (
     DeadlineExceededError,
     InferenceError,
     NoProviderError,
+    UnavailableError,
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -114,6 +115,14 @@ class GrpcCaller:
                 f"{candidate.endpoint}: no TLS handshake within {timeout:.3g} s") from exc
         try:
             response: pb.ModelInferResponse = await stub.ModelInfer(request, timeout=timeout)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this request is being cancelled
+            # grpc.aio cancels the calls of a channel closed under them: the provider was
+            # not reached, which the Router retries elsewhere, never a lost request.
+            raise UnavailableError(f"{candidate.endpoint}: the channel closed under the call",
+                                   code="UNAVAILABLE") from None
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, candidate.endpoint) from exc
         return response
