@@ -148,6 +148,10 @@ def _sysctl(path: Path, value: str) -> str:
     return old
 
 
+class _ExitedAtStart(Exception):
+    """wireguard-go died before opening its UAPI socket."""
+
+
 def _open_log(path: Path) -> Any:
     return open(path, "ab")
 
@@ -325,13 +329,31 @@ class MeshAgent:
             self._forwarding_was = _sysctl(FORWARDING, "1")
 
     async def _start_wireguard_go(self) -> None:
+        """Start the supervised wireguard-go; a child that dies before opening its socket is
+        started again (twice at most), then the error says why."""
+        for attempt in range(3):
+            try:
+                await self._start_wireguard_go_once()
+                return
+            except _ExitedAtStart as exc:
+                if attempt == 2:
+                    raise SwarmError(str(exc)) from None
+                log.warning("wireguard-go exited at start; starting it again",
+                            extra={"error": str(exc)})
+
+    async def _start_wireguard_go_once(self) -> None:
         log_file = _open_log(self.data_dir / "wireguard-go.log")
+        # SIGTERM to wireguard-go when the node dies: util-linux's setpriv sets it and execs
+        # (same pid). A Python preexec_fn would run after fork() in a process with gRPC's
+        # threads, which can abort the child (seen: wireguard-go "exited with -6 at start").
+        setpriv = shutil.which("setpriv")
+        argv = ["wireguard-go", "-f", self.interface]
         try:
             self._child = await asyncio.create_subprocess_exec(
-                "wireguard-go", "-f", self.interface, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file,
+                *([setpriv, "--pdeathsig", "TERM", *argv] if setpriv else argv),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 env={**os.environ, "LOG_LEVEL": "error", "WG_PROCESS_FOREGROUND": "1"},
-                preexec_fn=_die_with_parent)
+                preexec_fn=None if setpriv else _die_with_parent)
         finally:
             log_file.close()
         self.backend = "wireguard-go"
@@ -340,8 +362,8 @@ class MeshAgent:
         deadline = time.monotonic() + 10
         while not sock.exists():
             if self._child.returncode is not None:
-                raise SwarmError(f"wireguard-go exited with {self._child.returncode} at start "
-                                 f"(see {self.data_dir / 'wireguard-go.log'})")
+                raise _ExitedAtStart(f"wireguard-go exited with {self._child.returncode} at "
+                                     f"start (see {self.data_dir / 'wireguard-go.log'})")
             if time.monotonic() > deadline:
                 raise SwarmError(f"wireguard-go did not open {sock} within 10 s")
             await asyncio.sleep(0.01)
