@@ -4,6 +4,7 @@ _tx.py       transactions (transfer, bond, unbond, deposit, claim, tick), receip
              equivocation evidence; canonical wire form; Ed25519 signing (domain-separated)
 _genesis.py  Genesis and Params from a TOML file; the chain id (hash of the genesis)
 _state.py    State (frozen, immutables.Map inside), Account, Channel, Credit; canonical encoding
+_eligible.py eligible(): who routing may send work to, from the ledger alone
 _apply.py    the pure state machine: apply / settle / void / waiting_on, and which rules come
              from which paper (Guerraoui et al. PODC 2019, FastPay, Astro)
 _rewards.py  rewards(): the per-epoch inflation rule, the only mint
@@ -14,6 +15,7 @@ _errors.py   LedgerError and its subclasses (tree in its docstring)
 """
 
 from swarm.staking._apply import apply, settle, void, waiting_on
+from swarm.staking._eligible import eligible
 from swarm.staking._errors import (
     AlreadyClaimedError,
     BadSignatureError,
@@ -114,6 +116,7 @@ __all__ = [
     "WorkReport",
     "apply",
     "decode_transaction",
+    "eligible",
     "replay",
     "rewards",
     "settle",

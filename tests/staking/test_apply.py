@@ -278,3 +278,18 @@ def test_being_early_is_not_a_failure(w: list[Wallet]) -> None:
     early = w[0].make(Bond(1), seq=2)
     with pytest.raises(SequenceGapError):
         settle(state, early)
+
+
+def test_eligible_needs_the_minimum_stake_and_no_equivocation() -> None:
+    from dataclasses import replace
+
+    from swarm.staking import eligible
+
+    state = State.genesis(make_genesis(bonded={0: 100}))
+    peer = USERS[0].peer_id
+    assert eligible(state, peer, 100)
+    assert not eligible(state, peer, 101)
+    assert not eligible(state, USERS[1].peer_id, 1)
+    assert eligible(state, USERS[1].peer_id, 0)
+    cheat = replace(state.account(peer), equivocations=1)
+    assert not eligible(replace(state, accounts=state.accounts.set(peer, cheat)), peer, 0)
