@@ -154,29 +154,23 @@ def _parser() -> argparse.ArgumentParser:
                            description="Print the peer id of the identity in the data dir "
                                        "(created there if none exists), and the node's "
                                        "addresses while it runs.")
-    ident.add_argument("--config", type=Path, metavar="FILE",
-                       help="TOML config file, for its data_dir (default: none)")
-    ident.add_argument("--data-dir", type=Path, metavar="DIR",
-                       help=f"identity and state directory, as for run {_default('data_dir')}")
+    _data_dir_options(ident, config_for="its data_dir",
+                      data_dir_help="identity and state directory, as for run")
     mesh_cmd = sub.add_parser("mesh", help="the WireGuard mesh of a running node")
     mesh_sub = mesh_cmd.add_subparsers(dest="mesh_command", required=True)
     mesh_status = mesh_sub.add_parser(
         "status", help="interface, address, and each peer with endpoint, handshake, bytes",
         epilog=_PRECEDENCE)
-    mesh_status.add_argument("--config", type=Path, metavar="FILE",
-                             help="TOML config file, for its data_dir (default: none)")
-    mesh_status.add_argument("--data-dir", type=Path, metavar="DIR",
-                             help=f"the node's data directory {_default('data_dir')}")
+    _data_dir_options(mesh_status, config_for="its data_dir",
+                      data_dir_help="the node's data directory")
 
     status = sub.add_parser("status", help="show a running node's models and scaling decisions",
                             epilog=_PRECEDENCE,
                             description="Ask a running node (found through node.json in its "
                                         "data dir, or at --address) for its status: models "
                                         "served, and its latest autoscaling decisions and why.")
-    status.add_argument("--config", type=Path, metavar="FILE",
-                        help="TOML config file, for its data_dir (default: none)")
-    status.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help=f"the node's data directory {_default('data_dir')}")
+    _data_dir_options(status, config_for="its data_dir",
+                      data_dir_help="the node's data directory")
     status.add_argument("--address", metavar="HOST:PORT", help="the node's gRPC address instead")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -186,11 +180,18 @@ def _parser() -> argparse.ArgumentParser:
                                       "(bound to its identity, which is created in the data dir "
                                       "if none exists; renewed weekly, at start-up). Give it to "
                                       "foreign clients as their root certificate.")
-    cert.add_argument("--config", type=Path, metavar="FILE",
-                      help="TOML config file, for its data_dir and hosts (default: none)")
-    cert.add_argument("--data-dir", type=Path, metavar="DIR",
-                      help=f"identity and state directory, as for run {_default('data_dir')}")
+    _data_dir_options(cert, config_for="its data_dir and hosts",
+                      data_dir_help="identity and state directory, as for run")
     return parser
+
+
+def _data_dir_options(parser: argparse.ArgumentParser, *, config_for: str,
+                      data_dir_help: str) -> None:
+    """--config and --data-dir, for the commands that find a node through its data dir."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"TOML config file, for {config_for} (default: none)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help=f"{data_dir_help} {_default('data_dir')}")
 
 
 def _config(args: argparse.Namespace) -> NodeConfig:
