@@ -836,6 +836,15 @@ class _RegistryCollector:
             for event, count in self._node.mesh.counters.items():
                 mesh.add_metric([event], count)
             yield mesh
+        membership = self._node.membership
+        if membership is not None:
+            adverts = CounterMetricFamily(
+                "swarm_gossip_adverts", "Adverts by what became of them (accepted, refused by "
+                "the view's bounds, forged, rate_limited, introduce_limited, relay_limited, "
+                "published, ...) and snapshot pulls: how a flood shows.", labels=["event"])
+            for event, count in (membership.counters | membership.snapshot_counters).items():
+                adverts.add_metric([event], count)
+            yield adverts
         refused = CounterMetricFamily(
             "swarm_tls_peer_refused", "TLS handshakes refused because the server did not "
             "prove the expected peer id (impersonation or a stale advert).", labels=["client"])

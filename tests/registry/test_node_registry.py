@@ -100,3 +100,6 @@ async def test_publish_replicate_serve_rollout_rollback(tmp_path: Path) -> None:
         metrics = b.metrics.render().decode()
         assert 'swarm_registry_events_total{event="fetches_completed"} 2.0' in metrics
         assert 'swarm_rollout_events_total{event="rollouts"} 3.0' in metrics
+        # B heard A's adverts over gossip, and counts them where an operator can see a flood.
+        assert 'swarm_gossip_adverts_total{event="published"}' in metrics
+        assert 'swarm_gossip_adverts_total{event="forged"} 0.0' in metrics
