@@ -166,23 +166,15 @@ class RoutingGateway:
                 _ASK_TIMEOUT, deadline - self._clock.monotonic())
             if timeout <= 0:
                 raise DeadlineExceededError(f"deadline passed asking about {digest}")
-            channels = self.router.channels
             try:
-                channel = (await channels.channel(candidate.peer, candidate.endpoint)
-                           if channels is not None
-                           else grpc.aio.insecure_channel(candidate.endpoint))
+                async with self.router.channel(candidate) as channel:
+                    return await call(pb_grpc.GRPCInferenceServiceStub(channel), timeout)
             except InferenceError as exc:  # not the advert's author, or unreachable
                 last = exc
-                continue
-            try:
-                return await call(pb_grpc.GRPCInferenceServiceStub(channel), timeout)
             except grpc.aio.AioRpcError as exc:
                 last = error_from_rpc(exc, candidate.endpoint)
                 if last.code == "INVALID_ARGUMENT":  # the request itself: no one will take it
                     raise last from exc
-            finally:
-                if channels is None:  # pinned channels stay open for the next call
-                    await channel.close()
         assert last is not None  # choose() returns at least one candidate
         raise last
 
