@@ -11,6 +11,8 @@ _rewards.py  rewards(): the per-epoch inflation rule, the only mint
 _ledger.py   Ledger: verify, buffer until ready, settle, detect equivocations, replay;
              MemoryLog; replay()
 _store.py    LedgerStore: SQLite (WAL) append-only log + snapshot; rebuild from the log
+_wire.py     decode_wire / wire_of: every ledger item on the wire, told apart by its magic
+             (transactions, evidence; other kinds `register_wire` theirs)
 _errors.py   LedgerError and its subclasses (tree in its docstring)
 """
 
@@ -62,11 +64,22 @@ from swarm.staking._tx import (
     sign,
     sign_receipt,
 )
+from swarm.staking._wire import (
+    EVIDENCE_MAGIC,
+    MAX_WIRE_BYTES,
+    TX_MAGIC,
+    decode_wire,
+    wire_of,
+)
+from swarm.staking._wire import register as register_wire
 
 __all__ = [
+    "EVIDENCE_MAGIC",
+    "MAX_WIRE_BYTES",
     "PPM",
     "RECEIPT_DOMAIN",
     "TX_DOMAIN",
+    "TX_MAGIC",
     "Account",
     "Ack",
     "AlreadyClaimedError",
@@ -116,7 +129,9 @@ __all__ = [
     "WorkReport",
     "apply",
     "decode_transaction",
+    "decode_wire",
     "eligible",
+    "register_wire",
     "replay",
     "rewards",
     "settle",
@@ -124,4 +139,5 @@ __all__ = [
     "sign_receipt",
     "void",
     "waiting_on",
+    "wire_of",
 ]
