@@ -526,6 +526,18 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.LogReply(entries=entries, length=length)
 
 
+    async def GetEligible(self, request: ledger_pb2.GetEligibleRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> ledger_pb2.EligibleReply:
+        if len(request.peers) > 4096:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at most 4096 peers per call")
+        state = self._agent.state
+        threshold = max(state.params.min_stake, request.min_stake)
+        peers = [await _peer(text, context) for text in request.peers]
+        return ledger_pb2.EligibleReply(
+            eligible=[str(p) for p in peers if eligible(state, p, threshold)],
+            min_stake=threshold, bonded=[state.stake(p) for p in peers])
+
+
 async def _peer(text: str, context: grpc.aio.ServicerContext[Any, Any]) -> PeerId:
     try:
         return PeerId(text)

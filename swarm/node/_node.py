@@ -103,6 +103,8 @@ from swarm.registry import (
     owner_keys,
 )
 from swarm.routing import Router
+from swarm.scheduler import SchedulerConfig
+from swarm.staking import eligible
 
 __all__ = ["Node", "NodeState"]
 
@@ -177,7 +179,9 @@ class Node:
         # The WireGuard mesh (--mesh), up while the node runs.
         self.mesh: MeshAgent | None = None
         # Routes requests for models this node does not serve (gateway), over its peer view.
-        self.router = (Router(self._peer_view, signed_tags=self._signed_targets)
+        # With a genesis, only providers eligible on our own ledger get forwarded work.
+        self.router = (Router(self._peer_view, signed_tags=self._signed_targets,
+                              config=SchedulerConfig(stake_ok=self._stake_ok))
                        if config.p2p_port >= 0 else None)
         self._service: InferenceService | None = None
         self._hardware = detect_hardware(self.device)
@@ -591,6 +595,14 @@ class Node:
                                       "log": len(agent.ledger.log),
                                       "timekeeper": timekeeper is not None})
         return agent
+
+    def _stake_ok(self, peer: PeerId) -> bool:
+        """The gateway's stake rule: swarm.staking.eligible at the network's minimum."""
+        agent = self.ledger
+        if agent is None:
+            return True
+        state = agent.state
+        return eligible(state, peer, state.params.min_stake)
 
     def _stake_trust(self, peer: PeerId) -> float:
         """Membership's view budget: bonded stake on our own ledger (unknown: 0)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,6 +150,9 @@ class RoutingOptions:
     hedge: bool = True
     # Most providers tried for one request.
     max_attempts: int = 4
+    # This request's stake rule (the SDK's per-call min_stake), replacing the Router's
+    # SchedulerConfig.stake_ok; None: the Router's.
+    stake_ok: Callable[[PeerId], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +264,10 @@ class Router:
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
                           exclude=tried, explore=explore)
+        config = self._config if options.stake_ok is None else dataclasses.replace(
+            self._config, stake_ok=options.stake_ok)
         return choose(self.view, request, self.observations, self._rng, self._clock.monotonic(),
-                      self._config)
+                      config)
 
     def _start(self, request: pb.ModelInferRequest, candidate: Candidate, items: int,
                deadline: float) -> _Attempt:

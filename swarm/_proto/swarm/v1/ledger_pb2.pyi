@@ -6,6 +6,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetEligibleRequest(_message.Message):
+    __slots__ = ("peers", "min_stake")
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    MIN_STAKE_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    min_stake: int
+    def __init__(self, peers: _Optional[_Iterable[str]] = ..., min_stake: _Optional[int] = ...) -> None: ...
+
+class EligibleReply(_message.Message):
+    __slots__ = ("eligible", "min_stake", "bonded")
+    ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    MIN_STAKE_FIELD_NUMBER: _ClassVar[int]
+    BONDED_FIELD_NUMBER: _ClassVar[int]
+    eligible: _containers.RepeatedScalarFieldContainer[str]
+    min_stake: int
+    bonded: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, eligible: _Optional[_Iterable[str]] = ..., min_stake: _Optional[int] = ..., bonded: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class SubmitRequest(_message.Message):
     __slots__ = ("wire",)
     WIRE_FIELD_NUMBER: _ClassVar[int]

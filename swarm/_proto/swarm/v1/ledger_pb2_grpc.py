@@ -59,6 +59,11 @@ class LedgerServiceStub:
                 request_serializer=swarm_dot_v1_dot_ledger__pb2.GetLogRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_ledger__pb2.LogReply.FromString,
                 _registered_method=True)
+        self.GetEligible = channel.unary_unary(
+                '/swarm.v1.LedgerService/GetEligible',
+                request_serializer=swarm_dot_v1_dot_ledger__pb2.GetEligibleRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_ledger__pb2.EligibleReply.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -98,6 +103,14 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEligible(self, request, context):
+        """Which of `peers` routing may send work to (swarm.staking.eligible on this node's ledger)
+        at max(the network's minimum stake, `min_stake`). At most 4,096 peers per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +138,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetLog,
                     request_deserializer=swarm_dot_v1_dot_ledger__pb2.GetLogRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_ledger__pb2.LogReply.SerializeToString,
+            ),
+            'GetEligible': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEligible,
+                    request_deserializer=swarm_dot_v1_dot_ledger__pb2.GetEligibleRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_ledger__pb2.EligibleReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +280,33 @@ class LedgerService:
             '/swarm.v1.LedgerService/GetLog',
             swarm_dot_v1_dot_ledger__pb2.GetLogRequest.SerializeToString,
             swarm_dot_v1_dot_ledger__pb2.LogReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEligible(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.LedgerService/GetEligible',
+            swarm_dot_v1_dot_ledger__pb2.GetEligibleRequest.SerializeToString,
+            swarm_dot_v1_dot_ledger__pb2.EligibleReply.FromString,
             options,
             channel_credentials,
             insecure,
