@@ -47,14 +47,28 @@ def add_parsers(sub: Any) -> None:
     ledger = sub.add_parser("ledger", help="balances, history and supply of the ledger")
     lsub = ledger.add_subparsers(dest="ledger_command", required=True)
     p = lsub.add_parser("balance", help="an account's balance and stake")
-    p.add_argument("account", help="peer id")
+    p.add_argument("account", nargs="?", help="peer id (default: the identity in --data-dir)")
     _reach(p)
     p = lsub.add_parser("history", help="transactions that involve an account")
-    p.add_argument("account", help="peer id")
+    p.add_argument("account", nargs="?", help="peer id (default: the identity in --data-dir)")
     p.add_argument("--limit", type=int, default=100, help="most entries shown")
     _reach(p)
     p = lsub.add_parser("supply", help="supply, minted, burned, bonded, epoch")
     _reach(p)
+    p = lsub.add_parser("genesis", help="write a genesis file for a new network")
+    p.add_argument("out", type=Path, help="the genesis file to write (TOML)")
+    p.add_argument("--name", default="swarm-dev", help="network name (default: swarm-dev)")
+    p.add_argument("--timekeeper-key", type=Path, required=True, metavar="FILE",
+                   help="the timekeeper's identity key (created when missing)")
+    p.add_argument("--account", action="append", default=[], metavar="WHO=BALANCE[:BONDED]",
+                   help="an opening account (repeatable); WHO is a peer id or a data dir "
+                        "(its identity is created when missing)")
+    for flag, default, what in (("--epoch-seconds", 60, "seconds per epoch"),
+                                ("--min-stake", 0, "bonded stake routing needs"),
+                                ("--unbonding-epochs", 7, "epochs before unbonded stake is "
+                                                          "released"),
+                                ("--inflation-ppm", 0, "minted per epoch, ppm of supply")):
+        p.add_argument(flag, type=int, default=default, help=f"{what} (default: {default})")
     p = lsub.add_parser("transfer", help="send AMOUNT to a peer")
     p.add_argument("to", help="peer id")
     p.add_argument("amount", type=int)
@@ -193,17 +207,47 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _balance(args: argparse.Namespace) -> int:
-    return _print_account(args, _account(args, args.account))
+    return _print_account(args, _account(args, _who(args)))
+
+
+def _who(args: argparse.Namespace) -> str:
+    return str(args.account or _identity(args).peer_id)
+
+
+def _genesis(args: argparse.Namespace) -> int:
+    from swarm._types import PeerId
+    from swarm.protocol import Identity
+    from swarm.staking import Genesis, GenesisAccount, Params
+
+    accounts = []
+    for spec in args.account:
+        who, sep, amounts = spec.partition("=")
+        balance, _, bonded = amounts.partition(":")
+        if not sep or not balance.isdigit() or (bonded and not bonded.isdigit()):
+            raise SwarmError(f"--account {spec!r}: use WHO=BALANCE or WHO=BALANCE:BONDED")
+        peer = PeerId(who) if who.startswith("12D3") else \
+            Identity.load_or_create(Path(who).expanduser() / "identity.key").peer_id
+        accounts.append(GenesisAccount(peer, int(balance), int(bonded or 0)))
+    keeper = Identity.load_or_create(args.timekeeper_key.expanduser())
+    genesis = Genesis(Params(name=args.name, timekeeper=keeper.peer_id,
+                             epoch_seconds=args.epoch_seconds, min_stake=args.min_stake,
+                             unbonding_epochs=args.unbonding_epochs,
+                             inflation_ppm=args.inflation_ppm), tuple(accounts))
+    args.out.write_text(genesis.to_toml())
+    print(f"wrote {args.out}: network {args.name}, chain {genesis.chain.hex()[:16]}, "
+          f"supply {genesis.supply}, timekeeper {keeper.peer_id}")
+    return 0
 
 
 def _history(args: argparse.Namespace) -> int:
     from swarm._proto.swarm.v1 import ledger_pb2
 
+    account = _who(args)
     rows: list[Any] = []
     start, end = 0, _log_length(args)
     while len(rows) < args.limit and start < end:  # each page scans a bounded stretch
         reply = _call(args, "GetHistory", ledger_pb2.GetHistoryRequest(
-            peer=args.account, start=start, limit=min(1000, args.limit - len(rows))))
+            peer=account, start=start, limit=min(1000, args.limit - len(rows))))
         rows += reply.entries
         if reply.next <= start:
             break
@@ -248,4 +292,5 @@ _COMMANDS = {
     ("stake", "bond"): _bond, ("stake", "unbond"): _unbond, ("stake", "status"): _status,
     ("ledger", "balance"): _balance, ("ledger", "history"): _history,
     ("ledger", "supply"): _supply, ("ledger", "transfer"): _transfer,
+    ("ledger", "genesis"): _genesis,
 }

@@ -179,10 +179,7 @@ class LedgerAgent:
         if isinstance(item, SignedTransaction) and not self._may_hold(item):
             self.counters["ignored_unfunded"] += 1
             return Validation.IGNORE
-        with self._lock:
-            self._decoded[msg.data] = item
-            while len(self._decoded) > self.config.decoded_cache:
-                self._decoded.popitem(last=False)
+        self._remember(msg.data, item)
         return Validation.ACCEPT
 
     def _may_hold(self, stx: SignedTransaction) -> bool:
@@ -251,8 +248,16 @@ class LedgerAgent:
         self.counters[outcome.value] += 1
         self._after()
         if self._gossip is not None:
+            # Our own subscription gets it back: let it find the decoded item.
+            self._remember(bytes(data), item)
             await self._gossip.publish(LEDGER_TOPIC, bytes(data))
         return outcome
+
+    def _remember(self, data: bytes, item: object) -> None:
+        with self._lock:
+            self._decoded[data] = item
+            while len(self._decoded) > self.config.decoded_cache:
+                self._decoded.popitem(last=False)
 
     # ---------------------------------------------------------------- running
 
