@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -42,9 +43,15 @@ from swarm.client._generate import (
     generation_request,
     stream_text,
 )
-from swarm.client._stakes import StakeBook, bootstrap_peers
+from swarm.client._stakes import Payer, StakeBook, bootstrap_peers
 from swarm.client._types import ModelInfo, TensorInfo
-from swarm.protocol import LightPeer, PeerChannels, ResponseSignature, verify_response
+from swarm.protocol import (
+    Identity,
+    LightPeer,
+    PeerChannels,
+    ResponseSignature,
+    verify_response,
+)
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
 from swarm.scheduler import Preference
@@ -86,7 +93,8 @@ class AsyncClient:
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
                  clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None,
-                 verify: bool = False, min_stake: int = 0) -> None:
+                 verify: bool = False, min_stake: int = 0,
+                 wallet: Identity | str | Path | None = None, deposit: int = 100_000) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -116,6 +124,17 @@ class AsyncClient:
             raise ConfigError("min_stake must be >= 0")
         self.min_stake = min_stake
         self._stakes: StakeBook | None = None
+        # Swarm mode: pay providers that charge, from this key's account (an Identity or
+        # the path of an identity key file), depositing `deposit` per provider at a time.
+        if isinstance(wallet, str | Path):
+            wallet = Identity.load(Path(wallet).expanduser())
+        if wallet is not None and not bootstrap and peer is None:
+            raise ConfigError("paying (wallet=) needs swarm mode (bootstrap=...)")
+        if deposit < 1:
+            raise ConfigError("deposit must be >= 1")
+        self._wallet = wallet
+        self._deposit = deposit
+        self._payer: Payer | None = None
         # The last verified response signature (verify=True).
         self.last_signature: ResponseSignature | None = None
         self._channels: PeerChannels | None = None  # pinned TLS (expect_peer)
@@ -168,6 +187,8 @@ class AsyncClient:
                                   clock=self._clock)
             self._stakes = StakeBook(self._bootstrap_peers, lambda: peer.view,
                                      self._router.channels or PeerChannels(), self._clock)
+            if self._wallet is not None:
+                self._payer = Payer(self._wallet, self._stakes, deposit=self._deposit)
             self._join_deadline = self._clock.monotonic() + self._join_timeout
             assert peer.membership is not None
             await wait_within(self._clock, asyncio.gather(
@@ -363,6 +384,11 @@ class AsyncClient:
             threshold = self.min_stake if min_stake is None else min_stake
             await self._stakes.refresh(threshold)
             options = dataclasses.replace(options, stake_ok=self._stakes.rule(threshold))
+        if self._payer is not None:
+            ok = options.stake_ok
+            await self._payer.ensure([e for e in self.router.view.providers(digest)
+                                      if ok is None or ok(e.peer_id)])
+            options = dataclasses.replace(options, pay=self._payer.pay)
         routed = await self.router.send(request, digest, items, options)
         if self.verify:
             signature = verify_response(request, routed.response, signer=routed.peer)

@@ -35,7 +35,7 @@ class Client:
                  preference: str | float = "latency", hedge: bool = True,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
                  expect_peer: str | None = None, verify: bool = False,
-                 min_stake: int = 0) -> None:
+                 min_stake: int = 0, wallet: Any = None, deposit: int = 100_000) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -46,7 +46,8 @@ class Client:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
                                max_price=max_price, preference=preference, hedge=hedge,
                                allowlist=allowlist, expect_peer=expect_peer,
-                               verify=verify, min_stake=min_stake)
+                               verify=verify, min_stake=min_stake, wallet=wallet,
+                               deposit=deposit)
 
         try:
             self._client = self._run(make())

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from swarm._errors import (
     ConflictError,
     InvalidInputError,
     OverloadedError,
+    PermissionDeniedError,
     SwarmError,
 )
 from swarm._proto.swarm.v1 import ledger_pb2, ledger_pb2_grpc
@@ -56,6 +57,7 @@ from swarm.protocol import (
 )
 from swarm.routing import error_from_rpc, status_of
 from swarm.staking import (
+    Ack,
     Bond,
     BufferFullError,
     Claim,
@@ -67,6 +69,7 @@ from swarm.staking import (
     LedgerStore,
     NotReadyError,
     Outcome,
+    Receipt,
     RejectedError,
     SignedTransaction,
     StaleSequenceError,
@@ -77,8 +80,11 @@ from swarm.staking import (
     Transfer,
     Unbond,
     WorkReport,
+    charge,
+    check_receipt,
     decode_wire,
     eligible,
+    receipt_from_params,
     sign,
     wire_of,
 )
@@ -141,15 +147,25 @@ class LedgerAgent:
         # Claimed totals per (payer, payee) at the last tick (the timekeeper's work reports).
         self._claimed_at_tick: dict[tuple[PeerId, PeerId], int] = {}
         self.synced = asyncio.Event()
+        # The node's own identity (claims) and its payments (a node that charges).
+        self._identity: Identity | None = None
+        self.payments: Payments | None = None
         # Evidence found here, waiting to be gossiped (bounded: the oldest goes first).
         self._publishing: collections.deque[bytes] = collections.deque(maxlen=1024)
         self._wake = asyncio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
 
-    def attach(self, gossip: Gossip | None, view: Callable[[], PeerView]) -> None:
-        """The transport and peer view, once the node has them (before `run`)."""
+    def attach(self, gossip: Gossip | None, view: Callable[[], PeerView], *,
+               identity: Identity | None = None, price_per_request: int = 0,
+               price_per_1k_items: int = 0) -> None:
+        """The transport, peer view and node identity, once the node has them (before
+        `run`); with a price, the node takes payments and claims them."""
         self._gossip = gossip
         self._view = view
+        self._identity = identity
+        if identity is not None and (price_per_request or price_per_1k_items):
+            self.payments = Payments(self, identity.peer_id, price_per_request,
+                                     price_per_1k_items)
 
     @property
     def state(self) -> State:
@@ -272,6 +288,8 @@ class LedgerAgent:
             tg.create_task(self._publish_loop(), name="ledger-publish")
             if self._timekeeper is not None:
                 tg.create_task(self._tick_loop(), name="ledger-ticks")
+            if self.payments is not None:
+                tg.create_task(self._claim_loop(), name="ledger-claims")
             async for msg in subscription:
                 self.receive(msg.data)
 
@@ -346,6 +364,41 @@ class LedgerAgent:
                 await channel.close()
         self.counters["synced_entries"] += read
         return read
+
+    async def _claim_loop(self) -> None:
+        claimed_in = self.ledger.state.epoch
+        while True:
+            await self._clock.sleep(0.5)
+            epoch = self.ledger.state.epoch
+            if epoch > claimed_in:
+                claimed_in = epoch
+                await self.claim_receipts()
+
+    async def claim_receipts(self) -> int:
+        """Claim every receipt that pays more than was claimed (once per epoch); acks every
+        credit waiting for us first, so deposits count. Returns claims applied."""
+        if self.payments is None or self._identity is None:
+            return 0
+        applied = 0
+        for receipt in self.payments.claimable():
+            state = self.ledger.state
+            me = self._identity.peer_id
+            latest: dict[PeerId, int] = {}
+            for source, seq, _ in state.pending_for(me):
+                latest[source] = max(latest.get(source, 0), seq)
+            acks = tuple(Ack(s, q) for s, q in sorted(latest.items(), key=lambda kv: str(kv[0]))
+                         )[:64]
+            tx = Transaction(self.genesis.chain, me, state.account(me).seq + 1, Claim(receipt),
+                             epoch=state.epoch, acks=acks)
+            try:
+                if await self.submit(sign(tx, self._identity).wire) is Outcome.APPLIED:
+                    applied += 1
+                    self.counters["claims"] += 1
+            except SwarmError as exc:
+                self.counters["claim_failures"] += 1
+                log.info("claim refused", extra={"payer": str(receipt.payer),
+                                                 "error": str(exc)})
+        return applied
 
     async def _tick_loop(self) -> None:
         period = self.genesis.params.epoch_seconds
@@ -443,6 +496,86 @@ class LedgerAgent:
         return gauge
 
 
+def channels_of(state: State, payer: PeerId) -> list[tuple[PeerId, int, int]]:
+    """(payee, deposited incl. unacknowledged deposits, claimed) per payee of `payer`."""
+    found: dict[PeerId, list[int]] = {}
+    for (source, payee), channel in state.channels.items():
+        if source == payer:
+            found[payee] = [channel.deposited, channel.claimed]
+    for (source, payee), credits in state.pending.items():
+        if source == payer:
+            waiting = sum(c.amount for c in credits.values() if c.deposit)
+            if waiting:
+                found.setdefault(payee, [0, 0])[0] += waiting
+    return sorted(((p, d, c) for p, (d, c) in found.items()), key=lambda r: str(r[0]))
+
+
+def deposit_for(state: State, payer: PeerId, payee: PeerId) -> tuple[int, int]:
+    """(deposited incl. deposits the payee has not acknowledged yet, claimed)."""
+    channel = state.channel(payer, payee)
+    credits = state.pending.get((payer, payee))
+    waiting = sum(c.amount for c in credits.values() if c.deposit) if credits else 0
+    return channel.deposited + waiting, channel.claimed
+
+
+class Payments:
+    """A provider's side of payment channels: check the receipt each request carries,
+    keep the highest per payer, claim it once per epoch (LedgerAgent.claim_receipts).
+
+    A payer is served while its highest receipt covers every request served to it (so
+    concurrent requests' receipts may arrive in any order) and its deposit for us, on our
+    ledger (acknowledged or not yet), covers that too. In memory: receipts not yet claimed
+    are lost with a restart (what they paid for is then free)."""
+
+    def __init__(self, agent: LedgerAgent, me: PeerId, price_per_request: int,
+                 price_per_1k_items: int) -> None:
+        self._agent = agent
+        self._me = me
+        self._price = (price_per_request, price_per_1k_items)
+        self.latest: dict[PeerId, Receipt] = {}
+        self._served: dict[PeerId, int] = {}
+
+    @property
+    def charging(self) -> bool:
+        return any(self._price)
+
+    def charge(self, params: Mapping[str, str], items: int) -> None:
+        """Take payment for one request of `items` items, or raise PermissionDeniedError."""
+        price = charge(*self._price, items)
+        if price == 0:
+            return
+        try:
+            receipt = receipt_from_params(params, self._me)
+            if receipt is not None:
+                check_receipt(self._agent.genesis.chain, receipt)
+        except RejectedError as exc:
+            raise PermissionDeniedError(f"payment refused: {exc}") from exc
+        if receipt is None:
+            raise PermissionDeniedError(
+                f"this provider charges {price} per request: pay with a receipt "
+                "(AsyncClient(..., wallet=KEY))")
+        payer = receipt.payer
+        state = self._agent.state
+        deposited, claimed = deposit_for(state, payer, self._me)
+        latest = self.latest.get(payer)
+        best = max(receipt.cumulative, latest.cumulative if latest is not None else 0)
+        owed = max(self._served.get(payer, 0), claimed) + price
+        if best < owed:
+            raise PermissionDeniedError(f"receipt total {best} does not cover the {owed} owed "
+                                        f"with this request")
+        if owed > deposited:
+            raise PermissionDeniedError(f"{payer} has {deposited} deposited for this "
+                                        f"provider here, {owed} would be owed")
+        self._served[payer] = owed
+        if latest is None or receipt.cumulative > latest.cumulative:
+            self.latest[payer] = receipt
+
+    def claimable(self) -> list[Receipt]:
+        state = self._agent.state
+        return [r for p, r in sorted(self.latest.items(), key=lambda kv: str(kv[0]))
+                if r.cumulative > state.channel(p, self._me).claimed]
+
+
 def involves(tx: Transaction, peer: PeerId) -> bool:
     body = tx.body
     if tx.sender == peer:
@@ -505,7 +638,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             reputation_ppm=state.reputation.get(peer, params.initial_reputation_ppm),
             seq=account.seq, epoch=state.epoch, equivocations=account.equivocations,
             eligible=eligible(state, peer, params.min_stake), min_stake=params.min_stake,
-            pending=pending[:1024], chain=state.chain)
+            pending=pending[:1024], chain=state.chain,
+            channels=[ledger_pb2.PaymentChannel(payee=str(payee), deposited=deposited,
+                                                claimed=claimed)
+                      for payee, deposited, claimed in channels_of(state, peer)[:1024]])
 
     async def GetHistory(self, request: ledger_pb2.GetHistoryRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> ledger_pb2.HistoryReply:

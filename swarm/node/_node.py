@@ -387,7 +387,9 @@ class Node:
                 elif config.autoscale.enabled:
                     raise ConfigError("autoscaling needs peer-to-peer (p2p_port >= 0)")
                 if self.ledger is not None:
-                    self.ledger.attach(self.gossip, self._peer_view)
+                    self.ledger.attach(self.gossip, self._peer_view, identity=self.identity,
+                                       price_per_request=config.price_per_request,
+                                       price_per_1k_items=config.price_per_1k_items)
                 if config.mesh:
                     self.mesh = await self._start_mesh(data_dir)
                 self._add_services(server)
@@ -654,6 +656,9 @@ class Node:
                                      identity=self.identity)
         inference.generation = GenerationStreams(self.generative.get, lambda: self.router)
         self._service = inference
+        if self.ledger is not None and self.ledger.payments is not None:
+            # With a genesis and a price, unpaid requests are refused (PERMISSION_DENIED).
+            inference.payments = self.ledger.payments.charge
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _swarm_pool.POOL.AddSerializedFile(b'\n\x15swarm/v1/ledger.proto\x12\x08swarm.v1\"6\n\x12GetEligibleRequest\x12\r\n\x05peers\x18\x01 \x03(\t\x12\x11\n\tmin_stake\x18\x02 \x01(\x04\"D\n\rEligibleReply\x12\x10\n\x08\x65ligible\x18\x01 \x03(\t\x12\x11\n\tmin_stake\x18\x02 \x01(\x04\x12\x0e\n\x06\x62onded\x18\x03 \x03(\x04\"\x1d\n\rSubmitRequest\x12\x0c\n\x04wire\x18\x01 \x01(\x0c\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\"!\n\x11GetAccountRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"M\n\rPendingCredit\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04\x12\x0f\n\x07\x64\x65posit\x18\x04 \x01(\x08\"\xf9\x01\n\x0c\x41\x63\x63ountReply\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x04\x12\x0e\n\x06\x62onded\x18\x03 \x01(\x04\x12\x11\n\tunbonding\x18\x04 \x01(\x04\x12\x16\n\x0ereputation_ppm\x18\x05 \x01(\x04\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x15\n\requivocations\x18\x08 \x01(\x04\x12\x10\n\x08\x65ligible\x18\t \x01(\x08\x12\x11\n\tmin_stake\x18\n \x01(\x04\x12(\n\x07pending\x18\x0b \x03(\x0b\x32\x17.swarm.v1.PendingCredit\x12\r\n\x05\x63hain\x18\x0c \x01(\x0c\"?\n\x11GetHistoryRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x0cHistoryEntry\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07summary\x18\x05 \x01(\t\"E\n\x0cHistoryReply\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.swarm.v1.HistoryEntry\x12\x0c\n\x04next\x18\x02 \x01(\x04\"\x12\n\x10GetSupplyRequest\"\xa9\x01\n\x0bSupplyReply\x12\x0e\n\x06supply\x18\x01 \x01(\x04\x12\x16\n\x0egenesis_supply\x18\x02 \x01(\x04\x12\x0e\n\x06minted\x18\x03 \x01(\x04\x12\x0e\n\x06\x62urned\x18\x04 \x01(\x04\x12\x0e\n\x06\x62onded\x18\x05 \x01(\x04\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x12\n\nlog_length\x18\x07 \x01(\x04\x12\r\n\x05\x63hain\x18\x08 \x01(\x0c\x12\x10\n\x08\x62uffered\x18\t \x01(\x04\"-\n\rGetLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"+\n\x08LogReply\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\x32\x8c\x03\n\rLedgerService\x12\x38\n\x06Submit\x12\x17.swarm.v1.SubmitRequest\x1a\x15.swarm.v1.SubmitReply\x12\x41\n\nGetAccount\x12\x1b.swarm.v1.GetAccountRequest\x1a\x16.swarm.v1.AccountReply\x12\x41\n\nGetHistory\x12\x1b.swarm.v1.GetHistoryRequest\x1a\x16.swarm.v1.HistoryReply\x12>\n\tGetSupply\x12\x1a.swarm.v1.GetSupplyRequest\x1a\x15.swarm.v1.SupplyReply\x12\x35\n\x06GetLog\x12\x17.swarm.v1.GetLogRequest\x1a\x12.swarm.v1.LogReply\x12\x44\n\x0bGetEligible\x12\x1c.swarm.v1.GetEligibleRequest\x1a\x17.swarm.v1.EligibleReplyb\x06proto3')
+DESCRIPTOR = _swarm_pool.POOL.AddSerializedFile(b'\n\x15swarm/v1/ledger.proto\x12\x08swarm.v1\"6\n\x12GetEligibleRequest\x12\r\n\x05peers\x18\x01 \x03(\t\x12\x11\n\tmin_stake\x18\x02 \x01(\x04\"D\n\rEligibleReply\x12\x10\n\x08\x65ligible\x18\x01 \x03(\t\x12\x11\n\tmin_stake\x18\x02 \x01(\x04\x12\x0e\n\x06\x62onded\x18\x03 \x03(\x04\"\x1d\n\rSubmitRequest\x12\x0c\n\x04wire\x18\x01 \x01(\x0c\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\"!\n\x11GetAccountRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"M\n\rPendingCredit\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x04\x12\x0f\n\x07\x64\x65posit\x18\x04 \x01(\x08\"\xa5\x02\n\x0c\x41\x63\x63ountReply\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x04\x12\x0e\n\x06\x62onded\x18\x03 \x01(\x04\x12\x11\n\tunbonding\x18\x04 \x01(\x04\x12\x16\n\x0ereputation_ppm\x18\x05 \x01(\x04\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x15\n\requivocations\x18\x08 \x01(\x04\x12\x10\n\x08\x65ligible\x18\t \x01(\x08\x12\x11\n\tmin_stake\x18\n \x01(\x04\x12(\n\x07pending\x18\x0b \x03(\x0b\x32\x17.swarm.v1.PendingCredit\x12\r\n\x05\x63hain\x18\x0c \x01(\x0c\x12*\n\x08\x63hannels\x18\r \x03(\x0b\x32\x18.swarm.v1.PaymentChannel\"C\n\x0ePaymentChannel\x12\r\n\x05payee\x18\x01 \x01(\t\x12\x11\n\tdeposited\x18\x02 \x01(\x04\x12\x0f\n\x07\x63laimed\x18\x03 \x01(\x04\"?\n\x11GetHistoryRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x0cHistoryEntry\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07summary\x18\x05 \x01(\t\"E\n\x0cHistoryReply\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.swarm.v1.HistoryEntry\x12\x0c\n\x04next\x18\x02 \x01(\x04\"\x12\n\x10GetSupplyRequest\"\xa9\x01\n\x0bSupplyReply\x12\x0e\n\x06supply\x18\x01 \x01(\x04\x12\x16\n\x0egenesis_supply\x18\x02 \x01(\x04\x12\x0e\n\x06minted\x18\x03 \x01(\x04\x12\x0e\n\x06\x62urned\x18\x04 \x01(\x04\x12\x0e\n\x06\x62onded\x18\x05 \x01(\x04\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x12\n\nlog_length\x18\x07 \x01(\x04\x12\r\n\x05\x63hain\x18\x08 \x01(\x0c\x12\x10\n\x08\x62uffered\x18\t \x01(\x04\"-\n\rGetLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"+\n\x08LogReply\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\x32\x8c\x03\n\rLedgerService\x12\x38\n\x06Submit\x12\x17.swarm.v1.SubmitRequest\x1a\x15.swarm.v1.SubmitReply\x12\x41\n\nGetAccount\x12\x1b.swarm.v1.GetAccountRequest\x1a\x16.swarm.v1.AccountReply\x12\x41\n\nGetHistory\x12\x1b.swarm.v1.GetHistoryRequest\x1a\x16.swarm.v1.HistoryReply\x12>\n\tGetSupply\x12\x1a.swarm.v1.GetSupplyRequest\x1a\x15.swarm.v1.SupplyReply\x12\x35\n\x06GetLog\x12\x17.swarm.v1.GetLogRequest\x1a\x12.swarm.v1.LogReply\x12\x44\n\x0bGetEligible\x12\x1c.swarm.v1.GetEligibleRequest\x1a\x17.swarm.v1.EligibleReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,21 +45,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PENDINGCREDIT']._serialized_start=259
   _globals['_PENDINGCREDIT']._serialized_end=336
   _globals['_ACCOUNTREPLY']._serialized_start=339
-  _globals['_ACCOUNTREPLY']._serialized_end=588
-  _globals['_GETHISTORYREQUEST']._serialized_start=590
-  _globals['_GETHISTORYREQUEST']._serialized_end=653
-  _globals['_HISTORYENTRY']._serialized_start=655
-  _globals['_HISTORYENTRY']._serialized_end=747
-  _globals['_HISTORYREPLY']._serialized_start=749
-  _globals['_HISTORYREPLY']._serialized_end=818
-  _globals['_GETSUPPLYREQUEST']._serialized_start=820
-  _globals['_GETSUPPLYREQUEST']._serialized_end=838
-  _globals['_SUPPLYREPLY']._serialized_start=841
-  _globals['_SUPPLYREPLY']._serialized_end=1010
-  _globals['_GETLOGREQUEST']._serialized_start=1012
-  _globals['_GETLOGREQUEST']._serialized_end=1057
-  _globals['_LOGREPLY']._serialized_start=1059
-  _globals['_LOGREPLY']._serialized_end=1102
-  _globals['_LEDGERSERVICE']._serialized_start=1105
-  _globals['_LEDGERSERVICE']._serialized_end=1501
+  _globals['_ACCOUNTREPLY']._serialized_end=632
+  _globals['_PAYMENTCHANNEL']._serialized_start=634
+  _globals['_PAYMENTCHANNEL']._serialized_end=701
+  _globals['_GETHISTORYREQUEST']._serialized_start=703
+  _globals['_GETHISTORYREQUEST']._serialized_end=766
+  _globals['_HISTORYENTRY']._serialized_start=768
+  _globals['_HISTORYENTRY']._serialized_end=860
+  _globals['_HISTORYREPLY']._serialized_start=862
+  _globals['_HISTORYREPLY']._serialized_end=931
+  _globals['_GETSUPPLYREQUEST']._serialized_start=933
+  _globals['_GETSUPPLYREQUEST']._serialized_end=951
+  _globals['_SUPPLYREPLY']._serialized_start=954
+  _globals['_SUPPLYREPLY']._serialized_end=1123
+  _globals['_GETLOGREQUEST']._serialized_start=1125
+  _globals['_GETLOGREQUEST']._serialized_end=1170
+  _globals['_LOGREPLY']._serialized_start=1172
+  _globals['_LOGREPLY']._serialized_end=1215
+  _globals['_LEDGERSERVICE']._serialized_start=1218
+  _globals['_LEDGERSERVICE']._serialized_end=1614
 # @@protoc_insertion_point(module_scope)

@@ -55,7 +55,7 @@ class PendingCredit(_message.Message):
     def __init__(self, source: _Optional[str] = ..., seq: _Optional[int] = ..., amount: _Optional[int] = ..., deposit: _Optional[bool] = ...) -> None: ...
 
 class AccountReply(_message.Message):
-    __slots__ = ("peer", "balance", "bonded", "unbonding", "reputation_ppm", "seq", "epoch", "equivocations", "eligible", "min_stake", "pending", "chain")
+    __slots__ = ("peer", "balance", "bonded", "unbonding", "reputation_ppm", "seq", "epoch", "equivocations", "eligible", "min_stake", "pending", "chain", "channels")
     PEER_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     BONDED_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class AccountReply(_message.Message):
     MIN_STAKE_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     peer: str
     balance: int
     bonded: int
@@ -80,7 +81,18 @@ class AccountReply(_message.Message):
     min_stake: int
     pending: _containers.RepeatedCompositeFieldContainer[PendingCredit]
     chain: bytes
-    def __init__(self, peer: _Optional[str] = ..., balance: _Optional[int] = ..., bonded: _Optional[int] = ..., unbonding: _Optional[int] = ..., reputation_ppm: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., equivocations: _Optional[int] = ..., eligible: _Optional[bool] = ..., min_stake: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingCredit, _Mapping]]] = ..., chain: _Optional[bytes] = ...) -> None: ...
+    channels: _containers.RepeatedCompositeFieldContainer[PaymentChannel]
+    def __init__(self, peer: _Optional[str] = ..., balance: _Optional[int] = ..., bonded: _Optional[int] = ..., unbonding: _Optional[int] = ..., reputation_ppm: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., equivocations: _Optional[int] = ..., eligible: _Optional[bool] = ..., min_stake: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingCredit, _Mapping]]] = ..., chain: _Optional[bytes] = ..., channels: _Optional[_Iterable[_Union[PaymentChannel, _Mapping]]] = ...) -> None: ...
+
+class PaymentChannel(_message.Message):
+    __slots__ = ("payee", "deposited", "claimed")
+    PAYEE_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITED_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    payee: str
+    deposited: int
+    claimed: int
+    def __init__(self, payee: _Optional[str] = ..., deposited: _Optional[int] = ..., claimed: _Optional[int] = ...) -> None: ...
 
 class GetHistoryRequest(_message.Message):
     __slots__ = ("peer", "start", "limit")
