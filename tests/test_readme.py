@@ -327,6 +327,23 @@ async def step(walk: Walk, block: Block) -> None:
     elif verb == ["model", "key"]:
         out = (await walk.must(command)).strip()
         assert re.fullmatch(r"[0-9a-f]{64}", out), out
+    elif verb == ["ledger", "genesis"]:
+        out = await walk.must(command)
+        assert "supply 10000" in out, out
+    elif verb == ["stake", "status"]:
+        out = await walk.must(command)
+        assert re.search(r"bonded\s+600\b", out), out
+        assert re.search(r"eligible\s+yes", out), out
+    elif verb == ["ledger", "supply"]:
+        out = await walk.must(command)
+        assert re.search(r"supply\s+10000\b", out), out
+    elif verb == ["ledger", "history"]:
+        out = await walk.must(command)
+        assert "bond 1000" in out, out
+        assert "unbond 400" in out, out
+    elif verb[:1] in (["stake"], ["ledger"]):
+        out = await walk.must(command)
+        assert out.startswith("applied"), out
     else:
         raise AssertionError(f"README step that this test does not run: {command!r}")
 

@@ -20,11 +20,13 @@ _MODULES = {
     "model": "swarm.cli._registry",
     "simnet": "swarm.cli._simnet",
     "chat": "swarm.cli._chat",
+    "stake": "swarm.cli._stake",
+    "ledger": "swarm.cli._stake",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    from swarm.cli import _chat, _client, _registry, _simnet
+    from swarm.cli import _chat, _client, _registry, _simnet, _stake
 
     parser = argparse.ArgumentParser(prog="swarm", description="Use a Swarm inference network.")
     parser.add_argument("--version", action="version", version=f"swarm {__version__}")
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     _chat.add_parser(sub)
     _simnet.add_parser(sub)
     _registry.add_parser(sub)
+    _stake.add_parsers(sub)
     return parser
 
 

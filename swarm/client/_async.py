@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -42,8 +43,15 @@ from swarm.client._generate import (
     generation_request,
     stream_text,
 )
+from swarm.client._stakes import Payer, StakeBook, bootstrap_peers
 from swarm.client._types import ModelInfo, TensorInfo
-from swarm.protocol import LightPeer, PeerChannels, ResponseSignature, verify_response
+from swarm.protocol import (
+    Identity,
+    LightPeer,
+    PeerChannels,
+    ResponseSignature,
+    verify_response,
+)
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
 from swarm.scheduler import Preference
@@ -85,7 +93,8 @@ class AsyncClient:
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
                  clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None,
-                 verify: bool = False) -> None:
+                 verify: bool = False, min_stake: int = 0,
+                 wallet: Identity | str | Path | None = None, deposit: int = 100_000) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -96,6 +105,7 @@ class AsyncClient:
         self._clock = clock  # joins, deadlines and routing read it; a given `peer` has its own
         self._peer = peer if peer is not None else (
             LightPeer.libp2p(bootstrap, clock=clock) if bootstrap else None)
+        self._bootstrap_peers = bootstrap_peers(bootstrap)
         self._router: Router | None = None
         # Namespace -> publisher keys (Ed25519, raw or hex as `swarm model key` prints)
         # that may move its tags; namespaces not listed are bound to the first publisher
@@ -108,6 +118,23 @@ class AsyncClient:
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._expect = PeerId(expect_peer) if expect_peer else None
         self.verify = verify
+        # Swarm mode: route only to providers whose bonded stake (on the ledger of the nodes
+        # joined through, never their own word) is at least max(network minimum, this).
+        if min_stake < 0:
+            raise ConfigError("min_stake must be >= 0")
+        self.min_stake = min_stake
+        self._stakes: StakeBook | None = None
+        # Swarm mode: pay providers that charge, from this key's account (an Identity or
+        # the path of an identity key file), depositing `deposit` per provider at a time.
+        if isinstance(wallet, str | Path):
+            wallet = Identity.load(Path(wallet).expanduser())
+        if wallet is not None and not bootstrap and peer is None:
+            raise ConfigError("paying (wallet=) needs swarm mode (bootstrap=...)")
+        if deposit < 1:
+            raise ConfigError("deposit must be >= 1")
+        self._wallet = wallet
+        self._deposit = deposit
+        self._payer: Payer | None = None
         # The last verified response signature (verify=True).
         self.last_signature: ResponseSignature | None = None
         self._channels: PeerChannels | None = None  # pinned TLS (expect_peer)
@@ -158,6 +185,10 @@ class AsyncClient:
             self._tags_task = asyncio.create_task(self._tags.run(), name="client-tags")
             self._router = Router(lambda: peer.view, signed_tags=self._tags.signed_targets,
                                   clock=self._clock)
+            self._stakes = StakeBook(self._bootstrap_peers, lambda: peer.view,
+                                     self._router.channels or PeerChannels(), self._clock)
+            if self._wallet is not None:
+                self._payer = Payer(self._wallet, self._stakes, deposit=self._deposit)
             self._join_deadline = self._clock.monotonic() + self._join_timeout
             assert peer.membership is not None
             await wait_within(self._clock, asyncio.gather(
@@ -338,6 +369,7 @@ class AsyncClient:
     async def infer_routed(self, model: str, inputs: Inputs, *, outputs: Sequence[str] = (),
                            timeout: float | None = None, max_price: float | None = None,
                            preference: str | float | Preference | None = None,
+                           min_stake: int | None = None,
                            ) -> tuple[dict[str, np.ndarray], Routed]:
         """Swarm mode: the outputs and how the request was routed (provider, price, attempts)."""
         digest = await self._provider_of(model)
@@ -347,8 +379,17 @@ class AsyncClient:
         request = build_request(name, named, version=str(digest), outputs=outputs)
         if self.verify:
             request.id = uuid.uuid4().hex  # what the signature binds the answer to
-        routed = await self.router.send(request, digest, items,
-                                        self._options(timeout, max_price, preference))
+        options = self._options(timeout, max_price, preference)
+        if self._stakes is not None:
+            threshold = self.min_stake if min_stake is None else min_stake
+            await self._stakes.refresh(threshold)
+            options = dataclasses.replace(options, stake_ok=self._stakes.rule(threshold))
+        if self._payer is not None:
+            ok = options.stake_ok
+            await self._payer.ensure([e for e in self.router.view.providers(digest)
+                                      if ok is None or ok(e.peer_id)])
+            options = dataclasses.replace(options, pay=self._payer.pay)
+        routed = await self.router.send(request, digest, items, options)
         if self.verify:
             signature = verify_response(request, routed.response, signer=routed.peer)
             routed = dataclasses.replace(routed, signature=signature)
@@ -359,12 +400,14 @@ class AsyncClient:
                         outputs: Sequence[str] = (), timeout: float | None = None,
                         max_price: float | None = None,
                         preference: str | float | Preference | None = None,
+                        min_stake: int | None = None,
                         ) -> dict[str, np.ndarray]:
         """Like infer, but always returns the dict of outputs."""
         if self.in_swarm:
             target = f"{model}@{version}" if version else model
             result, _ = await self.infer_routed(target, inputs, outputs=outputs, timeout=timeout,
-                                                max_price=max_price, preference=preference)
+                                                max_price=max_price, preference=preference,
+                                                min_stake=min_stake)
             return result
         named = await self._named(model, version, inputs)
         request = build_request(model, named, version=version, outputs=outputs)
@@ -379,11 +422,13 @@ class AsyncClient:
                     outputs: Sequence[str] = (), timeout: float | None = None,
                     max_price: float | None = None,
                     preference: str | float | Preference | None = None,
+                    min_stake: int | None = None,
                     ) -> np.ndarray | dict[str, np.ndarray]:
-        """Run `model` on `inputs`: an array for single-output models, else a dict."""
+        """Run `model` on `inputs`: an array for single-output models, else a dict.
+        `min_stake` (swarm mode) raises the client's stake bar for this call."""
         result = await self.infer_raw(model, inputs, version=version, outputs=outputs,
                                       timeout=timeout, max_price=max_price,
-                                      preference=preference)
+                                      preference=preference, min_stake=min_stake)
         if len(result) == 1:
             return next(iter(result.values()))
         return result
@@ -392,6 +437,7 @@ class AsyncClient:
                   timeout: float | None = None, max_price: float | None = None,
                   preference: str | float | Preference | None = None,
                   progress: Callable[[int], None] | None = None,
+                  min_stake: int | None = None,
                   ) -> list[np.ndarray | dict[str, np.ndarray]]:
         """`infer` over many inputs at once (in swarm mode, spread over many providers).
 
@@ -406,7 +452,7 @@ class AsyncClient:
         async def one(i: int, x: Inputs) -> None:
             async with gate:
                 results[i] = await self.infer(model, x, timeout=timeout, max_price=max_price,
-                                              preference=preference)
+                                              preference=preference, min_stake=min_stake)
             if progress is not None:
                 progress(1)
 

@@ -34,7 +34,8 @@ class Client:
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float = "latency", hedge: bool = True,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
-                 expect_peer: str | None = None, verify: bool = False) -> None:
+                 expect_peer: str | None = None, verify: bool = False,
+                 min_stake: int = 0, wallet: Any = None, deposit: int = 100_000) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -45,7 +46,8 @@ class Client:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
                                max_price=max_price, preference=preference, hedge=hedge,
                                allowlist=allowlist, expect_peer=expect_peer,
-                               verify=verify)
+                               verify=verify, min_stake=min_stake, wallet=wallet,
+                               deposit=deposit)
 
         try:
             self._client = self._run(make())
@@ -90,19 +92,21 @@ class Client:
     def infer(self, model: str, inputs: Inputs, *, version: str = "",
               outputs: Sequence[str] = (), timeout: float | None = None,
               max_price: float | None = None, preference: str | float | None = None,
+              min_stake: int | None = None,
               ) -> np.ndarray | dict[str, np.ndarray]:
         return self._run(self._client.infer(model, inputs, version=version, outputs=outputs,
                                             timeout=timeout, max_price=max_price,
-                                            preference=preference))
+                                            preference=preference, min_stake=min_stake))
 
     def map(self, model: str, inputs: Iterable[Inputs], *, concurrency: int = 32,
             timeout: float | None = None, max_price: float | None = None,
             preference: str | float | None = None,
-            progress: Callable[[int], None] | None = None,
+            progress: Callable[[int], None] | None = None, min_stake: int | None = None,
             ) -> list[np.ndarray | dict[str, np.ndarray]]:
         return self._run(self._client.map(model, inputs, concurrency=concurrency,
                                           timeout=timeout, max_price=max_price,
-                                          preference=preference, progress=progress))
+                                          preference=preference, progress=progress,
+                                          min_stake=min_stake))
 
     def generate(self, model: str, prompt: str, **options: Any) -> Iterator[str]:
         """`AsyncClient.generate`, blocking: an iterator of text chunks."""

@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     p2p.add_argument("--price-per-1k-items", type=int,
                      help=f"micro-units per 1,000 items {_default('price_per_1k_items')}")
     p2p.add_argument("--region", help=f"region label, e.g. eu-west {_default('region')}")
+    stake = run.add_argument_group("staking")
+    stake.add_argument("--genesis", type=Path, metavar="FILE",
+                       help="the network's genesis (TOML): keep the staking ledger "
+                            "(default: none, staking off)")
+    stake.add_argument("--timekeeper-key", type=Path, metavar="FILE",
+                       help="the genesis timekeeper's identity key: sign a tick every epoch "
+                            "(default: none)")
     mesh = run.add_argument_group("WireGuard mesh (root; apt-get install wireguard-tools "
                                   "wireguard-go iproute2)")
     mesh.add_argument("--mesh", action="store_true", default=None,
@@ -211,6 +218,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
         "mesh_relay": args.mesh_relay,
         "tls_port": args.tls_port, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_http": args.tls_http, "insecure_listen": args.insecure_listen,
+        "genesis": args.genesis, "timekeeper_key": args.timekeeper_key,
     }
     config = load_config(args.config, flags=flags)
     overrides: dict[str, Any] = {}

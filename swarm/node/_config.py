@@ -161,6 +161,12 @@ class NodeConfig:
     mesh_relay: bool = False
     # WireGuard interface MTU (0: the underlay's MTU minus 80).
     mesh_mtu: int = 0
+    # Staking: the network's genesis file (TOML, swarm.staking.Genesis). With one, the node
+    # keeps the ledger (DATA_DIR/ledger.sqlite) and serves swarm.v1.LedgerService; without,
+    # staking is off.
+    genesis: Path | None = None
+    # The genesis timekeeper's identity key file: this node signs a Tick every epoch.
+    timekeeper_key: Path | None = None
     # Autoscaling (the `[autoscale]` table; off unless enabled = true or --autoscale):
     # load models the swarm needs more replicas of, release them when it no longer does.
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
@@ -348,6 +354,8 @@ def _validate(config: NodeConfig) -> None:
     for name in ("metrics_port", "p2p_port", "http_port"):
         if not -1 <= getattr(config, name) <= 65535:
             raise ConfigError(f"{name} {getattr(config, name)} is not a port number (or -1)")
+    if config.timekeeper_key is not None and config.genesis is None:
+        raise ConfigError("--timekeeper-key needs --genesis")
     if config.replication_factor < 1:
         raise ConfigError("replication_factor must be >= 1")
     if config.advert_interval <= 0:

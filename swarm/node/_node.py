@@ -41,7 +41,7 @@ from swarm._errors import (
 from swarm._proto import _pool
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
-from swarm._types import Digest, ModelRef
+from swarm._types import Digest, ModelRef, PeerId
 from swarm.node._autoscaler import Autoscaler, DemandMeter, Measured, NodeHost
 from swarm.node._batching import Batcher, BatcherHooks, BatchTiming
 from swarm.node._builtins import BUILTINS
@@ -60,6 +60,7 @@ from swarm.node._generate import (
     generative_offer,
 )
 from swarm.node._hardware import detect_hardware, free_accelerator_memory
+from swarm.node._ledger import LEDGER_SERVICE, LedgerAgent, add_ledger_service
 from swarm.node._metrics import NodeMetrics
 from swarm.node._models import (
     BatchStat,
@@ -102,6 +103,8 @@ from swarm.registry import (
     owner_keys,
 )
 from swarm.routing import Router
+from swarm.scheduler import SchedulerConfig
+from swarm.staking import eligible
 
 __all__ = ["Node", "NodeState"]
 
@@ -176,7 +179,9 @@ class Node:
         # The WireGuard mesh (--mesh), up while the node runs.
         self.mesh: MeshAgent | None = None
         # Routes requests for models this node does not serve (gateway), over its peer view.
-        self.router = (Router(self._peer_view, signed_tags=self._signed_targets)
+        # With a genesis, only providers eligible on our own ledger get forwarded work.
+        self.router = (Router(self._peer_view, signed_tags=self._signed_targets,
+                              config=SchedulerConfig(stake_ok=self._stake_ok))
                        if config.p2p_port >= 0 else None)
         self._service: InferenceService | None = None
         self._hardware = detect_hardware(self.device)
@@ -207,6 +212,9 @@ class Node:
         self.autoscaler: Autoscaler | None = None
         self.releasing: set[Digest] = set()
         self._model_bytes: dict[Digest, int] = {}
+        # The staking ledger (--genesis), open while the node runs.
+        self.ledger: LedgerAgent | None = None
+        self.metrics.registry.register(_LedgerCollector(self))
 
     # ------------------------------------------------------------------ public surface
 
@@ -347,6 +355,9 @@ class Node:
             self._owned.append(model)
             models.append(model)
         self.manifests = ManifestStore(BlobStore(data_dir / "registry"))
+        if config.genesis is not None:
+            # On the loop's thread: the SQLite connection stays on the thread that opened it.
+            self.ledger = self._open_ledger(data_dir)
         self._stored = tuple(await asyncio.to_thread(self.manifests.complete_versions))
         server = grpc.aio.server(interceptors=[RejectUndecodable()], options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -375,6 +386,10 @@ class Node:
                     raise ConfigError("serving registry models needs peer-to-peer (p2p_port >= 0)")
                 elif config.autoscale.enabled:
                     raise ConfigError("autoscaling needs peer-to-peer (p2p_port >= 0)")
+                if self.ledger is not None:
+                    self.ledger.attach(self.gossip, self._peer_view, identity=self.identity,
+                                       price_per_request=config.price_per_request,
+                                       price_per_1k_items=config.price_per_1k_items)
                 if config.mesh:
                     self.mesh = await self._start_mesh(data_dir)
                 self._add_services(server)
@@ -388,9 +403,12 @@ class Node:
                 if self.gossip is not None and self.registry is not None:
                     self.membership = Membership(
                         self.gossip, identity=self.identity, source=self.advert,
-                        config=MembershipConfig(advert_interval=config.advert_interval))
+                        config=MembershipConfig(advert_interval=config.advert_interval),
+                        trust=self._stake_trust)
                     tg.create_task(self.membership.run(), name="membership")
                     tg.create_task(self.registry.run(), name="registry")
+                    if self.ledger is not None:
+                        tg.create_task(self.ledger.run(), name="ledger")
                     if self.mesh is not None:
                         tg.create_task(self.mesh.run(
                             self._membership_view, period=min(0.5, config.advert_interval / 4)),
@@ -438,6 +456,8 @@ class Node:
                 await self.router.close()
             if self.mesh is not None:
                 await self.mesh.close()
+            if self.ledger is not None:
+                await self.ledger.aclose()
             for model in self._owned:  # preloaded models belong to the caller
                 model.close()
             for generative in self.generative.values():
@@ -563,6 +583,33 @@ class Node:
             self._model_bytes[digest] = size
         return self._model_bytes[digest]
 
+    def _open_ledger(self, data_dir: Path) -> LedgerAgent:
+        from swarm.staking import Genesis
+
+        config = self.config
+        assert config.genesis is not None
+        genesis = Genesis.load(config.genesis.expanduser())
+        timekeeper = (Identity.load(config.timekeeper_key.expanduser())
+                      if config.timekeeper_key is not None else None)
+        agent = LedgerAgent(genesis, data_dir / "ledger.sqlite", timekeeper=timekeeper)
+        log.info("staking on", extra={"network": genesis.params.name,
+                                      "chain": genesis.chain.hex()[:16],
+                                      "log": len(agent.ledger.log),
+                                      "timekeeper": timekeeper is not None})
+        return agent
+
+    def _stake_ok(self, peer: PeerId) -> bool:
+        """The gateway's stake rule: swarm.staking.eligible at the network's minimum."""
+        agent = self.ledger
+        if agent is None:
+            return True
+        state = agent.state
+        return eligible(state, peer, state.params.min_stake)
+
+    def _stake_trust(self, peer: PeerId) -> float:
+        """Membership's view budget: bonded stake on our own ledger (unknown: 0)."""
+        return float(self.ledger.state.stake(peer)) if self.ledger is not None else 0.0
+
     def _membership_view(self) -> PeerView:
         return self.membership.view if self.membership is not None else PeerView()
 
@@ -609,6 +656,9 @@ class Node:
                                      identity=self.identity)
         inference.generation = GenerationStreams(self.generative.get, lambda: self.router)
         self._service = inference
+        if self.ledger is not None and self.ledger.payments is not None:
+            # With a genesis and a price, unpaid requests are refused (PERMISSION_DENIED).
+            inference.payments = self.ledger.payments.charge
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeStatusService(self.status), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -619,6 +669,9 @@ class Node:
             add_registry_service(RegistryServicer(self.manifests, self.registry, config=service,
                                                   on_stored=self._on_stored), server)
             services.append(REGISTRY_SERVICE)
+        if self.ledger is not None:
+            add_ledger_service(self.ledger, server)
+            services.append(LEDGER_SERVICE)
         reflection.enable_server_reflection(tuple(services), server, pool=_pool.POOL)
 
     def _bind_tls(self, server: grpc.aio.Server) -> int:
@@ -810,6 +863,24 @@ def _demand_fields(measured: Measured | None) -> dict[str, float]:
     return {"arrival_rate": round(measured.arrival_rate, 3),
             "queue_wait": round(measured.queue_wait, 4),
             "utilization": round(measured.utilization, 3)}
+
+
+class _LedgerCollector:
+    """The staking ledger's totals and item counters (nothing without --genesis)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        agent = self._node.ledger
+        if agent is None:
+            return
+        yield from agent.metrics()
+        if self._node.identity is not None:
+            yield agent.balance_metric(self._node.identity.peer_id)
 
 
 class _RegistryCollector:

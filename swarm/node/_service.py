@@ -316,6 +316,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self._clock = clock
         # Set by the node when it serves generative models or may relay their streams.
         self.generation: Generation | None = None
+        # Set by a node that charges (staking): takes the payment a request carries (its
+        # string parameters, its items) or raises PermissionDeniedError.
+        self.payments: Callable[[Mapping[str, str], int], None] | None = None
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -502,6 +505,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             decoded = decode_request(request, served.model.spec, served.batcher.policy.max_batch_size)
             served.model.check(decoded.inputs)
+            if self.payments is not None:
+                self.payments({k: p.string_param for k, p in request.parameters.items()
+                               if k.startswith("swarm_")}, decoded.items)
             if decoded.timeout is not None:
                 limit = started + decoded.timeout
                 deadline = limit if deadline is None else min(deadline, limit)

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -149,6 +150,12 @@ class RoutingOptions:
     hedge: bool = True
     # Most providers tried for one request.
     max_attempts: int = 4
+    # This request's stake rule (the SDK's per-call min_stake), replacing the Router's
+    # SchedulerConfig.stake_ok; None: the Router's.
+    stake_ok: Callable[[PeerId], bool] | None = None
+    # Parameters to add to the request sent to a candidate (the SDK's signed payment
+    # receipt, made per attempt: each provider is paid for what it is sent).
+    pay: Callable[[Candidate, int], Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +267,24 @@ class Router:
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
                           exclude=tried, explore=explore)
+        config = self._config if options.stake_ok is None else dataclasses.replace(
+            self._config, stake_ok=options.stake_ok)
         return choose(self.view, request, self.observations, self._rng, self._clock.monotonic(),
-                      self._config)
+                      config)
+
+    @staticmethod
+    def _paid(request: pb.ModelInferRequest, candidate: Candidate, items: int,
+              options: RoutingOptions) -> pb.ModelInferRequest:
+        if options.pay is None:
+            return request
+        params = options.pay(candidate, items)
+        if not params:
+            return request
+        paid = pb.ModelInferRequest()
+        paid.CopyFrom(request)
+        for key, value in params.items():
+            paid.parameters[key].string_param = value
+        return paid
 
     def _start(self, request: pb.ModelInferRequest, candidate: Candidate, items: int,
                deadline: float) -> _Attempt:
@@ -322,7 +345,8 @@ class Router:
                             break
                         raise
                     self.explorations += candidates[0].explored
-                    running.append(self._start(request, candidates[0], items, deadline))
+                    running.append(self._start(self._paid(request, candidates[0], items, options),
+                                               candidates[0], items, deadline))
                     tried.add(candidates[0].peer)
                     attempts += 1
                 primary = running[0]
@@ -343,7 +367,8 @@ class Router:
                                                      options=options, tried=frozenset(tried))
                     except NoProviderError:
                         continue
-                    running.append(self._start(request, candidates[0], items, deadline))
+                    running.append(self._start(self._paid(request, candidates[0], items, options),
+                                               candidates[0], items, deadline))
                     tried.add(candidates[0].peer)
                     attempts += 1
                     hedge_sent = True

@@ -11,6 +11,9 @@ _rewards.py  rewards(): the per-epoch inflation rule, the only mint
 _ledger.py   Ledger: verify, buffer until ready, settle, detect equivocations, replay;
              MemoryLog; replay()
 _store.py    LedgerStore: SQLite (WAL) append-only log + snapshot; rebuild from the log
+_payments.py what a request costs; receipts as request parameters
+_wire.py     decode_wire / wire_of: every ledger item on the wire, told apart by its magic
+             (transactions, evidence; other kinds `register_wire` theirs)
 _errors.py   LedgerError and its subclasses (tree in its docstring)
 """
 
@@ -38,6 +41,13 @@ from swarm.staking._errors import (
 )
 from swarm.staking._genesis import PPM, Genesis, GenesisAccount, Params, SlashingTable
 from swarm.staking._ledger import Ledger, LedgerConfig, MemoryLog, Outcome, TransactionLog, replay
+from swarm.staking._payments import (
+    PAYER_PARAM,
+    RECEIPT_PARAM,
+    charge,
+    receipt_from_params,
+    receipt_params,
+)
 from swarm.staking._rewards import Rewards, rewards
 from swarm.staking._state import Account, Channel, Credit, State
 from swarm.staking._store import LedgerStore
@@ -58,15 +68,29 @@ from swarm.staking._tx import (
     Transfer,
     Unbond,
     WorkReport,
+    check_receipt,
     decode_transaction,
     sign,
     sign_receipt,
 )
+from swarm.staking._wire import (
+    EVIDENCE_MAGIC,
+    MAX_WIRE_BYTES,
+    TX_MAGIC,
+    decode_wire,
+    wire_of,
+)
+from swarm.staking._wire import register as register_wire
 
 __all__ = [
+    "EVIDENCE_MAGIC",
+    "MAX_WIRE_BYTES",
+    "PAYER_PARAM",
     "PPM",
     "RECEIPT_DOMAIN",
+    "RECEIPT_PARAM",
     "TX_DOMAIN",
+    "TX_MAGIC",
     "Account",
     "Ack",
     "AlreadyClaimedError",
@@ -115,8 +139,14 @@ __all__ = [
     "Unbond",
     "WorkReport",
     "apply",
+    "charge",
+    "check_receipt",
     "decode_transaction",
+    "decode_wire",
     "eligible",
+    "receipt_from_params",
+    "receipt_params",
+    "register_wire",
     "replay",
     "rewards",
     "settle",
@@ -124,4 +154,5 @@ __all__ = [
     "sign_receipt",
     "void",
     "waiting_on",
+    "wire_of",
 ]

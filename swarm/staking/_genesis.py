@@ -10,6 +10,8 @@ nodes with different rules cannot mistake each other's ledgers for their own.
     inflation_ppm = 0               # per-epoch mint (ppm of genesis supply + minted)
     reputation_alpha_ppm = 200000
     initial_reputation_ppm = 500000
+    epoch_seconds = 60              # the timekeeper ticks this often
+    min_stake = 0                   # bonded stake routing needs by default
 
     [slashing]
     equivocation_ppm = 500000       # share of bonded + unbonding stake burned
@@ -69,6 +71,10 @@ class Params:
     reputation_alpha_ppm: int = 200_000
     # Reputation of a worker the first time a tick reports it, ppm.
     initial_reputation_ppm: int = 500_000
+    # Seconds between the timekeeper's ticks (an epoch's length; nodes do not check it).
+    epoch_seconds: int = 60
+    # Bonded stake a provider needs to be routed to by default (clients may ask for more).
+    min_stake: int = 0
 
     def __post_init__(self) -> None:
         _key_of(self.timekeeper, "timekeeper")
@@ -78,6 +84,8 @@ class Params:
         _check_int(self.inflation_ppm, "inflation_ppm", 0, PPM)
         _check_int(self.reputation_alpha_ppm, "reputation_alpha_ppm", 0, PPM)
         _check_int(self.initial_reputation_ppm, "initial_reputation_ppm", 0, PPM)
+        _check_int(self.epoch_seconds, "epoch_seconds", 1, 1 << 32)
+        _check_int(self.min_stake, "min_stake", 0, MAX_SUPPLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,7 @@ class Genesis:
             "unbonding_epochs": p.unbonding_epochs, "inflation_ppm": p.inflation_ppm,
             "reputation_alpha_ppm": p.reputation_alpha_ppm,
             "initial_reputation_ppm": p.initial_reputation_ppm,
+            "epoch_seconds": p.epoch_seconds, "min_stake": p.min_stake,
             "slashing": {"equivocation_ppm": p.slashing.equivocation_ppm},
             "accounts": [{"peer": a.peer.value, "balance": a.balance, "bonded": a.bonded}
                          for a in self.accounts],
@@ -140,7 +149,8 @@ class Genesis:
         d = self._as_dict()
         lines = [f"{k} = {json.dumps(d[k])}" for k in
                  ("name", "timekeeper", "unbonding_epochs", "inflation_ppm",
-                  "reputation_alpha_ppm", "initial_reputation_ppm")]
+                  "reputation_alpha_ppm", "initial_reputation_ppm", "epoch_seconds",
+                  "min_stake")]
         lines += ["", "[slashing]", f"equivocation_ppm = {d['slashing']['equivocation_ppm']}"]
         for a in d["accounts"]:
             lines += ["", "[[accounts]]", f"peer = {json.dumps(a['peer'])}",

@@ -37,13 +37,15 @@ from swarm.staking._apply import apply, check_sender, settle, void, waiting_on
 from swarm.staking._errors import (
     BufferFullError,
     LedgerCorruptError,
+    MalformedTransactionError,
     NotReadyError,
     RejectedError,
     StaleSequenceError,
 )
 from swarm.staking._genesis import Genesis
 from swarm.staking._state import State
-from swarm.staking._tx import Evidence, SignedTransaction, decode_transaction, verify_signed
+from swarm.staking._tx import Evidence, SignedTransaction, verify_signed
+from swarm.staking._wire import decode_wire
 
 __all__ = ["Ledger", "LedgerConfig", "MemoryLog", "Outcome", "TransactionLog", "replay"]
 
@@ -203,7 +205,8 @@ class Ledger:
         return found
 
     def receive(self, item: bytes | SignedTransaction | Evidence) -> Outcome:
-        """Take one transaction (wire bytes or signed object) or one piece of evidence.
+        """Take one transaction or piece of evidence: an object, or its wire bytes (any
+        item swarm.staking._wire dispatches on by its leading magic).
 
         Raises RejectedError subclasses for what is invalid on its own (bad encoding, bad
         signature, another chain, bad evidence) and BufferFullError when it cannot be held
@@ -217,9 +220,12 @@ class Ledger:
             found = Outcome.EQUIVOCATION in (first, second)
             return self._count(Outcome.EQUIVOCATION if found else Outcome.VOID)
         if isinstance(item, bytes | bytearray | memoryview):
-            stx = decode_transaction(bytes(item), self._genesis.chain)
-        else:
-            stx = verify_signed(item)
+            decoded = decode_wire(bytes(item), self._genesis.chain)
+            if not isinstance(decoded, SignedTransaction | Evidence):
+                raise MalformedTransactionError(
+                    f"the ledger does not take {type(decoded).__name__} items")
+            return self.receive(decoded)
+        stx = verify_signed(item)
         check_sender(self._state, stx.tx)
         return self._count(self._receive(stx))
 

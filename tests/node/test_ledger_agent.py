@@ -1,0 +1,142 @@
+"""LedgerAgent against hostile gossip: junk, floods, unfunded senders, far-ahead buffering;
+and the timekeeper's ticks, whose work reports come from claims, not its own word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swarm._clock import FakeClock
+from swarm._errors import ConflictError, InvalidInputError
+from swarm.node._ledger import LedgerAgent, LedgerAgentConfig
+from swarm.protocol import GossipMessage, Identity, Validation
+from swarm.staking import (
+    Bond,
+    Claim,
+    Deposit,
+    Evidence,
+    Outcome,
+    Transfer,
+    sign_receipt,
+    wire_of,
+)
+from tests.staking import TIMEKEEPER, USERS, Wallet, make_genesis, wallets
+
+GENESIS = make_genesis({0: 1000, 1: 1000}, {0: 400})
+A, B = USERS[0].peer_id, USERS[1].peer_id
+STRANGER = Identity.from_seed(b"\x55" * 32)
+
+
+def agent(tmp_path: Path, **config: object) -> LedgerAgent:
+    return LedgerAgent(GENESIS, tmp_path / "ledger.sqlite", clock=FakeClock(),
+                       config=LedgerAgentConfig(**config),  # type: ignore[arg-type]
+                       timekeeper=None)
+
+
+def msg(data: bytes, peer: Identity = USERS[2]) -> GossipMessage:
+    return GossipMessage("swarm/ledger/v1", data, received_from=peer.peer_id)
+
+
+def test_junk_is_rejected_and_never_reaches_the_ledger(tmp_path: Path) -> None:
+    ledger = agent(tmp_path)
+    good = wallets(GENESIS)[0].make(Transfer(B, 5))
+    forged = good.wire[:-1] + bytes([good.wire[-1] ^ 1])
+    other_chain = Wallet(USERS[0], b"\1" * 32).make(Transfer(B, 5))
+    for junk in (b"", b"\0" * 300, b"SWL1" + b"\xff" * 200, forged, other_chain.wire,
+                 b"SWE1" + b"\0" * 10, b"SWL1" + b"\0" * (200 * 1024)):
+        assert ledger.validate(msg(junk)) is Validation.REJECT
+        assert ledger.receive(junk) is None
+    assert len(ledger.ledger.log) == 0
+    assert ledger.validate(msg(good.wire)) is Validation.ACCEPT
+    assert ledger.receive(good.wire) is Outcome.APPLIED
+    ledger.close()
+
+
+def test_a_forwarder_flooding_is_rate_limited(tmp_path: Path) -> None:
+    ledger = agent(tmp_path, rate_per_second=1.0, rate_burst=5.0)
+    w = wallets(GENESIS)[0]
+    verdicts = [ledger.validate(msg(w.make(Transfer(B, 1)).wire)) for _ in range(20)]
+    assert verdicts.count(Validation.ACCEPT) == 5
+    assert ledger.counters["rate_limited"] == 15
+    # Another forwarder is not punished for it.
+    assert ledger.validate(msg(w.make(Transfer(B, 1)).wire, USERS[3])) is Validation.ACCEPT
+    ledger.close()
+
+
+def test_fresh_keys_with_nothing_to_spend_are_not_stored(tmp_path: Path) -> None:
+    ledger = agent(tmp_path)
+    for i in range(50):
+        fresh = Identity.from_seed(bytes([i + 1]) * 31 + b"\x99")
+        stx = Wallet(fresh, GENESIS.chain).make(Transfer(A, 1))
+        assert ledger.validate(msg(stx.wire)) is Validation.IGNORE
+    assert ledger.counters["ignored_unfunded"] == 50
+    assert len(ledger.ledger.log) == 0
+    ledger.close()
+
+
+def test_valid_but_far_ahead_transactions_do_not_grow_memory(tmp_path: Path) -> None:
+    ledger = agent(tmp_path, max_buffered=100, max_ahead=16)
+    w = wallets(GENESIS)[0]
+    for seq in range(2, 400):  # every one waits for seq 1, which never comes
+        ledger.receive(w.make(Transfer(B, 1), seq=seq).wire)
+    assert ledger.ledger.buffered <= 16
+    others = wallets(GENESIS)[1]
+    for seq in range(2, 200):
+        ledger.receive(others.make(Transfer(A, 1), seq=seq).wire)
+    assert ledger.ledger.buffered <= 100
+    assert ledger.counters["buffer_full"] > 0
+    ledger.close()
+
+
+async def test_submit_errors_are_clear_and_use_the_status_table(tmp_path: Path) -> None:
+    ledger = agent(tmp_path)
+    w = wallets(GENESIS)[0]
+    with pytest.raises(InvalidInputError):
+        await ledger.submit(b"SWL1 nonsense")
+    assert await ledger.submit(w.make(Bond(100)).wire) is Outcome.APPLIED
+    with pytest.raises(ConflictError):  # more than the balance: refused, number kept free
+        await ledger.submit(w.make(Bond(10_000)).wire)
+    ledger.close()
+
+
+async def test_equivocation_evidence_is_taken_and_slashes(tmp_path: Path) -> None:
+    ledger = agent(tmp_path)
+    w = wallets(GENESIS)[0]
+    one, two = w.make(Transfer(B, 1)), w.make(Transfer(B, 2), seq=1)
+    assert await ledger.submit(wire_of(Evidence(one, two))) is Outcome.EQUIVOCATION
+    assert ledger.state.account(A).equivocations == 1
+    assert ledger.state.account(A).bonded == 200
+    ledger.close()
+
+
+async def test_ticks_report_the_value_claims_collected(tmp_path: Path) -> None:
+    keeper = LedgerAgent(GENESIS, tmp_path / "ledger.sqlite", clock=FakeClock(),
+                         timekeeper=TIMEKEEPER)
+    payer, payee = wallets(GENESIS)[0], wallets(GENESIS)[1]
+    await keeper.submit(payer.make(Deposit(B, 100)).wire)
+    receipt = sign_receipt(GENESIS.chain, USERS[0], B, 30)
+    await keeper.submit(payee.make(Claim(receipt), acks=[(A, 1)]).wire)
+    assert await keeper.tick() is Outcome.APPLIED
+    assert keeper.state.epoch == 1
+    tick = list(keeper.ledger.log.entries())[-1].tx
+    assert [(r.worker, r.served) for r in tick.body.reports] == [(B, 30)]  # type: ignore[union-attr]
+    # The next epoch reports only what was claimed since.
+    assert await keeper.tick() is Outcome.APPLIED
+    tick = list(keeper.ledger.log.entries())[-1].tx
+    assert tick.body.reports == ()  # type: ignore[union-attr]
+    keeper.close()
+    with pytest.raises(Exception, match="timekeeper"):
+        LedgerAgent(GENESIS, tmp_path / "other.sqlite", timekeeper=USERS[0])
+
+
+async def test_a_restart_rebuilds_the_same_state(tmp_path: Path) -> None:
+    first = agent(tmp_path)
+    w = wallets(GENESIS)[0]
+    for _ in range(5):
+        await first.submit(w.make(Transfer(B, 3)).wire)
+    encoded = first.state.encode()
+    first.close()
+    again = agent(tmp_path)
+    assert again.state.encode() == encoded
+    again.close()
