@@ -4,6 +4,8 @@ _tx.py       transactions (transfer, bond, unbond, deposit, claim, tick), receip
              equivocation evidence; canonical wire form; Ed25519 signing (domain-separated)
 _genesis.py  Genesis and Params from a TOML file; the chain id (hash of the genesis)
 _state.py    State (frozen, immutables.Map inside), Account, Channel, Credit; canonical encoding
+_fault.py    FaultEvidence: wrong-result evidence (offender's signed outputs outvoted by two
+             witnesses within the model's tolerance), its wire form and check()
 _eligible.py eligible(): who routing may send work to, from the ledger alone
 _apply.py    the pure state machine: apply / settle / void / waiting_on, and which rules come
              from which paper (Guerraoui et al. PODC 2019, FastPay, Astro)
@@ -14,7 +16,7 @@ _store.py    LedgerStore: SQLite (WAL) append-only log + snapshot; rebuild from 
 _errors.py   LedgerError and its subclasses (tree in its docstring)
 """
 
-from swarm.staking._apply import apply, settle, void, waiting_on
+from swarm.staking._apply import apply, fault, settle, void, waiting_on
 from swarm.staking._eligible import eligible
 from swarm.staking._errors import (
     AlreadyClaimedError,
@@ -35,6 +37,14 @@ from swarm.staking._errors import (
     SequenceGapError,
     StaleSequenceError,
     TransactionFailedError,
+)
+from swarm.staking._fault import (
+    FAULT_MAGIC,
+    MAX_FAULT_BYTES,
+    FaultEvidence,
+    FaultKey,
+    SignedOutputs,
+    signed_outputs,
 )
 from swarm.staking._genesis import PPM, Genesis, GenesisAccount, Params, SlashingTable
 from swarm.staking._ledger import Ledger, LedgerConfig, MemoryLog, Outcome, TransactionLog, replay
@@ -64,6 +74,8 @@ from swarm.staking._tx import (
 )
 
 __all__ = [
+    "FAULT_MAGIC",
+    "MAX_FAULT_BYTES",
     "PPM",
     "RECEIPT_DOMAIN",
     "TX_DOMAIN",
@@ -79,6 +91,8 @@ __all__ = [
     "Credit",
     "Deposit",
     "Evidence",
+    "FaultEvidence",
+    "FaultKey",
     "Genesis",
     "GenesisAccount",
     "GenesisError",
@@ -103,6 +117,7 @@ __all__ = [
     "RejectedError",
     "Rewards",
     "SequenceGapError",
+    "SignedOutputs",
     "SignedTransaction",
     "SlashingTable",
     "StaleSequenceError",
@@ -117,11 +132,13 @@ __all__ = [
     "apply",
     "decode_transaction",
     "eligible",
+    "fault",
     "replay",
     "rewards",
     "settle",
     "sign",
     "sign_receipt",
+    "signed_outputs",
     "void",
     "waiting_on",
 ]
