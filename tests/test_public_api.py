@@ -90,7 +90,9 @@ def test_batching_policy_does_not_import_torch() -> None:
 
 
 def test_swarm_client_exports() -> None:
-    assert set(swarm.client.__all__) == {"AsyncClient", "Client", "ModelInfo", "TensorInfo"}
+    assert set(swarm.client.__all__) == {
+        "DEFAULT_VERIFY_FRACTION", "AsyncClient", "Client", "ModelInfo", "TensorInfo", "Verdict",
+        "Verifier", "judge", "send_verified", "should_verify"}
 
 
 def test_exported_names_exist_and_are_unique() -> None:

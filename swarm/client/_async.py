@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +44,7 @@ from swarm.client._generate import (
     stream_text,
 )
 from swarm.client._types import ModelInfo, TensorInfo
+from swarm.client._verify import DEFAULT_VERIFY_FRACTION, Verifier, send_verified
 from swarm.protocol import LightPeer, PeerChannels, ResponseSignature, verify_response
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
@@ -77,6 +79,14 @@ class AsyncClient:
     model digest, inputs, outputs; swarm.protocol.verify_response) and raises
     IntegrityError when it does not verify; the verified `ResponseSignature` is kept on
     `Routed.signature` and in `last_signature` (evidence for staking).
+
+    In swarm mode, `verify_fraction` of requests (default 0.02, drawn from `rng`) also go to
+    a second provider, and on a mismatch to a third; the outvoted provider's signed response
+    becomes FaultEvidence handed to `report(wire)` (an async callable: the node's ledger),
+    and the majority's answer is returned (swarm.client._verify). Every request then carries
+    a fresh random id, so a verification copy looks like any other request. `verifier`
+    replaces these three with a fully configured Verifier (chain id, ledger heads, manifest
+    tolerances, eligibility).
     """
 
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
@@ -85,7 +95,10 @@ class AsyncClient:
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
                  clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None,
-                 verify: bool = False) -> None:
+                 verify: bool = False, verify_fraction: float = DEFAULT_VERIFY_FRACTION,
+                 rng: random.Random | None = None,
+                 report: Callable[[bytes], Awaitable[object]] | None = None,
+                 verifier: Verifier | None = None) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
         self.address = address or ""
@@ -108,6 +121,8 @@ class AsyncClient:
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._expect = PeerId(expect_peer) if expect_peer else None
         self.verify = verify
+        self.verifier = verifier or Verifier(fraction=verify_fraction,
+                                             rng=rng or random.Random(), report=report)
         # The last verified response signature (verify=True).
         self.last_signature: ResponseSignature | None = None
         self._channels: PeerChannels | None = None  # pinned TLS (expect_peer)
@@ -345,11 +360,18 @@ class AsyncClient:
         items = _items(named)
         name = model.split("@")[0].split(":")[0]
         request = build_request(name, named, version=str(digest), outputs=outputs)
-        if self.verify:
+        checking = self.verifier.fraction > 0
+        if self.verify or checking:
             request.id = uuid.uuid4().hex  # what the signature binds the answer to
-        routed = await self.router.send(request, digest, items,
-                                        self._options(timeout, max_price, preference))
-        if self.verify:
+        options = self._options(timeout, max_price, preference)
+        if checking:
+            routed = await send_verified(self.router, request, digest, items, options,
+                                         self.verifier)
+        else:
+            routed = await self.router.send(request, digest, items, options)
+        if self.verify and routed.signature is not None:
+            self.last_signature = routed.signature
+        elif self.verify:
             signature = verify_response(request, routed.response, signer=routed.peer)
             routed = dataclasses.replace(routed, signature=signature)
             self.last_signature = signature

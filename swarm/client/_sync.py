@@ -13,6 +13,7 @@ import numpy as np
 from swarm._errors import ClosedError
 from swarm.client._async import DEFAULT_EMBED_MODEL, AsyncClient, Inputs
 from swarm.client._types import ModelInfo
+from swarm.client._verify import DEFAULT_VERIFY_FRACTION
 from swarm.protocol import ResponseSignature
 
 __all__ = ["Client"]
@@ -34,7 +35,8 @@ class Client:
                  timeout: float | None = 30.0, max_price: float | None = None,
                  preference: str | float = "latency", hedge: bool = True,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
-                 expect_peer: str | None = None, verify: bool = False) -> None:
+                 expect_peer: str | None = None, verify: bool = False,
+                 verify_fraction: float = DEFAULT_VERIFY_FRACTION) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
                                         daemon=True)
@@ -45,7 +47,7 @@ class Client:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
                                max_price=max_price, preference=preference, hedge=hedge,
                                allowlist=allowlist, expect_peer=expect_peer,
-                               verify=verify)
+                               verify=verify, verify_fraction=verify_fraction)
 
         try:
             self._client = self._run(make())
