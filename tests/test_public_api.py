@@ -53,8 +53,8 @@ def test_swarm_modelfile_exports() -> None:
     import swarm.modelfile
 
     assert set(swarm.modelfile.__all__) == {
-        "MAX_ARCHIVE_BYTES", "MAX_UNPACKED_BYTES", "check_archive", "load_program",
-        "oip_datatype", "program_spec"}
+        "BUILTIN_TOLERANCES", "MAX_ARCHIVE_BYTES", "MAX_UNPACKED_BYTES", "check_archive",
+        "load_program", "oip_datatype", "parse_tolerance", "program_spec"}
 
 
 def test_swarm_cli_exports() -> None:
