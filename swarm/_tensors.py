@@ -8,8 +8,10 @@ gets a precise INVALID_ARGUMENT instead of a crash.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,13 +20,17 @@ from swarm._errors import InvalidInputError
 
 __all__ = [
     "DATATYPES",
+    "DEFAULT_TOLERANCES",
+    "Tolerance",
     "datatype_of",
     "decode_bytes_elements",
     "decode_contents",
     "decode_raw",
+    "default_tolerance",
     "encode_bytes_elements",
     "encode_raw",
     "numpy_dtype",
+    "tensors_agree",
     "tensors_digest",
 ]
 
@@ -214,3 +220,77 @@ def tensors_digest(tensors: Sequence[tuple[str, str, Sequence[int], bytes | memo
         h.update(struct.pack("<Q", len(raw)))
         h.update(raw)
     return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    """How far two computations of one output may differ and still agree: element-wise
+    |a - b| <= atol + rtol * max(|a|, |b|) (symmetric, in float64). Only floating-point
+    tensors use it; integer, BOOL and BYTES outputs must be equal."""
+
+    rtol: float = 0.0
+    atol: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not math.isfinite(value) or not 0.0 <= value <= 1e6:
+                raise InvalidInputError(f"tolerance {name} must be a finite number in "
+                                        f"[0, 1e6], got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    def widest(self, other: Tolerance) -> Tolerance:
+        return Tolerance(max(self.rtol, other.rtol), max(self.atol, other.atol))
+
+
+# What holds between two honest CPU runs of one model (different batch sizes and thread
+# counts reorder float sums): a few ULPs of accumulated error, with room.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "FP16": Tolerance(rtol=1e-2, atol=1e-3),
+    "FP32": Tolerance(rtol=1e-4, atol=1e-5),
+    "FP64": Tolerance(rtol=1e-9, atol=1e-12),
+}
+
+
+def default_tolerance(datatypes: Sequence[str]) -> Tolerance:
+    """The widest default tolerance of the given output datatypes (exact for non-floats)."""
+    tol = Tolerance()
+    for datatype in datatypes:
+        tol = tol.widest(DEFAULT_TOLERANCES.get(datatype, Tolerance()))
+    return tol
+
+
+def tensors_agree(a: Sequence[tuple[str, str, Sequence[int], bytes]],
+                  b: Sequence[tuple[str, str, Sequence[int], bytes]],
+                  tolerance: Tolerance) -> bool:
+    """True when two sets of named raw tensors (as `tensors_digest` takes them) are the same
+    names, datatypes and shapes, with equal non-float contents and float contents within
+    `tolerance` (NaN agrees only with NaN, an infinity only with the same infinity).
+    Contents that do not decode disagree with anything different from them."""
+    first = {name: (datatype, tuple(shape), bytes(raw)) for name, datatype, shape, raw in a}
+    second = {name: (datatype, tuple(shape), bytes(raw)) for name, datatype, shape, raw in b}
+    if len(first) != len(a) or len(second) != len(b) or first.keys() != second.keys():
+        return False
+    for name, (datatype, shape, raw) in first.items():
+        other_type, other_shape, other_raw = second[name]
+        if datatype != other_type or shape != other_shape:
+            return False
+        if raw == other_raw:
+            continue
+        if datatype not in DEFAULT_TOLERANCES:
+            return False
+        try:
+            x = decode_raw(datatype, shape, raw, name=name).astype(np.float64)
+            y = decode_raw(datatype, shape, other_raw, name=name).astype(np.float64)
+        except InvalidInputError:
+            return False
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(x) & np.isfinite(y)
+            near = np.abs(x - y) <= tolerance.atol + tolerance.rtol * np.maximum(np.abs(x),
+                                                                              np.abs(y))
+            # A non-finite value agrees only with itself (inf - x is never "within").
+            close = (finite & near) | (x == y) | (np.isnan(x) & np.isnan(y))
+        if not bool(np.all(close)):
+            return False
+    return True

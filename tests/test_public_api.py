@@ -53,8 +53,8 @@ def test_swarm_modelfile_exports() -> None:
     import swarm.modelfile
 
     assert set(swarm.modelfile.__all__) == {
-        "MAX_ARCHIVE_BYTES", "MAX_UNPACKED_BYTES", "check_archive", "load_program",
-        "oip_datatype", "program_spec"}
+        "BUILTIN_TOLERANCES", "MAX_ARCHIVE_BYTES", "MAX_UNPACKED_BYTES", "check_archive",
+        "load_program", "oip_datatype", "parse_tolerance", "program_spec"}
 
 
 def test_swarm_cli_exports() -> None:
@@ -90,7 +90,9 @@ def test_batching_policy_does_not_import_torch() -> None:
 
 
 def test_swarm_client_exports() -> None:
-    assert set(swarm.client.__all__) == {"AsyncClient", "Client", "ModelInfo", "TensorInfo"}
+    assert set(swarm.client.__all__) == {
+        "DEFAULT_VERIFY_FRACTION", "AsyncClient", "Client", "ModelInfo", "TensorInfo", "Verdict",
+        "Verifier", "judge", "send_verified", "should_verify"}
 
 
 def test_exported_names_exist_and_are_unique() -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,6 +46,7 @@ from swarm.client._generate import (
 )
 from swarm.client._stakes import Payer, StakeBook, bootstrap_peers
 from swarm.client._types import ModelInfo, TensorInfo
+from swarm.client._verify import DEFAULT_VERIFY_FRACTION, Verifier, send_verified
 from swarm.protocol import (
     Identity,
     LightPeer,
@@ -85,6 +87,14 @@ class AsyncClient:
     model digest, inputs, outputs; swarm.protocol.verify_response) and raises
     IntegrityError when it does not verify; the verified `ResponseSignature` is kept on
     `Routed.signature` and in `last_signature` (evidence for staking).
+
+    In swarm mode, `verify_fraction` of requests (default 0.02, drawn from `rng`) also go to
+    a second provider, and on a mismatch to a third; the outvoted provider's signed response
+    becomes FaultEvidence handed to `report(wire)` (an async callable: the node's ledger),
+    and the majority's answer is returned (swarm.client._verify). Every request then carries
+    a fresh random id, so a verification copy looks like any other request. `verifier`
+    replaces these three with a fully configured Verifier (chain id, ledger heads, manifest
+    tolerances, eligibility).
     """
 
     def __init__(self, address: str | None = None, *, bootstrap: Sequence[str] = (),
@@ -93,7 +103,10 @@ class AsyncClient:
                  peer: LightPeer | None = None, join_timeout: float = 15.0,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
                  clock: Clock = SYSTEM_CLOCK, expect_peer: str | None = None,
-                 verify: bool = False, min_stake: int = 0,
+                 verify: bool = False, verify_fraction: float = DEFAULT_VERIFY_FRACTION,
+                 rng: random.Random | None = None,
+                 report: Callable[[bytes], Awaitable[object]] | None = None,
+                 verifier: Verifier | None = None, min_stake: int = 0,
                  wallet: Identity | str | Path | None = None, deposit: int = 100_000) -> None:
         if bool(address) == bool(bootstrap or peer):
             raise ConfigError("give a node address, or bootstrap addresses to join the swarm")
@@ -135,6 +148,8 @@ class AsyncClient:
         self._wallet = wallet
         self._deposit = deposit
         self._payer: Payer | None = None
+        self.verifier = verifier or Verifier(fraction=verify_fraction,
+                                             rng=rng or random.Random(), report=report)
         # The last verified response signature (verify=True).
         self.last_signature: ResponseSignature | None = None
         self._channels: PeerChannels | None = None  # pinned TLS (expect_peer)
@@ -189,6 +204,9 @@ class AsyncClient:
                                      self._router.channels or PeerChannels(), self._clock)
             if self._wallet is not None:
                 self._payer = Payer(self._wallet, self._stakes, deposit=self._deposit)
+            if self.verifier.report is None:  # evidence goes to the nodes we joined through
+                self.verifier.report = self._stakes.submit
+                self.verifier.ledger = self._stakes.chain_and_seq
             self._join_deadline = self._clock.monotonic() + self._join_timeout
             assert peer.membership is not None
             await wait_within(self._clock, asyncio.gather(
@@ -377,7 +395,8 @@ class AsyncClient:
         items = _items(named)
         name = model.split("@")[0].split(":")[0]
         request = build_request(name, named, version=str(digest), outputs=outputs)
-        if self.verify:
+        checking = self.verifier.fraction > 0
+        if self.verify or checking:
             request.id = uuid.uuid4().hex  # what the signature binds the answer to
         options = self._options(timeout, max_price, preference)
         if self._stakes is not None:
@@ -389,8 +408,14 @@ class AsyncClient:
             await self._payer.ensure([e for e in self.router.view.providers(digest)
                                       if ok is None or ok(e.peer_id)])
             options = dataclasses.replace(options, pay=self._payer.pay)
-        routed = await self.router.send(request, digest, items, options)
-        if self.verify:
+        if checking:
+            routed = await send_verified(self.router, request, digest, items, options,
+                                         self.verifier)
+        else:
+            routed = await self.router.send(request, digest, items, options)
+        if self.verify and routed.signature is not None:
+            self.last_signature = routed.signature
+        elif self.verify:
             signature = verify_response(request, routed.response, signer=routed.peer)
             routed = dataclasses.replace(routed, signature=signature)
             self.last_signature = signature

@@ -90,6 +90,21 @@ class StakeBook:
             return reply, stub
         raise NoProviderError("no node this client joined through answers for the ledger")
 
+    async def chain_and_seq(self, peer: PeerId) -> tuple[bytes, int]:
+        """The network's chain id and `peer`'s last sequence number, as a trusted node's
+        ledger says (what wrong-result evidence against `peer` names)."""
+        reply, _ = await self.account(str(peer))
+        return bytes(reply.chain), int(reply.seq)
+
+    async def submit(self, wire: bytes) -> str:
+        """Hand one ledger item (a transaction, or evidence such as the verifier's
+        FaultEvidence) to a trusted node, which gossips it to the swarm; its outcome."""
+        _, stub = await self.account(str(self._trusted[0])) if self._trusted else (None, None)
+        if stub is None:
+            raise NoProviderError("no node this client joined through answers for the ledger")
+        reply = await stub.Submit(ledger_pb2.SubmitRequest(wire=wire), timeout=5)
+        return str(reply.outcome)
+
     def rule(self, min_stake: int) -> Callable[[PeerId], bool] | None:
         """The Router's stake_ok for `min_stake` (None: allow all) from the cached answers."""
         if self.staking is False or (self.staking is None and min_stake == 0):

@@ -13,6 +13,7 @@ import numpy as np
 from swarm._errors import ClosedError
 from swarm.client._async import DEFAULT_EMBED_MODEL, AsyncClient, Inputs
 from swarm.client._types import ModelInfo
+from swarm.client._verify import DEFAULT_VERIFY_FRACTION
 from swarm.protocol import ResponseSignature
 
 __all__ = ["Client"]
@@ -35,6 +36,7 @@ class Client:
                  preference: str | float = "latency", hedge: bool = True,
                  allowlist: Mapping[str, Iterable[bytes | str]] | None = None,
                  expect_peer: str | None = None, verify: bool = False,
+                 verify_fraction: float = DEFAULT_VERIFY_FRACTION,
                  min_stake: int = 0, wallet: Any = None, deposit: int = 100_000) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="swarm-client",
@@ -46,8 +48,8 @@ class Client:
             return AsyncClient(address, bootstrap=bootstrap, timeout=timeout,
                                max_price=max_price, preference=preference, hedge=hedge,
                                allowlist=allowlist, expect_peer=expect_peer,
-                               verify=verify, min_stake=min_stake, wallet=wallet,
-                               deposit=deposit)
+                               verify=verify, verify_fraction=verify_fraction,
+                               min_stake=min_stake, wallet=wallet, deposit=deposit)
 
         try:
             self._client = self._run(make())

@@ -16,12 +16,15 @@ from swarm.modelfile._export import (
     oip_datatype,
     program_spec,
 )
+from swarm.modelfile._tolerance import BUILTIN_TOLERANCES, parse_tolerance
 
 __all__ = [
+    "BUILTIN_TOLERANCES",
     "MAX_ARCHIVE_BYTES",
     "MAX_UNPACKED_BYTES",
     "check_archive",
     "load_program",
     "oip_datatype",
+    "parse_tolerance",
     "program_spec",
 ]

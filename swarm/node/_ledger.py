@@ -63,6 +63,7 @@ from swarm.staking import (
     Claim,
     Deposit,
     Evidence,
+    FaultEvidence,
     Genesis,
     LedgerConfig,
     LedgerError,
@@ -213,7 +214,7 @@ class LedgerAgent:
         try:
             if item is None:
                 item = decode_wire(data, self.genesis.chain)
-            if not isinstance(item, SignedTransaction | Evidence):
+            if not isinstance(item, SignedTransaction | Evidence | FaultEvidence):
                 raise RejectedError(f"the ledger does not take {type(item).__name__} items")
             with self._store.batch():
                 outcome = self.ledger.receive(item)
@@ -231,6 +232,10 @@ class LedgerAgent:
         for evidence in self.ledger.take_evidence():
             self.counters["evidence_found"] += 1
             self._spawn_publish(wire_of(evidence))
+        for fault in self.ledger.take_faults():  # new here: keep it, and pass it on
+            self.counters["faults_held"] += 1
+            self._store.append_fault(fault)
+            self._spawn_publish(fault.wire)
         if len(self._store) - self._snapshot_at >= self.config.snapshot_every:
             self._store.save_snapshot(self.ledger.state)
             self._snapshot_at = len(self._store)
@@ -247,7 +252,7 @@ class LedgerAgent:
         on nothing we will ever see), OverloadedError (buffer full)."""
         try:
             item = decode_wire(data, self.genesis.chain)
-            if not isinstance(item, SignedTransaction | Evidence):
+            if not isinstance(item, SignedTransaction | Evidence | FaultEvidence):
                 raise RejectedError(f"the ledger does not take {type(item).__name__} items")
             with self._store.batch():
                 if isinstance(item, SignedTransaction):
@@ -357,6 +362,15 @@ class LedgerAgent:
                 read += len(reply.entries)
                 if not reply.entries or start >= reply.length:
                     break
+            # Wrong-result evidence is no log entry: read what the peer holds every round
+            # (rare, bounded by the page size; what we hold already is a cheap duplicate).
+            try:
+                reply = await stub.GetLog(ledger_pb2.GetLogRequest(
+                    start=start, limit=self.config.page_entries, faults=True), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                raise error_from_rpc(exc, address) from exc
+            for data in reply.faults[: self.config.page_entries]:
+                self.receive(bytes(data))
         finally:
             if peer is not None:
                 self._cursors[peer] = start
@@ -443,6 +457,11 @@ class LedgerAgent:
             if len(out) >= limit or total >= 4 << 20:
                 break
         return out, len(self._store)
+
+    def fault_page(self, limit: int) -> list[bytes]:
+        """Wrong-result evidence held here (the newest `limit` offences at most)."""
+        limit = max(1, min(limit or self.config.page_entries, self.config.page_entries))
+        return [f.wire for f in self.ledger.faults[-limit:]]
 
     def history(self, peer: PeerId, start: int, limit: int,
                 scan: int = 10_000) -> tuple[list[tuple[int, SignedTransaction]], int]:
@@ -664,7 +683,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetLog(self, request: ledger_pb2.GetLogRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> ledger_pb2.LogReply:
         entries, length = self._agent.log_page(request.start, request.limit)
-        return ledger_pb2.LogReply(entries=entries, length=length)
+        faults = self._agent.fault_page(request.limit) if request.faults else []
+        return ledger_pb2.LogReply(entries=entries, length=length, faults=faults)
 
 
     async def GetEligible(self, request: ledger_pb2.GetEligibleRequest,

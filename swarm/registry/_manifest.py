@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swarm._errors import IntegrityError
+from swarm._errors import IntegrityError, InvalidInputError
 from swarm._proto.swarm.v1 import registry_pb2
-from swarm._tensors import DATATYPES
+from swarm._tensors import DATATYPES, Tolerance, default_tolerance
 from swarm._types import Digest, ModelRef, TensorSpec
 from swarm.protocol import Identity, open_envelope, seal
 from swarm.registry._store import DEFAULT_CHUNK_SIZE, chunk_count
@@ -147,6 +147,9 @@ class Manifest:
     architecture: str = ""
     batching: BatchingDefaults = field(default_factory=BatchingDefaults)
     runtime: RuntimeNeeds = field(default_factory=RuntimeNeeds)
+    # How far honest outputs may differ (client verification, wrong-result evidence);
+    # None: the defaults per output datatype (`output_tolerance`).
+    tolerance: Tolerance | None = None
 
     def __post_init__(self) -> None:
         ModelRef(self.name)  # validates the name
@@ -178,6 +181,13 @@ class Manifest:
     @property
     def ref(self) -> ModelRef:
         return ModelRef(self.name)
+
+    @property
+    def output_tolerance(self) -> Tolerance:
+        """The declared tolerance, or the widest default of the output datatypes."""
+        if self.tolerance is not None:
+            return self.tolerance
+        return default_tolerance([s.datatype for s in self.outputs])
 
     @property
     def total_size(self) -> int:
@@ -217,6 +227,8 @@ def _to_proto(m: Manifest) -> registry_pb2.Manifest:
                                           min_memory_bytes=m.runtime.min_memory_bytes),
         publisher=m.publisher,
         created_at_unix_ms=round(m.created_at * 1000),
+        tolerance=None if m.tolerance is None else registry_pb2.ManifestTolerance(
+            rtol=m.tolerance.rtol, atol=m.tolerance.atol),
     )
 
 
@@ -251,8 +263,10 @@ def _from_proto(msg: registry_pb2.Manifest) -> Manifest:
             runtime=RuntimeNeeds(msg.runtime.device_kind, msg.runtime.min_memory_bytes),
             publisher=msg.publisher,
             created_at=msg.created_at_unix_ms / 1000,
+            tolerance=Tolerance(msg.tolerance.rtol, msg.tolerance.atol)
+            if msg.HasField("tolerance") else None,
         )
-    except ValueError as exc:
+    except (ValueError, InvalidInputError) as exc:
         raise IntegrityError(f"malformed manifest: {exc}") from exc
 
 
@@ -318,7 +332,8 @@ def manifest_for_file(path: Path, name: str, version: str, *, format: ModelForma
                       inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                       publisher: bytes, created_at: float, architecture: str = "",
                       batching: BatchingDefaults | None = None, runtime: RuntimeNeeds | None = None,
-                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> Manifest:
+                      chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      tolerance: Tolerance | None = None) -> Manifest:
     """A single-file manifest for the model file at `path` (hashed in one streaming pass).
 
     `created_at` is unix seconds (the caller's clock); `publisher` the key that will sign it.
@@ -328,5 +343,5 @@ def manifest_for_file(path: Path, name: str, version: str, *, format: ModelForma
         files=(file_entry(path, chunk_size=chunk_size),),
         inputs=tuple(inputs), outputs=tuple(outputs),
         batching=batching or BatchingDefaults(), runtime=runtime or RuntimeNeeds(),
-        publisher=publisher, created_at=created_at,
+        publisher=publisher, created_at=created_at, tolerance=tolerance,
     )

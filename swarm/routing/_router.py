@@ -320,12 +320,14 @@ class Router:
         return response
 
     async def send(self, request: pb.ModelInferRequest, digest: Digest, items: int,
-                   options: RoutingOptions) -> Routed:
-        """Route one request; raises NoProviderError, DeadlineExceededError or the last error."""
+                   options: RoutingOptions, *,
+                   exclude: frozenset[PeerId] = frozenset()) -> Routed:
+        """Route one request; raises NoProviderError, DeadlineExceededError or the last error.
+        `exclude`: providers not to ask (a verification copy goes to someone else)."""
         clock = self._clock
         started = clock.monotonic()
         deadline = started + options.timeout
-        tried: set[PeerId] = set()
+        tried: set[PeerId] = set(exclude)
         running: list[_Attempt] = []
         last_error: InferenceError | None = None
         attempts = 0
@@ -339,7 +341,7 @@ class Router:
                     try:
                         candidates = self.candidates(digest, items=items, deadline=deadline,
                                                      options=options, tried=frozenset(tried),
-                                                     explore=not tried)
+                                                     explore=not attempts)
                     except NoProviderError:
                         if last_error is not None:
                             break

@@ -4,6 +4,8 @@ _tx.py       transactions (transfer, bond, unbond, deposit, claim, tick), receip
              equivocation evidence; canonical wire form; Ed25519 signing (domain-separated)
 _genesis.py  Genesis and Params from a TOML file; the chain id (hash of the genesis)
 _state.py    State (frozen, immutables.Map inside), Account, Channel, Credit; canonical encoding
+_fault.py    FaultEvidence: wrong-result evidence (offender's signed outputs outvoted by two
+             witnesses within the model's tolerance), its wire form and check()
 _eligible.py eligible(): who routing may send work to, from the ledger alone
 _apply.py    the pure state machine: apply / settle / void / waiting_on, and which rules come
              from which paper (Guerraoui et al. PODC 2019, FastPay, Astro)
@@ -17,7 +19,7 @@ _wire.py     decode_wire / wire_of: every ledger item on the wire, told apart by
 _errors.py   LedgerError and its subclasses (tree in its docstring)
 """
 
-from swarm.staking._apply import apply, settle, void, waiting_on
+from swarm.staking._apply import apply, fault, settle, void, waiting_on
 from swarm.staking._eligible import eligible
 from swarm.staking._errors import (
     AlreadyClaimedError,
@@ -38,6 +40,14 @@ from swarm.staking._errors import (
     SequenceGapError,
     StaleSequenceError,
     TransactionFailedError,
+)
+from swarm.staking._fault import (
+    FAULT_MAGIC,
+    MAX_FAULT_BYTES,
+    FaultEvidence,
+    FaultKey,
+    SignedOutputs,
+    signed_outputs,
 )
 from swarm.staking._genesis import PPM, Genesis, GenesisAccount, Params, SlashingTable
 from swarm.staking._ledger import Ledger, LedgerConfig, MemoryLog, Outcome, TransactionLog, replay
@@ -84,6 +94,8 @@ from swarm.staking._wire import register as register_wire
 
 __all__ = [
     "EVIDENCE_MAGIC",
+    "FAULT_MAGIC",
+    "MAX_FAULT_BYTES",
     "MAX_WIRE_BYTES",
     "PAYER_PARAM",
     "PPM",
@@ -103,6 +115,8 @@ __all__ = [
     "Credit",
     "Deposit",
     "Evidence",
+    "FaultEvidence",
+    "FaultKey",
     "Genesis",
     "GenesisAccount",
     "GenesisError",
@@ -127,6 +141,7 @@ __all__ = [
     "RejectedError",
     "Rewards",
     "SequenceGapError",
+    "SignedOutputs",
     "SignedTransaction",
     "SlashingTable",
     "StaleSequenceError",
@@ -144,6 +159,7 @@ __all__ = [
     "decode_transaction",
     "decode_wire",
     "eligible",
+    "fault",
     "receipt_from_params",
     "receipt_params",
     "register_wire",
@@ -152,6 +168,7 @@ __all__ = [
     "settle",
     "sign",
     "sign_receipt",
+    "signed_outputs",
     "void",
     "waiting_on",
     "wire_of",

@@ -30,6 +30,20 @@ DSN 2020) are practical designs on that result. The rules taken from them:
    that the state refuses (overdraft, ...) is recorded as failed, so its sender can go on
    with the next number; signing another at the same number would be an equivocation.
 
+5. Wrong results (not from the papers: they have no outputs to judge). Evidence
+   (_fault.FaultEvidence) names the point of the offender's own chain where its slash is
+   taken: right after the offender's transaction `after_seq`. `fault` burns the genesis
+   `wrong_result_ppm` share of the bonded and unbonding stake there, so, as with an
+   equivocation, the slash reads one stake on every node: the offender's own chain up to
+   that slot, which nothing else changes. Nothing another account does reads or writes the
+   offender's stake, so where the slash stands among other accounts' transactions does not
+   matter; two slashes at one point commute (the same function twice). A Ledger holds one
+   piece of evidence per offence, keyed (offender, request id, inputs digest), and of two
+   for one offence keeps the one with the lowest (after_seq, hash), the same everywhere;
+   evidence for a point the offender has passed replays from a checkpoint, like a late
+   equivocation. The reputation penalty is derived (State.reputation_of), not stored,
+   because faults and ticks are not ordered against each other.
+
 Time is the one shared thing an account cannot order alone: epochs are the sequence numbers
 of a genesis-named timekeeper's Tick transactions (tick n starts epoch n), a transaction
 that declares epoch e waits for tick e, and stake unbonded in epoch e is released into the
@@ -70,7 +84,7 @@ from swarm.staking._tx import (
     Unbond,
 )
 
-__all__ = ["apply", "settle", "void", "waiting_on"]
+__all__ = ["apply", "fault", "settle", "void", "waiting_on"]
 
 
 def waiting_on(state: State, tx: Transaction) -> tuple[PeerId, int] | None:
@@ -143,21 +157,45 @@ def void(state: State, sender: PeerId, seq: int) -> State:
         raise StaleSequenceError(f"{sender.short} already used sequence {seq}")
     if seq > account.seq + 1:
         raise SequenceGapError(f"{sender.short} is at {account.seq}, voided slot is {seq}")
-    ppm = state.params.slashing.equivocation_ppm
-    bonded_burn = account.bonded * ppm // PPM
-    unbonding = tuple((release, amount - amount * ppm // PPM)
-                      for release, amount in account.unbonding)
-    burned = bonded_burn + account.unbonding_total - sum(a for _, a in unbonding)
-    slashed = Account(account.seq, account.balance, account.bonded - bonded_burn,
-                      tuple(u for u in unbonding if u[1] > 0), account.epoch,
-                      account.equivocations + 1)
+    slashed, burned = _slash(account, state.params.slashing.equivocation_ppm)
+    slashed = Account(slashed.seq, slashed.balance, slashed.bonded, slashed.unbonding,
+                      slashed.epoch, slashed.equivocations + 1, slashed.faults)
     state = _use_slot(state, sender, seq, slashed)
     return _replace(state, burned=state.burned + burned)
 
 
+def fault(state: State, offender: PeerId, after_seq: int) -> State:
+    """The state after one proven wrong result of `offender`, taken right after its
+    transaction `after_seq` (which must be its last): the genesis share of its bonded and
+    unbonding stake is burned and its fault count grows. Raises SequenceGapError before that
+    point, StaleSequenceError after it (the Ledger replays from a checkpoint then)."""
+    account = state.account(offender)
+    if after_seq > account.seq:
+        raise SequenceGapError(f"{offender.short} is at {account.seq}, fault is after "
+                               f"{after_seq}")
+    if after_seq < account.seq:
+        raise StaleSequenceError(f"{offender.short} is past {after_seq} (at {account.seq})")
+    slashed, burned = _slash(account, state.params.slashing.wrong_result_ppm)
+    slashed = Account(slashed.seq, slashed.balance, slashed.bonded, slashed.unbonding,
+                      slashed.epoch, slashed.equivocations, slashed.faults + 1)
+    state = _replace(state, accounts=state.accounts.set(offender, slashed))
+    return _replace(state, burned=state.burned + burned)
+
+
+def _slash(account: Account, ppm: int) -> tuple[Account, int]:
+    """`account` with `ppm` of its bonded and of each unbonding amount burned, and the burn."""
+    bonded_burn = account.bonded * ppm // PPM
+    unbonding = tuple((release, amount - amount * ppm // PPM)
+                      for release, amount in account.unbonding)
+    burned = bonded_burn + account.unbonding_total - sum(a for _, a in unbonding)
+    return Account(account.seq, account.balance, account.bonded - bonded_burn,
+                   tuple(u for u in unbonding if u[1] > 0), account.epoch,
+                   account.equivocations, account.faults), burned
+
+
 def _use_slot(state: State, sender: PeerId, seq: int, account: Account) -> State:
     account = Account(seq, account.balance, account.bonded, account.unbonding, account.epoch,
-                      account.equivocations)
+                      account.equivocations, account.faults)
     new = _replace(state, accounts=state.accounts.set(sender, account))
     if sender == state.params.timekeeper:
         new = _replace(new, epoch=seq)
@@ -246,7 +284,8 @@ def _execute(state: State, tx: Transaction) -> State:
         minted += outcome.total
         new_epoch = tx.seq
 
-    account = Account(tx.seq, balance, bonded, unbonding, epoch, account.equivocations)
+    account = Account(tx.seq, balance, bonded, unbonding, epoch, account.equivocations,
+                      account.faults)
     return State(state.params, state.chain, state.genesis_supply,
                  state.accounts.set(sender, account), pending, channels, reputation,
                  new_epoch, minted, state.burned)

@@ -15,6 +15,13 @@ nodes with different rules cannot mistake each other's ledgers for their own.
 
     [slashing]
     equivocation_ppm = 500000       # share of bonded + unbonding stake burned
+    wrong_result_ppm = 100000       # the same, per proven wrong result (once per offence)
+    wrong_result_reputation_ppm = 250000
+    witness_min_bond = 1            # least stake of each witness of wrong-result evidence
+    min_rtol_ppb = 1000             # tolerance bounds evidence may use (parts per billion)
+    min_atol_ppb = 100
+    max_rtol_ppb = 100000000
+    max_atol_ppb = 100000000
 
     [[accounts]]
     peer = "12D3KooW..."
@@ -48,10 +55,27 @@ MAX_SUPPLY = 2**62
 
 @dataclass(frozen=True, slots=True)
 class SlashingTable:
-    """Share of an offender's bonded and unbonding stake burned per offense (ppm)."""
+    """Share of an offender's bonded and unbonding stake burned per offense (ppm), and the
+    rules wrong-result evidence must meet (swarm.staking._fault).
+
+    Slashed stake is burned, never paid to the reporter: evidence names no reporter that
+    anyone signed for (whoever relays it could claim the reward), and a reward would pay two
+    colluding staked providers for framing a third. Burning leaves a framer only costs."""
 
     # Two different transactions signed with one sequence number.
     equivocation_ppm: int = 500_000
+    # Signed outputs outvoted by two other providers beyond the model's tolerance.
+    wrong_result_ppm: int = 100_000
+    # Reputation (ppm) each proven wrong result takes off the offender's reputation.
+    wrong_result_reputation_ppm: int = 250_000
+    # Least bonded stake each witness of wrong-result evidence holds (on the judging node).
+    witness_min_bond: int = 1
+    # Bounds of the tolerance evidence may use, parts per billion: the floor keeps honest
+    # float noise from ever being a fault; the cap keeps witnesses from agreeing loosely.
+    min_rtol_ppb: int = 1_000
+    min_atol_ppb: int = 100
+    max_rtol_ppb: int = 100_000_000
+    max_atol_ppb: int = 100_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +103,9 @@ class Params:
     def __post_init__(self) -> None:
         _key_of(self.timekeeper, "timekeeper")
         _check_int(self.unbonding_epochs, "unbonding_epochs", 0, 1 << 32)
-        _check_int(self.slashing.equivocation_ppm, "slashing.equivocation_ppm", 0, PPM)
+        for f in fields(SlashingTable):
+            high = PPM if f.name.endswith("_ppm") else MAX_SUPPLY
+            _check_int(getattr(self.slashing, f.name), f"slashing.{f.name}", 0, high)
         # More than doubling the supply per epoch is a typo, not a policy.
         _check_int(self.inflation_ppm, "inflation_ppm", 0, PPM)
         _check_int(self.reputation_alpha_ppm, "reputation_alpha_ppm", 0, PPM)
@@ -139,7 +165,7 @@ class Genesis:
             "reputation_alpha_ppm": p.reputation_alpha_ppm,
             "initial_reputation_ppm": p.initial_reputation_ppm,
             "epoch_seconds": p.epoch_seconds, "min_stake": p.min_stake,
-            "slashing": {"equivocation_ppm": p.slashing.equivocation_ppm},
+            "slashing": {f.name: getattr(p.slashing, f.name) for f in fields(SlashingTable)},
             "accounts": [{"peer": a.peer.value, "balance": a.balance, "bonded": a.bonded}
                          for a in self.accounts],
         }
@@ -151,7 +177,7 @@ class Genesis:
                  ("name", "timekeeper", "unbonding_epochs", "inflation_ppm",
                   "reputation_alpha_ppm", "initial_reputation_ppm", "epoch_seconds",
                   "min_stake")]
-        lines += ["", "[slashing]", f"equivocation_ppm = {d['slashing']['equivocation_ppm']}"]
+        lines += ["", "[slashing]", *(f"{k} = {v}" for k, v in sorted(d["slashing"].items()))]
         for a in d["accounts"]:
             lines += ["", "[[accounts]]", f"peer = {json.dumps(a['peer'])}",
                       f"balance = {a['balance']}", f"bonded = {a['bonded']}"]

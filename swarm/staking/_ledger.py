@@ -20,6 +20,12 @@ Either way the state is the one every node that holds the same transactions comp
 Ledger keeps the evidence for gossip to spread (`take_evidence`), so that nodes that saw only
 one of the two learn of the other.
 
+Wrong-result evidence (_fault.FaultEvidence, wire bytes led by b"SWF1") is checked, its
+witnesses must be eligible on this node (bonded at least `witness_min_bond`, no offence),
+and it is held once per offence. Its slash is taken right after the offender's transaction
+`after_seq` (see _apply, rule 5): at once when the offender stands there, when it gets
+there, or by a replay from the latest checkpoint before it when it is past.
+
 Whatever a stranger can make a node hold is bounded: the buffer holds at most
 `max_buffered` transactions, none further than `max_ahead` ahead of what it waits for.
 """
@@ -28,20 +34,23 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from swarm._types import PeerId
-from swarm.staking._apply import apply, check_sender, settle, void, waiting_on
+from swarm.staking._apply import apply, check_sender, fault, settle, void, waiting_on
+from swarm.staking._eligible import eligible
 from swarm.staking._errors import (
     BufferFullError,
+    InvalidEvidenceError,
     LedgerCorruptError,
     MalformedTransactionError,
     NotReadyError,
     RejectedError,
     StaleSequenceError,
 )
+from swarm.staking._fault import FAULT_MAGIC, FaultEvidence, FaultKey
 from swarm.staking._genesis import Genesis
 from swarm.staking._state import State
 from swarm.staking._tx import Evidence, SignedTransaction, verify_signed
@@ -61,6 +70,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # already held
     EQUIVOCATION = "equivocation"  # a second transaction at its slot: both void, sender slashed
     VOID = "void"  # its slot is already void
+    FAULT = "fault"  # new wrong-result evidence: the offender slashed (or will be, at its point)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +142,15 @@ class MemoryLog:
         return set(self._void)
 
 
-def replay(start: State, entries: Iterable[SignedTransaction], void_slots: set[Slot]) -> State:
+def replay(start: State, entries: Iterable[SignedTransaction], void_slots: set[Slot],
+           faults: Mapping[Slot, int] | None = None) -> State:
     """The state after `entries` (a log suffix, in log order) starting from `start`.
 
     A slot in `void_slots` is voided where its first entry stands; its second entry, like
-    any entry at a slot already used, is skipped. Raises LedgerCorruptError when an entry is
-    not applicable where it stands (the log was damaged or reordered).
+    any entry at a slot already used, is skipped. `faults` maps (offender, after_seq) to the
+    number of wrong results slashed right after that slot (those at sequence 0 are the
+    caller's to apply to a genesis start). Raises LedgerCorruptError when an entry is not
+    applicable where it stands (the log was damaged or reordered).
     """
     state = start
     for stx in entries:
@@ -152,6 +165,9 @@ def replay(start: State, entries: Iterable[SignedTransaction], void_slots: set[S
         except (NotReadyError, RejectedError) as exc:
             raise LedgerCorruptError(f"log entry {sender.short}#{seq} out of order or "
                                      f"invalid: {exc}") from exc
+        if faults:
+            for _ in range(faults.get((sender, seq), 0)):
+                state = fault(state, sender, seq)
     return state
 
 
@@ -172,6 +188,11 @@ class Ledger:
         self._base: tuple[int, State] = snapshot or (0, State.genesis(genesis))
         self._checkpoints: deque[tuple[int, State]] = deque(maxlen=self._config.checkpoints)
         self._state = self._base[1]
+        # One piece of wrong-result evidence per offence, and how many slashes stand after
+        # each (offender, after_seq).
+        self._faults: dict[FaultKey, FaultEvidence] = {}
+        self._fault_points: Counter[Slot] = Counter()
+        self._new_faults: list[FaultEvidence] = []
         self._replay_from_base(self._base)
         self._buffer: dict[Slot, SignedTransaction] = {}
         self._pending_void: dict[Slot, Evidence] = {}
@@ -199,19 +220,36 @@ class Ledger:
     def buffered(self) -> int:
         return len(self._buffer) + len(self._pending_void)
 
+    @property
+    def faults(self) -> list[FaultEvidence]:
+        """The wrong-result evidence held, one per offence (to persist or serve on sync)."""
+        return list(self._faults.values())
+
+    def take_faults(self) -> list[FaultEvidence]:
+        """Wrong-result evidence new since the last call, for gossip to spread."""
+        found, self._new_faults = self._new_faults, []
+        return found
+
     def take_evidence(self) -> list[Evidence]:
         """Equivocations found since the last call, for gossip to spread."""
         found, self._evidence = self._evidence, []
         return found
 
-    def receive(self, item: bytes | SignedTransaction | Evidence) -> Outcome:
+    def receive(self, item: bytes | SignedTransaction | Evidence | FaultEvidence) -> Outcome:
         """Take one transaction or piece of evidence: an object, or its wire bytes (any
-        item swarm.staking._wire dispatches on by its leading magic).
+        item swarm.staking._wire dispatches on by its leading magic: a transaction,
+        equivocation Evidence, or FaultEvidence led by b"SWF1").
 
         Raises RejectedError subclasses for what is invalid on its own (bad encoding, bad
-        signature, another chain, bad evidence) and BufferFullError when it cannot be held
-        now; every other case is an Outcome.
+        signature, another chain, bad evidence, witnesses not eligible here) and
+        BufferFullError when it cannot be held now; every other case is an Outcome.
         """
+        if isinstance(item, bytes | bytearray | memoryview) and \
+                bytes(item[:len(FAULT_MAGIC)]) == FAULT_MAGIC:
+            item = FaultEvidence.decode(bytes(item), self._genesis.chain,
+                                        self._genesis.params.slashing)
+        if isinstance(item, FaultEvidence):
+            return self._count(self._receive_fault(item))
         if isinstance(item, Evidence):
             item.check()
             check_sender(self._state, item.first.tx)
@@ -221,7 +259,7 @@ class Ledger:
             return self._count(Outcome.EQUIVOCATION if found else Outcome.VOID)
         if isinstance(item, bytes | bytearray | memoryview):
             decoded = decode_wire(bytes(item), self._genesis.chain)
-            if not isinstance(decoded, SignedTransaction | Evidence):
+            if not isinstance(decoded, SignedTransaction | Evidence | FaultEvidence):
                 raise MalformedTransactionError(
                     f"the ledger does not take {type(decoded).__name__} items")
             return self.receive(decoded)
@@ -241,6 +279,52 @@ class Ledger:
             raise StaleSequenceError(f"sequence {stx.tx.seq} is taken by another transaction")
         apply(self._state, stx)
         return self.receive(stx)
+
+    def _receive_fault(self, evidence: FaultEvidence) -> Outcome:
+        params = self._genesis.params
+        if evidence.chain != self._genesis.chain:
+            raise InvalidEvidenceError("evidence made for another chain (genesis)")
+        evidence.check(params.slashing)
+        offender = evidence.offender_peer
+        if offender == params.timekeeper:
+            raise InvalidEvidenceError("the timekeeper serves no requests")
+        for witness in evidence.witnesses:
+            if not eligible(self._state, witness.signer, params.slashing.witness_min_bond):
+                raise InvalidEvidenceError(f"witness {witness.signer.short} is not eligible "
+                                           "(too little stake, or an offence of its own)")
+        known = self._faults.get(evidence.key)
+        if known is not None and (known.after_seq, known.hash) <= \
+                (evidence.after_seq, evidence.hash):
+            return Outcome.DUPLICATE
+        self._faults[evidence.key] = evidence
+        self._new_faults.append(evidence)
+        head = self._state.account(offender).seq
+        if known is not None:
+            self._fault_points[(offender, known.after_seq)] -= 1
+            if known.after_seq <= head:
+                # The kept one (lower after_seq) is applied at or before the dropped one.
+                self._fault_points[(offender, evidence.after_seq)] += 1
+                self._replay_from(self._position_of(offender, evidence.after_seq))
+                return Outcome.FAULT
+        self._fault_points[(offender, evidence.after_seq)] += 1
+        if evidence.after_seq == head:
+            self._state = fault(self._state, offender, head)
+        elif evidence.after_seq < head:
+            self._replay_from(self._position_of(offender, evidence.after_seq))
+        return Outcome.FAULT
+
+    def _position_of(self, sender: PeerId, seq: int) -> int:
+        """Log position of slot (sender, seq); 0 for seq 0 (the start)."""
+        if seq == 0:
+            return 0
+        found = self._log.find(sender, seq)
+        if found is None:
+            raise LedgerCorruptError(f"slot {sender.short}#{seq} is used but not logged")
+        return found[0]
+
+    def _apply_faults(self, slot: Slot) -> None:
+        for _ in range(self._fault_points.get(slot, 0)):
+            self._state = fault(self._state, *slot)
 
     def _count(self, outcome: Outcome) -> Outcome:
         self.counts[outcome] += 1
@@ -310,6 +394,7 @@ class Ledger:
                 self._state = void(self._state, sender, seq)
                 self._append(evidence.first)
                 self._append(evidence.second)
+                self._apply_faults(slot)
             else:
                 stx = self._buffer.get(slot)
                 if stx is None:
@@ -321,6 +406,7 @@ class Ledger:
                 del self._buffer[slot]
                 self._state, failure = settle(self._state, stx)
                 self._append(stx)
+                self._apply_faults(slot)
                 if slot == self._target:
                     self._target_outcome = Outcome.APPLIED if failure is None else Outcome.FAILED
             queue.extend(self._waiting.pop(slot, ()))
@@ -342,9 +428,15 @@ class Ledger:
 
     def _replay_from_base(self, base: tuple[int, State]) -> None:
         length, state = base
+        if length == 0:
+            # From the genesis: slashes taken before an offender's first transaction.
+            state = State.genesis(self._genesis)
+            for (offender, seq), count in self._fault_points.items():
+                for _ in range(count if seq == 0 else 0):
+                    state = fault(state, offender, 0)
         interval = self._config.checkpoint_interval
         for stx in self._log.entries(length):
-            state = replay(state, (stx,), self._void)
+            state = replay(state, (stx,), self._void, self._fault_points)
             length += 1
             if length % interval == 0:
                 self._checkpoints.append((length, state))

@@ -47,6 +47,8 @@ class Account:
     epoch: int = 0
     # Sequence numbers at which it signed two transactions (each one slashed once).
     equivocations: int = 0
+    # Wrong results proven against it (each offence slashed once).
+    faults: int = 0
 
     @property
     def unbonding_total(self) -> int:
@@ -99,6 +101,14 @@ class State:
     def account(self, peer: PeerId) -> Account:
         return self.accounts.get(peer) or _NOBODY
 
+    def reputation_of(self, peer: PeerId) -> int:
+        """Reputation (ppm) of `peer` as ticks reported it, less the genesis penalty for each
+        proven wrong result (derived here, not stored: faults and ticks are not ordered
+        against each other, and a difference of two sums does not care about order)."""
+        base = self.reputation.get(peer, self.params.initial_reputation_ppm)
+        penalty = self.account(peer).faults * self.params.slashing.wrong_result_reputation_ppm
+        return max(0, base - penalty)
+
     def stake(self, peer: PeerId) -> int:
         """Bonded stake of `peer` (what routing weighs)."""
         return self.account(peer).bonded
@@ -132,7 +142,7 @@ class State:
             "epoch": self.epoch, "minted": self.minted, "burned": self.burned,
             "accounts": sorted(
                 [p.value, a.seq, a.balance, a.bonded, [list(u) for u in a.unbonding], a.epoch,
-                 a.equivocations] for p, a in self.accounts.items()),
+                 a.equivocations, a.faults] for p, a in self.accounts.items()),
             "pending": sorted(
                 [s.value, r.value, sorted([q, c.amount, c.deposit] for q, c in credits.items())]
                 for (s, r), credits in self.pending.items()),
@@ -150,8 +160,8 @@ class State:
             if bytes.fromhex(doc["chain"]) != genesis.chain:
                 raise LedgerCorruptError("snapshot belongs to another genesis")
             accounts: immutables.Map[PeerId, Account] = immutables.Map({
-                PeerId(p): Account(seq, bal, bonded, tuple((r, a) for r, a in unb), ep, eq)
-                for p, seq, bal, bonded, unb, ep, eq in doc["accounts"]})
+                PeerId(p): Account(seq, bal, bonded, tuple((r, a) for r, a in unb), ep, eq, f)
+                for p, seq, bal, bonded, unb, ep, eq, f in doc["accounts"]})
             pending: immutables.Map[tuple[PeerId, PeerId], immutables.Map[int, Credit]] = \
                 immutables.Map({
                     (PeerId(s), PeerId(r)): immutables.Map({q: Credit(a, d) for q, a, d in cs})

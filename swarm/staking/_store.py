@@ -1,10 +1,13 @@
 """LedgerStore: the ledger on disk, in SQLite (WAL mode).
 
-Three tables: `meta` (the genesis it was made for), `log` (the append-only transaction log,
-kept append-only by triggers) and `snapshot` (the canonical state after the first `pos` log
-entries). The store is a TransactionLog, so a Ledger appends to it directly; reopening
-loads the snapshot and replays the log after it, and `rebuild()` replays the whole log from
-genesis, which must give the same state byte for byte.
+Four tables: `meta` (the genesis it was made for), `log` (the append-only transaction log,
+kept append-only by triggers), `snapshot` (the canonical state after the first `pos` log
+entries) and `faults` (wrong-result evidence, which is no transaction: it slashes at a
+point of the offender's chain, so a store that holds any replays from genesis and feeds it
+again rather than trust a snapshot that may or may not include its slash). The store is a
+TransactionLog, so a Ledger appends to it directly; reopening loads the snapshot and replays
+the log after it, and `rebuild()` replays the whole log from genesis, which must give the
+same state byte for byte.
 
 Log entries were verified before they were appended, so replays read them without checking
 signatures again (`verify=True` re-checks them, for a store of doubtful origin).
@@ -12,6 +15,7 @@ signatures again (`verify=True` re-checks them, for a store of doubtful origin).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +24,8 @@ from types import TracebackType
 
 from swarm._errors import ClosedError
 from swarm._types import PeerId
-from swarm.staking._errors import GenesisError, LedgerCorruptError, LedgerError
+from swarm.staking._errors import GenesisError, LedgerCorruptError, LedgerError, RejectedError
+from swarm.staking._fault import FaultEvidence
 from swarm.staking._genesis import Genesis
 from swarm.staking._ledger import Ledger, LedgerConfig, Slot, replay
 from swarm.staking._state import State
@@ -42,6 +47,10 @@ CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pos INTEGER NOT NULL,
     state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faults (
+    hash BLOB PRIMARY KEY,
+    wire BLOB NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS log_no_update BEFORE UPDATE ON log
     BEGIN SELECT RAISE(ABORT, 'the ledger log is append-only'); END;
@@ -136,6 +145,17 @@ class LedgerStore:
             "SELECT sender, seq FROM log GROUP BY sender, seq HAVING COUNT(*) > 1")
         return {(PeerId(sender), seq) for sender, seq in rows}
 
+    # Wrong-result evidence
+
+    def append_fault(self, evidence: FaultEvidence) -> None:
+        """Keep `evidence` (once: by its hash)."""
+        self._conn.execute("INSERT OR IGNORE INTO faults VALUES (?, ?)",
+                           (evidence.hash, evidence.wire))
+
+    def fault_wires(self) -> list[bytes]:
+        return [bytes(wire) for (wire,) in
+                self._conn.execute("SELECT wire FROM faults ORDER BY hash")]
+
     # Snapshots and rebuilds
 
     def save_snapshot(self, state: State, pos: int | None = None) -> None:
@@ -166,8 +186,18 @@ class LedgerStore:
 
     def ledger(self, config: LedgerConfig | None = None) -> Ledger:
         """A Ledger that appends to this store, starting from the snapshot (when valid) plus
-        the log after it."""
-        return Ledger(self._genesis, config, log=self, snapshot=self.snapshot())
+        the log after it, or, when the store holds wrong-result evidence, from genesis with
+        the evidence fed again."""
+        faults = self.fault_wires()
+        ledger = Ledger(self._genesis, config, log=self,
+                        snapshot=None if faults else self.snapshot())
+        for wire in faults:
+            # Refused now (its witnesses no longer eligible on the whole log) is possible:
+            # the evidence was checked against the state when it arrived.
+            with contextlib.suppress(RejectedError):
+                ledger.receive(wire)
+        ledger.take_faults()  # stored already
+        return ledger
 
     def _decode(self, wire: bytes) -> SignedTransaction:
         try:

@@ -5,6 +5,8 @@ of these, told apart by its first four bytes:
 
     "SWL1"  a signed transaction (swarm.staking._tx)
     "SWE1"  equivocation evidence: "SWE1" || Evidence.wire
+    "SWF1"  wrong-result evidence (swarm.staking._fault; its tolerance is checked against the
+            genesis bounds when a Ledger receives it, not here)
 
 Another kind of item (wrong-result evidence, ...) registers its own magic with `register`;
 nothing else needs to change for gossip, Submit and sync to carry it.
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from swarm.staking._errors import MalformedTransactionError
+from swarm.staking._fault import FAULT_MAGIC, FaultEvidence
 from swarm.staking._tx import Evidence, SignedTransaction, decode_transaction
 
 __all__ = ["EVIDENCE_MAGIC", "MAX_WIRE_BYTES", "TX_MAGIC", "decode_wire", "register",
@@ -23,8 +26,9 @@ __all__ = ["EVIDENCE_MAGIC", "MAX_WIRE_BYTES", "TX_MAGIC", "decode_wire", "regis
 TX_MAGIC = b"SWL1"
 EVIDENCE_MAGIC = b"SWE1"
 # Largest item accepted anywhere (a transaction is at most ~52 KB: 64 acks, 1,024 reports;
-# evidence holds two).
-MAX_WIRE_BYTES = 128 * 1024
+# equivocation evidence holds two; wrong-result evidence three responses with their
+# outputs); a gossip message holds < 1 MiB.
+MAX_WIRE_BYTES = 512 * 1024
 
 Decoder = Callable[[bytes, bytes], object]
 
@@ -33,10 +37,12 @@ def _evidence(data: bytes, chain: bytes) -> Evidence:
     return Evidence.decode(data[len(EVIDENCE_MAGIC):], chain)
 
 
-_DECODERS: dict[bytes, Decoder] = {TX_MAGIC: decode_transaction, EVIDENCE_MAGIC: _evidence}
+_DECODERS: dict[bytes, Decoder] = {TX_MAGIC: decode_transaction, EVIDENCE_MAGIC: _evidence,
+                                   FAULT_MAGIC: FaultEvidence.decode}
 _ENCODERS: dict[type, Callable[[object], bytes]] = {
     SignedTransaction: lambda item: item.wire,  # type: ignore[attr-defined]
     Evidence: lambda item: EVIDENCE_MAGIC + item.wire,  # type: ignore[attr-defined]
+    FaultEvidence: lambda item: item.wire,  # type: ignore[attr-defined]
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from swarm._errors import IntegrityError
 from swarm._proto.swarm.v1 import registry_pb2
+from swarm._tensors import Tolerance
 from swarm._types import Digest
 from swarm.node._runtime import TensorSpec
 from swarm.protocol import Identity
@@ -25,7 +26,7 @@ from swarm.registry import (
     sign_manifest,
     verify_manifest,
 )
-from swarm.registry._manifest import MANIFEST_DOMAIN
+from swarm.registry._manifest import MANIFEST_DOMAIN, canonical_payload
 
 PUBLISHER = Identity.from_seed(bytes(range(32)))
 OTHER = Identity.from_seed(bytes(range(1, 33)))
@@ -99,6 +100,7 @@ def test_digest_is_canonical_and_pinned(tmp_path: Path) -> None:
     {"batching": BatchingDefaults(max_batch_size=16)},
     {"outputs": (TensorSpec("output", "FP16", (-1, 4)),)},
     {"publisher": OTHER.public_key},
+    {"tolerance": Tolerance(rtol=1e-3, atol=1e-5)},
 ])
 def test_digest_covers_every_field(tmp_path: Path, change: dict[str, object]) -> None:
     assert manifest_digest(make(tmp_path, **change)) != manifest_digest(make(tmp_path))
@@ -175,6 +177,25 @@ def test_unknown_fields_are_signed_and_part_of_the_digest(tmp_path: Path) -> Non
     decoded, digest = verify_manifest(resign(newer, PUBLISHER))
     assert decoded == make(tmp_path)
     assert digest == Digest.of(newer) != manifest_digest(decoded)
+
+
+def test_tolerance_round_trips_and_defaults_by_datatype(tmp_path: Path) -> None:
+    declared = make(tmp_path, tolerance=Tolerance(rtol=1e-3, atol=1e-6))
+    decoded, _ = verify_manifest(sign_manifest(declared, PUBLISHER))
+    assert decoded.tolerance == Tolerance(rtol=1e-3, atol=1e-6)
+    assert decoded.output_tolerance == decoded.tolerance
+    # Without one (every manifest published before the field existed: GOLDEN_DIGEST holds).
+    assert make(tmp_path).tolerance is None
+    assert make(tmp_path).output_tolerance == Tolerance(rtol=1e-4, atol=1e-5)  # FP32
+    fp16 = make(tmp_path, outputs=(TensorSpec("a", "FP16", (-1,)), TensorSpec("b", "INT64", (-1,))))
+    assert fp16.output_tolerance == Tolerance(rtol=1e-2, atol=1e-3)
+
+
+def test_a_signed_manifest_with_a_bad_tolerance_is_refused(tmp_path: Path) -> None:
+    msg = registry_pb2.Manifest.FromString(canonical_payload(make(tmp_path)))
+    msg.tolerance.rtol = float("nan")
+    with pytest.raises(IntegrityError, match="tolerance"):
+        verify_manifest(resign(msg.SerializeToString(deterministic=True), PUBLISHER))
 
 
 @pytest.mark.parametrize(("change", "message"), [

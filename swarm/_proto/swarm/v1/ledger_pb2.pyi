@@ -153,17 +153,21 @@ class SupplyReply(_message.Message):
     def __init__(self, supply: _Optional[int] = ..., genesis_supply: _Optional[int] = ..., minted: _Optional[int] = ..., burned: _Optional[int] = ..., bonded: _Optional[int] = ..., epoch: _Optional[int] = ..., log_length: _Optional[int] = ..., chain: _Optional[bytes] = ..., buffered: _Optional[int] = ...) -> None: ...
 
 class GetLogRequest(_message.Message):
-    __slots__ = ("start", "limit")
+    __slots__ = ("start", "limit", "faults")
     START_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
     start: int
     limit: int
-    def __init__(self, start: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    faults: bool
+    def __init__(self, start: _Optional[int] = ..., limit: _Optional[int] = ..., faults: _Optional[bool] = ...) -> None: ...
 
 class LogReply(_message.Message):
-    __slots__ = ("entries", "length")
+    __slots__ = ("entries", "length", "faults")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedScalarFieldContainer[bytes]
     length: int
-    def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., length: _Optional[int] = ...) -> None: ...
+    faults: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, entries: _Optional[_Iterable[bytes]] = ..., length: _Optional[int] = ..., faults: _Optional[_Iterable[bytes]] = ...) -> None: ...

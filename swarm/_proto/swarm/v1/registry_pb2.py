@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _swarm_pool.POOL.AddSerializedFile(b'\n\x17swarm/v1/registry.proto\x12\x08swarm.v1\"d\n\x0cManifestFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\x12\x14\n\x0c\x63hunk_sha256\x18\x05 \x03(\x0c\"?\n\x0eManifestTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"e\n\x10\x42\x61tchingDefaults\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\"=\n\x0cRuntimeNeeds\x12\x13\n\x0b\x64\x65vice_kind\x18\x01 \x01(\t\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\"\xd1\x02\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.swarm.v1.ManifestFile\x12(\n\x06inputs\x18\x06 \x03(\x0b\x32\x18.swarm.v1.ManifestTensor\x12)\n\x07outputs\x18\x07 \x03(\x0b\x32\x18.swarm.v1.ManifestTensor\x12,\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x1a.swarm.v1.BatchingDefaults\x12\'\n\x07runtime\x18\t \x01(\x0b\x32\x16.swarm.v1.RuntimeNeeds\x12\x11\n\tpublisher\x18\n \x01(\x0c\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x0b \x01(\x03\"4\n\x0eSignedManifest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"v\n\tTagRecord\x12\x11\n\tpublisher\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x19\n\x11timestamp_unix_ms\x18\x06 \x01(\x03\"/\n\tSignedTag\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"$\n\x12GetManifestRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"S\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x10\n\x08manifest\x18\x04 \x01(\t\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xab\x01\n\x07TagInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x10\n\x08previous\x18\x05 \x01(\t\x12\x11\n\tpublisher\x18\x06 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x07 \x01(\x03\x12#\n\x06signed\x18\x08 \x01(\x0b\x32\x13.swarm.v1.SignedTag\"x\n\x0bVersionInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x06 \x01(\x03\"^\n\x12ListModelsResponse\x12\x1f\n\x04tags\x18\x01 \x03(\x0b\x32\x11.swarm.v1.TagInfo\x12\'\n\x08versions\x18\x02 \x03(\x0b\x32\x15.swarm.v1.VersionInfo\"6\n\x08PushData\x12\x0c\n\x04\x66ile\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\tPushChunk\x12\x12\n\x08manifest\x18\x01 \x01(\x0cH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.swarm.v1.PushDataH\x00\x42\x06\n\x04part\"9\n\x11PushModelResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x14\n\x0c\x62ytes_stored\x18\x02 \x01(\x04\"%\n\x12PublishTagResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t2\xe1\x02\n\x0fRegistryService\x12\x45\n\x0bGetManifest\x12\x1c.swarm.v1.GetManifestRequest\x1a\x18.swarm.v1.SignedManifest\x12<\n\x08ReadBlob\x12\x19.swarm.v1.ReadBlobRequest\x1a\x13.swarm.v1.BlobChunk0\x01\x12G\n\nListModels\x12\x1b.swarm.v1.ListModelsRequest\x1a\x1c.swarm.v1.ListModelsResponse\x12?\n\tPushModel\x12\x13.swarm.v1.PushChunk\x1a\x1b.swarm.v1.PushModelResponse(\x01\x12?\n\nPublishTag\x12\x13.swarm.v1.SignedTag\x1a\x1c.swarm.v1.PublishTagResponseb\x06proto3')
+DESCRIPTOR = _swarm_pool.POOL.AddSerializedFile(b'\n\x17swarm/v1/registry.proto\x12\x08swarm.v1\"d\n\x0cManifestFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\x12\x14\n\x0c\x63hunk_sha256\x18\x05 \x03(\x0c\"?\n\x0eManifestTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"e\n\x10\x42\x61tchingDefaults\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\"=\n\x0cRuntimeNeeds\x12\x13\n\x0b\x64\x65vice_kind\x18\x01 \x01(\t\x12\x18\n\x10min_memory_bytes\x18\x02 \x01(\x04\"/\n\x11ManifestTolerance\x12\x0c\n\x04rtol\x18\x01 \x01(\x01\x12\x0c\n\x04\x61tol\x18\x02 \x01(\x01\"\x81\x03\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12%\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x16.swarm.v1.ManifestFile\x12(\n\x06inputs\x18\x06 \x03(\x0b\x32\x18.swarm.v1.ManifestTensor\x12)\n\x07outputs\x18\x07 \x03(\x0b\x32\x18.swarm.v1.ManifestTensor\x12,\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x1a.swarm.v1.BatchingDefaults\x12\'\n\x07runtime\x18\t \x01(\x0b\x32\x16.swarm.v1.RuntimeNeeds\x12\x11\n\tpublisher\x18\n \x01(\x0c\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x0b \x01(\x03\x12.\n\ttolerance\x18\x0c \x01(\x0b\x32\x1b.swarm.v1.ManifestTolerance\"4\n\x0eSignedManifest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"v\n\tTagRecord\x12\x11\n\tpublisher\x18\x01 \x01(\x0c\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x19\n\x11timestamp_unix_ms\x18\x06 \x01(\x03\"/\n\tSignedTag\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"$\n\x12GetManifestRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"S\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x10\n\x08manifest\x18\x04 \x01(\t\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xab\x01\n\x07TagInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x10\n\x08previous\x18\x05 \x01(\t\x12\x11\n\tpublisher\x18\x06 \x01(\x0c\x12\x19\n\x11timestamp_unix_ms\x18\x07 \x01(\x03\x12#\n\x06signed\x18\x08 \x01(\x0b\x32\x13.swarm.v1.SignedTag\"x\n\x0bVersionInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x06 \x01(\x03\"^\n\x12ListModelsResponse\x12\x1f\n\x04tags\x18\x01 \x03(\x0b\x32\x11.swarm.v1.TagInfo\x12\'\n\x08versions\x18\x02 \x03(\x0b\x32\x15.swarm.v1.VersionInfo\"6\n\x08PushData\x12\x0c\n\x04\x66ile\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\tPushChunk\x12\x12\n\x08manifest\x18\x01 \x01(\x0cH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.swarm.v1.PushDataH\x00\x42\x06\n\x04part\"9\n\x11PushModelResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x14\n\x0c\x62ytes_stored\x18\x02 \x01(\x04\"%\n\x12PublishTagResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t2\xe1\x02\n\x0fRegistryService\x12\x45\n\x0bGetManifest\x12\x1c.swarm.v1.GetManifestRequest\x1a\x18.swarm.v1.SignedManifest\x12<\n\x08ReadBlob\x12\x19.swarm.v1.ReadBlobRequest\x1a\x13.swarm.v1.BlobChunk0\x01\x12G\n\nListModels\x12\x1b.swarm.v1.ListModelsRequest\x1a\x1c.swarm.v1.ListModelsResponse\x12?\n\tPushModel\x12\x13.swarm.v1.PushChunk\x1a\x1b.swarm.v1.PushModelResponse(\x01\x12?\n\nPublishTag\x12\x13.swarm.v1.SignedTag\x1a\x1c.swarm.v1.PublishTagResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,36 +40,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHINGDEFAULTS']._serialized_end=305
   _globals['_RUNTIMENEEDS']._serialized_start=307
   _globals['_RUNTIMENEEDS']._serialized_end=368
-  _globals['_MANIFEST']._serialized_start=371
-  _globals['_MANIFEST']._serialized_end=708
-  _globals['_SIGNEDMANIFEST']._serialized_start=710
-  _globals['_SIGNEDMANIFEST']._serialized_end=762
-  _globals['_TAGRECORD']._serialized_start=764
-  _globals['_TAGRECORD']._serialized_end=882
-  _globals['_SIGNEDTAG']._serialized_start=884
-  _globals['_SIGNEDTAG']._serialized_end=931
-  _globals['_GETMANIFESTREQUEST']._serialized_start=933
-  _globals['_GETMANIFESTREQUEST']._serialized_end=969
-  _globals['_READBLOBREQUEST']._serialized_start=971
-  _globals['_READBLOBREQUEST']._serialized_end=1054
-  _globals['_BLOBCHUNK']._serialized_start=1056
-  _globals['_BLOBCHUNK']._serialized_end=1097
-  _globals['_LISTMODELSREQUEST']._serialized_start=1099
-  _globals['_LISTMODELSREQUEST']._serialized_end=1132
-  _globals['_TAGINFO']._serialized_start=1135
-  _globals['_TAGINFO']._serialized_end=1306
-  _globals['_VERSIONINFO']._serialized_start=1308
-  _globals['_VERSIONINFO']._serialized_end=1428
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1430
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1524
-  _globals['_PUSHDATA']._serialized_start=1526
-  _globals['_PUSHDATA']._serialized_end=1580
-  _globals['_PUSHCHUNK']._serialized_start=1582
-  _globals['_PUSHCHUNK']._serialized_end=1657
-  _globals['_PUSHMODELRESPONSE']._serialized_start=1659
-  _globals['_PUSHMODELRESPONSE']._serialized_end=1716
-  _globals['_PUBLISHTAGRESPONSE']._serialized_start=1718
-  _globals['_PUBLISHTAGRESPONSE']._serialized_end=1755
-  _globals['_REGISTRYSERVICE']._serialized_start=1758
-  _globals['_REGISTRYSERVICE']._serialized_end=2111
+  _globals['_MANIFESTTOLERANCE']._serialized_start=370
+  _globals['_MANIFESTTOLERANCE']._serialized_end=417
+  _globals['_MANIFEST']._serialized_start=420
+  _globals['_MANIFEST']._serialized_end=805
+  _globals['_SIGNEDMANIFEST']._serialized_start=807
+  _globals['_SIGNEDMANIFEST']._serialized_end=859
+  _globals['_TAGRECORD']._serialized_start=861
+  _globals['_TAGRECORD']._serialized_end=979
+  _globals['_SIGNEDTAG']._serialized_start=981
+  _globals['_SIGNEDTAG']._serialized_end=1028
+  _globals['_GETMANIFESTREQUEST']._serialized_start=1030
+  _globals['_GETMANIFESTREQUEST']._serialized_end=1066
+  _globals['_READBLOBREQUEST']._serialized_start=1068
+  _globals['_READBLOBREQUEST']._serialized_end=1151
+  _globals['_BLOBCHUNK']._serialized_start=1153
+  _globals['_BLOBCHUNK']._serialized_end=1194
+  _globals['_LISTMODELSREQUEST']._serialized_start=1196
+  _globals['_LISTMODELSREQUEST']._serialized_end=1229
+  _globals['_TAGINFO']._serialized_start=1232
+  _globals['_TAGINFO']._serialized_end=1403
+  _globals['_VERSIONINFO']._serialized_start=1405
+  _globals['_VERSIONINFO']._serialized_end=1525
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1527
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1621
+  _globals['_PUSHDATA']._serialized_start=1623
+  _globals['_PUSHDATA']._serialized_end=1677
+  _globals['_PUSHCHUNK']._serialized_start=1679
+  _globals['_PUSHCHUNK']._serialized_end=1754
+  _globals['_PUSHMODELRESPONSE']._serialized_start=1756
+  _globals['_PUSHMODELRESPONSE']._serialized_end=1813
+  _globals['_PUBLISHTAGRESPONSE']._serialized_start=1815
+  _globals['_PUBLISHTAGRESPONSE']._serialized_end=1852
+  _globals['_REGISTRYSERVICE']._serialized_start=1855
+  _globals['_REGISTRYSERVICE']._serialized_end=2208
 # @@protoc_insertion_point(module_scope)

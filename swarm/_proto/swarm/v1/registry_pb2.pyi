@@ -48,8 +48,16 @@ class RuntimeNeeds(_message.Message):
     min_memory_bytes: int
     def __init__(self, device_kind: _Optional[str] = ..., min_memory_bytes: _Optional[int] = ...) -> None: ...
 
+class ManifestTolerance(_message.Message):
+    __slots__ = ("rtol", "atol")
+    RTOL_FIELD_NUMBER: _ClassVar[int]
+    ATOL_FIELD_NUMBER: _ClassVar[int]
+    rtol: float
+    atol: float
+    def __init__(self, rtol: _Optional[float] = ..., atol: _Optional[float] = ...) -> None: ...
+
 class Manifest(_message.Message):
-    __slots__ = ("name", "version", "format", "architecture", "files", "inputs", "outputs", "batching", "runtime", "publisher", "created_at_unix_ms")
+    __slots__ = ("name", "version", "format", "architecture", "files", "inputs", "outputs", "batching", "runtime", "publisher", "created_at_unix_ms", "tolerance")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +69,7 @@ class Manifest(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     format: str
@@ -72,7 +81,8 @@ class Manifest(_message.Message):
     runtime: RuntimeNeeds
     publisher: bytes
     created_at_unix_ms: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., architecture: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[ManifestTensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ManifestTensor, _Mapping]]] = ..., batching: _Optional[_Union[BatchingDefaults, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeNeeds, _Mapping]] = ..., publisher: _Optional[bytes] = ..., created_at_unix_ms: _Optional[int] = ...) -> None: ...
+    tolerance: ManifestTolerance
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., architecture: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[ManifestTensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ManifestTensor, _Mapping]]] = ..., batching: _Optional[_Union[BatchingDefaults, _Mapping]] = ..., runtime: _Optional[_Union[RuntimeNeeds, _Mapping]] = ..., publisher: _Optional[bytes] = ..., created_at_unix_ms: _Optional[int] = ..., tolerance: _Optional[_Union[ManifestTolerance, _Mapping]] = ...) -> None: ...
 
 class SignedManifest(_message.Message):
     __slots__ = ("payload", "signature")
