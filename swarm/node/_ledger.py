@@ -654,8 +654,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.AccountReply(
             peer=str(peer), balance=account.balance, bonded=account.bonded,
             unbonding=account.unbonding_total,
-            reputation_ppm=state.reputation.get(peer, params.initial_reputation_ppm),
+            reputation_ppm=state.reputation_of(peer),
             seq=account.seq, epoch=state.epoch, equivocations=account.equivocations,
+            faults=account.faults,
             eligible=eligible(state, peer, params.min_stake), min_stake=params.min_stake,
             pending=pending[:1024], chain=state.chain,
             channels=[ledger_pb2.PaymentChannel(payee=str(payee), deposited=deposited,

@@ -55,7 +55,7 @@ class PendingCredit(_message.Message):
     def __init__(self, source: _Optional[str] = ..., seq: _Optional[int] = ..., amount: _Optional[int] = ..., deposit: _Optional[bool] = ...) -> None: ...
 
 class AccountReply(_message.Message):
-    __slots__ = ("peer", "balance", "bonded", "unbonding", "reputation_ppm", "seq", "epoch", "equivocations", "eligible", "min_stake", "pending", "chain", "channels")
+    __slots__ = ("peer", "balance", "bonded", "unbonding", "reputation_ppm", "seq", "epoch", "equivocations", "eligible", "min_stake", "pending", "chain", "channels", "faults")
     PEER_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     BONDED_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class AccountReply(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
     peer: str
     balance: int
     bonded: int
@@ -82,7 +83,8 @@ class AccountReply(_message.Message):
     pending: _containers.RepeatedCompositeFieldContainer[PendingCredit]
     chain: bytes
     channels: _containers.RepeatedCompositeFieldContainer[PaymentChannel]
-    def __init__(self, peer: _Optional[str] = ..., balance: _Optional[int] = ..., bonded: _Optional[int] = ..., unbonding: _Optional[int] = ..., reputation_ppm: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., equivocations: _Optional[int] = ..., eligible: _Optional[bool] = ..., min_stake: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingCredit, _Mapping]]] = ..., chain: _Optional[bytes] = ..., channels: _Optional[_Iterable[_Union[PaymentChannel, _Mapping]]] = ...) -> None: ...
+    faults: int
+    def __init__(self, peer: _Optional[str] = ..., balance: _Optional[int] = ..., bonded: _Optional[int] = ..., unbonding: _Optional[int] = ..., reputation_ppm: _Optional[int] = ..., seq: _Optional[int] = ..., epoch: _Optional[int] = ..., equivocations: _Optional[int] = ..., eligible: _Optional[bool] = ..., min_stake: _Optional[int] = ..., pending: _Optional[_Iterable[_Union[PendingCredit, _Mapping]]] = ..., chain: _Optional[bytes] = ..., channels: _Optional[_Iterable[_Union[PaymentChannel, _Mapping]]] = ..., faults: _Optional[int] = ...) -> None: ...
 
 class PaymentChannel(_message.Message):
     __slots__ = ("payee", "deposited", "claimed")
