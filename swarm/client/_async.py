@@ -176,6 +176,12 @@ class AsyncClient:
             raise ConfigError("this client talks to one node, not to the swarm")
         return self._router
 
+    @property
+    def owed(self) -> dict[PeerId, int]:
+        """With a wallet: the receipt total signed to each provider so far (what its claims
+        may reach); empty without one."""
+        return dict(self._payer.cumulative) if self._payer is not None else {}
+
     async def start(self) -> None:
         """Join the swarm (swarm mode; called on first use). Idempotent.
 

@@ -49,7 +49,8 @@ from swarm._errors import (
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
-from swarm.simnet._scenario import BUILTIN_MODELS, NodeSpec
+from swarm.simnet._scenario import BUILTIN_MODELS, NodeSpec, Staking
+from swarm.simnet._staking import LedgerSetup, prepare_ledger
 
 __all__ = ["Banner", "Cluster", "ClusterConfig", "NodeHandle", "NodeStatus", "parse_banner",
            "start_cluster"]
@@ -171,6 +172,8 @@ class ClusterConfig:
     node_args: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     # [autoscale] settings (swarm.autoscale.AutoscaleConfig) of nodes whose spec autoscales.
     autoscale: tuple[tuple[str, Any], ...] = ()
+    # [staking]: a genesis bonding every node (node 0 ticks), and the client's wallet.
+    staking: Staking | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -206,6 +209,11 @@ class Cluster:
                              log=config.log_dir / f"node-{s.index}.log") for s in specs]
         self._threads = config.torch_threads or max(1, (os.cpu_count() or 2) // max(1, len(specs)))
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        # The run's genesis, node identities and wallet (with [staking]; None: staking off).
+        self.ledger: LedgerSetup | None = None
+        if config.staking is not None:
+            self.ledger = prepare_ledger(config.staking, [s.data_dir for s in self._slots],
+                                         workdir)
 
     # ------------------------------------------------------------------ views
 
@@ -341,6 +349,12 @@ class Cluster:
             args += ["--listen-host", host, "--advertise-host", host, "--insecure-listen"]
         if self.config.mesh:
             args += ["--mesh"]
+        if self.ledger is not None:
+            args += ["--genesis", str(self.ledger.genesis_path)]
+            if spec.index == 0:
+                args += ["--timekeeper-key", str(self.ledger.timekeeper_key)]
+        if spec.perturb_outputs > 0:
+            args += ["--test-perturb-outputs", str(spec.perturb_outputs)]
         args += list(self.config.node_args.get(spec.index, ()))
         if spec.autoscale:
             args += ["--autoscale"]

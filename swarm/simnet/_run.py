@@ -44,6 +44,13 @@ from swarm.simnet._report import (
     write_report,
 )
 from swarm.simnet._scenario import Fault, FaultKind, Scenario, plan_requests
+from swarm.simnet._staking import (
+    ReportLog,
+    StakingFindings,
+    check_staking,
+    staking_lines,
+    staking_promises,
+)
 from swarm.simnet._workload import Endpoint, Recorder, RoundRobinRouter, SchedulerRouter, drive
 
 __all__ = ["RunOptions", "RunResult", "run_scenario"]
@@ -192,7 +199,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
     config = ClusterConfig(log_dir=report_dir / "logs", p2p=options.p2p,
                            advert_interval=scenario.advert_interval,
                            start_timeout=options.start_timeout, mesh=options.mesh,
-                           autoscale=scenario.autoscale)
+                           autoscale=scenario.autoscale, staking=scenario.staking)
     autoscaling = any(spec.autoscale for spec in scenario.node_specs())
     replicas: list[ReplicaSample] = []
     scaled_model: tuple[str, Digest] | None = None
@@ -200,6 +207,8 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
     ran = scenario.duration  # seconds of workload run
     timeline: _Timeline | None = None
     network_notes: list[str] = []
+    reports: ReportLog | None = None
+    findings: StakingFindings | None = None
     async with _network(scenario, options, network_notes) as network, \
             start_cluster(scenario.node_specs(), config, network=network) as cluster:
         for h in cluster.nodes:
@@ -214,10 +223,23 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
         router: RoundRobinRouter | SchedulerRouter
         p2p_addrs = [a for h in cluster.nodes if h is not None for a in h.p2p]
         if options.router == "scheduler" and p2p_addrs:
-            router = SchedulerRouter(AsyncClient(bootstrap=p2p_addrs[:3],
-                                                 timeout=scenario.workload.timeout))
+            staking = scenario.staking
+            if staking is not None and cluster.ledger is not None:
+                # Paying and verifying; no hedging, so that every receipt the client signs
+                # reaches its provider and the claims can be checked to the unit.
+                client = AsyncClient(bootstrap=p2p_addrs[:3], timeout=scenario.workload.timeout,
+                                     hedge=False, wallet=cluster.ledger.wallet,
+                                     deposit=staking.deposit,
+                                     verify_fraction=staking.verify_fraction,
+                                     rng=random.Random(scenario.seed))
+            else:
+                client = AsyncClient(bootstrap=p2p_addrs[:3], timeout=scenario.workload.timeout)
+            router = SchedulerRouter(client)
             if not await router.start(len(cluster.nodes), options.start_timeout):
                 cluster.notes.append("the client did not see every node before the workload")
+            if cluster.ledger is not None:
+                reports = ReportLog(cluster.ledger.genesis.chain, client.verifier.report)
+                client.verifier.report = reports
         else:
             if options.router == "scheduler":
                 cluster.notes.append("no peer-to-peer addresses: routing round-robin instead")
@@ -261,6 +283,8 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
         start = loop.time()
         start_wall = time.time()
         recorder.started_at = start
+        if reports is not None:
+            reports.start = start
         timeline = _Timeline(cluster, scenario, start, options.netns, published)
         view = LiveView(console, title=title, duration=scenario.duration, recorder=recorder,
                         nodes=lambda: _rows(cluster),
@@ -294,6 +318,14 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
                     else scenario.duration
                 for task in (driving, stopping, *others):
                     task.cancel()
+            if cluster.ledger is not None and scenario.staking is not None and \
+                    isinstance(router, SchedulerRouter):
+                console.print("simnet: reading the ledgers", highlight=False)
+                findings = await check_staking(
+                    cluster.ledger, {h.index: h.grpc for h in cluster.nodes if h is not None},
+                    [s.index for s in scenario.node_specs() if s.perturb_outputs > 0],
+                    router.client.owed, reports or ReportLog(b"", None),
+                    settle=3 * scenario.staking.epoch_seconds + 10)
         finally:
             await router.aclose()
         history = cluster.history
@@ -303,6 +335,13 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
             str(scaled_model[1])) if scaled_model is not None else ([], 0))
     summary = summarize(recorder.records, duration=ran, promises=scenario.promises,
                         faults=timeline.events, interrupted=interrupted)
+    if findings is not None:
+        honest = sum(1 for s in scenario.node_specs() if s.perturb_outputs == 0)
+        summary = dataclasses.replace(summary, promises=summary.promises + staking_promises(
+            scenario.promises, findings, recorder.records, honest))
+        notes += staking_lines(findings)
+        for line in staking_lines(findings):
+            console.print(line, highlight=False)
     if scaled_model is not None:
         scaling = summarize_autoscale(scaled_model[0], scenario.workload, ran,
                                       scenario.promises, replicas, events, recorder.records,

@@ -46,6 +46,10 @@
     [autoscale]                         # swarm.autoscale.AutoscaleConfig for the groups
     up_delay = 4                        # with `autoscale = true` (swarm-node --autoscale)
 
+    [staking]                           # a genesis for the run: every node bonded, a paying,
+    stake = 1000                        #   verifying client (see Staking); a group with
+    verify_fraction = 0.2               #   perturb_outputs = 0.2 cheats on that share
+
     [virtual]                           # read only by `swarm simnet virtual` (VirtualSettings)
     clients = 50                        # (an older name of the table, [model], is accepted)
 
@@ -82,6 +86,7 @@ __all__ = [
     "Promises",
     "Scenario",
     "Shape",
+    "Staking",
     "Step",
     "VirtualSettings",
     "Workload",
@@ -139,6 +144,8 @@ class NodeGroup:
     slowdown: float = 1.0
     # Run the autoscaler (`--autoscale`, with the scenario's [autoscale] settings).
     autoscale: bool = False
+    # A cheater (test-only `--test-perturb-outputs`): this share of its answers is wrong.
+    perturb_outputs: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,7 @@ class NodeSpec:
     region: str = ""
     slowdown: float = 1.0
     autoscale: bool = False
+    perturb_outputs: float = 0.0
 
     def price_of(self, items: int) -> float:
         """Micro-units one request of `items` items costs at this node."""
@@ -270,6 +278,32 @@ class Promises:
     scale_up_within_s: float | None = None
     max_loads: int | None = None
     released_to: int | None = None
+    # Staking ([staking] table): every cheater slashed and ineligible on every honest
+    # node's ledger, and answering no request sent `exclusion_grace_s` after the client
+    # reported it; every provider's claims equal to the receipts the client signed it.
+    cheaters_excluded: bool = False
+    exclusion_grace_s: float = 5.0
+    honest_paid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Staking:
+    """The `[staking]` table: a genesis for the run (swarm.staking) and the client's side."""
+
+    # Bonded stake of every node at genesis, and its spendable balance.
+    stake: int = 1000
+    balance: int = 0
+    # The network's minimum stake (routing) and epoch length (ticks by node 0).
+    min_stake: int = 500
+    epoch_seconds: int = 2
+    unbonding_epochs: int = 1
+    # Share of a cheater's bond burned per proven wrong result (ppm).
+    wrong_result_ppm: int = 100_000
+    # The workload's client: its wallet's balance, what it deposits per provider at a
+    # time, and the share of its requests it also sends to a second provider.
+    client_balance: int = 1_000_000
+    deposit: int = 10_000
+    verify_fraction: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +382,8 @@ class Scenario:
     virtual: VirtualSettings = VirtualSettings()
     # The `[autoscale]` table: AutoscaleConfig settings of the nodes that autoscale.
     autoscale: tuple[tuple[str, Any], ...] = ()
+    # The `[staking]` table (None: no genesis, staking off).
+    staking: Staking | None = None
     # Where it came from: a path or "builtin:NAME".
     source: str = ""
 
@@ -358,7 +394,8 @@ class Scenario:
         return tuple(
             NodeSpec(index=i, models=g.models, price_per_request=g.price_per_request,
                      price_per_1k_items=g.price_per_1k_items, region=g.region,
-                     slowdown=g.slowdown, autoscale=g.autoscale)
+                     slowdown=g.slowdown, autoscale=g.autoscale,
+                     perturb_outputs=g.perturb_outputs)
             for i, g in ((i, expanded[i % len(expanded)]) for i in range(self.node_count)))
 
     def with_overrides(self, *, nodes: int | None = None, duration: float | None = None,
@@ -412,7 +449,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     r = _Reader(raw, source, "")
     r.known({"name", "description", "duration", "seed", "nodes", "workload", "fault",
-             "promises", "network", "virtual", "model", "autoscale"})
+             "promises", "network", "virtual", "model", "autoscale", "staking"})
     if r.has("virtual") and r.has("model"):
         raise ConfigError(f"{source}: [model] is the old name of [virtual]; give one of them")
     nodes = r.table("nodes")
@@ -440,6 +477,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         advert_interval=nodes.optional_number("advert_interval"),
         virtual=_virtual(r.table("model" if r.has("model") else "virtual")),
         autoscale=_autoscale(r.table("autoscale")),
+        staking=_staking(r.table("staking")) if r.has("staking") else None,
         source=source,
     )
     validate(scenario, where=source)
@@ -521,6 +559,7 @@ def _group(r: _Reader) -> NodeGroup:
         region=r.string("region", ""),
         slowdown=r.number("slowdown", 1.0),
         autoscale=r.boolean("autoscale", False),
+        perturb_outputs=r.number("perturb_outputs", 0.0),
     )
 
 
@@ -611,13 +650,31 @@ def _fault(r: _Reader) -> Fault:
 
 def _promises(r: _Reader) -> Promises:
     r.known({"max_lost_requests", "p99_ms", "scale_up_replicas", "scale_up_within_s",
-             "max_loads", "released_to"})
+             "max_loads", "released_to", "cheaters_excluded", "exclusion_grace_s",
+             "honest_paid"})
     return Promises(max_lost_requests=r.integer("max_lost_requests", 0) or 0,
                     p99_ms=r.optional_number("p99_ms"),
                     scale_up_replicas=r.integer("scale_up_replicas", None),
                     scale_up_within_s=r.optional_number("scale_up_within_s"),
                     max_loads=r.integer("max_loads", None),
-                    released_to=r.integer("released_to", None))
+                    released_to=r.integer("released_to", None),
+                    cheaters_excluded=r.boolean("cheaters_excluded", False),
+                    exclusion_grace_s=r.number("exclusion_grace_s", 5.0),
+                    honest_paid=r.boolean("honest_paid", False))
+
+
+def _staking(r: _Reader) -> Staking:
+    r.known({f.name for f in dataclasses.fields(Staking)})
+    d = Staking()
+    return Staking(
+        stake=r.integer("stake", d.stake) or 0, balance=r.integer("balance", d.balance) or 0,
+        min_stake=r.integer("min_stake", d.min_stake) or 0,
+        epoch_seconds=r.integer("epoch_seconds", d.epoch_seconds) or 0,
+        unbonding_epochs=r.integer("unbonding_epochs", d.unbonding_epochs) or 0,
+        wrong_result_ppm=r.integer("wrong_result_ppm", d.wrong_result_ppm) or 0,
+        client_balance=r.integer("client_balance", d.client_balance) or 0,
+        deposit=r.integer("deposit", d.deposit) or 0,
+        verify_fraction=r.number("verify_fraction", d.verify_fraction))
 
 
 def _autoscale(r: _Reader) -> tuple[tuple[str, Any], ...]:
@@ -685,6 +742,10 @@ def validate(s: Scenario, *, where: str) -> None:
         if not (g.slowdown >= 1 and math.isfinite(g.slowdown)):
             raise bad(f"{at}.slowdown must be >= 1 (1 = full speed, 4 = a quarter), "
                       f"got {g.slowdown}")
+        if not 0 <= g.perturb_outputs <= 1:
+            raise bad(f"{at}.perturb_outputs must be a share in 0..1, got {g.perturb_outputs}")
+        if g.perturb_outputs and s.staking is None:
+            raise bad(f"{at}.perturb_outputs needs a [staking] table (who would catch it?)")
     _validate_workload(s.workload, s.duration, bad)
     served = {m for spec in s.node_specs() for m in spec.models}
     for m in s.workload.models:
@@ -704,6 +765,23 @@ def validate(s: Scenario, *, where: str) -> None:
     if any(v is not None for v in (p.scale_up_replicas, p.max_loads, p.released_to)) and not any(
             spec.autoscale for spec in s.node_specs()):
         raise bad("autoscaling promises need a node group with autoscale = true")
+    if (p.cheaters_excluded or p.honest_paid) and s.staking is None:
+        raise bad("staking promises need a [staking] table")
+    if not p.exclusion_grace_s >= 0:
+        raise bad("promises.exclusion_grace_s cannot be negative")
+    if s.staking is not None:
+        k = s.staking
+        if min(k.stake, k.balance, k.min_stake, k.unbonding_epochs, k.wrong_result_ppm,
+               k.client_balance) < 0:
+            raise bad("staking: amounts cannot be negative")
+        if not 1 <= k.epoch_seconds <= 3600:
+            raise bad(f"staking.epoch_seconds must be in 1..3600, got {k.epoch_seconds}")
+        if not 0 <= k.verify_fraction <= 1:
+            raise bad(f"staking.verify_fraction must be in 0..1, got {k.verify_fraction}")
+        if k.wrong_result_ppm > 1_000_000:
+            raise bad("staking.wrong_result_ppm is parts per million: at most 1000000")
+        if k.deposit < 1:
+            raise bad("staking.deposit must be at least 1")
     n = s.network
     if n.latency_ms < 0 or n.jitter_ms < 0 or not 0 <= n.loss_percent <= 100:
         raise bad("network: latency and jitter must be >= 0 and loss_percent in 0..100")
