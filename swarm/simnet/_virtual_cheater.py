@@ -7,7 +7,7 @@ referee, FaultEvidence built from the providers' real Ed25519-signed responses);
 honest node's `swarm.staking.Ledger` that receives the evidence (check, witnesses'
 eligibility, the slash) and `swarm.staking.eligible`, which decides who the clients may
 route to (the rule routing applies). Simulated: the providers' compute (y = 2x on a small
-FP32 vector; a cheater adds 1 to a share of its answers; a FIFO server with lognormal
+FP32 vector; a cheater adds its own random noise to a share of its answers; a FIFO server with lognormal
 service times), one-way latency, the gossip delay of a report to the ledger, and the
 workload (Poisson arrivals spread over the clients).
 
@@ -147,7 +147,10 @@ class _Provider:
         x = np.frombuffer(request.raw_input_contents[0], "<f4")
         y = (x * np.float32(2)).astype("<f4")
         if self.cheater and self.rng.random() < self.settings.cheat_rate:
-            y = y + np.float32(1.0)
+            # Noise of its own: two cheaters never agree on a wrong answer (colluders who
+            # did could outvote an honest provider in a triple: see the README).
+            noise = np.asarray([self.rng.gauss(0.0, 1.0) for _ in range(_WIDTH)], "<f4")
+            y = (y + noise).astype("<f4")
             self.result.cheated += 1
         response = pb.ModelInferResponse(model_name=request.model_name,
                                          model_version=str(_DIGEST), id=request.id)
