@@ -125,6 +125,7 @@ def test_swarm_simnet_exports() -> None:
     import swarm.simnet
 
     assert set(swarm.simnet.__all__) == {
+        "CheaterResult", "CheaterSettings", "cheater_table", "run_cheater",
         "Cluster", "ClusterConfig", "DeadlockError", "VirtualResult", "VirtualSettings",
         "NodeHandle", "NodeStatus",
         "RoundRobinRouter", "RoutedResult", "Router", "RunOptions", "RunResult", "Scenario",

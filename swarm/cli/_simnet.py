@@ -110,7 +110,50 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help="report folder (default: ./reports/simnet-virtual-<timestamp>/)")
     virtual.add_argument("--quiet", action="store_true",
                          help="no progress lines while it runs")
+    cheater = sub.add_parser(
+        "cheater", help="virtual time: how fast verification excludes providers that cheat",
+        description="Providers of which some return wrong results; clients verify a fraction "
+                    "of requests with a second (and third) provider and report evidence to a "
+                    "ledger, which slashes and excludes the cheaters. Real Router, "
+                    "verification, evidence, Ledger and eligible(); simulated compute, "
+                    "latency and gossip. Prints one row per verification fraction.")
+    cheater.add_argument("--verify-fraction", type=_share, action="append", metavar="SHARE",
+                         help="share of requests verified (repeat for several rows; "
+                              "default: 0.01, 0.02 and 0.05)")
+    cheater.add_argument("--providers", type=_positive_int, default=20, metavar="N")
+    cheater.add_argument("--cheaters", type=_positive_int, default=2, metavar="N")
+    cheater.add_argument("--cheat-rate", type=_share, default=0.1, metavar="SHARE",
+                         help="share of its answers a cheater gets wrong (default: 0.1)")
+    cheater.add_argument("--rate", type=_positive_float, default=20.0, metavar="R",
+                         help="requests per second, all clients together (default: 20)")
+    cheater.add_argument("--max-duration", type=_positive_float, default=3600.0,
+                         metavar="SECONDS", help="virtual seconds at most per run; a run "
+                         "ends 60 s after its last cheater is excluded (default: 3600)")
+    cheater.add_argument("--seeds", type=_positive_int, default=3, metavar="N",
+                         help="runs per fraction, seeds 0..N-1 (default: 3)")
+    cheater.add_argument("--json", type=Path, metavar="FILE", help="also write every run's row")
     return simnet
+
+
+def _run_cheater(args: argparse.Namespace) -> int:
+    import json
+
+    from swarm.simnet import CheaterSettings, cheater_table, run_cheater
+
+    results = []
+    for fraction in args.verify_fraction or [0.01, 0.02, 0.05]:
+        for seed in range(args.seeds):
+            settings = CheaterSettings(
+                providers=args.providers, cheaters=args.cheaters, cheat_rate=args.cheat_rate,
+                verify_fraction=fraction, rate=args.rate, duration=args.max_duration, seed=seed)
+            result = run_cheater(settings)
+            print(f"simnet cheater: fraction {fraction:g} seed {seed}: {result.row()}",
+                  file=sys.stderr, flush=True)
+            results.append(result)
+    print(cheater_table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.row() for r in results], indent=1) + "\n")
+    return 0
 
 
 def _interrupt_handlers(stop: asyncio.Event, started: asyncio.Event, main: asyncio.Task[Any],
@@ -269,6 +312,12 @@ def _virtual_table(st: Any, *, busiest: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run `swarm simnet <command>` for parsed arguments; returns the exit code."""
+    if args.simnet_command == "cheater":
+        try:
+            return _run_cheater(args)
+        except ValueError as exc:
+            print(f"swarm simnet: {exc}", file=sys.stderr)
+            return 2
     if args.simnet_command not in ("up", "virtual"):
         raise ConfigError(f"unknown simnet command {args.simnet_command!r}")
     try:

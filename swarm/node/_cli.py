@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
     tls.add_argument("--tls-http", action="store_true", default=None,
                      help="serve the HTTP ports (OpenAI API, metrics) over TLS also on loopback")
+    # Test only, hidden from --help: a seeded share of answers made wrong (signed as usual),
+    # for the tests that must catch a provider returning wrong results.
+    run.add_argument("--test-perturb-outputs", type=float, default=0.0, metavar="FRACTION",
+                     help=argparse.SUPPRESS)
+    run.add_argument("--test-perturb-seed", type=int, default=0, help=argparse.SUPPRESS)
     tls.add_argument("--insecure-listen", action="store_true", default=None,
                      help="allow plaintext gRPC and HTTP beyond loopback (default: plaintext "
                           "gRPC only on 127.0.0.1, HTTP over TLS)")
@@ -302,10 +308,15 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(config: NodeConfig) -> None:
+async def _run(config: NodeConfig, perturb: tuple[float, int] = (0.0, 0)) -> None:
     from swarm.node._node import Node
+    from swarm.node._service import Perturb
 
-    node = Node(config)
+    fraction, seed = perturb
+    node = Node(config, perturb=Perturb(fraction, seed) if fraction > 0 else None)
+    if fraction > 0:
+        logging.getLogger("swarm.node").warning("TEST ONLY: %.0f%% of this node's answers are perturbed "
+                    "(--test-perturb-outputs)", fraction * 100)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
@@ -398,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
 
             check_mesh_prerequisites()
         _announce_new_identity(config)
-        asyncio.run(_run(config))
+        if not 0.0 <= args.test_perturb_outputs <= 1.0:
+            raise ConfigError("--test-perturb-outputs is a fraction in [0, 1]")
+        asyncio.run(_run(config, (args.test_perturb_outputs, args.test_perturb_seed)))
     except ConfigError as exc:
         print(f"swarm-node: configuration error: {exc}", file=sys.stderr)
         return 2

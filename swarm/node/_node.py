@@ -72,7 +72,7 @@ from swarm.node._models import (
 )
 from swarm.node._rest import OpenInferenceHTTP
 from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
-from swarm.node._service import InferenceService, NodeStatusService, RejectUndecodable
+from swarm.node._service import InferenceService, NodeStatusService, Perturb, RejectUndecodable
 from swarm.protocol import (
     Advert,
     Gossip,
@@ -151,8 +151,11 @@ class Node:
                  models: list[Model] | None = None,
                  gossip_factory: GossipFactory | None = None,
                  registry_config: RegistryConfig | None = None,
-                 rollout_config: RolloutConfig | None = None) -> None:
+                 rollout_config: RolloutConfig | None = None,
+                 perturb: Perturb | None = None) -> None:
         self.config = config
+        # Test only: swarm-node run --test-perturb-outputs (InferenceService's Perturb).
+        self.perturb = perturb
         self.identity = identity
         self.state = NodeState.NEW
         self.metrics = NodeMetrics(max_forwarded_models=config.max_forwarded_models)
@@ -653,7 +656,7 @@ class Node:
         inference = InferenceService(self.table, self.metrics, self.cache, version=__version__,
                                      is_ready=self.is_ready, gateway=gateway,
                                      max_stream_in_flight=config.max_stream_in_flight,
-                                     identity=self.identity)
+                                     identity=self.identity, perturb=self.perturb)
         inference.generation = GenerationStreams(self.generative.get, lambda: self.router)
         self._service = inference
         if self.ledger is not None and self.ledger.payments is not None:

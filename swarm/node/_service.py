@@ -292,6 +292,31 @@ class Generation(Protocol):
                deadline_s: float | None) -> AsyncIterator[pb.ModelInferResponse]: ...
 
 
+class Perturb:
+    """Test only: makes a seeded `fraction` of answers wrong (noise far beyond any model's
+    tolerance on every float output), for the tests and simulations that must catch a
+    provider returning wrong results. Never on unless `--test-perturb-outputs` is given."""
+
+    def __init__(self, fraction: float, seed: int = 0) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("the perturbed fraction is in [0, 1]")
+        self.fraction = fraction
+        self._rng = np.random.default_rng(seed)
+        self.perturbed = 0
+
+    def __call__(self, outputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        if self._rng.random() >= self.fraction:
+            return outputs
+        self.perturbed += 1
+        changed = {}
+        for name, array in outputs.items():
+            if array.dtype.kind == "f":
+                noise = self._rng.normal(0.0, 1.0, array.shape) + 0.5
+                array = (array + noise).astype(array.dtype)
+            changed[name] = array
+        return changed
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService backed by a ModelTable."""
 
@@ -300,8 +325,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                  clock: Clock = SYSTEM_CLOCK,
                  gateway: Gateway | None = None,
                  max_stream_in_flight: int = 16,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None,
+                 perturb: Perturb | None = None) -> None:
         self._table = table
+        # Test only (swarm-node run --test-perturb-outputs): wrong answers, signed as usual.
+        self._perturb = perturb
         # Signs every response this node computes (swarm.protocol.sign_response).
         self._identity = identity
         self._gateway = gateway
@@ -535,6 +563,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 self._metrics.queue_time.labels(name).observe(queue_s)
                 self._metrics.compute_time.labels(name).observe(compute_s)
                 stats.queue.add(queue_s)
+            if self._perturb is not None:
+                outputs = self._perturb(outputs)
             response = self._response(request, served, outputs, decoded.outputs)
             # Server timing and current load, so routing clients can tell network from
             # queueing from compute and learn load fresher than adverts.

@@ -16,6 +16,9 @@ _virtual_provider.py  simulated providers (queues batched by the node's `decide`
                       compute) and the Wire: the Caller the clients' Routers call through
 _latency.py           one-way latency per pair of peers, for requests and gossip
 _virtual_stats.py     VirtualStats (gossip, views, load spread, hedges, batch sizes), gini
+_virtual_cheater.py   the cheater scenario (`swarm simnet cheater`): providers that return
+                      wrong results, the SDK's verification, evidence into a real Ledger,
+                      exclusion by `eligible`; run_cheater, CheaterSettings, cheater_table
 
 Real processes on this machine (`swarm simnet up`):
 
@@ -48,6 +51,12 @@ from swarm.simnet._virtual import (
     run_virtual_swarm,
     write_virtual_report,
 )
+from swarm.simnet._virtual_cheater import (
+    CheaterResult,
+    CheaterSettings,
+    cheater_table,
+    run_cheater,
+)
 from swarm.simnet._vloop import (
     DeadlockError,
     VirtualClock,
@@ -58,6 +67,8 @@ from swarm.simnet._vloop import (
 from swarm.simnet._workload import RoundRobinRouter, RoutedResult, Router
 
 __all__ = [
+    "CheaterResult",
+    "CheaterSettings",
     "Cluster",
     "ClusterConfig",
     "DeadlockError",
@@ -74,10 +85,12 @@ __all__ = [
     "VirtualSettings",
     "VirtualTimeError",
     "VirtualTimeLoop",
+    "cheater_table",
     "default_virtual_scenario",
     "load_scenario",
     "parse_scenario",
     "render_summary",
+    "run_cheater",
     "run_scenario",
     "run_virtual",
     "run_virtual_swarm",
