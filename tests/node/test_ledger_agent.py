@@ -3,13 +3,17 @@ and the timekeeper's ticks, whose work reports come from claims, not its own wor
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 
 from swarm._clock import FakeClock
 from swarm._errors import ConflictError, InvalidInputError
-from swarm.node._ledger import LedgerAgent, LedgerAgentConfig
+from swarm._proto.swarm.v1 import ledger_pb2, ledger_pb2_grpc
+from swarm.node._ledger import LedgerAgent, LedgerAgentConfig, LedgerServicer
 from swarm.protocol import GossipMessage, Identity, Validation
 from swarm.staking import (
     Bond,
@@ -29,6 +33,7 @@ STRANGER = Identity.from_seed(b"\x55" * 32)
 
 
 def agent(tmp_path: Path, **config: object) -> LedgerAgent:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return LedgerAgent(GENESIS, tmp_path / "ledger.sqlite", clock=FakeClock(),
                        config=LedgerAgentConfig(**config),  # type: ignore[arg-type]
                        timekeeper=None)
@@ -140,3 +145,48 @@ async def test_a_restart_rebuilds_the_same_state(tmp_path: Path) -> None:
     again = agent(tmp_path)
     assert again.state.encode() == encoded
     again.close()
+
+
+class _Hostile(ledger_pb2_grpc.LedgerServiceServicer):
+    """A peer whose log is junk, or longer pages than asked for."""
+
+    def __init__(self, entries: list[bytes]) -> None:
+        self.entries = entries
+
+    async def GetLog(self, request: ledger_pb2.GetLogRequest,
+                     context: object) -> ledger_pb2.LogReply:
+        return ledger_pb2.LogReply(entries=self.entries[request.start:], length=10**6)
+
+
+@asynccontextmanager
+async def serving(servicer: ledger_pb2_grpc.LedgerServiceServicer) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+async def test_sync_pages_an_honest_log_and_refuses_a_hostile_one(tmp_path: Path) -> None:
+    honest = agent(tmp_path / "honest")
+    w = wallets(GENESIS)[0]
+    for _ in range(30):
+        await honest.submit(w.make(Transfer(B, 1)).wire)
+    joiner = agent(tmp_path / "joiner", page_entries=7)
+    async with serving(LedgerServicer(honest)) as address:
+        assert await joiner.sync_from(None, address) == 30
+    assert joiner.state.encode() == honest.state.encode()
+    junk = [b"SWL1" + bytes(200), b"\xff" * 64] * 3
+    victim = agent(tmp_path / "victim", page_entries=4)
+    async with serving(_Hostile(junk)) as address:
+        with pytest.raises(InvalidInputError, match="more entries"):
+            await victim.sync_from(None, address)
+    async with serving(_Hostile(junk[:4])) as address:
+        await victim.sync_from(None, address)
+    assert victim.counters["rejected"] == 4
+    assert len(victim.ledger.log) == 0
+    for a in (honest, joiner, victim):
+        a.close()
