@@ -90,7 +90,7 @@ from swarm.staking import (
 )
 
 __all__ = ["LEDGER_SERVICE", "LEDGER_TOPIC", "LedgerAgent", "LedgerAgentConfig",
-           "LedgerServicer", "add_ledger_service", "summary"]
+           "LedgerServicer", "Payments", "add_ledger_service", "summary"]
 
 log = logging.getLogger("swarm.node")
 

@@ -11,17 +11,20 @@ import grpc
 import pytest
 
 from swarm._clock import FakeClock
-from swarm._errors import ConflictError, InvalidInputError
+from swarm._errors import ConflictError, InvalidInputError, PermissionDeniedError
 from swarm._proto.swarm.v1 import ledger_pb2, ledger_pb2_grpc
-from swarm.node._ledger import LedgerAgent, LedgerAgentConfig, LedgerServicer
+from swarm.node._ledger import LedgerAgent, LedgerAgentConfig, LedgerServicer, Payments
 from swarm.protocol import GossipMessage, Identity, Validation
 from swarm.staking import (
+    PAYER_PARAM,
+    RECEIPT_PARAM,
     Bond,
     Claim,
     Deposit,
     Evidence,
     Outcome,
     Transfer,
+    receipt_params,
     sign_receipt,
     wire_of,
 )
@@ -190,3 +193,47 @@ async def test_sync_pages_an_honest_log_and_refuses_a_hostile_one(tmp_path: Path
     assert len(victim.ledger.log) == 0
     for a in (honest, joiner, victim):
         a.close()
+
+
+async def paying_setup(tmp_path: Path) -> tuple[LedgerAgent, Payments]:
+    provider = agent(tmp_path)
+    payments = Payments(provider, B, price_per_request=5, price_per_1k_items=0)
+    await provider.submit(wallets(GENESIS)[0].make(Deposit(B, 20)).wire)
+    return provider, payments
+
+
+def paid(cumulative: int, payer: Identity = USERS[0]) -> dict[str, str]:
+    return receipt_params(sign_receipt(GENESIS.chain, payer, B, cumulative))
+
+
+async def test_payments_accept_receipts_in_any_order_within_the_deposit(
+        tmp_path: Path) -> None:
+    provider, payments = await paying_setup(tmp_path)
+    payments.charge(paid(10), 1)  # two requests' worth arrives first
+    payments.charge(paid(5), 1)  # the earlier receipt, late: covered by the best one
+    with pytest.raises(PermissionDeniedError, match="does not cover"):
+        payments.charge(paid(10), 1)  # a third request needs 15
+    payments.charge(paid(15), 1)
+    payments.charge(paid(20), 1)
+    with pytest.raises(PermissionDeniedError, match="deposited"):
+        payments.charge(paid(25), 1)  # beyond the deposit of 20
+    assert [r.cumulative for r in payments.claimable()] == [20]
+    provider.close()
+
+
+async def test_payments_refuse_missing_forged_and_garbled_receipts(tmp_path: Path) -> None:
+    provider, payments = await paying_setup(tmp_path)
+    with pytest.raises(PermissionDeniedError, match="charges 5"):
+        payments.charge({}, 1)
+    forged = paid(5, USERS[2]) | {PAYER_PARAM: str(A)}  # another key signed it
+    with pytest.raises(PermissionDeniedError, match="signature"):
+        payments.charge(forged, 1)
+    for garbled in ({PAYER_PARAM: str(A)}, {PAYER_PARAM: str(A), RECEIPT_PARAM: "x:y"},
+                    {PAYER_PARAM: "nobody", RECEIPT_PARAM: "5:" + "00" * 64},
+                    {PAYER_PARAM: str(A), RECEIPT_PARAM: "5:" + "zz" * 64}):
+        with pytest.raises(PermissionDeniedError):
+            payments.charge(garbled, 1)
+    with pytest.raises(PermissionDeniedError, match="deposited"):
+        payments.charge(paid(5, USERS[3]), 1)  # signed, but no deposit for us
+    assert payments.claimable() == []
+    provider.close()
