@@ -3,6 +3,7 @@ and the timekeeper's ticks, whose work reports come from claims, not its own wor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from swarm._errors import ConflictError, InvalidInputError, PermissionDeniedErro
 from swarm._proto.swarm.v1 import ledger_pb2, ledger_pb2_grpc
 from swarm.node._ledger import LedgerAgent, LedgerAgentConfig, LedgerServicer, Payments
 from swarm.protocol import GossipMessage, Identity, Validation
+from swarm.protocol.testing import MemoryNetwork
 from swarm.staking import (
     PAYER_PARAM,
     RECEIPT_PARAM,
@@ -29,6 +31,7 @@ from swarm.staking import (
     wire_of,
 )
 from tests.staking import TIMEKEEPER, USERS, Wallet, make_genesis, wallets
+from tests.waiting import wait_until
 
 GENESIS = make_genesis({0: 1000, 1: 1000}, {0: 400})
 A, B = USERS[0].peer_id, USERS[1].peer_id
@@ -237,3 +240,29 @@ async def test_payments_refuse_missing_forged_and_garbled_receipts(tmp_path: Pat
         payments.charge(paid(5, USERS[3]), 1)  # signed, but no deposit for us
     assert payments.claimable() == []
     provider.close()
+
+
+async def test_an_equivocation_split_across_nodes_gets_one_verdict_everywhere(
+        tmp_path: Path) -> None:
+    network = MemoryNetwork(seed=3)
+    agents = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        agents.append(LedgerAgent(GENESIS, tmp_path / str(i) / "ledger.sqlite",
+                                  gossip=network.join(USERS[3 + i].peer_id),
+                                  clock=FakeClock()))
+    w = wallets(GENESIS)[0]
+    one, two = w.make(Transfer(B, 1)), w.make(Transfer(B, 2), seq=1)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(a.run()) for a in agents]
+        await asyncio.sleep(0)
+        await agents[0].submit(one.wire)
+        await agents[2].submit(two.wire)  # the other half, elsewhere, at once
+        await wait_until(lambda: all(a.state.account(A).equivocations == 1 for a in agents),
+                         what="every node to slash the equivocation")
+        assert len({a.state.encode() for a in agents}) == 1
+        assert agents[1].state.account(A).bonded == 200
+        for task in tasks:
+            task.cancel()
+    for a in agents:
+        a.close()
