@@ -5,6 +5,8 @@ _generate.py text generation over ModelStreamInfer (Triton decoupled answers)
 _sync.py    Client: the same API, blocking, on a private event-loop thread
 _convert.py arrays/tensors <-> Open Inference Protocol messages
 _types.py   ModelInfo, TensorInfo
+_stakes.py  StakeBook (who is eligible, asked of the nodes joined through) and Payer
+            (deposits, a signed cumulative receipt per attempt)
 _verify.py  verification of a fraction of requests by a second (and third) provider:
             should_verify, judge (pure), send_verified, Verifier; evidence for staking
 """

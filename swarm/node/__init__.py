@@ -10,6 +10,8 @@ _builtins.py  builtin/minilm (all-MiniLM-L6-v2) and builtin/mlp
 _export.py    torch.export programs as served models (loading is swarm.modelfile's)
 _models.py    ServedModel, ModelTable (name/version lookup), loading by reference
 _cache.py     response cache (bounded LRU)
+_ledger.py    the staking ledger on the node (--genesis): store, gossip, sync on join,
+              LedgerService, the timekeeper's ticks, payments taken and claimed
 _metrics.py   Prometheus metrics
 _config.py    NodeConfig: TOML + environment + flags
 _certs.py     the TLS listeners' certificate (identity-bound or the operator's) and its rotation

@@ -91,7 +91,7 @@ from swarm.staking import (
 )
 
 __all__ = ["LEDGER_SERVICE", "LEDGER_TOPIC", "LedgerAgent", "LedgerAgentConfig",
-           "LedgerServicer", "add_ledger_service", "summary"]
+           "LedgerServicer", "Payments", "add_ledger_service", "summary"]
 
 log = logging.getLogger("swarm.node")
 
@@ -145,8 +145,11 @@ class LedgerAgent:
         self._cursors: dict[PeerId, int] = {}
         self._channels = PeerChannels(options=_CHANNEL_OPTIONS)
         self._rng = random.Random()
-        # Claimed totals per (payer, payee) at the last tick (the timekeeper's work reports).
-        self._claimed_at_tick: dict[tuple[PeerId, PeerId], int] = {}
+        # Claimed totals per (payer, payee) at the last tick (the timekeeper's work reports);
+        # after a restart, from the state: work claimed while it was down goes unreported
+        # (under- rather than over-reporting).
+        self._claimed_at_tick: dict[tuple[PeerId, PeerId], int] = {
+            key: channel.claimed for key, channel in self.ledger.state.channels.items()}
         self.synced = asyncio.Event()
         # The node's own identity (claims) and its payments (a node that charges).
         self._identity: Identity | None = None

@@ -3,25 +3,35 @@ and the timekeeper's ticks, whose work reports come from claims, not its own wor
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 
 from swarm._clock import FakeClock
-from swarm._errors import ConflictError, InvalidInputError
-from swarm.node._ledger import LedgerAgent, LedgerAgentConfig
+from swarm._errors import ConflictError, InvalidInputError, PermissionDeniedError
+from swarm._proto.swarm.v1 import ledger_pb2, ledger_pb2_grpc
+from swarm.node._ledger import LedgerAgent, LedgerAgentConfig, LedgerServicer, Payments
 from swarm.protocol import GossipMessage, Identity, Validation
+from swarm.protocol.testing import MemoryNetwork
 from swarm.staking import (
+    PAYER_PARAM,
+    RECEIPT_PARAM,
     Bond,
     Claim,
     Deposit,
     Evidence,
     Outcome,
     Transfer,
+    receipt_params,
     sign_receipt,
     wire_of,
 )
 from tests.staking import TIMEKEEPER, USERS, Wallet, make_genesis, wallets
+from tests.waiting import wait_until
 
 GENESIS = make_genesis({0: 1000, 1: 1000}, {0: 400})
 A, B = USERS[0].peer_id, USERS[1].peer_id
@@ -29,6 +39,7 @@ STRANGER = Identity.from_seed(b"\x55" * 32)
 
 
 def agent(tmp_path: Path, **config: object) -> LedgerAgent:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return LedgerAgent(GENESIS, tmp_path / "ledger.sqlite", clock=FakeClock(),
                        config=LedgerAgentConfig(**config),  # type: ignore[arg-type]
                        timekeeper=None)
@@ -140,3 +151,118 @@ async def test_a_restart_rebuilds_the_same_state(tmp_path: Path) -> None:
     again = agent(tmp_path)
     assert again.state.encode() == encoded
     again.close()
+
+
+class _Hostile(ledger_pb2_grpc.LedgerServiceServicer):
+    """A peer whose log is junk, or longer pages than asked for."""
+
+    def __init__(self, entries: list[bytes]) -> None:
+        self.entries = entries
+
+    async def GetLog(self, request: ledger_pb2.GetLogRequest,
+                     context: object) -> ledger_pb2.LogReply:
+        return ledger_pb2.LogReply(entries=self.entries[request.start:], length=10**6)
+
+
+@asynccontextmanager
+async def serving(servicer: ledger_pb2_grpc.LedgerServiceServicer) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+async def test_sync_pages_an_honest_log_and_refuses_a_hostile_one(tmp_path: Path) -> None:
+    honest = agent(tmp_path / "honest")
+    w = wallets(GENESIS)[0]
+    for _ in range(30):
+        await honest.submit(w.make(Transfer(B, 1)).wire)
+    joiner = agent(tmp_path / "joiner", page_entries=7)
+    async with serving(LedgerServicer(honest)) as address:
+        assert await joiner.sync_from(None, address) == 30
+    assert joiner.state.encode() == honest.state.encode()
+    junk = [b"SWL1" + bytes(200), b"\xff" * 64] * 3
+    victim = agent(tmp_path / "victim", page_entries=4)
+    async with serving(_Hostile(junk)) as address:
+        with pytest.raises(InvalidInputError, match="more entries"):
+            await victim.sync_from(None, address)
+    async with serving(_Hostile(junk[:4])) as address:
+        await victim.sync_from(None, address)
+    assert victim.counters["rejected"] == 4
+    assert len(victim.ledger.log) == 0
+    for a in (honest, joiner, victim):
+        a.close()
+
+
+async def paying_setup(tmp_path: Path) -> tuple[LedgerAgent, Payments]:
+    provider = agent(tmp_path)
+    payments = Payments(provider, B, price_per_request=5, price_per_1k_items=0)
+    await provider.submit(wallets(GENESIS)[0].make(Deposit(B, 20)).wire)
+    return provider, payments
+
+
+def paid(cumulative: int, payer: Identity = USERS[0]) -> dict[str, str]:
+    return receipt_params(sign_receipt(GENESIS.chain, payer, B, cumulative))
+
+
+async def test_payments_accept_receipts_in_any_order_within_the_deposit(
+        tmp_path: Path) -> None:
+    provider, payments = await paying_setup(tmp_path)
+    payments.charge(paid(10), 1)  # two requests' worth arrives first
+    payments.charge(paid(5), 1)  # the earlier receipt, late: covered by the best one
+    with pytest.raises(PermissionDeniedError, match="does not cover"):
+        payments.charge(paid(10), 1)  # a third request needs 15
+    payments.charge(paid(15), 1)
+    payments.charge(paid(20), 1)
+    with pytest.raises(PermissionDeniedError, match="deposited"):
+        payments.charge(paid(25), 1)  # beyond the deposit of 20
+    assert [r.cumulative for r in payments.claimable()] == [20]
+    provider.close()
+
+
+async def test_payments_refuse_missing_forged_and_garbled_receipts(tmp_path: Path) -> None:
+    provider, payments = await paying_setup(tmp_path)
+    with pytest.raises(PermissionDeniedError, match="charges 5"):
+        payments.charge({}, 1)
+    forged = paid(5, USERS[2]) | {PAYER_PARAM: str(A)}  # another key signed it
+    with pytest.raises(PermissionDeniedError, match="signature"):
+        payments.charge(forged, 1)
+    for garbled in ({PAYER_PARAM: str(A)}, {PAYER_PARAM: str(A), RECEIPT_PARAM: "x:y"},
+                    {PAYER_PARAM: "nobody", RECEIPT_PARAM: "5:" + "00" * 64},
+                    {PAYER_PARAM: str(A), RECEIPT_PARAM: "5:" + "zz" * 64}):
+        with pytest.raises(PermissionDeniedError):
+            payments.charge(garbled, 1)
+    with pytest.raises(PermissionDeniedError, match="deposited"):
+        payments.charge(paid(5, USERS[3]), 1)  # signed, but no deposit for us
+    assert payments.claimable() == []
+    provider.close()
+
+
+async def test_an_equivocation_split_across_nodes_gets_one_verdict_everywhere(
+        tmp_path: Path) -> None:
+    network = MemoryNetwork(seed=3)
+    agents = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        agents.append(LedgerAgent(GENESIS, tmp_path / str(i) / "ledger.sqlite",
+                                  gossip=network.join(USERS[3 + i].peer_id),
+                                  clock=FakeClock()))
+    w = wallets(GENESIS)[0]
+    one, two = w.make(Transfer(B, 1)), w.make(Transfer(B, 2), seq=1)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(a.run()) for a in agents]
+        await asyncio.sleep(0)
+        await agents[0].submit(one.wire)
+        await agents[2].submit(two.wire)  # the other half, elsewhere, at once
+        await wait_until(lambda: all(a.state.account(A).equivocations == 1 for a in agents),
+                         what="every node to slash the equivocation")
+        assert len({a.state.encode() for a in agents}) == 1
+        assert agents[1].state.account(A).bonded == 200
+        for task in tasks:
+            task.cancel()
+    for a in agents:
+        a.close()
