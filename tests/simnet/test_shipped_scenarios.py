@@ -32,7 +32,7 @@ def compressed(scenario: Scenario, duration: float) -> Scenario:
 
 def test_every_shipped_scenario_is_covered() -> None:
     assert set(builtin_scenarios()) == {"default", "failover", "heterogeneous", "churn", "rollout",
-                                        "autoscale"}
+                                        "autoscale", "cheater"}
 
 
 # Autoscaling cannot be compressed (its delays and model loads take what they take): it
