@@ -50,7 +50,7 @@ import enum
 import hashlib
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from swarm._errors import ConfigError
@@ -188,6 +188,9 @@ class SelfState:
     backoff_until: Mapping[Digest, float] = field(default_factory=dict)
     # The previous Decision's trends.
     trends: Mapping[Digest, Trend] = field(default_factory=dict)
+    # Peers whose adverts count for supply and demand (staking: eligible on this node's
+    # ledger); None: every peer's.
+    counts: Callable[[PeerId], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ def decide(view: PeerView, self_state: SelfState, config: AutoscaleConfig,
     me = self_state
     own = me.advert
     demand = supply_and_demand(view, own, max_replica_load=config.max_replica_load,
-                               target_queue_wait=config.target_queue_wait)
+                               target_queue_wait=config.target_queue_wait, counts=me.counts)
     mine = {o.digest for o in own.models} if own is not None else set()
     names = {o.name for o in own.models} if own is not None else set()
     panic_at = config.target_load * config.panic_factor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from swarm._types import Digest, PeerId
@@ -87,11 +87,16 @@ class ModelDemand:
 
 
 def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: float = 4.0,
-                      target_queue_wait: float = 0.5) -> dict[Digest, ModelDemand]:
+                      target_queue_wait: float = 0.5,
+                      counts: Callable[[PeerId], bool] | None = None
+                      ) -> dict[Digest, ModelDemand]:
     """Every model version offered in `view` (plus this node's `own` advert), with its demand.
 
     `own` is this node's current advert (the view does not hold it: own adverts are
-    not admitted). Draining providers count for neither supply nor candidates.
+    not admitted). Draining providers count for neither supply nor candidates. With
+    `counts` (staking: eligible on this node's ledger), the adverts of peers it refuses
+    count for nothing: identities are free, so demand that anyone can claim under a
+    thousand names would otherwise move every node's capacity where an attacker wants.
     """
     # One pass over the view for what every peer contributes (cheap attribute reads:
     # every node runs this every interval, over views of thousands of peers); the
@@ -101,7 +106,7 @@ def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: f
     stored: dict[Digest, int] = {}
     for entry in view.entries.values():
         advert = entry.advert
-        if advert.peer_id == own_id:
+        if advert.peer_id == own_id or (counts is not None and not counts(advert.peer_id)):
             continue
         live += not advert.draining
         for digest in advert.stored:
@@ -111,6 +116,8 @@ def supply_and_demand(view: PeerView, own: Advert | None, *, max_replica_load: f
         for peer in peers:
             advert = view.entries[peer].advert
             offer = advert.offer(digest)
+            if counts is not None and not counts(peer):
+                continue
             if advert.peer_id != own_id and not advert.draining and offer is not None:
                 offers.setdefault(digest, []).append((advert, offer))
     if own is not None:

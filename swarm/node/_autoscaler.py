@@ -18,13 +18,13 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from swarm._clock import SYSTEM_CLOCK, Clock, wait_within
 from swarm._errors import ModelLoadError, SwarmError, UnavailableError
-from swarm._types import Digest
+from swarm._types import Digest, PeerId
 from swarm.autoscale import (
     Action,
     ActionKind,
@@ -133,6 +133,10 @@ class AutoscaleHost(Protocol):
 
     def memory_used(self) -> int: ...
 
+    def counts(self) -> Callable[[PeerId], bool] | None:
+        """Whose adverts count for demand (staking: eligible on the node's ledger)."""
+        ...
+
     async def load(self, digest: Digest, name: str) -> None:
         """Pull the version and start serving it (raises SwarmError/OSError on failure)."""
         ...
@@ -185,7 +189,7 @@ class Autoscaler:
             now=now, advert=self._host.own_advert(), managed=frozenset(self.managed),
             memory_used=self._host.memory_used(),
             backoff_until={d: b.until for d, b in self._backoff.items() if b.until > now},
-            trends=self._trends)
+            trends=self._trends, counts=self._host.counts())
 
     async def step(self) -> Decision:
         """One decision, and its action carried out (returns once it is done)."""
@@ -246,6 +250,9 @@ class NodeHost:
 
     def memory_used(self) -> int:
         return sum(self._node.model_bytes(s.digest) for s in self._node.table)
+
+    def counts(self) -> Callable[[PeerId], bool] | None:
+        return self._node.stake_rule()
 
     async def load(self, digest: Digest, name: str) -> None:
         node = self._node

@@ -609,6 +609,10 @@ class Node:
         state = agent.state
         return eligible(state, peer, state.params.min_stake)
 
+    def stake_rule(self) -> Callable[[PeerId], bool] | None:
+        """The stake rule (eligible at the network's minimum) when staking is on, else None."""
+        return self._stake_ok if self.ledger is not None else None
+
     def _stake_trust(self, peer: PeerId) -> float:
         """Membership's view budget: bonded stake on our own ledger (unknown: 0)."""
         return float(self.ledger.state.stake(peer)) if self.ledger is not None else 0.0

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from swarm._clock import Clock
 from swarm._errors import UnavailableError
-from swarm._types import Digest
+from swarm._types import Digest, PeerId
 from swarm.protocol import Advert, PeerView
 from swarm.simnet._virtual_provider import VirtualProvider
 
@@ -44,6 +44,9 @@ class VirtualHost:
 
     def view(self) -> PeerView:
         return self._view()
+
+    def counts(self) -> Callable[[PeerId], bool] | None:
+        return None
 
     def own_advert(self) -> Advert | None:
         p = self._provider

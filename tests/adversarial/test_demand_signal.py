@@ -48,3 +48,30 @@ def test_non_finite_or_negative_demand_is_refused(field: str, value: float) -> N
 def test_out_of_range_demand_is_refused(field: str, value: float) -> None:
     with pytest.raises(IntegrityError, match="out of range"):
         decode(_signed(**{field: value}))
+
+
+
+def test_demand_claimed_under_free_identities_moves_no_capacity_with_staking() -> None:
+    """Sybil demand: 50 fresh identities advertise a backlogged model nobody asks for. Each
+    advert is capped, but 50 of them still make an idle node load it; with staking, only
+    peers eligible on the node's ledger count, and the idle node stays idle."""
+    import dataclasses
+    import random
+
+    from swarm.autoscale import Decision, SelfState, decide
+    from tests.autoscale.test_decide import CONFIG, HOT, advert, me, offer, view_of
+
+    honest = advert(1, (offer(load=0.1),), stored=(HOT,))  # one staked, quiet provider
+    view = view_of(honest, *(advert(500 + i, (offer(load=4.0),)) for i in range(50)))
+
+    def loads(state: SelfState) -> list[str]:
+        decision, rng, done = Decision((), {}), random.Random(0), []
+        for t in range(0, 121, 5):
+            state = dataclasses.replace(state, now=float(t), trends=decision.trends)
+            decision = decide(view, state, CONFIG, rng)
+            done += [a.name for a in decision.actions if a.digest == HOT]
+        return done
+
+    assert loads(me()) != [], "without a stake rule the flood moves capacity (the attack)"
+    staked = {honest.peer_id}
+    assert loads(dataclasses.replace(me(), counts=staked.__contains__)) == []

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 
 from swarm._clock import FakeClock
 from swarm._errors import UnavailableError
-from swarm._types import Digest
+from swarm._types import Digest, PeerId
 from swarm.autoscale import ActionKind, AutoscaleConfig
 from swarm.node._autoscaler import Autoscaler, DemandMeter
 from swarm.node._models import BatchStat, ModelStats
@@ -32,6 +33,9 @@ class FakeHost:
 
     def view(self) -> PeerView:
         return self._view
+
+    def counts(self) -> Callable[[PeerId], bool] | None:
+        return None
 
     def own_advert(self) -> Advert | None:
         return advert(200, self.models)
