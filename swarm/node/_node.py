@@ -631,7 +631,8 @@ class Node:
         mesh = MeshAgent(MeshOptions(
             prefix=config.mesh_prefix, listen_port=config.mesh_port, endpoint=endpoint,
             behind_nat=config.mesh_behind_nat, relay=config.mesh_relay, mtu=config.mesh_mtu,
-            underlay_host=config.advertise_host), data_dir)
+            underlay_host=config.advertise_host), data_dir,
+            trust=self._stake_trust if self.ledger is not None else None)
         await mesh.start()
         return mesh
 

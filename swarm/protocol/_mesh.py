@@ -21,7 +21,7 @@ import base64
 import dataclasses
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from swarm._errors import ConfigError
@@ -168,7 +168,8 @@ def _relay_rank(own_key: bytes, relay_key: bytes) -> bytes:
 
 
 def desired_peers(me: MeshMember, members: Iterable[tuple[PeerId, MeshMember]],
-                  settings: MeshSettings) -> Desired:
+                  settings: MeshSettings,
+                  trust: Callable[[PeerId], float] | None = None) -> Desired:
     """The peers our interface should have, from the members the view holds.
 
     Both ends public: each knows the other's endpoint. We are public, they are behind
@@ -177,6 +178,9 @@ def desired_peers(me: MeshMember, members: Iterable[tuple[PeerId, MeshMember]],
     also behind NAT are reached through one relay (a public member that forwards),
     chosen by a hash of both keys (deterministic, spread over relays), whose peer
     entry then carries their /128s too.
+
+    When more members than `max_peers` are valid, those with the most `trust` (staking:
+    bonded stake on our ledger) get the places: identities are free, stake is not.
     """
     refused: dict[PeerId, str] = {}
     valid: list[tuple[PeerId, MeshMember]] = []
@@ -194,6 +198,8 @@ def desired_peers(me: MeshMember, members: Iterable[tuple[PeerId, MeshMember]],
         by_key.setdefault(member.public_key, []).append(peer)
         by_address.setdefault(str(ipaddress.IPv6Address(member.address)), []).append(peer)
     accepted: list[tuple[PeerId, MeshMember]] = []
+    if trust is not None:
+        valid.sort(key=lambda item: -trust(item[0]))  # stable: ties keep their order
     for peer, member in valid:
         claimants = (by_key[member.public_key]
                      + by_address[str(ipaddress.IPv6Address(member.address))])

@@ -214,8 +214,11 @@ class MeshAgent:
     """Our WireGuard interface and its peers, kept equal to the mesh members in the view."""
 
     def __init__(self, options: MeshOptions, data_dir: Path, *,
-                 time_source: Callable[[], float] = time.time) -> None:
+                 time_source: Callable[[], float] = time.time,
+                 trust: Callable[[PeerId], float] | None = None) -> None:
         self.options = options
+        # Who gets the places when more members than max_peers want one (bonded stake).
+        self.trust = trust
         self.data_dir = data_dir
         self.settings = MeshSettings(prefix=parse_prefix(options.prefix),
                                      max_peers=options.max_peers)
@@ -395,7 +398,7 @@ class MeshAgent:
 
     async def reconcile(self, view: PeerView) -> None:
         """One step: the view's mesh members -> `wg set` actions on our interface."""
-        desired = desired_peers(self.member, mesh_members(view), self.settings)
+        desired = desired_peers(self.member, mesh_members(view), self.settings, self.trust)
         for peer, why in desired.refused.items():
             if (peer, why) not in self._logged_refusals:
                 self._logged_refusals.add((peer, why))

@@ -101,6 +101,19 @@ def test_mesh_size_is_bounded() -> None:
     assert sum("full" in why for why in wanted.refused.values()) == 6
 
 
+def test_fake_identities_cannot_crowd_staked_members_out_of_a_full_mesh() -> None:
+    # Ten fresh identities listed first; the two staked members last.
+    members = [(peer(n).peer_id, member(n)) for n in range(2, 14)]
+    staked = {peer(12).peer_id: 1000.0, peer(13).peer_id: 500.0}
+    untrusted = desired_peers(member(1), members, MeshSettings(max_peers=4))
+    assert key(12) not in untrusted.peers
+    assert key(13) not in untrusted.peers
+    wanted = desired_peers(member(1), members, MeshSettings(max_peers=4),
+                           trust=lambda p: staked.get(p, 0.0))
+    assert {key(12), key(13)} <= set(wanted.peers)
+    assert len(wanted.peers) == 4
+
+
 def test_nat_public_side_waits_for_the_natted_peer_to_dial() -> None:
     wanted = desired_peers(member(1), [(peer(2).peer_id, member(2, ""))], SETTINGS)
     assert wanted.peers[key(2)].endpoint is None
