@@ -302,10 +302,19 @@ class Ledger:
                 return Outcome.FAULT
         self._fault_points[(offender, evidence.after_seq)] += 1
         if evidence.after_seq == head:
+            # Checkpoints (and a snapshot base) past the fault's point were taken without
+            # it: a later replay must start before that point.
+            self._forget_after(self._position_of(offender, head))
             self._state = fault(self._state, offender, head)
         elif evidence.after_seq < head:
             self._replay_from(self._position_of(offender, evidence.after_seq))
         return Outcome.FAULT
+
+    def _forget_after(self, position: int) -> None:
+        while self._checkpoints and self._checkpoints[-1][0] > position:
+            self._checkpoints.pop()
+        if self._base[0] > position:
+            self._base = (0, State.genesis(self._genesis))
 
     def _position_of(self, sender: PeerId, seq: int) -> int:
         """Log position of slot (sender, seq); 0 for seq 0 (the start)."""
@@ -386,9 +395,9 @@ class Ledger:
                     continue
                 del self._pending_void[slot]
                 self._state = void(self._state, sender, seq)
+                self._apply_faults(slot)  # before logging: a checkpoint includes them
                 self._append(evidence.first)
                 self._append(evidence.second)
-                self._apply_faults(slot)
             else:
                 stx = self._buffer.get(slot)
                 if stx is None:
@@ -399,8 +408,8 @@ class Ledger:
                     continue
                 del self._buffer[slot]
                 self._state, failure = settle(self._state, stx)
+                self._apply_faults(slot)  # before logging: a checkpoint includes them
                 self._append(stx)
-                self._apply_faults(slot)
                 if slot == self._target:
                     self._target_outcome = Outcome.APPLIED if failure is None else Outcome.FAILED
             queue.extend(self._waiting.pop(slot, ()))
@@ -413,9 +422,8 @@ class Ledger:
 
     def _replay_from(self, position: int) -> None:
         """Recompute the state from the latest checkpoint at or before log `position`."""
-        base = self._base if self._base[0] <= position else (0, State.genesis(self._genesis))
-        while self._checkpoints and self._checkpoints[-1][0] > position:
-            self._checkpoints.pop()
+        self._forget_after(position)
+        base = self._base
         if self._checkpoints and self._checkpoints[-1][0] >= base[0]:
             base = self._checkpoints[-1]
         self._replay_from_base(base)
