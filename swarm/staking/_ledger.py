@@ -25,6 +25,11 @@ witnesses must be eligible on this node (bonded at least `witness_min_bond`, no 
 and it is held once per offence. Its slash is taken right after the offender's transaction
 `after_seq` (see _apply, rule 5): at once when the offender stands there, when it gets
 there, or by a replay from the latest checkpoint before it when it is past.
+Known limit: the witnesses' eligibility is an admission check against this node's state
+when the evidence arrives, not part of the state function, so evidence that arrives while a
+witness's stake or record changes (it unbonds, or is slashed itself) can be taken by one
+node and refused by another. The fix is to judge witnesses, like the offender, at points
+of their own chains that the evidence names.
 
 Whatever a stranger can make a node hold is bounded: the buffer holds at most
 `max_buffered` transactions, none further than `max_ahead` ahead of what it waits for.
