@@ -25,6 +25,11 @@ witnesses must be eligible on this node (bonded at least `witness_min_bond`, no 
 and it is held once per offence. Its slash is taken right after the offender's transaction
 `after_seq` (see _apply, rule 5): at once when the offender stands there, when it gets
 there, or by a replay from the latest checkpoint before it when it is past.
+Known limit: the witnesses' eligibility is an admission check against this node's state
+when the evidence arrives, not part of the state function, so evidence that arrives while a
+witness's stake or record changes (it unbonds, or is slashed itself) can be taken by one
+node and refused by another. The fix is to judge witnesses, like the offender, at points
+of their own chains that the evidence names.
 
 Whatever a stranger can make a node hold is bounded: the buffer holds at most
 `max_buffered` transactions, none further than `max_ahead` ahead of what it waits for.
@@ -308,10 +313,19 @@ class Ledger:
                 return Outcome.FAULT
         self._fault_points[(offender, evidence.after_seq)] += 1
         if evidence.after_seq == head:
+            # Checkpoints (and a snapshot base) past the fault's point were taken without
+            # it: a later replay must start before that point.
+            self._forget_after(self._position_of(offender, head))
             self._state = fault(self._state, offender, head)
         elif evidence.after_seq < head:
             self._replay_from(self._position_of(offender, evidence.after_seq))
         return Outcome.FAULT
+
+    def _forget_after(self, position: int) -> None:
+        while self._checkpoints and self._checkpoints[-1][0] > position:
+            self._checkpoints.pop()
+        if self._base[0] > position:
+            self._base = (0, State.genesis(self._genesis))
 
     def _position_of(self, sender: PeerId, seq: int) -> int:
         """Log position of slot (sender, seq); 0 for seq 0 (the start)."""
@@ -392,9 +406,9 @@ class Ledger:
                     continue
                 del self._pending_void[slot]
                 self._state = void(self._state, sender, seq)
+                self._apply_faults(slot)  # before logging: a checkpoint includes them
                 self._append(evidence.first)
                 self._append(evidence.second)
-                self._apply_faults(slot)
             else:
                 stx = self._buffer.get(slot)
                 if stx is None:
@@ -405,8 +419,8 @@ class Ledger:
                     continue
                 del self._buffer[slot]
                 self._state, failure = settle(self._state, stx)
+                self._apply_faults(slot)  # before logging: a checkpoint includes them
                 self._append(stx)
-                self._apply_faults(slot)
                 if slot == self._target:
                     self._target_outcome = Outcome.APPLIED if failure is None else Outcome.FAILED
             queue.extend(self._waiting.pop(slot, ()))
@@ -419,9 +433,8 @@ class Ledger:
 
     def _replay_from(self, position: int) -> None:
         """Recompute the state from the latest checkpoint at or before log `position`."""
-        base = self._base if self._base[0] <= position else (0, State.genesis(self._genesis))
-        while self._checkpoints and self._checkpoints[-1][0] > position:
-            self._checkpoints.pop()
+        self._forget_after(position)
+        base = self._base
         if self._checkpoints and self._checkpoints[-1][0] >= base[0]:
             base = self._checkpoints[-1]
         self._replay_from_base(base)

@@ -18,6 +18,7 @@ from swarm.staking import (
     FaultEvidence,
     InvalidEvidenceError,
     Ledger,
+    LedgerConfig,
     Outcome,
     SignedOutputs,
     SignedTransaction,
@@ -211,6 +212,8 @@ def stream(actions: list[tuple[int, int]], points: list[tuple[int, int, int]]
         body = BondTx(amount) if kind == 0 else Unbond(amount) if kind == 1 else \
             Transfer(USERS[1].peer_id, amount)
         txs.append(wallet.make(body))
+    if w[3].seq:  # user 3 equivocates its first slot: late ones replay from checkpoints
+        txs.append(w[3].make(Transfer(USERS[2].peer_id, 1), seq=1))
     heads = (w[0].seq, w[3].seq)
     faults = [evidence(offender=(0, 3)[who % 2], witnesses=(1, 2), rid=f"r{rid}",
                        after_seq=at % (heads[who % 2] + 1))
@@ -232,13 +235,14 @@ def test_any_order_and_duplicates_of_txs_and_evidence_give_one_state(
     for item in items:
         reference.receive(item)
     check_invariants(reference.state)
+    small = LedgerConfig(checkpoint_interval=2)
     offences = {f.key for f in faults}
     total_faults = sum(a.faults for a in reference.state.accounts.values())
     assert total_faults == len(offences)
     for _ in range(3):
         shuffled = items + rng.sample(items, k=min(3, len(items)))
         rng.shuffle(shuffled)
-        ledger = Ledger(GENESIS)
+        ledger = Ledger(GENESIS, small)
         for item in shuffled:
             ledger.receive(item)
             check_invariants(ledger.state)
@@ -246,3 +250,25 @@ def test_any_order_and_duplicates_of_txs_and_evidence_give_one_state(
     # Supply falls by exactly what was burned; nothing minted here.
     state: State = reference.state
     assert state.supply == GENESIS.supply - state.burned
+
+
+@pytest.mark.parametrize("interval", [1, 2, 3])
+def test_a_fault_survives_replays_from_checkpoints(interval: int) -> None:
+    """Checkpoints taken before a fault was known must not drop it when a late
+    equivocation replays from them."""
+    w = wallets(GENESIS)
+    first = w[0].make(BondTx(100))
+    others = [w[1].make(Transfer(USERS[2].peer_id, 5)) for _ in range(4)]
+    late = w[1].make(Transfer(USERS[3].peer_id, 7), seq=3)  # equivocates others[2]
+    ev = evidence(after_seq=1)
+    config = LedgerConfig(checkpoint_interval=interval)
+    ledger = Ledger(GENESIS, config)
+    for stx in (first, *others):
+        ledger.receive(stx)
+    assert ledger.receive(ev) is Outcome.FAULT
+    assert ledger.receive(late) is Outcome.EQUIVOCATION  # replays from a checkpoint
+    reference = Ledger(GENESIS, config)
+    for item in (ev, late, *reversed(others), first):
+        reference.receive(item)
+    assert ledger.state.account(USERS[0].peer_id).faults == 1
+    assert ledger.state.encode() == reference.state.encode()
