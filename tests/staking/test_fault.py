@@ -272,3 +272,14 @@ def test_a_fault_survives_replays_from_checkpoints(interval: int) -> None:
         reference.receive(item)
     assert ledger.state.account(USERS[0].peer_id).faults == 1
     assert ledger.state.encode() == reference.state.encode()
+
+
+def test_variants_of_one_offence_at_one_point_change_nothing() -> None:
+    ledger = Ledger(GENESIS)
+    assert ledger.receive(evidence()) is Outcome.FAULT
+    before = ledger.state.encode()
+    for rtol in (2e-4, 3e-4, 5e-4):  # other bytes, the same offence, the same point
+        variant = evidence(tolerance=Tolerance(rtol=rtol, atol=1e-5))
+        assert ledger.receive(variant) is Outcome.DUPLICATE
+    assert ledger.state.encode() == before
+    assert len(ledger.faults) == 1
