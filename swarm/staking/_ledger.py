@@ -25,7 +25,9 @@ witnesses must be eligible on this node (bonded at least `witness_min_bond`, no 
 and it is held once per offence. Its slash is taken right after the offender's transaction
 `after_seq` (see _apply, rule 5): at once when the offender stands there, when it gets
 there, or by a replay from the latest checkpoint before it when it is past.
-Known limit: the witnesses' eligibility is an admission check against this node's state
+Known limits: variants of one offence's evidence with ever lower `after_seq` each force a
+replay (at most the offender's chain length of them; variants at one point cost nothing).
+And the witnesses' eligibility is an admission check against this node's state
 when the evidence arrives, not part of the state function, so evidence that arrives while a
 witness's stake or record changes (it unbonds, or is slashed itself) can be taken by one
 node and refused by another. The fix is to judge witnesses, like the offender, at points
@@ -304,6 +306,8 @@ class Ledger:
         self._faults[evidence.key] = evidence
         self._new_faults.append(evidence)
         head = self._state.account(offender).seq
+        if known is not None and known.after_seq == evidence.after_seq:
+            return Outcome.DUPLICATE  # the same slash at the same point: nothing changes
         if known is not None:
             self._fault_points[(offender, known.after_seq)] -= 1
             if known.after_seq <= head:
