@@ -66,6 +66,8 @@ class StakeBook:
         self.staking: bool | None = None
         # threshold asked -> (fetched at, eligible peers)
         self._eligible: dict[int, tuple[float, frozenset[PeerId]]] = {}
+        # threshold -> when a trusted node was last asked (answered or not)
+        self._asked: dict[int, float] = {}
         self._lock = asyncio.Lock()
         self.failures = 0
 
@@ -117,12 +119,17 @@ class StakeBook:
         return allowed.__contains__
 
     async def refresh(self, min_stake: int) -> None:
-        """Ask a trusted node again unless the answer for `min_stake` is fresh."""
+        """Ask a trusted node again, at most every `max_age` seconds per threshold (whatever
+        the answer, or none). A request waits for a refresh in flight only when there is
+        no answer to route by yet."""
+        if self._lock.locked() and (self.staking is False or min_stake in self._eligible):
+            return
         async with self._lock:
-            entry = self._eligible.get(min_stake)
             now = self._clock.monotonic()
-            if entry is not None and now - entry[0] < self._max_age:
+            asked = self._asked.get(min_stake)
+            if asked is not None and now - asked < self._max_age:
                 return
+            self._asked[min_stake] = now
             view = self._view()
             providers = sorted({e.peer_id for e in view if e.advert.models}, key=str)[:4096]
             for peer in self._trusted:
@@ -144,9 +151,9 @@ class StakeBook:
                     self.failures += 1
                     continue
                 self.staking = True
-                asked = set(providers)
+                wanted = set(providers)
                 self._eligible[min_stake] = (now, frozenset(
-                    p for p in map(PeerId, reply.eligible) if p in asked))
+                    p for p in map(PeerId, reply.eligible) if p in wanted))
                 return
 
 
