@@ -243,3 +243,70 @@ async def test_cancelling_the_batcher_fails_what_is_queued(policy: BatchPolicy) 
         await task
     results = await asyncio.gather(running, queued, return_exceptions=True)
     assert any(isinstance(r, InferenceError) and r.code == "UNAVAILABLE" for r in results)
+
+
+class StepClock:
+    """Time moves only by `step`: the test steps it between requests, the model per pass."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds  # one float store: safe from the executor thread too
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+class TimedModel(FakeModel):
+    """A FakeModel whose every pass takes `seconds` on `clock`."""
+
+    def __init__(self, clock: StepClock, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.clock.step(self.seconds)
+        return super().execute(inputs)
+
+
+async def test_lone_fast_requests_run_on_the_loop_and_busy_ones_off_it() -> None:
+    """c=1 on a fast model: after the first batch (timed on the executor thread), lone
+    requests execute on the event loop with the same results; a queue, or a slow
+    model, goes to the thread."""
+    clock = StepClock()
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay=0.0)
+    model = TimedModel(clock, 0.0003)
+    batcher = Batcher(model, policy, clock=clock)
+    task = await run_batcher(batcher)
+    loop_thread = threading.current_thread().name
+    for i in range(3):
+        result = await batcher.submit(row(i), 1)
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 2 * i))
+        clock.step(0.01)  # the next request comes 10 ms later: sparse arrivals
+    assert model.threads - {loop_thread}, "the first batch (no timing yet) runs on the thread"
+    assert loop_thread in model.threads
+    # Many at once: the queue is not empty when a batch is taken, so the thread runs it.
+    model.threads.clear()
+    results = await asyncio.gather(*(batcher.submit(row(i), 1) for i in range(6)))
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.outputs["y"], np.full((1, 2), 2 * i))
+    assert model.threads
+    assert loop_thread not in model.threads
+    await stop(task)
+    # A model whose passes take 20 ms never blocks the loop, however sparse the requests.
+    slow = TimedModel(clock, 0.02)
+    batcher = Batcher(slow, policy, clock=clock)
+    task = await run_batcher(batcher)
+    for i in range(3):
+        await batcher.submit(row(i), 1)
+        clock.step(1.0)
+    assert slow.threads
+    assert loop_thread not in slow.threads
+    await stop(task)

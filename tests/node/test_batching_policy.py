@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide
+from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide, runs_inline
 
 POLICY = BatchPolicy(max_batch_size=8, max_queue_delay=0.002)
 
@@ -96,3 +96,27 @@ def test_short_passes_run_narrow_and_long_ones_wide() -> None:
     fixed = ThreadPolicy.for_machine(cores=8, fixed=3)
     assert intra_op_threads(fixed, 0.050) == intra_op_threads(fixed, 0.0001) == 3
     assert ThreadPolicy.for_machine(cores=1) == ThreadPolicy(1, 1)
+
+
+def test_lone_fast_batch_with_sparse_arrivals_runs_inline() -> None:
+    # Nothing queued, a pass takes 0.3 ms, requests arrive every 1.5 ms (one client).
+    assert runs_inline(POLICY, view((), gap=0.0015, exec_time=0.0003), 1)
+    # A batch of several requests means several clients: the loop stays free for them.
+    assert not runs_inline(POLICY, view((), gap=0.0015, exec_time=0.0003), 2)
+
+
+@pytest.mark.parametrize(("sizes", "gap", "exec_time", "why"), [
+    ((1,), 0.0015, 0.0003, "another request is queued"),
+    ((), 0.0015, 0.0, "execution time unknown (first batch)"),
+    ((), 0.5, 0.02, "a pass is too long to block the loop"),
+    ((), 0.0004, 0.0003, "requests arrive faster than twice a pass"),
+    ((), math.inf, 0.0003, ""),
+])
+def test_inline_only_when_nothing_else_waits_or_is_due(
+        sizes: tuple[int, ...], gap: float, exec_time: float, why: str) -> None:
+    assert runs_inline(POLICY, view(sizes, gap=gap, exec_time=exec_time), 1) is (not why)
+
+
+def test_inline_can_be_turned_off() -> None:
+    off = BatchPolicy(max_batch_size=8, inline_below=0)
+    assert not runs_inline(off, view((), gap=0.0015, exec_time=0.0003), 1)
