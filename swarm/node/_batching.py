@@ -125,13 +125,10 @@ def decide(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
     # Closed-loop clients: the answers of the batch that just ended are on their way out,
     # and their senders' next requests on their way in. When a pass is long (the delay is
     # at most a quarter of one), a request taken alone now would hold the model for a
-    # whole pass while they queue behind it (batches of 1, 15, 1, 15 at c=16 on MiniLM).
-    # Give them an eighth of a pass from the end of that batch (the loop must first send
-    # those answers: on 2 cores, 15 MiniLM answers take longer than the 2 ms delay), so
-    # the model idles at most 1/8 of a pass for it, and only while fewer are queued than
-    # it just answered.
+    # whole pass while they queue behind it (batches of 1, 15, 1, 15 at c=16 on MiniLM):
+    # give them the delay, counted from the end of that batch.
     if view.returning > len(view.sizes) and view.execution_time >= 4 * policy.max_queue_delay:
-        straggle = view.execution_time / 8 - view.idle_for
+        straggle = policy.max_queue_delay - view.idle_for
         if straggle > 0:
             return Wait(straggle)
     remaining = policy.max_queue_delay - view.oldest_wait

@@ -133,9 +133,9 @@ def test_after_a_long_batch_its_clients_get_the_delay_to_come_back() -> None:
     after = view((1,), wait=0.09, gap=0.008, exec_time=0.1)
     decision = decide(LONG, _with(after, returning=15, idle_for=0.0005))
     assert isinstance(decision, Wait)
-    assert decision.seconds == pytest.approx(0.1 / 8 - 0.0005)
-    # An eighth of a pass after the batch ended, it goes with what came back.
-    assert decide(LONG, _with(after, returning=15, idle_for=0.0126)) == Dispatch(1)
+    assert decision.seconds == pytest.approx(0.0015)
+    # Once the delay has passed since the batch ended, it goes with what came back.
+    assert decide(LONG, _with(after, returning=15, idle_for=0.0021)) == Dispatch(1)
 
 
 @pytest.mark.parametrize(("sizes", "returning", "exec_time"), [
