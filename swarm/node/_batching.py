@@ -90,9 +90,6 @@ class QueueView:
     arrival_gap: float
     # EWMA of one execution's duration (seconds; 0 when unknown).
     execution_time: float
-    # Requests answered by the execution that ended last, and seconds since it ended.
-    returning: int = 0
-    idle_for: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +119,6 @@ def decide(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
         return Dispatch(count)
     if items in policy.preferred_batch_sizes:
         return Dispatch(count)
-    # Closed-loop clients: the answers of the batch that just ended are on their way out,
-    # and their senders' next requests on their way in. When a pass is long (the delay is
-    # at most a quarter of one), a request taken alone now would hold the model for a
-    # whole pass while they queue behind it (batches of 1, 15, 1, 15 at c=16 on MiniLM):
-    # give them the delay, counted from the end of that batch.
-    if view.returning > len(view.sizes) and view.execution_time >= 4 * policy.max_queue_delay:
-        straggle = policy.max_queue_delay - view.idle_for
-        if straggle > 0:
-            return Wait(straggle)
     remaining = policy.max_queue_delay - view.oldest_wait
     if remaining <= 0:
         return Dispatch(count)
@@ -225,8 +213,6 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop_prepared = False
-        self._returning = 0
-        self._ended: float | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -276,8 +262,6 @@ class Batcher:
             busy=self._busy,
             arrival_gap=self._arrival_gap.value if self._arrival_gap.value is not None else math.inf,
             execution_time=self._execution_time.value or 0.0,
-            returning=self._returning,
-            idle_for=math.inf if self._ended is None else now - self._ended,
         )
 
     def _take(self, count: int, now: float) -> list[_Pending]:
@@ -354,8 +338,6 @@ class Batcher:
             raise
         finally:
             self._busy = False
-            self._returning = len(batch)
-            self._ended = self._clock.monotonic()
         elapsed = self._clock.monotonic() - started
         self._execution_time.update(elapsed)
         if elapsed > 0:

@@ -120,37 +120,3 @@ def test_inline_only_when_nothing_else_waits_or_is_due(
 def test_inline_can_be_turned_off() -> None:
     off = BatchPolicy(max_batch_size=8, inline_below=0)
     assert not runs_inline(off, view((), gap=0.0015, exec_time=0.0003), 1)
-
-
-# ---------------------------------------------------------------- clients coming back
-
-LONG = BatchPolicy(max_batch_size=64, max_queue_delay=0.002)
-
-
-def test_after_a_long_batch_its_clients_get_the_delay_to_come_back() -> None:
-    # A 100 ms batch of 15 ended 0.5 ms ago; one request (queued 90 ms ago) waits: taking
-    # it alone would hold the model for a pass while the 15 clients queue behind it.
-    after = view((1,), wait=0.09, gap=0.008, exec_time=0.1)
-    decision = decide(LONG, _with(after, returning=15, idle_for=0.0005))
-    assert isinstance(decision, Wait)
-    assert decision.seconds == pytest.approx(0.0015)
-    # Once the delay has passed since the batch ended, it goes with what came back.
-    assert decide(LONG, _with(after, returning=15, idle_for=0.0021)) == Dispatch(1)
-
-
-@pytest.mark.parametrize(("sizes", "returning", "exec_time"), [
-    ((1,), 1, 0.1),              # c=1: the one client is already back
-    ((1,) * 15, 15, 0.1),        # everyone is back
-    ((1,), 15, 0.004),           # a short pass (MLP): waiting would idle the model too long
-])
-def test_no_wait_for_clients_when_they_are_back_or_passes_are_short(
-        sizes: tuple[int, ...], returning: int, exec_time: float) -> None:
-    v = _with(view(sizes, wait=0.09, gap=0.008, exec_time=exec_time), returning=returning,
-              idle_for=0.0005)
-    assert decide(LONG, v) == Dispatch(len(sizes))
-
-
-def _with(v: QueueView, *, returning: int, idle_for: float) -> QueueView:
-    return QueueView(sizes=v.sizes, oldest_wait=v.oldest_wait, busy=v.busy,
-                     arrival_gap=v.arrival_gap, execution_time=v.execution_time,
-                     returning=returning, idle_for=idle_for)
