@@ -6,6 +6,9 @@
     .venv/bin/python bench/node_probe.py gil      # MLP forwards/s beside a spinning Python thread
     .venv/bin/python bench/node_probe.py uptime   # throughput and RSS of one node over 8 rounds
                                                   # of 25 s at c64, then of a fresh node
+    .venv/bin/python bench/node_probe.py uvloop   # grpc.aio echo on asyncio vs on uvloop,
+                                                  # alternating rounds at c16/c64 (uvloop must
+                                                  # be installed; it is no dependency)
     .venv/bin/python bench/node_probe.py profile  # where a request's time goes: py-spy stacks
                                                   # and per-thread CPU, minilm/mlp at c1 and c64
 
@@ -262,9 +265,44 @@ def probe_profile(seconds: float = 8.0) -> None:
         node.stop()
 
 
+def _uvloop_echo(port_out: Any) -> None:
+    import uvloop
+
+    uvloop.install()
+    nb._echo_server(port_out)
+
+
+def probe_uvloop() -> None:
+    ctx = mp.get_context("spawn")
+    payloads = [nb.mlp_request(i) for i in range(64)]
+    addresses = {}
+    servers = []
+    for label, target in (("asyncio", nb._echo_server), ("uvloop", _uvloop_echo)):
+        ports = ctx.Queue()
+        server = ctx.Process(target=target, args=(ports,), daemon=True)
+        server.start()
+        servers.append(server)
+        addresses[label] = f"127.0.0.1:{ports.get(timeout=60)}"
+    try:
+        for concurrency in (1, 16, 64):
+            rates: dict[str, list[float]] = {label: [] for label in addresses}
+            for _ in range(3):
+                for label, address in addresses.items():
+                    r = nb.drive(address, nb.ECHO_PATH, payloads, concurrency, 3)
+                    rates[label].append(r["rps"] if concurrency > 1 else r["p50"] * 1e3)
+            unit = "req/s" if concurrency > 1 else "ms p50"
+            print(f"echo c{concurrency} ({unit}, 3 alternating rounds, load average "
+                  f"{os.getloadavg()[0]:.1f}): " + "; ".join(
+                      f"{label} {' '.join(f'{x:.2f}' if concurrency == 1 else f'{x:.0f}' for x in v)}"
+                      for label, v in rates.items()), flush=True)
+    finally:
+        for server in servers:
+            server.terminate()
+
+
 PROBES: dict[str, Callable[[], Any]] = {
     "cpu": probe_cpu, "inproc": probe_inproc, "gil": probe_gil, "uptime": probe_uptime,
-    "profile": probe_profile,
+    "profile": probe_profile, "uvloop": probe_uvloop,
 }
 
 
