@@ -6,11 +6,6 @@ takes; otherwise a request goes straight to an idle model, so a lone request
 never waits out `max_queue_delay`. Under load the batcher holds requests until
 the batch is full, reaches a preferred size, or its oldest request has waited
 `max_queue_delay`. While a batch executes, the next one forms.
-
-Batches execute on the batcher's executor thread, except a lone batch of a fast
-model when nothing else is queued or arriving (`runs_inline`): that one runs on the
-event loop, which has nothing else to do meanwhile, and saves the hand-off to the
-thread and back (most of a small request's own time in the node: bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -47,7 +42,6 @@ __all__ = [
     "QueueView",
     "Wait",
     "decide",
-    "runs_inline",
 ]
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +56,6 @@ class BatchPolicy:
     max_queue_size: int = 1024
     # False: every request executes alone (for comparison and for models that cannot batch).
     enabled: bool = True
-    # A batch whose executions take at most this long (seconds) runs on the event loop
-    # when no other request waits or is due meanwhile (runs_inline); 0 = never.
-    inline_below: float = 0.001
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -126,21 +117,6 @@ def decide(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
     if view.arrival_gap >= max(view.execution_time, 1e-9) or view.arrival_gap > remaining:
         return Dispatch(count)
     return Wait(remaining)
-
-
-def runs_inline(policy: BatchPolicy, view: QueueView, requests: int) -> bool:
-    """Execute the batch just taken (of `requests` requests) on the event loop.
-
-    `view` is the queue after the batch was taken. Only a lone request, when
-    executions are known to be short (the loop blocks for at most about
-    `inline_below`), nothing else is queued, and requests arrive more than twice an
-    execution apart: then the loop would only wait for the thread, and the hop to it
-    and back (two thread wake-ups, each waiting for the GIL) is most of a small
-    request's time in the node. Anything else runs on the executor thread.
-    """
-    return (requests == 1 and not view.sizes
-            and 0 < view.execution_time <= policy.inline_below
-            and view.arrival_gap > 2 * view.execution_time)
 
 
 @dataclass(slots=True)
@@ -212,7 +188,6 @@ class Batcher:
                                             initializer=model.prepare_thread)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._loop_prepared = False
 
     @property
     def queue_depth(self) -> int:
@@ -297,8 +272,7 @@ class Batcher:
                     continue
                 batch = self._take(decision.requests, now)
                 if batch:
-                    inline = runs_inline(self.policy, self._view(now), len(batch))
-                    await self._execute(batch, now, inline)
+                    await self._execute(batch, now)
         finally:
             self._closed = True
             for pending in self._queue:
@@ -313,17 +287,11 @@ class Batcher:
         self._closed = True
         await self._idle.wait()
 
-    async def _execute(self, batch: list[_Pending], started: float, inline: bool) -> None:
+    async def _execute(self, batch: list[_Pending], started: float) -> None:
         self._busy = True
         loop = asyncio.get_running_loop()
         try:
-            if inline:
-                if not self._loop_prepared:
-                    self.model.prepare_thread()
-                    self._loop_prepared = True
-                outputs, timing = self._run_batch(batch)
-            else:
-                outputs, timing = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            outputs, timing = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as exc:  # the model failed: every request in the batch fails
             error = exc if isinstance(exc, SwarmError) else InferenceError(
                 f"{self.model.name} failed to execute: {type(exc).__name__}: {exc}")
@@ -351,7 +319,7 @@ class Batcher:
         self._hooks.on_batch(timing)
 
     def _run_batch(self, batch: Sequence[_Pending]) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
-        """Executor thread (or the loop, see runs_inline): concatenate, execute, split."""
+        """Executor thread: concatenate, execute, split."""
         t0 = time.perf_counter()
         if len(batch) == 1:
             inputs = dict(batch[0].inputs)

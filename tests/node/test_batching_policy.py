@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide, runs_inline
+from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide
 
 POLICY = BatchPolicy(max_batch_size=8, max_queue_delay=0.002)
 
@@ -116,26 +116,3 @@ def test_long_passes_use_the_thread_count_measured_faster() -> None:
     assert intra_op_threads(policy, 0.001, quiet, 7) == 1
     assert intra_op_threads(ThreadPolicy(1, 2, explore_every=0), 0.05, loaded, 3) == 1
 
-
-def test_lone_fast_batch_with_sparse_arrivals_runs_inline() -> None:
-    # Nothing queued, a pass takes 0.3 ms, requests arrive every 1.5 ms (one client).
-    assert runs_inline(POLICY, view((), gap=0.0015, exec_time=0.0003), 1)
-    # A batch of several requests means several clients: the loop stays free for them.
-    assert not runs_inline(POLICY, view((), gap=0.0015, exec_time=0.0003), 2)
-
-
-@pytest.mark.parametrize(("sizes", "gap", "exec_time", "why"), [
-    ((1,), 0.0015, 0.0003, "another request is queued"),
-    ((), 0.0015, 0.0, "execution time unknown (first batch)"),
-    ((), 0.5, 0.02, "a pass is too long to block the loop"),
-    ((), 0.0004, 0.0003, "requests arrive faster than twice a pass"),
-    ((), math.inf, 0.0003, ""),
-])
-def test_inline_only_when_nothing_else_waits_or_is_due(
-        sizes: tuple[int, ...], gap: float, exec_time: float, why: str) -> None:
-    assert runs_inline(POLICY, view(sizes, gap=gap, exec_time=exec_time), 1) is (not why)
-
-
-def test_inline_can_be_turned_off() -> None:
-    off = BatchPolicy(max_batch_size=8, inline_below=0)
-    assert not runs_inline(off, view((), gap=0.0015, exec_time=0.0003), 1)
