@@ -6,6 +6,11 @@
     .venv/bin/python bench/node_probe.py gil      # MLP forwards/s beside a spinning Python thread
     .venv/bin/python bench/node_probe.py uptime   # throughput and RSS of one node over 8 rounds
                                                   # of 25 s at c64, then of a fresh node
+    .venv/bin/python bench/node_probe.py uvloop   # grpc.aio echo on asyncio vs on uvloop,
+                                                  # alternating rounds at c16/c64 (uvloop must
+                                                  # be installed; it is no dependency)
+    .venv/bin/python bench/node_probe.py profile  # where a request's time goes: py-spy stacks
+                                                  # and per-thread CPU, minilm/mlp at c1 and c64
 
 Each prints plain lines; they report, they do not judge (the machine is shared and noisy).
 """
@@ -16,6 +21,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -170,8 +176,133 @@ def probe_uptime() -> None:
             node.stop()
 
 
+# Where a sampled Python stack spends its time: the first rule that matches a frame,
+# scanning from the innermost frame out, names the phase (frames are "func (file:line)").
+_PHASES: tuple[tuple[str, str], ...] = (
+    ("forward", r"\(torch/|^forward \(swarm|^_compute \("),
+    ("tokenize", r"^(tokenize|execute) \(swarm/node/_builtins"),
+    ("decode+check", r"^(decode_request|decode_raw|decode_bytes_elements|_check_shape|check) \("),
+    ("sign", r"^(sign_response|inputs_digest|outputs_digest|tensors_digest|sign) \("),
+    ("encode response", r"^(_response|encode_raw) \("),
+    ("metrics", r"prometheus_client"),
+    ("batch assembly+split", r"^_run_batch \("),
+    ("batcher (loop side)", r"swarm/node/_batching"),
+    ("executor hop (incl. waking the loop)",
+     r"_write_to_self|call_soon_threadsafe|concurrent/futures|threading\.py"),
+    ("service (other)", r"swarm/node/_service|swarm/node/_cache"),
+    ("event loop: epoll", r"^EpollSelector\.select"),
+    ("gRPC (Cython callbacks run by the loop)", r"^Handle\._run \(asyncio/events"),
+    ("asyncio (other)", r"asyncio/|grpc/"),
+)
+
+
+def classify(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        if frame.startswith("process ") or frame.startswith("thread "):
+            continue
+        for phase, pattern in _PHASES:
+            if re.search(pattern, frame):
+                return phase
+    return "other"
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (from /proc; threads of one name summed)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        name = re.sub(r"[-_]?\d+$", "", stat[stat.index("(") + 1 : stat.rindex(")")])
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf(
+            "SC_CLK_TCK")
+    return out
+
+
+def probe_profile(seconds: float = 8.0) -> None:
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    workloads = (("builtin/minilm", [nb.minilm_request(i) for i in range(64)]),
+                 ("builtin/mlp", [nb.mlp_request(i) for i in range(64)]))
+    node = nb.NodeProcess()
+    try:
+        for model, payloads in workloads:
+            for concurrency in (1, 64):
+                nb.drive(node.address, nb.INFER_PATH, payloads, concurrency, 2, warmup=0.0)
+                out = Path(tempfile.mkdtemp()) / "stacks.txt"
+                cpu0 = thread_cpu(node.proc.pid)
+                recorder = subprocess.Popen(
+                    [spy, "record", "--pid", str(node.proc.pid), "--duration", str(round(seconds)),
+                     "--format", "raw", "--rate", "250", "--nonblocking", "--output", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                r = nb.drive(node.address, nb.INFER_PATH, payloads, concurrency, seconds,
+                             warmup=0.0)
+                cpu1 = thread_cpu(node.proc.pid)
+                recorder.wait(60)
+                phases: dict[str, int] = {}
+                for line in out.read_text().splitlines():
+                    stack, _, count = line.rpartition(" ")
+                    phase = classify(stack.split(";"))
+                    phases[phase] = phases.get(phase, 0) + int(count)
+                total = sum(phases.values()) or 1
+                n = max(1, r["n"])
+                print(f"\n{model} c{concurrency}: {r['rps']:.0f} req/s, p50 {r['p50'] * 1e3:.2f} ms, "
+                      f"load average {os.getloadavg()[0]:.1f}", flush=True)
+                cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+                print("  CPU per request by thread (us): " + ", ".join(
+                    f"{k} {v / n * 1e6:.0f}" for k, v in sorted(cpu.items(), key=lambda x: -x[1])
+                    if v > 0))
+                print(f"  Python samples by phase (of {total}; us per request at 4 ms/sample):")
+                for phase, count in sorted(phases.items(), key=lambda x: -x[1]):
+                    print(f"    {phase:40s} {count / total * 100:5.1f}%  "
+                          f"{count * 4e3 / n:7.0f}")
+    finally:
+        node.stop()
+
+
+def _uvloop_echo(port_out: Any) -> None:
+    import uvloop
+
+    uvloop.install()
+    nb._echo_server(port_out)
+
+
+def probe_uvloop() -> None:
+    ctx = mp.get_context("spawn")
+    payloads = [nb.mlp_request(i) for i in range(64)]
+    addresses = {}
+    servers = []
+    for label, target in (("asyncio", nb._echo_server), ("uvloop", _uvloop_echo)):
+        ports = ctx.Queue()
+        server = ctx.Process(target=target, args=(ports,), daemon=True)
+        server.start()
+        servers.append(server)
+        addresses[label] = f"127.0.0.1:{ports.get(timeout=60)}"
+    try:
+        for concurrency in (1, 16, 64):
+            rates: dict[str, list[float]] = {label: [] for label in addresses}
+            for _ in range(3):
+                for label, address in addresses.items():
+                    r = nb.drive(address, nb.ECHO_PATH, payloads, concurrency, 3)
+                    rates[label].append(r["rps"] if concurrency > 1 else r["p50"] * 1e3)
+            unit = "req/s" if concurrency > 1 else "ms p50"
+            print(f"echo c{concurrency} ({unit}, 3 alternating rounds, load average "
+                  f"{os.getloadavg()[0]:.1f}): " + "; ".join(
+                      f"{label} {' '.join(f'{x:.2f}' if concurrency == 1 else f'{x:.0f}' for x in v)}"
+                      for label, v in rates.items()), flush=True)
+    finally:
+        for server in servers:
+            server.terminate()
+
+
 PROBES: dict[str, Callable[[], Any]] = {
     "cpu": probe_cpu, "inproc": probe_inproc, "gil": probe_gil, "uptime": probe_uptime,
+    "profile": probe_profile, "uvloop": probe_uvloop,
 }
 
 

@@ -171,7 +171,7 @@ class MiniLM(TorchModel):
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [b.decode("utf-8") for b in inputs["text"].reshape(-1)]
         ids, mask = self.tokenize(texts)
-        with self._compute():
+        with self._compute(len(texts)):
             out = self._module(ids.to(self.device), mask.to(self.device))
             return {"embedding": out.to("cpu").numpy()}
 

@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=float,
                      help=f"seconds to finish in-flight work {_default('drain_timeout')}")
     run.add_argument("--torch-threads", type=int,
-                     help=f"torch intra-op threads; 0 = CPU cores - 1 {_default('torch_threads')}")
+                     help=f"torch intra-op threads; 0 = adaptive (CPU cores - 1, or all "
+                          f"cores for long passes when measured faster) {_default('torch_threads')}")
     run.add_argument("--max-message-bytes", type=int,
                      help=f"largest gRPC message {_default('max_message_bytes')}")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],

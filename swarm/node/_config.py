@@ -117,7 +117,8 @@ class NodeConfig:
     drain_timeout: float = 30.0
     # Response cache bound, shared by the models that enable caching.
     cache_max_bytes: int = 64 << 20
-    # Torch intra-op threads (0 = one fewer than the CPU cores, leaving one for gRPC).
+    # Torch intra-op threads (0 = adaptive: one fewer than the CPU cores for short passes,
+    # leaving one for gRPC; for long ones all cores or one fewer, whichever measured faster).
     torch_threads: int = 0
     # "debug", "info", "warning", "error".
     log_level: str = "info"

@@ -39,13 +39,18 @@ class ThreadPolicy:
 
     Short passes (small batches) run `narrow`, leaving a core to the event loop and
     gRPC: OpenMP workers spin between the many small ops and would starve them.
-    Passes that took at least `wide_after` seconds run `wide`: there the extra core
-    pays for itself (MiniLM batches: ~1.5x the items/s, bench/RESULTS.md).
+    Passes that took at least `wide_after` seconds run with whichever of `wide` and
+    `narrow` has measured fewer seconds per item on such passes: on a quiet machine the
+    extra core pays for itself (MiniLM batches: ~2x the items/s), on a loaded one the
+    spinning team collapses (4x fewer items/s than one thread at load average 12 on 2
+    cores, bench/RESULTS.md). Every `explore_every`-th long pass runs the other count,
+    so a change in the machine's load is noticed (0: never re-measure).
     """
 
     narrow: int = 1
     wide: int = 1
     wide_after: float = 0.005
+    explore_every: int = 32
 
     @classmethod
     def for_machine(cls, cores: int, fixed: int = 0) -> ThreadPolicy:
@@ -54,11 +59,23 @@ class ThreadPolicy:
         return cls(narrow=max(1, cores - 1), wide=max(1, cores))
 
 
-def intra_op_threads(policy: ThreadPolicy, last_forward: float | None) -> int:
-    """Threads for the next forward pass, given how long the last one took."""
-    if last_forward is not None and last_forward >= policy.wide_after:
-        return policy.wide
-    return policy.narrow
+def intra_op_threads(policy: ThreadPolicy, last_forward: float | None,
+                     per_item: Mapping[int, float] | None = None, long_passes: int = 0) -> int:
+    """Threads for the next forward pass, given how long the last one took.
+
+    `per_item`: measured seconds per item of long passes by thread count (an EWMA);
+    `long_passes`: how many long passes ran so far.
+    """
+    if last_forward is None or last_forward < policy.wide_after or policy.wide == policy.narrow:
+        return policy.narrow
+    measured = per_item or {}
+    for threads in (policy.wide, policy.narrow):  # each count measured once first
+        if threads not in measured:
+            return threads
+    best, other = sorted((policy.wide, policy.narrow), key=lambda n: measured[n])
+    if policy.explore_every and long_passes % policy.explore_every == policy.explore_every - 1:
+        return other
+    return best
 
 
 # Set by the node at start-up (swarm.node._node); models read it for every CPU pass.
@@ -133,19 +150,31 @@ class TorchModel(Model):
         # One execution at a time per model: the batcher guarantees it, this guards misuse.
         self._lock = threading.Lock()
         self._last_forward: float | None = None
+        # Seconds per item of long CPU passes by thread count (EWMA), and how many ran.
+        self._per_item: dict[int, float] = {}
+        self._long_passes = 0
 
     @contextlib.contextmanager
-    def _compute(self) -> Iterator[None]:
-        """One forward pass: the lock, inference mode, and this pass's thread count."""
+    def _compute(self, items: int = 0) -> Iterator[None]:
+        """One forward pass of `items` items: the lock, inference mode, this pass's threads."""
         with self._lock:
+            policy = _thread_policy
+            threads = 0
             if self.device.type == "cpu":
-                threads = intra_op_threads(_thread_policy, self._last_forward)
+                threads = intra_op_threads(policy, self._last_forward, self._per_item,
+                                           self._long_passes)
                 if threads != torch.get_num_threads():
                     torch.set_num_threads(threads)
+            long = self._last_forward is not None and self._last_forward >= policy.wide_after
             started = time.perf_counter()
             with torch.inference_mode():
                 yield
             self._last_forward = time.perf_counter() - started
+            if threads and long and items > 0:
+                self._long_passes += 1
+                seconds = self._last_forward / items
+                old = self._per_item.get(threads)
+                self._per_item[threads] = seconds if old is None else old + 0.3 * (seconds - old)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         # Decoded requests are read-only views of the message; torch wants writable memory.
@@ -163,7 +192,7 @@ class TorchModel(Model):
         return {s.name: t for s, t in zip(self.spec.outputs, outputs, strict=True)}
 
     def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._compute():
+        with self._compute(len(next(iter(inputs.values()), ()))):
             tensors = {s.name: self._to_device(inputs[s.name]) for s in self.spec.inputs}
             outputs = self.forward(tensors)
             return {k: v.detach().to("cpu").numpy() for k, v in outputs.items()}

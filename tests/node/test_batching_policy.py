@@ -96,3 +96,23 @@ def test_short_passes_run_narrow_and_long_ones_wide() -> None:
     fixed = ThreadPolicy.for_machine(cores=8, fixed=3)
     assert intra_op_threads(fixed, 0.050) == intra_op_threads(fixed, 0.0001) == 3
     assert ThreadPolicy.for_machine(cores=1) == ThreadPolicy(1, 1)
+
+
+def test_long_passes_use_the_thread_count_measured_faster() -> None:
+    from swarm.node._runtime import ThreadPolicy, intra_op_threads
+
+    policy = ThreadPolicy(narrow=1, wide=2, explore_every=4)
+    # Each count is measured once first: wide, then narrow.
+    assert intra_op_threads(policy, 0.05, {}, 0) == 2
+    assert intra_op_threads(policy, 0.05, {2: 0.005}, 1) == 1
+    # A quiet machine: two threads are faster per item, and stay in use...
+    quiet = {2: 0.0025, 1: 0.005}
+    assert [intra_op_threads(policy, 0.05, quiet, k) for k in range(2, 10)] == [
+        2, 1, 2, 2, 2, 1, 2, 2]  # ...but every 4th long pass re-measures one thread
+    # A loaded one: the spinning two-thread team collapsed; one thread wins.
+    loaded = {2: 0.05, 1: 0.012}
+    assert [intra_op_threads(policy, 0.05, loaded, k) for k in range(2, 6)] == [1, 2, 1, 1]
+    # Short passes stay narrow whatever was measured.
+    assert intra_op_threads(policy, 0.001, quiet, 7) == 1
+    assert intra_op_threads(ThreadPolicy(1, 2, explore_every=0), 0.05, loaded, 3) == 1
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._tensors import tensors_digest
 from swarm.client._convert import build_request
 from swarm.node._runtime import Model
-from swarm.protocol import Identity, ResponseSignature, verify_response
+from swarm.protocol import Identity, ResponseSignature, verify, verify_response
 from swarm.protocol._responses import inputs_digest
 from tests.client.test_swarm_client import connected_client
 from tests.conftest import NodeFactory
@@ -100,3 +101,12 @@ async def test_swarm_client_verifies_routed_responses(memory_swarm: Any, mlp: Mo
                 assert routed.signature.signer == routed.peer
         finally:
             await client.close()
+
+
+def test_identity_signs_the_same_bytes_as_the_private_key() -> None:
+    """The fast signer (PyNaCl) must produce exactly cryptography's Ed25519 signatures."""
+    for i in range(20):
+        identity = Identity.from_seed(hashlib.sha256(b"seed %d" % i).digest())
+        for message in (b"", b"x", bytes(range(256)) * (i + 1)):
+            assert identity.sign(message) == identity.private_key.sign(message)
+            assert verify(identity.public_key, identity.sign(message), message)
