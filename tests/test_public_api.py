@@ -36,7 +36,8 @@ def test_swarm_routing_exports() -> None:
     import swarm.routing
 
     assert set(swarm.routing.__all__) == {
-        "BUILTIN_DIGESTS", "FORWARDED", "MAX_MESSAGE_BYTES", "Caller", "GrpcCaller",
+        "ADMISSION_HEADER", "BUILTIN_DIGESTS", "DEPTH_TRAILER", "FORWARDED", "MAX_MESSAGE_BYTES",
+        "Caller", "GrpcCaller",
         "ProviderWeight", "Resolver", "Routed", "Router", "RoutingOptions", "SignedNames",
         "SignedTags", "error_from_rpc", "one_per_provider", "status_of"}
 

@@ -194,6 +194,11 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def queued_items(self) -> int:
+        """Items of the requests waiting (not executing); what admission weighs."""
+        return sum(p.items for p in self._queue if not p.future.done())
+
+    @property
     def items_per_second(self) -> float:
         return self._items_per_second.value or 0.0
 
