@@ -179,6 +179,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._busy = False
+        self._busy_since = 0.0
         self._closed = False
         self._last_arrival: float | None = None
         self._arrival_gap = _Ewma(0.2)
@@ -197,6 +198,15 @@ class Batcher:
     def queued_items(self) -> int:
         """Items of the requests waiting (not executing); what admission weighs."""
         return sum(p.items for p in self._queue if not p.future.done())
+
+    @property
+    def executing_left(self) -> float:
+        """Seconds the running execution is expected to take still (its EWMA less what has
+        passed; 0 when idle): what admission adds to the queued work."""
+        if not self._busy:
+            return 0.0
+        elapsed = self._clock.monotonic() - self._busy_since
+        return max(0.0, (self._execution_time.value or 0.0) - elapsed)
 
     @property
     def items_per_second(self) -> float:
@@ -294,6 +304,7 @@ class Batcher:
 
     async def _execute(self, batch: list[_Pending], started: float) -> None:
         self._busy = True
+        self._busy_since = started
         loop = asyncio.get_running_loop()
         try:
             outputs, timing = await loop.run_in_executor(self._executor, self._run_batch, batch)

@@ -298,7 +298,7 @@ def _admission(served: ServedModel) -> None:
     batcher = served.batcher
     policy = AdmissionPolicy(served.options.admission_wait)
     if not admits(policy, batcher.queued_items, batcher.items_per_second,
-                  batcher.policy.max_batch_size):
+                  batcher.policy.max_batch_size, batcher.executing_left):
         depth = batcher.queue_depth
         raise OverloadedError(
             f"{served.name}: {depth} requests queued, past this node's admission bound "

@@ -61,24 +61,25 @@ class AdmissionPolicy:
         if not 0 <= self.target_wait < math.inf:
             raise ValueError(f"target_wait must be finite and >= 0, got {self.target_wait}")
 
-    def bound(self, items_per_second: float, batch_items: int = 1) -> float:
-        """Queued items past which a refusable request is refused (inf: no bound)."""
-        if self.target_wait <= 0 or not items_per_second > 0:
-            return math.inf  # off, or nothing measured yet: no basis to refuse on
-        return max(float(batch_items), items_per_second * self.target_wait)
 
 
 def admits(policy: AdmissionPolicy, queued_items: int, items_per_second: float,
-           batch_items: int = 1) -> bool:
+           batch_items: int = 1, executing: float = 0.0) -> bool:
     """Does a provider queue a request that allows refusal, with `queued_items` items
-    waiting (not executing) and a measured service rate of `items_per_second`?
+    waiting, an execution expected to run `executing` seconds more, and a measured
+    service rate of `items_per_second`?
 
-    `batch_items` (the largest batch) is the least it always admits: a queue of one
-    batch is what batching needs, not a backlog. An empty queue always admits.
+    The wait ahead of the request, `queued_items / items_per_second + executing`, must
+    stay within the policy's latency target, or within one batch (`batch_items`, the
+    largest) when that takes longer: a batch's worth queued is what batching needs, not a
+    backlog. An idle provider always admits.
     """
-    if queued_items <= 0:
+    if queued_items <= 0 and executing <= 0:
         return True
-    return queued_items < policy.bound(items_per_second, batch_items)
+    if policy.target_wait <= 0 or not items_per_second > 0:
+        return True  # off, or nothing measured yet: no basis to refuse on
+    ahead = max(0, queued_items) / items_per_second + max(0.0, executing)
+    return ahead < max(policy.target_wait, batch_items / items_per_second)
 
 
 def choose_attempt(view: PeerView, request: Request, obs: Observations | ObservationSnapshot,
@@ -93,12 +94,15 @@ def choose_attempt(view: PeerView, request: Request, obs: Observations | Observa
     `config.max_refusals` refusals came and another provider is left; otherwise it is the
     best by estimate among all but the peers that failed, and must be queued.
     """
-    if (len(refused) if refusals is None else refusals) < config.max_refusals:
+    met = len(refused) if refusals is None else refusals
+    if met < config.max_refusals:
         try:
             ranked = choose(view, request, obs, rng, now, config)
             return [replace(ranked[0], admissible=True), *ranked[1:]]
         except NoProviderError:
             if not refused:
                 raise
+    elif met == 0:  # max_refusals 0: admission off, a plain choice
+        return choose(view, request, obs, rng, now, config)
     forced = replace(request, exclude=request.exclude - refused, explore=False)
     return choose(view, forced, obs, rng, now, replace(config, spread_pool=1))
