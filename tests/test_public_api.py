@@ -46,8 +46,9 @@ def test_swarm_autoscale_exports() -> None:
     import swarm.autoscale
 
     assert set(swarm.autoscale.__all__) == {
-        "Action", "ActionKind", "AutoscaleConfig", "Decision", "Direction", "ModelDemand",
-        "SelfState", "Trend", "allowed", "decide", "replica_load", "supply_and_demand"}
+        "Action", "ActionKind", "AutoscaleConfig", "Decision", "Direction", "LocalConfig",
+        "LocalDecision", "LocalLoad", "LocalTrend", "ModelDemand", "SelfState", "Trend",
+        "allowed", "decide", "decide_local", "replica_load", "supply_and_demand"}
 
 
 def test_swarm_modelfile_exports() -> None:
