@@ -23,7 +23,9 @@ Model (seeded; all times virtual):
              its speed (swarm.scheduler.admits, as the node does) answers at once with its
              queue depth; the client records it (record_refusal) and sends the request to
              its next choice, at most `max_refusals` times (`--set max_refusals=N`), then
-             to the best by estimate, which must queue it. `--admission-wait 0`: off.
+             to the best by estimate, which must queue it. `--admission-wait 0`: off
+             (40 ms by default: the node's admission_wait, 50 ms, scaled to this
+             model's 4-40 ms per item; 20-60 ms gave p99 96-105 ms, bench/RESULTS.md).
   policies   choose        swarm.scheduler.choose, Preference.LATENCY
              choose 0.5    choose with Preference(0.5): latency and price weighed equally
              random        uniform over the 20 providers
@@ -389,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stale-ms", type=float, default=10.0, help="staleness of the stale oracle")
     ap.add_argument("--no-depth", action="store_true",
                     help="answers do not carry the provider's queue depth (as before issue 14)")
-    ap.add_argument("--admission-wait", type=float, default=0.0, metavar="MS",
-                    help="providers refuse attempts past this many ms of waiting work (0: off)")
+    ap.add_argument("--admission-wait", type=float, default=40.0, metavar="MS",
+                    help="providers refuse attempts past this many ms of waiting work "
+                         "(default: 40; 0: off)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a SchedulerConfig field for choose, e.g. --set explore=0 (repeatable)")
     ap.add_argument("--policies", default=None,

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from swarm._errors import OverloadedError
+from swarm._errors import ConfigError, OverloadedError
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm.node._config import ModelOptions
@@ -72,3 +72,9 @@ async def test_past_the_bound_a_refusable_request_is_refused_with_the_depth(
         for r in await asyncio.gather(running, queued, plain):
             assert list(r.outputs[0].shape) == [1, 2]
         assert model.batches.count(1) == 3 + 3
+
+
+@pytest.mark.parametrize("wait", [-0.1, float("inf"), float("nan")])
+def test_admission_wait_is_checked(wait: float) -> None:
+    with pytest.raises(ConfigError, match="admission_wait"):
+        ModelOptions(admission_wait=wait)
