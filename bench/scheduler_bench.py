@@ -1,5 +1,6 @@
 """.venv/bin/python bench/scheduler_bench.py   # [--clients 8] [--seed 1] [--advert-period 2] [--duration 60]
                                               # [--policies choose,oracle] [--set explore=0] [--no-depth]
+                                              # [--admission-wait MS]
 
 Routing policies compared in a seeded discrete-event simulation (virtual time, no sleeping).
 
@@ -17,6 +18,14 @@ Model (seeded; all times virtual):
              view. Otherwise a client knows only its own requests: what it has in flight
              and, from each answer, the latency and the queue and execution seconds the
              provider reports (record_success's `queued` / `service`).
+  admission  `choose`'s attempts may be refused (swarm.scheduler.choose_attempt, as the
+             Router does): a provider whose waiting work exceeds `--admission-wait` ms at
+             its speed (swarm.scheduler.admits, as the node does) answers at once with its
+             queue depth; the client records it (record_refusal) and sends the request to
+             its next choice, at most `max_refusals` times (`--set max_refusals=N`), then
+             to the best by estimate, which must queue it. `--admission-wait 0`: off
+             (40 ms by default: the node's admission_wait, 50 ms, scaled to this
+             model's 4-40 ms per item; 20-60 ms gave p99 96-105 ms, bench/RESULTS.md).
   policies   choose        swarm.scheduler.choose, Preference.LATENCY
              choose 0.5    choose with Preference(0.5): latency and price weighed equally
              random        uniform over the 20 providers
@@ -49,7 +58,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +67,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from swarm._types import Digest, PeerId
 from swarm.protocol import Advert, Identity, ModelOffer, PeerView, Price, admit
-from swarm.scheduler import Observations, Preference, Request, SchedulerConfig, choose
+from swarm.scheduler import (
+    AdmissionPolicy,
+    Observations,
+    Preference,
+    Request,
+    SchedulerConfig,
+    admits,
+    choose_attempt,
+)
 
 DIGEST = Digest.of(b"bench-model")
 WALL_OFFSET = 1_795_000_000.0  # unix time of virtual t = 0 (advert timestamps)
@@ -85,6 +102,10 @@ class Setup:
     seed: int = 1
     # Answers carry the provider's queue depth (swarm_queue_depth), as the node's do.
     report_depth: bool = True
+    # Providers refuse attempts that allow it past this many seconds of waiting work
+    # (AdmissionPolicy.target_wait); 0: admission off.
+    admission_wait: float = 0.0
+    count_executing: bool = True
     config: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -102,6 +123,11 @@ class Job:
     started: float = 0.0
     answered: float = 0.0
     depth: int = 0  # requests waiting at its provider when it finished (swarm_queue_depth)
+    sent: float = 0.0  # when its current attempt left the client
+    admissible: bool = False  # its current attempt may be refused
+    tried: frozenset[PeerId] = frozenset()
+    refused: frozenset[PeerId] = frozenset()
+    refusals: int = 0
 
 
 @dataclass
@@ -123,6 +149,8 @@ class Result:
     prices: np.ndarray
     drain: float
     wall: float
+    refusals: int = 0
+    jobs: list[Job] = field(default_factory=list)  # those in the statistics
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies, q))
@@ -150,7 +178,7 @@ def capacity(setup: Setup, providers: list[Provider]) -> float:
     return sum(1 / (p.per_item * mean_items) for p in providers)
 
 
-Pick = Callable[[Job, float], int]  # (job, now) -> provider index
+Pick = Callable[[Job, float], tuple[int, bool]]  # (job, now) -> provider index, admissible
 
 
 class Sim:
@@ -167,6 +195,7 @@ class Sim:
                 obs.record_rtt(p.peer, float(self.rtt[c, p.index]), 0.0)
         self._events: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = 0
+        self.refusals = 0
 
     def at(self, t: float, action: Callable[[float], None]) -> None:
         self._seq += 1
@@ -177,6 +206,8 @@ class Sim:
         rng = random.Random(setup.seed * 7919 + 17)  # arrivals, sizes, noise: same for all policies
         rate = setup.load * capacity(setup, providers)
         done: list[Job] = []
+        admission = AdmissionPolicy(setup.admission_wait)
+        self.refusals = 0
 
         def arrive(now: float) -> None:
             if now < setup.duration:
@@ -184,19 +215,45 @@ class Sim:
             items = rng.randint(1, setup.max_items)
             noise = math.exp(rng.gauss(0, setup.service_sigma) - setup.service_sigma ** 2 / 2)
             job = Job(rng.randrange(setup.clients), now, items, service=0.0)
-            p = providers[pick(job, now)]
-            job.provider, job.price, job.work = p.index, p.price.cost(items), items * p.per_item
-            job.service = job.work * noise
+            job.service = noise  # times the work at whichever provider executes it
+            dispatch(job, now)
+
+        def dispatch(job: Job, now: float) -> None:
+            index, job.admissible = pick(job, now)
+            p = providers[index]
+            job.provider, job.price, job.work = p.index, p.price.cost(job.items), job.items * p.per_item
+            job.sent = now
+            job.tried |= {p.peer}
             p.backlog += job.work
-            self.observations[job.client].start(p.peer, now, items)
+            self.observations[job.client].start(p.peer, now, job.items)
             self.at(now + self.rtt[job.client, p.index] / 2, lambda t: reach(job, t))
 
         def reach(job: Job, now: float) -> None:
             p = providers[job.provider]
+            # What a node knows of its running execution: its expected length and start.
+            executing = 0.0 if p.busy is None else max(
+                0.0, p.busy.work - (now - p.busy.started)) if setup.count_executing else 0.0
+            if job.admissible and not admits(
+                    admission, sum(j.items for j in p.waiting), 1 / p.per_item,
+                    executing=executing):
+                depth = len(p.waiting)
+                p.backlog -= job.work
+                self.refusals += 1
+                self.at(now + self.rtt[job.client, p.index] / 2, lambda t: refused(job, depth, t))
+                return
             job.reached = now
+            job.service = job.work * job.service  # the noise factor, set at arrival
             p.waiting.append(job)
             if p.busy is None:
                 begin(p, now)
+
+        def refused(job: Job, depth: int, now: float) -> None:
+            obs, peer = self.observations[job.client], providers[job.provider].peer
+            obs.finish(peer, now)
+            obs.record_refusal(peer, depth, now)
+            job.refused |= {peer}
+            job.refusals += 1
+            dispatch(job, now)
 
         def begin(p: Provider, now: float) -> None:
             job = p.waiting.popleft()
@@ -216,7 +273,7 @@ class Sim:
             job.answered = now
             obs, peer = self.observations[job.client], providers[job.provider].peer
             obs.finish(peer, now)
-            obs.record_success(peer, now - job.arrival, job.items, now, expected=job.expected,
+            obs.record_success(peer, now - job.sent, job.items, now, expected=job.expected,
                                queued=job.started - job.reached, service=job.service,
                                depth=job.depth if setup.report_depth else None)
             done.append(job)
@@ -273,27 +330,29 @@ def simulate(setup: Setup, policy: str, *, max_price: float | None = None,
         delays = [rtt[job.client, p.index] + backlog(p) + job.items * p.per_item for p in providers]
         return int(np.argmin(delays))
 
-    def pick(job: Job, now: float) -> int:
+    def pick(job: Job, now: float) -> tuple[int, bool]:
         if policy == "random":
-            return pick_rng.randrange(len(providers))
+            return pick_rng.randrange(len(providers)), False
         if policy == "roundrobin":
             next_rr[job.client] = (next_rr[job.client] + 1) % len(providers)
-            return next_rr[job.client]
+            return next_rr[job.client], False
         if policy == "oracle":
-            return jsed(job, lambda p: p.backlog)
+            return jsed(job, lambda p: p.backlog), False
         if policy == "stale":
             if now - stale.at >= setup.stale:
                 stale.at, stale.backlog, stale.own = now, [p.backlog for p in providers], {}
             index = jsed(job, lambda p: stale.backlog[p.index] + stale.own.get((job.client, p.index), 0.0))
             key = (job.client, index)
             stale.own[key] = stale.own.get(key, 0.0) + job.items * providers[index].per_item
-            return index
+            return index, False
+        # As Router.send: the first attempt may explore; attempts may be refused (admission).
         request = Request(DIGEST, items=job.items, max_price=max_price, preference=preference,
-                          explore=True)  # every request is a first attempt here
-        first = choose(sim.view, request, sim.observations[job.client], client_rngs[job.client],
-                       now, setup.config)[0]
+                          exclude=job.tried, explore=not job.tried)
+        config = setup.config if setup.admission_wait > 0 else replace(setup.config, max_refusals=0)
+        first = choose_attempt(sim.view, request, sim.observations[job.client],
+                               client_rngs[job.client], now, config, job.refused, job.refusals)[0]
         job.expected = first.expected_latency
-        return sim.by_peer[first.peer].index
+        return sim.by_peer[first.peer].index, first.admissible
 
     done = sim.run(pick)
     kept = [j for j in done if j.arrival >= setup.warmup]
@@ -303,6 +362,8 @@ def simulate(setup: Setup, policy: str, *, max_price: float | None = None,
         prices=np.array([j.price for j in kept]),
         drain=max(j.answered for j in done) - last_arrival,
         wall=time.perf_counter() - t0,
+        refusals=sim.refusals,
+        jobs=kept,
     )
 
 
@@ -330,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stale-ms", type=float, default=10.0, help="staleness of the stale oracle")
     ap.add_argument("--no-depth", action="store_true",
                     help="answers do not carry the provider's queue depth (as before issue 14)")
+    ap.add_argument("--admission-wait", type=float, default=40.0, metavar="MS",
+                    help="providers refuse attempts past this many ms of waiting work "
+                         "(default: 40; 0: off)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a SchedulerConfig field for choose, e.g. --set explore=0 (repeatable)")
     ap.add_argument("--policies", default=None,
@@ -339,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     config = SchedulerConfig(**{k: _number(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     setup = Setup(clients=args.clients, advert_period=args.advert_period, duration=args.duration,
                   load=args.load, stale=args.stale_ms / 1000, seed=args.seed,
-                  report_depth=not args.no_depth, config=config)
+                  report_depth=not args.no_depth, config=config,
+                  admission_wait=args.admission_wait / 1000)
     providers, _ = make_world(setup)
     cap = price_cap(setup)
     print(f"{setup.providers} providers ({min(p.per_item for p in providers) * 1e3:.0f}-"
@@ -348,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{max(p.price.per_request_micros for p in providers)} micros per request), "
           f"{setup.clients} clients, load {setup.load:.0%} of {capacity(setup, providers):.0f} "
           f"requests/s, adverts every {setup.advert_period:g} s, {setup.duration:g} s, "
-          f"seed {setup.seed}\n")
+          f"seed {setup.seed}, admission "
+          f"{f'{args.admission_wait:g} ms' if args.admission_wait > 0 else 'off'}\n")
 
     runs: dict[str, tuple[str, Callable[[], Result]]] = {  # key: (name, run)
         "choose": ("choose", lambda: simulate(setup, "choose")),
@@ -364,11 +430,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--policies: unknown {sorted(wanted - set(runs))}; known: {', '.join(runs)}")
     results = {name: run() for key, (name, run) in runs.items() if key in wanted}
 
-    print("| policy | requests | p50 ms | p99 ms | mean price | max price | drain s | run s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| policy | requests | p50 ms | p99 ms | mean price | max price | refusals | drain s "
+          "| run s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         print(f"| {name} | {len(r.latencies)} | {r.p(50) * 1e3:.1f} | {r.p(99) * 1e3:.1f} | "
-              f"{r.prices.mean():.2f} | {r.prices.max():g} | {r.drain:.2f} | {r.wall:.1f} |")
+              f"{r.prices.mean():.2f} | {r.prices.max():g} | {r.refusals} | {r.drain:.2f} | "
+              f"{r.wall:.1f} |")
     checks = []
     if "choose" in results and "oracle" in results:
         vs_oracle = results["choose"].p(99) / results["oracle"].p(99)

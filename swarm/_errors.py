@@ -116,7 +116,17 @@ class ModelNotFoundError(InferenceError):
 
 
 class OverloadedError(InferenceError):
-    """The model's queue is full or a limit was hit (RESOURCE_EXHAUSTED)."""
+    """The model's queue is full or a limit was hit (RESOURCE_EXHAUSTED).
+
+    `queue_depth` is set on a provider's admission refusal (swarm.scheduler.admits): its
+    queue was past its bound for a request that allowed a refusal, and this is the depth
+    it reported (unauthenticated: a claim about itself only). None: any other overload.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 queue_depth: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.queue_depth = queue_depth
 
 
 class DeadlineExceededError(InferenceError):

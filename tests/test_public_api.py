@@ -36,7 +36,8 @@ def test_swarm_routing_exports() -> None:
     import swarm.routing
 
     assert set(swarm.routing.__all__) == {
-        "BUILTIN_DIGESTS", "FORWARDED", "MAX_MESSAGE_BYTES", "Caller", "GrpcCaller",
+        "ADMISSION_HEADER", "BUILTIN_DIGESTS", "DEPTH_TRAILER", "FORWARDED", "MAX_MESSAGE_BYTES",
+        "Caller", "GrpcCaller",
         "ProviderWeight", "Resolver", "Routed", "Router", "RoutingOptions", "SignedNames",
         "SignedTags", "error_from_rpc", "one_per_provider", "status_of"}
 
@@ -45,8 +46,9 @@ def test_swarm_autoscale_exports() -> None:
     import swarm.autoscale
 
     assert set(swarm.autoscale.__all__) == {
-        "Action", "ActionKind", "AutoscaleConfig", "Decision", "Direction", "ModelDemand",
-        "SelfState", "Trend", "allowed", "decide", "replica_load", "supply_and_demand"}
+        "Action", "ActionKind", "AutoscaleConfig", "Decision", "Direction", "LocalConfig",
+        "LocalDecision", "LocalLoad", "LocalTrend", "ModelDemand", "SelfState", "Trend",
+        "allowed", "decide", "decide_local", "replica_load", "supply_and_demand"}
 
 
 def test_swarm_modelfile_exports() -> None:

@@ -6,6 +6,8 @@ _decide.py  the pure decision `decide(view, self_state, config, rng) -> Decision
             (Knative KPA-style desired replicas with a panic mode, Ray Serve-style
             up/down delays, a lottery so that the expected new replicas match the
             deficit, provider bounds) and `AutoscaleConfig`
+_local.py   the pure `decide_local(load, trend, config)`: more or fewer instances of one
+            model on this node's devices (local replicas sharing the model's queue)
 
 The node's driver (swarm/node/_autoscaler.py) runs `decide` every interval and
 carries its actions out through the registry's pull and the zero-downtime load path.
@@ -23,6 +25,7 @@ from swarm.autoscale._decide import (
     decide,
 )
 from swarm.autoscale._demand import ModelDemand, replica_load, supply_and_demand
+from swarm.autoscale._local import LocalConfig, LocalDecision, LocalLoad, LocalTrend, decide_local
 
 __all__ = [
     "Action",
@@ -30,11 +33,16 @@ __all__ = [
     "AutoscaleConfig",
     "Decision",
     "Direction",
+    "LocalConfig",
+    "LocalDecision",
+    "LocalLoad",
+    "LocalTrend",
     "ModelDemand",
     "SelfState",
     "Trend",
     "allowed",
     "decide",
+    "decide_local",
     "replica_load",
     "supply_and_demand",
 ]

@@ -105,6 +105,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     virtual.add_argument("--explore", type=_share, metavar="SHARE",
                          help="share of first attempts sent to providers a client has not "
                               "measured lately (default: 0.05; 0: never)")
+    virtual.add_argument("--admission-wait", type=_nonnegative_float, metavar="SECONDS",
+                         help="providers refuse a Router's attempt past this many seconds of "
+                              "queued work (the node's admission_wait; default: 0.05; 0: off)")
     virtual.add_argument("--seed", type=int, metavar="N", help="random seed of the whole run")
     virtual.add_argument("--report", type=Path, metavar="DIR",
                          help="report folder (default: ./reports/simnet-virtual-<timestamp>/)")
@@ -236,8 +239,8 @@ def _virtual_scenario(args: argparse.Namespace) -> Any:
         original = load_scenario(args.scenario)
         scenario = _overridden(original, original.with_overrides(
             nodes=args.nodes, duration=args.duration, rate=args.rate, seed=args.seed))
-    settings = {k: v for k, v in (("clients", args.clients), ("explore", args.explore))
-                if v is not None}
+    settings = {k: v for k, v in (("clients", args.clients), ("explore", args.explore),
+                                  ("admission_wait", args.admission_wait)) if v is not None}
     if settings:
         scenario = dataclasses.replace(
             scenario, virtual=dataclasses.replace(scenario.virtual, **settings))
@@ -297,7 +300,7 @@ def _virtual_table(st: Any, *, busiest: bool) -> Any:
                     f"most stale entries {st.max_stale_entries}")
     table.add_row("routing", f"{st.hedges} hedges (a second copy of a slow request), "
                              f"{st.explorations} explorations (a first attempt to a provider "
-                             "not measured lately)")
+                             f"not measured lately), {st.refusals} admission refusals")
     table.add_row("batching", f"{sum(st.batch_sizes.values())} batches, "
                               f"{st.mean_batch:.2f} items per batch")
     table.add_row("gossip", f"{st.adverts} adverts; per provider {st.provider_msgs_per_s:.1f} "

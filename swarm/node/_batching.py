@@ -6,6 +6,10 @@ takes; otherwise a request goes straight to an idle model, so a lone request
 never waits out `max_queue_delay`. Under load the batcher holds requests until
 the batch is full, reaches a preferred size, or its oldest request has waited
 `max_queue_delay`. While a batch executes, the next one forms.
+
+A Batcher may hold several instances of its model (local replicas, one per device:
+`add_instance`): they share the one queue, and a batch goes to whichever instance is
+free; the policy sees the queue as busy only while every instance is.
 """
 
 from __future__ import annotations
@@ -163,11 +167,25 @@ class BatcherHooks:
     on_queue_depth: Callable[[int], None] = lambda depth: None
 
 
+@dataclass(eq=False)
+class _Instance:
+    """One instance of the model (one device) and the thread that executes on it."""
+
+    model: Model
+    executor: ThreadPoolExecutor
+    busy: bool = False
+    busy_since: float = 0.0
+    batches: int = 0
+    # Taken out (remove_instance): finishes what it runs, then gets nothing more.
+    retired: bool = False
+
+
 class Batcher:
     """Queues requests for one model version and executes them in batches off the loop.
 
     `clock` times the queue (arrival gaps, waits, deadlines: a request's `deadline`
-    is on its `monotonic()`) and the policy's Wait is a sleep on it.
+    is on its `monotonic()`) and the policy's Wait is a sleep on it. `model` is the first
+    instance; `add_instance` adds more (local replicas), which share the queue.
     """
 
     def __init__(self, model: Model, policy: BatchPolicy, *, clock: Clock = SYSTEM_CLOCK,
@@ -178,24 +196,84 @@ class Batcher:
         self._hooks = hooks or BatcherHooks()
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
-        self._busy = False
+        self._instances: list[_Instance] = []
         self._closed = False
         self._last_arrival: float | None = None
         self._arrival_gap = _Ewma(0.2)
         self._execution_time = _Ewma(0.2)
         self._items_per_second = _Ewma(0.2)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{model.name}",
-                                            initializer=model.prepare_thread)
+        self.add_instance(model)
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def add_instance(self, model: Model) -> None:
+        """Serve the queue with one more instance of the model (e.g. on another device):
+        batches go to whichever instance is free. It must compute what `self.model` does."""
+        if model.spec != self.model.spec:
+            raise ValueError(f"an instance of {model.name} must have the same spec")
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{model.name}",
+                                      initializer=model.prepare_thread)
+        self._instances.append(_Instance(model, executor))
+        self._wakeup.set()
+
+    def remove_instance(self) -> Model | None:
+        """Take the most recently added instance out (never the last one): it finishes the
+        batch it runs and gets no more. Returns its model (to release), None when one is left."""
+        live = [i for i in self._instances if not i.retired]
+        if len(live) <= 1:
+            return None
+        instance = live[-1]
+        instance.retired = True
+        if not instance.busy:
+            self._drop(instance)
+        return instance.model
+
+    def _drop(self, instance: _Instance) -> None:
+        self._instances.remove(instance)
+        instance.executor.shutdown(wait=False)
+
+    @property
+    def instances(self) -> list[Model]:
+        """The model instances serving the queue (first: `model`)."""
+        return [i.model for i in self._instances if not i.retired]
+
+    @property
+    def batches_per_instance(self) -> list[int]:
+        """Batches each serving instance has executed, in `instances` order."""
+        return [i.batches for i in self._instances if not i.retired]
+
+    def _free(self) -> _Instance | None:
+        return next((i for i in self._instances if not i.busy and not i.retired), None)
+
+    @property
+    def _busy(self) -> bool:
+        """No instance is free (what the policy calls busy)."""
+        return self._free() is None
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
     @property
+    def queued_items(self) -> int:
+        """Items of the requests waiting (not executing); what admission weighs."""
+        return sum(p.items for p in self._queue if not p.future.done())
+
+    @property
+    def executing_left(self) -> float:
+        """Seconds until an instance is expected to be free (an execution's EWMA less what
+        has passed; 0 when one is free): what admission adds to the queued work."""
+        if not self._busy:
+            return 0.0
+        now = self._clock.monotonic()
+        expected = self._execution_time.value or 0.0
+        return max(0.0, min(expected - (now - i.busy_since) for i in self._instances))
+
+    @property
     def items_per_second(self) -> float:
-        return self._items_per_second.value or 0.0
+        """Items per second the instances execute together (each one's EWMA, times their
+        number)."""
+        return (self._items_per_second.value or 0.0) * len(self.instances)
 
     async def submit(self, inputs: Mapping[str, np.ndarray], items: int,
                      deadline: float | None = None) -> BatchResult:
@@ -259,20 +337,32 @@ class Batcher:
         return batch
 
     async def run(self) -> None:
-        """Serve the queue until cancelled; cancellation fails what is still queued."""
+        """Serve the queue until cancelled; cancellation fails what is still queued.
+
+        With one instance a batch executes inline; with several, each batch runs in a task
+        of this method's TaskGroup, and the loop goes on forming the next batch for the
+        next free instance.
+        """
         try:
-            while True:
-                now = self._clock.monotonic()
-                decision = decide(self.policy, self._view(now))
-                if isinstance(decision, Wait):
-                    if not self._queue:
-                        self._idle.set()
-                    self._wakeup.clear()
-                    await wait_within(self._clock, self._wakeup.wait(), decision.seconds)
-                    continue
-                batch = self._take(decision.requests, now)
-                if batch:
-                    await self._execute(batch, now)
+            async with asyncio.TaskGroup() as executions:
+                while True:
+                    now = self._clock.monotonic()
+                    decision = decide(self.policy, self._view(now))
+                    if isinstance(decision, Wait):
+                        if not self._queue and not any(i.busy for i in self._instances):
+                            self._idle.set()
+                        self._wakeup.clear()
+                        await wait_within(self._clock, self._wakeup.wait(), decision.seconds)
+                        continue
+                    instance = self._free()
+                    batch = self._take(decision.requests, now) if instance is not None else []
+                    if instance is None or not batch:  # (the policy dispatches only when one is free)
+                        continue
+                    if len(self._instances) == 1:
+                        await self._execute(batch, now, instance)
+                    else:
+                        instance.busy = True  # before the task starts: the next decision
+                        executions.create_task(self._execute(batch, now, instance))
         finally:
             self._closed = True
             for pending in self._queue:
@@ -280,18 +370,22 @@ class Batcher:
                     pending.future.set_exception(UnavailableError("node is shutting down"))
             self._queue.clear()
             self._idle.set()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            for instance in self._instances:
+                instance.executor.shutdown(wait=False, cancel_futures=True)
 
     async def drain(self) -> None:
         """Refuse new requests and wait until everything queued has executed."""
         self._closed = True
         await self._idle.wait()
 
-    async def _execute(self, batch: list[_Pending], started: float) -> None:
-        self._busy = True
+    async def _execute(self, batch: list[_Pending], started: float, instance: _Instance) -> None:
+        instance.busy = True
+        instance.busy_since = started
+        instance.batches += 1
         loop = asyncio.get_running_loop()
         try:
-            outputs, timing = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            outputs, timing = await loop.run_in_executor(
+                instance.executor, self._run_batch, batch, instance.model)
         except Exception as exc:  # the model failed: every request in the batch fails
             error = exc if isinstance(exc, SwarmError) else InferenceError(
                 f"{self.model.name} failed to execute: {type(exc).__name__}: {exc}")
@@ -305,7 +399,10 @@ class Batcher:
                     pending.future.set_exception(UnavailableError("node is shutting down"))
             raise
         finally:
-            self._busy = False
+            instance.busy = False
+            if instance.retired:
+                self._drop(instance)
+            self._wakeup.set()  # an instance is free: the next batch may go
         elapsed = self._clock.monotonic() - started
         self._execution_time.update(elapsed)
         if elapsed > 0:
@@ -318,7 +415,8 @@ class Batcher:
                 )
         self._hooks.on_batch(timing)
 
-    def _run_batch(self, batch: Sequence[_Pending]) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
+    def _run_batch(self, batch: Sequence[_Pending],
+                   model: Model) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
         """Executor thread: concatenate, execute, split."""
         t0 = time.perf_counter()
         if len(batch) == 1:
@@ -326,10 +424,10 @@ class Batcher:
         else:
             inputs = {
                 spec.name: np.concatenate([p.inputs[spec.name] for p in batch])
-                for spec in self.model.spec.inputs
+                for spec in model.spec.inputs
             }
         t1 = time.perf_counter()
-        outputs = self.model.execute(inputs)
+        outputs = model.execute(inputs)
         t2 = time.perf_counter()
         results: list[dict[str, np.ndarray]] = []
         offset = 0

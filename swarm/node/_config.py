@@ -43,6 +43,11 @@ class ModelOptions:
     batching: bool = True
     # Cache responses of this model (bounded LRU keyed by digest and input bytes).
     cache: bool = False
+    # Admission's latency target (swarm.scheduler.AdmissionPolicy): seconds of queued work,
+    # at this model's measured rate, past which a swarm Router's attempt is refused with
+    # the queue depth (it tries another provider). Requests from other clients are queued.
+    # 0: never refuse.
+    admission_wait: float = 0.05
 
     def __post_init__(self) -> None:
         # Checked here, not only when a file is loaded: flags replace() options after loading.
@@ -52,6 +57,8 @@ class ModelOptions:
             raise ConfigError(f"max_queue_delay must be finite and >= 0, not {self.max_queue_delay}")
         if self.max_queue_size < 1:
             raise ConfigError(f"max_queue_size must be >= 1, not {self.max_queue_size}")
+        if not 0 <= self.admission_wait < math.inf:
+            raise ConfigError(f"admission_wait must be finite and >= 0, not {self.admission_wait}")
         if any(p < 1 for p in self.preferred_batch_sizes):
             raise ConfigError(f"preferred_batch_sizes must be >= 1: {list(self.preferred_batch_sizes)}")
 

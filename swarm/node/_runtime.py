@@ -12,7 +12,7 @@ import abc
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "ThreadPolicy",
     "TorchModel",
     "intra_op_threads",
+    "local_devices",
     "select_device",
     "set_thread_policy",
 ]
@@ -99,6 +100,18 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
     return device
+
+
+def local_devices(device: torch.device,
+                  count: Callable[[], int] = torch.cuda.device_count) -> list[torch.device]:
+    """The devices this node may run one instance of a model on each (local replicas):
+    every CUDA device (`count()`, torch.cuda.device_count by default: injectable, as this
+    project's CI has no GPU) when `device` is CUDA, else `device` alone. The first is
+    `device` itself."""
+    if device.type != "cuda":
+        return [device]
+    first = device.index or 0
+    return [device, *(torch.device("cuda", i) for i in range(count()) if i != first)]
 
 
 class Model(abc.ABC):
@@ -214,6 +227,10 @@ class TorchModel(Model):
         # torch.set_num_threads said on the main thread, and their spinning worker fights
         # the event loop for the CPU (8x slower GELU, 10x tail latency on 2 cores).
         torch.set_num_threads(_thread_policy.narrow)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # An instance on another device (a local replica): its thread's current device,
+            # so that streams and allocations default to it.
+            torch.cuda.set_device(self.device)
 
     def memory_bytes(self) -> int:
         params = getattr(self._module, "parameters", None)

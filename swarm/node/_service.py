@@ -32,6 +32,7 @@ from swarm._errors import (
     InferenceError,
     InvalidInputError,
     ModelNotFoundError,
+    OverloadedError,
     SwarmError,
     UnavailableError,
 )
@@ -46,7 +47,8 @@ from swarm.node._metrics import NodeMetrics
 from swarm.node._models import ModelStats, ModelTable, ServedModel
 from swarm.node._runtime import ModelSpec, TensorSpec
 from swarm.protocol import Identity, sign_response
-from swarm.routing import FORWARDED, status_of
+from swarm.routing import ADMISSION_HEADER, DEPTH_TRAILER, FORWARDED, status_of
+from swarm.scheduler import AdmissionPolicy, admits
 
 __all__ = ["FORWARDED", "FORWARDED_HEADER", "Gateway", "InferenceService", "NodeStatusService",
            "RejectUndecodable", "decode_request"]
@@ -273,6 +275,9 @@ def _statistics(name: str, digest: Digest, st: ModelStats,
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> NoReturn:
+    if isinstance(error, OverloadedError) and error.queue_depth is not None:  # a refusal
+        await context.abort(status_of(error), status_details(error),
+                            trailing_metadata=((DEPTH_TRAILER, str(error.queue_depth)),))
     await context.abort(status_of(error), status_details(error))
     raise error  # abort() raises; this line only tells type checkers so
 
@@ -280,6 +285,24 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> NoR
 def _marked(context: grpc.aio.ServicerContext) -> bool:
     """The call was forwarded by a gateway (it must not be forwarded again)."""
     return any(key == FORWARDED_HEADER for key, _ in context.invocation_metadata() or ())
+
+
+def _refusable(context: grpc.aio.ServicerContext) -> bool:
+    """The caller (a swarm Router) allows an admission refusal: it will try elsewhere."""
+    return any(key == ADMISSION_HEADER for key, _ in context.invocation_metadata() or ())
+
+
+def _admission(served: ServedModel) -> None:
+    """Refuse a refusable request when the model's queue is past its admission bound
+    (swarm.scheduler.admits, the rule the simulator's providers run too)."""
+    batcher = served.batcher
+    policy = AdmissionPolicy(served.options.admission_wait)
+    if not admits(policy, batcher.queued_items, batcher.items_per_second,
+                  batcher.policy.max_batch_size, batcher.executing_left):
+        depth = batcher.queue_depth
+        raise OverloadedError(
+            f"{served.name}: {depth} requests queued, past this node's admission bound "
+            f"({policy.target_wait:g} s of work): try another provider", queue_depth=depth)
 
 
 class Generation(Protocol):
@@ -494,24 +517,27 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         await self._idle.wait()
 
     async def infer(self, request: pb.ModelInferRequest, deadline: float | None,
-                    *, forwarded: bool = False) -> pb.ModelInferResponse:
+                    *, forwarded: bool = False, refusable: bool = False) -> pb.ModelInferResponse:
         """Serve one request unless the node is draining (then UNAVAILABLE).
 
         `forwarded`: a gateway sent it (the call was marked); never forward it again.
+        `refusable`: the caller allows an admission refusal (RESOURCE_EXHAUSTED with the
+        queue depth) when the model's queue is past its bound.
         """
         if not self._is_ready():
             raise UnavailableError("node is draining: send this request elsewhere")
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._infer(request, deadline, forwarded or FORWARDED in request.parameters)
+            return await self._infer(request, deadline, forwarded or FORWARDED in request.parameters,
+                                     refusable)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
-                     forwarded: bool) -> pb.ModelInferResponse:
+                     forwarded: bool, refusable: bool = False) -> pb.ModelInferResponse:
         """Serve one request; raises SwarmError subclasses (mapped to statuses by callers).
 
         A model this node does not serve goes to the gateway (if any), which routes it
@@ -552,6 +578,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             queue_s = compute_s = 0.0
             batch_items = decoded.items
             if outputs is None:
+                if refusable:
+                    _admission(served)
                 lookup_done = self._clock.monotonic()
                 result = await served.batcher.submit(decoded.inputs, decoded.items, deadline)
                 outputs = result.outputs
@@ -631,7 +659,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            return await self.infer(request, self._deadline(context), forwarded=_marked(context))
+            return await self.infer(request, self._deadline(context), forwarded=_marked(context),
+                                    refusable=_refusable(context))
         except SwarmError as exc:
             await _abort(context, exc)
         except Exception:

@@ -8,7 +8,7 @@ _names.py   what a model name means, through signed statements only: SignedNames
             default Resolver: owner-signed tags, release-pinned BUILTIN_DIGESTS; never
             advert counts), the Resolver and ProviderWeight hooks (stake plugs in there)
 _status.py  error_from_rpc, status_of: grpc's side of the one status <-> error table
-            (swarm._errors.STATUS)
+            (swarm._errors.STATUS); the admission header and depth trailer on the wire
 
 Used by the SDK, the node's gateway and the simulator alike.
 """
@@ -30,10 +30,12 @@ from swarm.routing._router import (
     Router,
     RoutingOptions,
 )
-from swarm.routing._status import error_from_rpc, status_of
+from swarm.routing._status import ADMISSION_HEADER, DEPTH_TRAILER, error_from_rpc, status_of
 
 __all__ = [
+    "ADMISSION_HEADER",
     "BUILTIN_DIGESTS",
+    "DEPTH_TRAILER",
     "FORWARDED",
     "MAX_MESSAGE_BYTES",
     "Caller",

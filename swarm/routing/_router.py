@@ -17,6 +17,13 @@ it. For each request:
 A small share of first attempts (never retries or hedges) explores: it goes to a
 provider this client has not measured lately (`SchedulerConfig.explore`).
 
+Attempts may be refused by the provider's admission (swarm/scheduler/_admission.py):
+the Router marks such an attempt (`Candidate.admissible`; GrpcCaller sends the
+ADMISSION_HEADER), and a refusal (RESOURCE_EXHAUSTED with the provider's queue depth in
+the DEPTH_TRAILER) is recorded as that depth, never as a failure; the next attempt goes
+elsewhere, and after `SchedulerConfig.max_refusals` refusals the last one must be queued.
+Refusals do not count against `RoutingOptions.max_attempts`.
+
 The call itself is injected (`Caller`): `GrpcCaller` by default, a simulated network
 and provider in `swarm simnet virtual`. Everything above works on the InferenceError
 codes a caller raises, never on transport exceptions, and reads time from a `Clock`.
@@ -42,6 +49,7 @@ from swarm._errors import (
     DeadlineExceededError,
     InferenceError,
     NoProviderError,
+    OverloadedError,
     UnavailableError,
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
@@ -49,7 +57,7 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._types import Digest, ModelRef, PeerId
 from swarm.protocol import PeerChannels, PeerView, ResponseSignature
 from swarm.routing._names import Resolver, SignedNames, SignedTags
-from swarm.routing._status import error_from_rpc
+from swarm.routing._status import ADMISSION_HEADER, error_from_rpc
 from swarm.scheduler import (
     Candidate,
     Failure,
@@ -58,6 +66,7 @@ from swarm.scheduler import (
     Request,
     SchedulerConfig,
     choose,
+    choose_attempt,
 )
 
 __all__ = ["FORWARDED", "Caller", "GrpcCaller", "Routed", "Router", "RoutingOptions"]
@@ -114,8 +123,10 @@ class GrpcCaller:
         except TimeoutError as exc:
             raise DeadlineExceededError(
                 f"{candidate.endpoint}: no TLS handshake within {timeout:.3g} s") from exc
+        metadata = ((ADMISSION_HEADER, "1"),) if candidate.admissible else None
         try:
-            response: pb.ModelInferResponse = await stub.ModelInfer(request, timeout=timeout)
+            response: pb.ModelInferResponse = await stub.ModelInfer(
+                request, timeout=timeout, metadata=metadata)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():
@@ -172,6 +183,13 @@ class Routed:
     signature: ResponseSignature | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """An attempt refused by the provider's admission (not a failure)."""
+
+    error: OverloadedError
+
+
 @dataclass
 class _Attempt:
     candidate: Candidate
@@ -211,6 +229,8 @@ class Router:
         # the Router's life (observable by operators and the simulator).
         self.hedges = 0
         self.explorations = 0
+        # Attempts refused by a provider's admission (not failures).
+        self.refusals = 0
 
     @property
     def view(self) -> PeerView:
@@ -257,20 +277,28 @@ class Router:
     def candidates(self, digest: Digest, *, items: int = 1, deadline: float | None = None,
                    options: RoutingOptions = RoutingOptions(),
                    tried: frozenset[PeerId] = frozenset(),
-                   explore: bool = False) -> list[Candidate]:
+                   explore: bool = False,
+                   refused: frozenset[PeerId] | None = None,
+                   refusals: int = 0) -> list[Candidate]:
         """Providers of `digest` in the order `send` would try them (nothing is sent).
 
         The gateway forwards its other OIP calls, and the SDK asks for metadata, through
         this one choice; NoProviderError when nobody fits. `explore`: a first attempt,
         which may go to a provider not measured lately (`SchedulerConfig.explore`).
+        `refused`: for an attempt that providers may refuse (`choose_attempt`), the
+        peers in `tried` that refused it so far (and did not fail it since), after
+        `refusals` refusals; None: no admission (a plain choice).
         """
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
                           exclude=tried, explore=explore)
         config = self._config if options.stake_ok is None else dataclasses.replace(
             self._config, stake_ok=options.stake_ok)
-        return choose(self.view, request, self.observations, self._rng, self._clock.monotonic(),
-                      config)
+        now = self._clock.monotonic()
+        if refused is None:
+            return choose(self.view, request, self.observations, self._rng, now, config)
+        return choose_attempt(self.view, request, self.observations, self._rng, now,
+                              config, refused, refusals)
 
     @staticmethod
     def _paid(request: pb.ModelInferRequest, candidate: Candidate, items: int,
@@ -294,13 +322,19 @@ class Router:
         return _Attempt(candidate, now, asyncio.ensure_future(call))
 
     def _finish(self, attempt: _Attempt, digest: Digest,
-                items: int) -> pb.ModelInferResponse | InferenceError:
+                items: int) -> pb.ModelInferResponse | InferenceError | _Refused:
         """Record the outcome of a completed attempt; the response, or the error."""
         now = self._clock.monotonic()
         peer = attempt.candidate.peer
         self.observations.finish(peer, now)
         try:
             response = attempt.task.result()
+        except OverloadedError as exc:
+            if attempt.candidate.admissible and exc.queue_depth is not None:
+                self.observations.record_refusal(peer, exc.queue_depth, now)
+                return _Refused(exc)
+            self.observations.record_failure(peer, Failure.OVERLOADED, now)
+            return exc
         except InferenceError as exc:
             kind = Failure.from_code(exc.code)
             if kind is not None:
@@ -328,6 +362,9 @@ class Router:
         started = clock.monotonic()
         deadline = started + options.timeout
         tried: set[PeerId] = set(exclude)
+        refused: set[PeerId] = set()  # refused this request and did not fail it since
+        refusals = 0
+        admission = self._config.max_refusals > 0
         running: list[_Attempt] = []
         last_error: InferenceError | None = None
         attempts = 0
@@ -336,12 +373,15 @@ class Router:
         try:
             while True:
                 if not running:
-                    if attempts >= options.max_attempts or clock.monotonic() >= deadline:
+                    if (attempts - refusals >= options.max_attempts
+                            or clock.monotonic() >= deadline):
                         break
                     try:
-                        candidates = self.candidates(digest, items=items, deadline=deadline,
-                                                     options=options, tried=frozenset(tried),
-                                                     explore=not attempts)
+                        candidates = self.candidates(
+                            digest, items=items, deadline=deadline, options=options,
+                            tried=frozenset(tried), explore=not attempts,
+                            refused=frozenset(refused) if admission else None,
+                            refusals=refusals)
                     except NoProviderError:
                         if last_error is not None:
                             break
@@ -353,7 +393,8 @@ class Router:
                     attempts += 1
                 primary = running[0]
                 hedge_at = None
-                if options.hedge and not hedged and len(running) == 1 and attempts < options.max_attempts:
+                if (options.hedge and not hedged and len(running) == 1
+                        and attempts - refusals < options.max_attempts):
                     p95 = self.observations.p95(primary.candidate.peer)
                     if p95 is None:  # too few samples of this peer: judge by all of them
                         p95 = self.observations.overall_p95()
@@ -365,8 +406,11 @@ class Router:
                 if not done:  # slower than its p95: hedge on the next candidate
                     hedged = True
                     try:
-                        candidates = self.candidates(digest, items=items, deadline=deadline,
-                                                     options=options, tried=frozenset(tried))
+                        candidates = self.candidates(
+                            digest, items=items, deadline=deadline, options=options,
+                            tried=frozenset(tried),
+                            refused=frozenset(refused) if admission else None,
+                            refusals=refusals)
                     except NoProviderError:
                         continue
                     running.append(self._start(self._paid(request, candidates[0], items, options),
@@ -383,6 +427,13 @@ class Router:
                         c = attempt.candidate
                         return Routed(outcome, c.peer, c.endpoint, c.price, attempts,
                                       clock.monotonic() - started, hedge_sent)
+                    if isinstance(outcome, _Refused):
+                        refused.add(attempt.candidate.peer)
+                        refusals += 1
+                        self.refusals += 1
+                        last_error = outcome.error
+                        continue
+                    refused.discard(attempt.candidate.peer)  # failed: not to be tried again
                     if outcome.code not in _RETRYABLE:
                         raise outcome
                     last_error = outcome

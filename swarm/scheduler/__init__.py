@@ -2,10 +2,13 @@
 
 _policy.py        choose(view, request, observations, rng, now) -> candidates, best first;
                   Request, Preference, SchedulerConfig, Candidate
+_admission.py     provider-side admission: admits(policy, queue, rate) on the provider,
+                  choose_attempt(...) for the next attempt after refusals on the client
 _observations.py  Observations: per-peer RTT / service-time / latency EWMAs, p95,
                   outstanding requests, failures and a circuit breaker with growing bans
 """
 
+from swarm.scheduler._admission import AdmissionPolicy, admits, choose_attempt
 from swarm.scheduler._observations import (
     BreakerState,
     Failure,
@@ -17,6 +20,7 @@ from swarm.scheduler._observations import (
 from swarm.scheduler._policy import Candidate, Preference, Request, SchedulerConfig, choose
 
 __all__ = [
+    "AdmissionPolicy",
     "BreakerState",
     "Candidate",
     "Failure",
@@ -27,5 +31,7 @@ __all__ = [
     "Preference",
     "Request",
     "SchedulerConfig",
+    "admits",
     "choose",
+    "choose_attempt",
 ]

@@ -225,6 +225,9 @@ class PeerStats:
 
 
 _NEW = PeerStats()
+# Largest queue depth a peer's report is taken at: more than any node queues
+# (max_queue_size defaults to 1024); keeps a hostile int64 out of the estimates' arithmetic.
+MAX_REPORTED_DEPTH = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +341,7 @@ class Observations:
         window = s.latencies[-cfg.latency_window + 1:] if cfg.latency_window > 1 else ()
         opened = s.opened and s.breaker(now) is BreakerState.OPEN  # a probe's success closes
         if depth is not None:
-            s = replace(s, depth=max(0, depth), depth_at=now)
+            s = replace(s, depth=min(max(0, depth), MAX_REPORTED_DEPTH), depth_at=now)
         self._put(peer, replace(
             s, rtt=rtt, service=per_item, services=services, surprise=surprise, surprise_at=surprise_at,
             latency=_ewma(s.latency, latency, cfg.latency_alpha),
@@ -347,6 +350,16 @@ class Observations:
             opened=opened, probing=False,
             closed_since=s.closed_since if opened or not s.opened else now,
         ))
+
+    def record_refusal(self, peer: PeerId, depth: int, now: float) -> None:
+        """`peer` refused a request past its admission bound, reporting `depth` requests
+        waiting (swarm.scheduler.choose_attempt). Not a failure: the breaker and failure
+        counts stay as they are; the depth replaces the advert's as an answer's does,
+        clamped to [0, MAX_REPORTED_DEPTH] (the claim is unauthenticated: it only ever
+        moves this peer's own estimate)."""
+        s = self.get(peer)
+        self._put(peer, replace(s, depth=min(max(0, depth), MAX_REPORTED_DEPTH), depth_at=now,
+                                probing=False))
 
     def record_failure(self, peer: PeerId, kind: Failure, now: float) -> None:
         """A request to `peer` failed in a way that is the peer's fault."""

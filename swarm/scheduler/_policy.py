@@ -179,8 +179,14 @@ class SchedulerConfig:
     max_considered: int | None = None
     # Seconds since its last answer during which a provider counts as recently used.
     recent_window: float = 10.0
+    # Providers that may refuse one request past their queue bound (swarm.scheduler
+    # choose_attempt, provider-side admission) before its last attempt must be queued.
+    # 0: never allow a refusal.
+    max_refusals: int = 2
 
     def __post_init__(self) -> None:
+        if self.max_refusals < 0:
+            raise ValueError(f"max_refusals must not be negative, got {self.max_refusals}")
         if self.candidates < 1 or self.spread_pool < 1:
             raise ValueError("candidates and spread_pool must be at least 1")
         if self.max_considered is not None and self.max_considered < 2:
@@ -222,6 +228,8 @@ class Candidate:
     queue: float = 0.0
     # Picked to explore (`SchedulerConfig.explore`), not for its score.
     explored: bool = False
+    # The provider may refuse this attempt past its queue bound (`choose_attempt`).
+    admissible: bool = False
 
 
 _DEFAULT = SchedulerConfig()

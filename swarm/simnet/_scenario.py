@@ -358,6 +358,12 @@ class VirtualSettings:
     # Clients' retries: hedge slow attempts, and most providers tried per request.
     hedge: bool = True
     max_attempts: int = 4
+    # Providers' admission (swarm.scheduler.AdmissionPolicy.target_wait, the node's
+    # `admission_wait`): seconds of queued work past which a Router's attempt is refused;
+    # 0: off. Clients' refusals per request before the last attempt must queue
+    # (SchedulerConfig.max_refusals).
+    admission_wait: float = 0.05
+    max_refusals: int = 2
     # Autoscaling groups: virtual seconds a provider takes to pull, load and warm up a model.
     model_load_s: float = 30.0
 
@@ -827,6 +833,9 @@ def _validate_virtual(m: VirtualSettings, w: Workload,
         raise bad(f"virtual.max_considered must be 0 (all) or at least 2, got {m.max_considered}")
     if not 0 <= m.explore <= 1:
         raise bad(f"virtual.explore must be in [0, 1], got {m.explore}")
+    if not 0 <= m.admission_wait < math.inf or m.max_refusals < 0:
+        raise bad(f"virtual.admission_wait must be finite and >= 0 and virtual.max_refusals "
+                  f">= 0, got {m.admission_wait}, {m.max_refusals}")
     if m.max_price is not None and not m.max_price >= 0:
         raise bad(f"virtual.max_price must be >= 0, got {m.max_price}")
     try:

@@ -110,7 +110,7 @@ from swarm.node import Autoscaler
 from swarm.protocol import Identity, Membership, MembershipConfig
 from swarm.protocol.testing import MemoryNetwork
 from swarm.routing import Router, RoutingOptions, SignedNames
-from swarm.scheduler import Preference, SchedulerConfig
+from swarm.scheduler import AdmissionPolicy, Preference, SchedulerConfig
 from swarm.simnet._autoscale import (
     AutoscaleSummary,
     ReplicaSample,
@@ -285,7 +285,7 @@ class _Swarm:
             min_interval=min(s.min_interval, interval / 2), listen=False)
         self.client_config = MembershipConfig(check_interval=1.0)
         self.scheduler_config = SchedulerConfig(max_considered=s.max_considered or None,
-                                                explore=s.explore)
+                                                explore=s.explore, max_refusals=s.max_refusals)
         self.options = RoutingOptions(max_price=s.max_price,
                                       preference=Preference.parse(s.preference),
                                       timeout=self.workload.timeout, hedge=s.hedge,
@@ -335,7 +335,8 @@ class _Swarm:
             policy=batch_policy(s), membership=self.provider_config, spawn=self._spawn,
             names={d: name for name, d in self.digest_of.items()},
             autoscale=self.autoscale is not None,
-            demand_window=self.provider_config.advert_interval)
+            demand_window=self.provider_config.advert_interval,
+            admission=AdmissionPolicy(s.admission_wait))
         # Node i belongs to the group that Scenario.node_specs gave it.
         group_of = [i for i, g in enumerate(self.scenario.groups) for _ in range(g.count)]
         spread = math.log(s.speed_spread)
@@ -575,7 +576,8 @@ class _Swarm:
             load=load, min_view_completeness=self.min_complete,
             max_stale_entries=max((stale for _, _, stale in self.views), default=0),
             hedges=sum(c.router.hedges for c in clients), batch_sizes=dict(sorted(batches.items())),
-            explorations=sum(c.router.explorations for c in clients))
+            explorations=sum(c.router.explorations for c in clients),
+            refusals=sum(c.router.refusals for c in clients))
 
 
 def run_virtual_swarm(scenario: Scenario, *,
@@ -630,7 +632,8 @@ def write_virtual_report(folder: Path, result: VirtualResult, *, title: str,
              f"load spread: Gini {st.load.gini:.2f}, max/mean {st.load.max_over_mean:.1f}, "
              f"fastest quarter {st.load.fastest_quarter:.0%}, slowest quarter "
              f"{st.load.slowest_quarter:.0%}",
-             f"routing: {st.hedges} hedges, {st.explorations} explorations; batching: "
+             f"routing: {st.hedges} hedges, {st.explorations} explorations, {st.refusals} "
+             f"admission refusals; batching: "
              f"{st.mean_batch:.2f} items per batch"]
     if result.autoscale is not None:
         notes += autoscale_lines(result.autoscale)

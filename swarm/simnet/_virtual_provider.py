@@ -24,7 +24,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from swarm import __version__
@@ -49,7 +49,7 @@ from swarm.protocol import (
     Price,
 )
 from swarm.protocol.testing import MemoryGossip, MemoryNetwork
-from swarm.scheduler import Candidate
+from swarm.scheduler import AdmissionPolicy, Candidate, admits
 from swarm.simnet._latency import Latency
 from swarm.simnet._scenario import NodeSpec, VirtualSettings
 
@@ -72,8 +72,8 @@ def batch_policy(settings: VirtualSettings) -> BatchPolicy:
 class _Call:
     """One attempt of a client's Router, from send to answer."""
 
-    __slots__ = ("client", "deadline", "enqueued", "future", "items", "node", "request",
-                 "timer")
+    __slots__ = ("admissible", "client", "deadline", "enqueued", "future", "items", "node",
+                 "request", "timer")
 
     def __init__(self, future: asyncio.Future[pb.ModelInferResponse],
                  request: pb.ModelInferRequest, client: PeerId, node: int,
@@ -86,6 +86,7 @@ class _Call:
         self.timer: asyncio.TimerHandle | None = None
         self.enqueued = 0.0
         self.items = 1
+        self.admissible = False  # the Router allows an admission refusal
 
 
 def _expire(call: _Call) -> None:
@@ -132,6 +133,7 @@ class Wire:
             future: asyncio.Future[pb.ModelInferResponse] = loop.create_future()
             provider = providers[candidate.peer]
             sent = _Call(future, request, client, node, loop.time() + timeout)
+            sent.admissible = candidate.admissible
             sent.timer = loop.call_later(timeout, _expire, sent)
             if network.reachable(client, provider.peer_id):  # else lost in the cut
                 delay = self.latency.one_way(node, provider.index, self.rng)
@@ -167,6 +169,8 @@ class ProviderContext:
     # `demand_window` seconds) and the versions providers store (registry holders).
     autoscale: bool = False
     demand_window: float = 60.0
+    # Admission, as the node applies it (VirtualSettings.admission_wait).
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
 
 
 class _Queue:
@@ -174,7 +178,7 @@ class _Queue:
 
     __slots__ = ("arrival_gap", "arrived", "batch", "busy", "demand", "digest", "done",
                  "execution_time", "items_per_second", "last_arrival", "mark", "name",
-                 "pending", "wait", "waited", "waits")
+                 "pending", "started", "wait", "waited", "waits")
 
     def __init__(self, digest: Digest, name: str) -> None:
         self.digest = digest
@@ -182,6 +186,7 @@ class _Queue:
         self.pending: deque[_Call] = deque()
         # The batch executing, and the timer that ends it.
         self.batch: list[_Call] | None = None
+        self.started = 0.0  # when it began
         self.done: asyncio.TimerHandle | None = None
         # A Wait(seconds) running out.
         self.wait: asyncio.TimerHandle | None = None
@@ -401,6 +406,11 @@ class VirtualProvider:
                 wire.reply(self, call, OverloadedError(f"{self.endpoint}: queue full"))
                 return
         now = self.ctx.loop.time()
+        if call.admissible and not self._admits(q, now):
+            depth = len(q.pending)
+            wire.reply(self, call, OverloadedError(
+                f"{self.endpoint}: {depth} queued, past the admission bound", queue_depth=depth))
+            return
         # A call past its deadline is not answered: its client's own timer, set for the
         # same instant, has ended it already.
         if call.deadline <= now:
@@ -414,6 +424,14 @@ class VirtualProvider:
         q.pending.append(call)
         self._advert = None
         self._decide(q)
+
+    def _admits(self, q: _Queue, now: float) -> bool:
+        """The node's admission rule (swarm.scheduler.admits) on what its Batcher knows."""
+        q.purge()
+        executing = 0.0 if q.batch is None else max(
+            0.0, (q.execution_time or 0.0) - (now - q.started))
+        return admits(self.ctx.admission, sum(c.items for c in q.pending),
+                      q.items_per_second or 0.0, self.ctx.policy.max_batch_size, executing)
 
     def _decide(self, q: _Queue) -> None:
         """Apply `decide` to the queue until it says Wait (as Batcher.run loops)."""
@@ -461,6 +479,7 @@ class VirtualProvider:
         service = ((s.base_ms + s.per_item_ms * items) / 1000 * self.slowness * self.slowdown
                    * self.rng.lognormvariate(0.0, s.service_sigma))
         q.batch = batch
+        q.started = started
         self._advert = None
         self.batch_sizes[items] = self.batch_sizes.get(items, 0) + 1
         q.busy += service

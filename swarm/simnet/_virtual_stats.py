@@ -61,6 +61,8 @@ class VirtualStats:
     batch_sizes: Mapping[int, int]
     # First attempts the clients' Routers sent to explore (SchedulerConfig.explore).
     explorations: int = 0
+    # Attempts providers refused past their admission bound (swarm.scheduler.admits).
+    refusals: int = 0
 
     @property
     def mean_batch(self) -> float:

@@ -18,12 +18,12 @@ class ClosedUnderTheCall:
     """A stub whose call is cancelled by its channel closing (what grpc.aio does to the
     calls in flight on a channel that is closed)."""
 
-    async def ModelInfer(self, request: Any, timeout: float) -> Any:
+    async def ModelInfer(self, request: Any, timeout: float, metadata: Any = None) -> Any:
         raise asyncio.CancelledError
 
 
 class Slow:
-    async def ModelInfer(self, request: Any, timeout: float) -> Any:
+    async def ModelInfer(self, request: Any, timeout: float, metadata: Any = None) -> Any:
         await asyncio.sleep(3600)
 
 

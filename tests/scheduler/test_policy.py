@@ -317,8 +317,9 @@ def test_public_names() -> None:
     import swarm.scheduler
 
     assert sorted(swarm.scheduler.__all__) == [
-        "BreakerState", "Candidate", "Failure", "ObservationConfig", "ObservationSnapshot",
-        "Observations", "PeerStats", "Preference", "Request", "SchedulerConfig", "choose"]
+        "AdmissionPolicy", "BreakerState", "Candidate", "Failure", "ObservationConfig",
+        "ObservationSnapshot", "Observations", "PeerStats", "Preference", "Request",
+        "SchedulerConfig", "admits", "choose", "choose_attempt"]
 
 
 def test_request_and_preference_validation() -> None:

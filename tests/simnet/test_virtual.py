@@ -340,3 +340,14 @@ def test_cli_explore_outside_0_1_is_refused(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         swarm_main(["simnet", "virtual", "--explore", "1.5"])
     assert "must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_virtual_providers_refuse_past_their_admission_bound(tmp_path: Path) -> None:
+    """Overloaded (10 providers, 40 requests/s): the providers run the node's admits() and
+    refuse; the Routers' refusals are no lost requests by themselves."""
+    swarm_main(["simnet", "virtual", "--nodes", "10", "--clients", "3", "--duration", "4",
+                "--rate", "40", "--seed", "2", "--report", str(tmp_path), "--quiet"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["scenario"]["virtual"]["admission_wait"] == 0.05  # the node's default
+    assert report["virtual"]["refusals"] > 0
+    assert "RESOURCE_EXHAUSTED" not in report["summary"]["errors"]
