@@ -413,7 +413,7 @@ class AsyncClient:
             ok = options.stake_ok
             await self._payer.ensure([e for e in self.router.view.providers(digest)
                                       if ok is None or ok(e.peer_id)])
-            options = dataclasses.replace(options, pay=self._payer.pay)
+            options = dataclasses.replace(options, pay=self._payer.pay, unpay=self._payer.unpay)
         if checking:
             routed = await send_verified(self.router, request, digest, items, options,
                                          self.verifier)

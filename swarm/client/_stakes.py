@@ -187,6 +187,17 @@ class Payer:
         self.cumulative[candidate.peer] = total
         return receipt_params(sign_receipt(self._chain, self.wallet, candidate.peer, total))
 
+    def unpay(self, candidate: Candidate, items: int) -> None:
+        """The provider refused the attempt before serving it (admission): take its amount
+        back, so the next receipt to it repeats the total (at the advertised price now)."""
+        entry = self._book._view().entries.get(candidate.peer)
+        if entry is None:
+            return
+        price = entry.advert.price
+        amount = charge(price.per_request_micros, price.per_1k_items_micros, items)
+        owed = self.cumulative.get(candidate.peer, 0)
+        self.cumulative[candidate.peer] = max(0, owed - amount)
+
     async def ensure(self, providers: Sequence[PeerEntry]) -> None:
         async with self._lock:
             for entry in providers:

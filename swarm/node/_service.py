@@ -559,9 +559,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             decoded = decode_request(request, served.model.spec, served.batcher.policy.max_batch_size)
             served.model.check(decoded.inputs)
-            if self.payments is not None:
-                self.payments({k: p.string_param for k, p in request.parameters.items()
-                               if k.startswith("swarm_")}, decoded.items)
             if decoded.timeout is not None:
                 limit = started + decoded.timeout
                 deadline = limit if deadline is None else min(deadline, limit)
@@ -575,11 +572,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     stats.cache_hit.add(self._clock.monotonic() - started)
                 else:
                     self._metrics.cache_misses.labels(name).inc()
+            if outputs is None and refusable:
+                _admission(served)  # before the charge: a refused attempt is not paid for
+            if self.payments is not None:
+                self.payments({k: p.string_param for k, p in request.parameters.items()
+                               if k.startswith("swarm_")}, decoded.items)
             queue_s = compute_s = 0.0
             batch_items = decoded.items
             if outputs is None:
-                if refusable:
-                    _admission(served)
                 lookup_done = self._clock.monotonic()
                 result = await served.batcher.submit(decoded.inputs, decoded.items, deadline)
                 outputs = result.outputs

@@ -167,6 +167,9 @@ class RoutingOptions:
     # Parameters to add to the request sent to a candidate (the SDK's signed payment
     # receipt, made per attempt: each provider is paid for what it is sent).
     pay: Callable[[Candidate, int], Mapping[str, str]] | None = None
+    # Takes back what `pay` signed for an attempt the provider refused before serving it
+    # (admission): a provider that refuses is not paid for refusing.
+    unpay: Callable[[Candidate, int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +431,8 @@ class Router:
                         return Routed(outcome, c.peer, c.endpoint, c.price, attempts,
                                       clock.monotonic() - started, hedge_sent)
                     if isinstance(outcome, _Refused):
+                        if options.unpay is not None:
+                            options.unpay(attempt.candidate, items)
                         refused.add(attempt.candidate.peer)
                         refusals += 1
                         self.refusals += 1

@@ -265,3 +265,37 @@ def test_a_malformed_depth_trailer_is_no_refusal(value: str) -> None:
                            "10.0.0.1:7070")
     assert isinstance(error, OverloadedError)
     assert error.queue_depth is None
+
+
+def test_a_refused_attempt_is_not_paid_for() -> None:
+    """A provider paid per attempt could refuse everything and still collect: the Router
+    takes a refused attempt's payment back (the next receipt repeats the total), so what a
+    provider is signed for is what it served."""
+    refuser = PEERS[0]
+    owed: Counter[PeerId] = Counter()
+
+    def pay(candidate: Candidate, items: int) -> dict[str, str]:
+        owed[candidate.peer] += 10 * items
+        return {"swarm_receipt": str(owed[candidate.peer])}
+
+    def unpay(candidate: Candidate, items: int) -> None:
+        owed[candidate.peer] -= 10 * items
+
+    caller = Providers(lambda peer, admissible: full(9) if peer == refuser and admissible
+                       else None)
+    view = swarm_view()
+
+    async def main() -> int:
+        router = Router(lambda: view, rng=random.Random(1), caller=caller,
+                        clock=VirtualClock.current(), config=SchedulerConfig(explore=0))
+        options = RoutingOptions(hedge=False, pay=pay, unpay=unpay)
+        served = 0
+        for _ in range(40):
+            routed = await router.send(REQUEST, DIGEST, 1, options)
+            served += routed.peer == refuser
+        return served
+
+    served_by_refuser = run_virtual(main())
+    assert any(peer == refuser for peer, _ in caller.calls), "the refuser was never tried"
+    assert owed[refuser] == 10 * served_by_refuser
+    assert sum(owed.values()) == 10 * 40
