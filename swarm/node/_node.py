@@ -54,6 +54,7 @@ from swarm.node._generate import (
     GENERATIVE_BUILTINS,
     ChatAPI,
     GenerateAPI,
+    GenerationConfig,
     GenerationMetrics,
     GenerationStreams,
     GenerativeModel,
@@ -112,6 +113,15 @@ RELAY_TIMEOUT = 600.0
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 NODE_SERVICE = "swarm.v1.NodeService"
 REGISTRY_SERVICE = "swarm.v1.RegistryService"
+
+
+def _generation_config(config: NodeConfig) -> GenerationConfig:
+    """The generation engine's limits from the node's settings (generation_*)."""
+    return GenerationConfig(max_num_seqs=config.generation_max_seqs,
+                            max_batched_tokens=config.generation_step_tokens,
+                            max_model_len=config.generation_max_len,
+                            kv_cache_tokens=config.generation_kv_tokens,
+                            weights=config.generation_weights)
 
 
 def registry_ref(ref: str) -> ModelRef | None:
@@ -333,7 +343,8 @@ class Node:
         follow = self._follow
         for ref in config.serve:
             if ref in GENERATIVE_BUILTINS:
-                generative = await asyncio.to_thread(GENERATIVE_BUILTINS[ref], self.device)
+                generative = await asyncio.to_thread(GENERATIVE_BUILTINS[ref], self.device,
+                                                     _generation_config(config))
                 self._generation_metrics.attach(ref, generative.engine)
                 self.generative[ref] = generative
                 continue

@@ -26,7 +26,7 @@ MAX_LEN = 256
 @pytest.fixture(scope="module")
 def loaded() -> tuple[LeanLlama, ChatTokenizer]:
     contents = read_gguf(smollm2_path())
-    return (LeanLlama(contents, torch.device("cpu"), slots=SLOTS, max_len=MAX_LEN),
+    return (LeanLlama(contents, torch.device("cpu"), slots=SLOTS, max_len=MAX_LEN, weights="int4"),
            ChatTokenizer(contents.metadata))
 
 
