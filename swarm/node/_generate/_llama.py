@@ -398,9 +398,15 @@ class LeanLlama:
         pos_t = torch.tensor(positions, device=self.device)
         ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
         length = int(max(positions)) + 1
-        mask = (torch.arange(length, device=self.device)[None, :] <= pos_t[:, None])
-        mask = mask[:, None, None, :]  # [B, 1, 1, L]
-        groups = self.config.heads // self.config.kv_heads
+        # Positions beyond a sequence's own are masked out (-inf before the softmax);
+        # none are when every sequence is at the same position (b = 1 among them).
+        masked = None
+        if min(positions) != length - 1:
+            masked = (torch.arange(length, device=self.device)[None, :] > pos_t[:, None])
+            masked = masked[:, None, None, :]  # [B, 1, 1, L]
+        cfg = self.config
+        groups = cfg.heads // cfg.kv_heads
+        hd = cfg.head_dim
         contiguous = slots == list(range(slots[0], slots[0] + b))
         lo = slots[0]
 
@@ -413,8 +419,14 @@ class LeanLlama:
             else:
                 keys = self.k[i][slot_t, :, :length]
                 values = self.v[i][slot_t, :, :length]
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                                  scale=self.scale, enable_gqa=groups > 1)
+            # One query per sequence: the heads sharing a KV head are rows of one matmul
+            # (no KV expansion for GQA, no SDPA dispatch): [B, KV, G, D] x [B, KV, D, L].
+            scores = torch.matmul(q.view(b, cfg.kv_heads, groups, hd),
+                                  keys.transpose(-1, -2)).mul_(self.scale)
+            if masked is not None:
+                scores.masked_fill_(masked, float("-inf"))
+            out = torch.matmul(torch.softmax(scores, dim=-1), values)
+            return out.view(b, cfg.heads, 1, hd)
 
         x = self._layers(self.embed[ids].to(self.dtype), pos_t.unsqueeze(1), attend)
         return self._logits(x[:, -1])
