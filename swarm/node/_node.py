@@ -466,10 +466,15 @@ class Node:
         # The service now refuses new inference with UNAVAILABLE (a status clients retry
         # elsewhere) while in-flight requests finish; only then does the server stop.
         # Stopping the server first would answer some new calls CANCELLED (grpc#41785).
+        # Generation engines take no new sequences and finish the running ones (streams
+        # still open past the deadline end with finish_reason "abort"; the SDK and the
+        # gateway resume them on another provider).
         assert self._service is not None
+        deadline = self.config.drain_timeout
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.drain_timeout):
-                await self._service.wait_idle()
+            async with asyncio.timeout(deadline):
+                await asyncio.gather(self._service.wait_idle(),
+                                     *(g.engine.drain(deadline) for g in self.generative.values()))
         await server.stop(1.0)
 
     def _load(self, ref: str) -> Model:

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from swarm._clock import SYSTEM_CLOCK, Clock
-from swarm._errors import ClosedError, InvalidInputError, OverloadedError
+from swarm._errors import ClosedError, InvalidInputError, OverloadedError, UnavailableError
 from swarm.node._generate._schedule import SchedulerConfig, SeqState, Step, blocks_for, schedule
 
 __all__ = ["Delta", "EngineStats", "Generation", "GenerationEngine", "RequestTiming", "SamplingParams"]
@@ -169,6 +169,9 @@ class GenerationEngine:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"generate:{name}")
         self._closed = False
+        self._draining = False
+        self._idle = asyncio.Event()  # set while no sequence runs or waits
+        self._idle.set()
         self._prompt_total = 0
         self._generated_total = 0
         self._preemptions = 0
@@ -196,6 +199,8 @@ class GenerationEngine:
         """Queue a sequence; InvalidInputError when it cannot fit the context."""
         if self._closed:
             raise ClosedError("the generation engine is stopped")
+        if self._draining:  # UNAVAILABLE: callers go to another provider
+            raise UnavailableError(f"{self.name} is draining: it takes no new sequences")
         if not prompt:
             raise InvalidInputError("the prompt is empty")
         if params.max_tokens < 1:
@@ -212,8 +217,21 @@ class GenerationEngine:
         seq = _Seq(next(self._ids), list(prompt), params, self._clock.monotonic(), generator)
         seq.target = len(seq.prompt)
         self._waiting.append(seq)
+        self._idle.clear()
         self._wake.set()
         return Generation(self, seq)
+
+    async def drain(self, timeout: float) -> bool:
+        """Take no new sequences; wait up to `timeout` seconds for the running and waiting
+        ones to finish. True when they did; those left are aborted when the engine stops
+        (their callers see finish_reason "abort" and resume elsewhere)."""
+        self._draining = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _cancel(self, seq: _Seq) -> None:
         if not seq.finished:
@@ -232,6 +250,7 @@ class GenerationEngine:
                 self._wake.clear()
                 self._drop_cancelled()
                 if not self._running and not self._waiting:
+                    self._idle.set()
                     await self._wake.wait()
                     continue
                 step = schedule([s.state() for s in self._running],
