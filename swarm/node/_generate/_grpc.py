@@ -176,7 +176,7 @@ def parse(request: pb.ModelInferRequest, model: GenerativeModel) -> tuple[list[i
     if seed is not None and not 0 <= seed < 2**63:
         raise InvalidInputError("seed must be in [0, 2^63)")
     return prompt, SamplingParams(max_tokens=max_tokens, temperature=t, top_p=p, seed=seed,
-                                  stop=stop)
+                                  stop=stop, replay=len(resumed))
 
 
 class GenerationStreams:

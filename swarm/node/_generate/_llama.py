@@ -1,6 +1,8 @@
-"""A lean Llama forward over a GGUF file: dequantized weights, a preallocated KV cache.
+"""A lean Llama forward over a GGUF file: int4 or dequantized weights, a preallocated KV cache.
 
-Weights come from the `gguf` package (dequantized to FP32 once, at load); the q/k
+Weights come from the `gguf` package: `weights="int4"` keeps the file's Q4_1 blocks for
+torch's int4 CPU kernel (passes of <= 16 rows) plus a bf16 copy (larger passes);
+"bf16" and "fp32" dequantize every matrix once, at load. The q/k
 projections are stored permuted for llama.cpp's interleaved rotary embedding and are
 un-permuted here so that the usual rotate-half form applies. The cache holds one
 contiguous [kv_heads, max_len, head_dim] region per slot and layer, allocated empty:
@@ -229,7 +231,8 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 class LeanLlama:
-    """Llama decoder with a slot-per-sequence KV cache; FP32 (or `dtype`) weights."""
+    """Llama decoder with a slot-per-sequence KV cache; `weights` int4, bf16 or fp32
+    (norms, residual stream, attention and the cache in `dtype`)."""
 
     def __init__(self, contents: GGUFContents, device: torch.device, *, slots: int,
                  max_len: int, dtype: torch.dtype = torch.float32, weights: str = "fp32") -> None:
