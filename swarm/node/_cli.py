@@ -121,6 +121,19 @@ def _parser() -> argparse.ArgumentParser:
                            f"{_default('mesh_relay')}")
     run.add_argument("--drain-timeout", type=float,
                      help=f"seconds to finish in-flight work {_default('drain_timeout')}")
+    gen = run.add_argument_group("generation (builtin/smollm2)")
+    gen.add_argument("--generation-max-seqs", type=int, metavar="N",
+                     help=f"sequences decoding together {_default('generation_max_seqs')}")
+    gen.add_argument("--generation-step-tokens", type=int, metavar="N",
+                     help="tokens per engine step, prefill chunks + decodes "
+                          f"{_default('generation_step_tokens')}")
+    gen.add_argument("--generation-kv-tokens", type=int, metavar="N",
+                     help="KV cache budget in tokens, all sequences together "
+                          f"{_default('generation_kv_tokens')}")
+    gen.add_argument("--generation-max-len", type=int, metavar="N",
+                     help=f"context per sequence {_default('generation_max_len')}")
+    gen.add_argument("--generation-weights", choices=["int4", "bf16", "fp32"],
+                     help=_default("generation_weights"))
     run.add_argument("--torch-threads", type=int,
                      help=f"torch intra-op threads; 0 = adaptive (CPU cores - 1, or all "
                           f"cores for long passes when measured faster) {_default('torch_threads')}")
@@ -215,6 +228,11 @@ def _config(args: argparse.Namespace) -> NodeConfig:
         "http_port": args.http_port,
         "listen_host": args.listen_host, "advertise_host": args.advertise_host,
         "device": args.device, "drain_timeout": args.drain_timeout,
+        "generation_max_seqs": args.generation_max_seqs,
+        "generation_step_tokens": args.generation_step_tokens,
+        "generation_kv_tokens": args.generation_kv_tokens,
+        "generation_max_len": args.generation_max_len,
+        "generation_weights": args.generation_weights,
         "p2p_port": args.p2p_port, "bootstrap": tuple(args.bootstrap or ()), "mdns": args.mdns,
         "advert_interval": args.advert_interval, "price_per_request": args.price_per_request,
         "price_per_1k_items": args.price_per_1k_items, "region": args.region,

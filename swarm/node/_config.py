@@ -122,6 +122,16 @@ class NodeConfig:
     http_max_json_depth: int = 32
     # Seconds SIGTERM waits for in-flight requests before exiting.
     drain_timeout: float = 30.0
+    # Generative models (builtin/smollm2): sequences decoding together (KV cache slots),
+    # tokens computed per engine step (prefill chunks + decodes), KV cache budget in
+    # tokens for all sequences together, context per sequence (prompt + generated), and
+    # the weights' form: "int4" (the GGUF's own 4-bit blocks for small batches, a bf16
+    # copy for prefill), "bf16" or "fp32".
+    generation_max_seqs: int = 32
+    generation_step_tokens: int = 512
+    generation_kv_tokens: int = 32768
+    generation_max_len: int = 2048
+    generation_weights: str = "int4"
     # Response cache bound, shared by the models that enable caching.
     cache_max_bytes: int = 64 << 20
     # Torch intra-op threads (0 = adaptive: one fewer than the CPU cores for short passes,
@@ -383,6 +393,19 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError("drain_timeout must be >= 0 seconds")
     if config.cache_max_bytes < 1:
         raise ConfigError("cache_max_bytes must be at least 1")
+    for name in ("generation_max_seqs", "generation_step_tokens", "generation_kv_tokens",
+                 "generation_max_len"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config.generation_max_len < 2:
+        raise ConfigError("generation_max_len must hold a prompt token and a generated one (>= 2)")
+    if config.generation_kv_tokens < config.generation_max_len + 1:
+        raise ConfigError(f"generation_kv_tokens ({config.generation_kv_tokens}) must hold one "
+                          f"whole sequence: at least generation_max_len + 1 "
+                          f"({config.generation_max_len + 1})")
+    if config.generation_weights not in ("int4", "bf16", "fp32"):
+        raise ConfigError(f"generation_weights must be int4, bf16 or fp32, "
+                          f"not {config.generation_weights!r}")
     for name in ("max_forwarded_models", "max_stream_in_flight", "http_max_body_bytes",
                  "http_max_json_depth"):
         if getattr(config, name) < 1:

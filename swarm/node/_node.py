@@ -54,6 +54,7 @@ from swarm.node._generate import (
     GENERATIVE_BUILTINS,
     ChatAPI,
     GenerateAPI,
+    GenerationConfig,
     GenerationMetrics,
     GenerationStreams,
     GenerativeModel,
@@ -115,6 +116,15 @@ RELAY_TIMEOUT = 600.0
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 NODE_SERVICE = "swarm.v1.NodeService"
 REGISTRY_SERVICE = "swarm.v1.RegistryService"
+
+
+def _generation_config(config: NodeConfig) -> GenerationConfig:
+    """The generation engine's limits from the node's settings (generation_*)."""
+    return GenerationConfig(max_num_seqs=config.generation_max_seqs,
+                            max_batched_tokens=config.generation_step_tokens,
+                            max_model_len=config.generation_max_len,
+                            kv_cache_tokens=config.generation_kv_tokens,
+                            weights=config.generation_weights)
 
 
 def registry_ref(ref: str) -> ModelRef | None:
@@ -344,7 +354,8 @@ class Node:
         follow = self._follow
         for ref in config.serve:
             if ref in GENERATIVE_BUILTINS:
-                generative = await asyncio.to_thread(GENERATIVE_BUILTINS[ref], self.device)
+                generative = await asyncio.to_thread(GENERATIVE_BUILTINS[ref], self.device,
+                                                     _generation_config(config))
                 self._generation_metrics.attach(ref, generative.engine)
                 self.generative[ref] = generative
                 continue
@@ -478,10 +489,15 @@ class Node:
         # The service now refuses new inference with UNAVAILABLE (a status clients retry
         # elsewhere) while in-flight requests finish; only then does the server stop.
         # Stopping the server first would answer some new calls CANCELLED (grpc#41785).
+        # Generation engines take no new sequences and finish the running ones (streams
+        # still open past the deadline end with finish_reason "abort"; the SDK and the
+        # gateway resume them on another provider).
         assert self._service is not None
+        deadline = self.config.drain_timeout
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.drain_timeout):
-                await self._service.wait_idle()
+            async with asyncio.timeout(deadline):
+                await asyncio.gather(self._service.wait_idle(),
+                                     *(g.engine.drain(deadline) for g in self.generative.values()))
         await server.stop(1.0)
 
     def _load(self, ref: str) -> Model:

@@ -138,10 +138,27 @@ def test_bad_environment_and_flags(tmp_path: Path) -> None:
     ["--max-queue-delay-ms", "-5"],
     ["--serve", "builtin/MLP"],
     ["--grpc-port", "65536"],
+    ["--generation-max-seqs", "0"],
+    ["--generation-step-tokens", "0"],
+    ["--generation-max-len", "1"],
+    ["--generation-kv-tokens", "2048"],  # cannot hold one sequence of the default 2048
 ])
 def test_bad_command_line_is_a_config_error(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         cli_config(cli_parser().parse_args(["run", *argv]))
+
+
+def test_generation_limits_from_flags_and_file(tmp_path: Path) -> None:
+    file = toml(tmp_path, 'generation_max_seqs = 8\ngeneration_weights = "fp32"\n')
+    args = cli_parser().parse_args(["run", "--config", str(file), "--generation-max-len", "512",
+                                    "--generation-kv-tokens", "4096",
+                                    "--generation-step-tokens", "128"])
+    config = cli_config(args)
+    assert (config.generation_max_seqs, config.generation_step_tokens, config.generation_kv_tokens,
+            config.generation_max_len, config.generation_weights) == (8, 128, 4096, 512, "fp32")
+    assert NodeConfig().generation_weights == "int4"
+    with pytest.raises(ConfigError, match="generation_weights"):
+        load_config(None, env={"SWARM_GENERATION_WEIGHTS": "int2"}, flags={})
 
 
 def test_model_options_refuse_invalid_values() -> None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import torch
 
-from swarm._errors import InvalidInputError, OverloadedError
+from swarm._errors import InvalidInputError, OverloadedError, UnavailableError
 from swarm.node._generate import Delta, GenerationEngine, SamplingParams, SchedulerConfig
 from swarm.node._generate._llama import LeanLlama, read_gguf, smollm2_path
 from swarm.node._generate._tokenizer import ChatTokenizer
@@ -26,7 +26,7 @@ MAX_LEN = 256
 @pytest.fixture(scope="module")
 def loaded() -> tuple[LeanLlama, ChatTokenizer]:
     contents = read_gguf(smollm2_path())
-    return (LeanLlama(contents, torch.device("cpu"), slots=SLOTS, max_len=MAX_LEN),
+    return (LeanLlama(contents, torch.device("cpu"), slots=SLOTS, max_len=MAX_LEN, weights="int4"),
            ChatTokenizer(contents.metadata))
 
 
@@ -167,3 +167,20 @@ async def test_waiting_queue_is_bounded(loaded: tuple[LeanLlama, ChatTokenizer])
             engine.submit([5, 6], greedy(2))
     finally:
         engine.close()
+
+
+async def test_drain_finishes_running_sequences_and_refuses_new_ones(
+        loaded: tuple[LeanLlama, ChatTokenizer]) -> None:
+    _, tok = loaded
+    prompt = tok.chat_prompt(FRANCE)
+    async with running(make_engine(loaded)) as engine:
+        stream = engine.submit(prompt, greedy(6, ignore_eos=True))
+        first = await stream.__anext__()  # running
+        assert not await engine.drain(0.0)  # still running at a zero deadline
+        with pytest.raises(UnavailableError, match="draining"):
+            engine.submit(prompt, greedy(2))
+        rest = [d async for d in stream]
+        assert await engine.drain(30.0)
+        deltas = [first, *rest]
+        assert deltas[-1].finish_reason == "length"
+        assert sum(len(d.token_ids) for d in deltas) == 6

