@@ -63,16 +63,18 @@ async def test_a_perturbing_node_is_outvoted_reported_and_slashed(tmp_path: Path
             await wait_until(lambda: len(client.router.view) >= 3, timeout=30,
                              what="three providers in the view")
             rng = np.random.default_rng(0)
-            # Bounded: 24 requests at most, stop at the third report.
-            for _ in range(24):
+            # Bounded: 80 requests at most, stop at the second report. (On a loaded host
+            # the scheduler may send the cheater, measured slower, few first attempts and
+            # copies: 24 requests once brought no evidence in a full-suite run.)
+            for _ in range(80):
                 x = rng.standard_normal((1, 512)).astype(np.float32)
                 result = await client.infer("builtin/mlp", x)
                 assert isinstance(result, np.ndarray)
-                if len(reports) >= 3:
+                if len(reports) >= 2:
                     break
         finally:
             await client.close()
-    assert reports, "no evidence after 24 verified requests"
+    assert reports, "no evidence after 80 verified requests"
     assert client.verifier.verified >= 1
     genesis = Genesis(Params(name="perturb-test", timekeeper=TIMEKEEPER.peer_id),
                       tuple(GenesisAccount(p, 0, 1000) for p in peers))
