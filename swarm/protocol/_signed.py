@@ -24,7 +24,8 @@ P = TypeVar("P", bound=Message)
 
 def seal(envelope: type[Message], domain: bytes, payload: bytes, identity: Identity) -> bytes:
     """The serialized `envelope(payload=..., signature=...)` signed by `identity`."""
-    sealed: Any = envelope(payload=payload, signature=identity.sign(domain + payload))
+    make: Any = envelope  # any envelope message type with payload and signature fields
+    sealed = make(payload=payload, signature=identity.sign(domain + payload))
     return bytes(sealed.SerializeToString())
 
 
