@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -71,8 +71,8 @@ class StakeBook:
         self._lock = asyncio.Lock()
         self.failures = 0
 
-    async def account(self, peer: str) -> tuple[Any, Any]:
-        """`peer`'s account on a trusted node, and that node's LedgerService stub."""
+    async def _stubs(self) -> AsyncIterator[Any]:
+        """LedgerService stubs of the trusted nodes the view can reach, in order."""
         view = self._view()
         for trusted in self._trusted:
             entry = view.entries.get(trusted)
@@ -80,17 +80,27 @@ class StakeBook:
                 continue
             try:
                 channel = await self._channels.channel(trusted, entry.advert.endpoints[0])
-                stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-                reply = await stub.GetAccount(ledger_pb2.GetAccountRequest(peer=peer), timeout=5)
+            except (SwarmError, OSError):
+                continue
+            yield ledger_pb2_grpc.LedgerServiceStub(channel)
+
+    async def _ask(self, call: Callable[[Any], Awaitable[Any]]) -> tuple[Any, Any]:
+        """`call(stub)` on the first trusted node that answers: (reply, stub)."""
+        async for stub in self._stubs():
+            try:
+                return await call(stub), stub
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     raise NoProviderError("the nodes this client joined through keep no "
                                           "ledger: it cannot pay") from exc
-                continue
             except (SwarmError, OSError):
                 continue
-            return reply, stub
         raise NoProviderError("no node this client joined through answers for the ledger")
+
+    async def account(self, peer: str) -> tuple[Any, Any]:
+        """`peer`'s account on a trusted node, and that node's LedgerService stub."""
+        return await self._ask(lambda stub: stub.GetAccount(
+            ledger_pb2.GetAccountRequest(peer=peer), timeout=5))
 
     async def chain_and_seq(self, peer: PeerId) -> tuple[bytes, int]:
         """The network's chain id and `peer`'s last sequence number, as a trusted node's
@@ -101,10 +111,8 @@ class StakeBook:
     async def submit(self, wire: bytes) -> str:
         """Hand one ledger item (a transaction, or evidence such as the verifier's
         FaultEvidence) to a trusted node, which gossips it to the swarm; its outcome."""
-        _, stub = await self.account(str(self._trusted[0])) if self._trusted else (None, None)
-        if stub is None:
-            raise NoProviderError("no node this client joined through answers for the ledger")
-        reply = await stub.Submit(ledger_pb2.SubmitRequest(wire=wire), timeout=5)
+        reply, _ = await self._ask(lambda stub: stub.Submit(
+            ledger_pb2.SubmitRequest(wire=wire), timeout=5))
         return str(reply.outcome)
 
     def rule(self, min_stake: int) -> Callable[[PeerId], bool] | None:
