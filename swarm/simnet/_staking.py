@@ -87,8 +87,6 @@ class ReportLog:
 class StakingFindings:
     # Per cheater node index: per honest node index, (faults, eligible, bonded) on its ledger.
     cheaters: Mapping[int, Mapping[int, tuple[int, bool, int]]]
-    # Bonded stake at genesis (what a slash is measured against).
-    genesis_stake: int
     # Per provider node index: (receipts total the client signed it, claimed on the ledger
     # of every honest node).
     paid: Mapping[int, tuple[int, tuple[int, ...]]]
@@ -143,8 +141,7 @@ async def check_staking(setup: LedgerSetup, addresses: Mapping[int, str],
     for at, peer in reports.reports:
         if peer in index_of:
             first.setdefault(index_of[peer], at)
-    return StakingFindings(seen, max((a.bonded for a in setup.genesis.accounts), default=0),
-                           paid, first)
+    return StakingFindings(seen, paid, first)
 
 
 def staking_promises(promises: Promises, findings: StakingFindings,
