@@ -29,6 +29,15 @@ __all__ = ["LocalConfig", "LocalDecision", "LocalLoad", "LocalTrend", "decide_lo
 
 @dataclass(frozen=True, slots=True)
 class LocalConfig:
+    """Local replicas of a node (the `[replicas]` table of the node config; the node's
+    driver uses `mode`, `interval`, the backoff and `history`, the rule the rest)."""
+
+    # "auto": instances as load requires, up to one per device of the node's `devices`
+    # (which on a node with one device, a CPU-only one say, is one: nothing changes);
+    # "off": one instance per model, whatever the devices.
+    mode: str = "auto"
+    # Seconds between decisions (each measures the load over the last interval).
+    interval: float = 2.0
     # Mean queue wait (seconds) above which the model wants another local instance.
     target_queue_wait: float = 0.05
     # Utilization (busy share of the instances together, 0..1) at which they count as busy.
@@ -36,6 +45,11 @@ class LocalConfig:
     # Seconds the model must stay hot before an instance is added, cold before one goes.
     up_delay: float = 10.0
     down_delay: float = 60.0
+    # After a failed instance load, no other is tried for this long, doubling to backoff_max.
+    backoff_initial: float = 30.0
+    backoff_max: float = 600.0
+    # Decisions kept for `swarm-node status` and the status RPC.
+    history: int = 32
 
     def __post_init__(self) -> None:
         if not (0 <= self.target_queue_wait < math.inf and 0 < self.busy_utilization <= 1
@@ -44,6 +58,15 @@ class LocalConfig:
                 "need target_queue_wait and the delays finite and >= 0, busy_utilization in "
                 f"(0, 1]: got {self.target_queue_wait}, {self.up_delay}, {self.down_delay}, "
                 f"{self.busy_utilization}")
+        if self.mode not in ("auto", "off"):
+            raise ConfigError(f"replicas mode must be 'auto' or 'off', not {self.mode!r}")
+        if not 0 < self.interval < math.inf:
+            raise ConfigError(f"replicas interval must be finite and > 0, not {self.interval}")
+        if not 0 < self.backoff_initial <= self.backoff_max < math.inf:
+            raise ConfigError("replicas need 0 < backoff_initial <= backoff_max (finite): got "
+                              f"{self.backoff_initial}, {self.backoff_max}")
+        if not 1 <= self.history <= 10_000:
+            raise ConfigError(f"replicas history must be in 1..10000, not {self.history}")
 
 
 @dataclass(frozen=True, slots=True)

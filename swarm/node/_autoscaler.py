@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,7 +42,8 @@ if TYPE_CHECKING:  # not at run time: the simulator runs the driver without torc
     from swarm.node._models import ServedModel
     from swarm.node._node import Node
 
-__all__ = ["AutoscaleHost", "Autoscaler", "DemandMeter", "Measured", "NodeHost", "ScalingEvent"]
+__all__ = ["AutoscaleHost", "Autoscaler", "Backoff", "Counters", "DemandMeter", "Measured",
+           "NodeHost", "ScalingEvent", "every"]
 
 log = logging.getLogger("swarm.autoscale")
 
@@ -63,6 +64,7 @@ class _Sample:
     queued: int
     queue_ns: int
     busy_ns: int
+    instances: int
 
 
 def _sample(served: ServedModel, now: float) -> _Sample:
@@ -72,7 +74,8 @@ def _sample(served: ServedModel, now: float) -> _Sample:
     depth = served.batcher.queue_depth
     # Items that arrived: executed, failed (one item each, near enough), and still queued.
     arrived = stats.inference_count + stats.fail.count + depth
-    return _Sample(now, arrived, stats.queue.count, stats.queue.ns, busy)
+    instances = len(served.batcher.instances)  # local replicas: the busy share is per instance
+    return _Sample(now, arrived, stats.queue.count, stats.queue.ns, busy, instances)
 
 
 class DemandMeter:
@@ -103,7 +106,8 @@ class DemandMeter:
             self._measured[digest] = Measured(
                 arrival_rate=max(0.0, current.arrived - last.arrived) / dt,
                 queue_wait=(current.queue_ns - last.queue_ns) / 1e9 / waits if waits > 0 else 0.0,
-                utilization=min(1.0, max(0.0, (current.busy_ns - last.busy_ns) / 1e9 / dt)))
+                utilization=min(1.0, max(0.0, (current.busy_ns - last.busy_ns) / 1e9 / dt
+                                         / max(1, current.instances))))
         for gone in set(self._last) - seen:
             self._last.pop(gone)
             self._measured.pop(gone, None)
@@ -147,17 +151,28 @@ class AutoscaleHost(Protocol):
 
 
 @dataclass
-class _Backoff:
+class Backoff:
+    """No other try before `until` (monotonic); `delay` doubles with each failure."""
+
     until: float
     delay: float
 
 
 @dataclass
-class _Counters:
+class Counters:
+    """Actions by (action, outcome): what the metrics export."""
+
     by: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, action: str, outcome: str) -> None:
         self.by[(action, outcome)] = self.by.get((action, outcome), 0) + 1
+
+
+async def every(clock: Clock, interval: float, step: Callable[[], Awaitable[object]]) -> None:
+    """Sleep `interval`, then `await step()`, until cancelled (a driver's loop)."""
+    while True:
+        await clock.sleep(interval)
+        await step()
 
 
 class Autoscaler:
@@ -170,18 +185,16 @@ class Autoscaler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._trends: Mapping[Digest, Trend] = {}
-        self._backoff: dict[Digest, _Backoff] = {}
+        self._backoff: dict[Digest, Backoff] = {}
         self.managed: set[Digest] = set()
         self.events: collections.deque[ScalingEvent] = collections.deque(maxlen=config.history)
         self.demand: tuple[ModelDemand, ...] = ()
-        self.counters = _Counters()
+        self.counters = Counters()
         self.decisions = 0
 
     async def run(self) -> None:
         """Decide and act every interval until cancelled."""
-        while True:
-            await self._clock.sleep(self.config.interval)
-            await self.step()
+        await every(self._clock, self.config.interval, self.step)
 
     def state(self) -> SelfState:
         now = self._clock.monotonic()
@@ -225,7 +238,7 @@ class Autoscaler:
                 old = self._backoff.get(action.digest)
                 delay = (min(old.delay * 2, self.config.backoff_max) if old is not None
                          else self.config.backoff_initial)
-                self._backoff[action.digest] = _Backoff(self._clock.monotonic() + delay, delay)
+                self._backoff[action.digest] = Backoff(self._clock.monotonic() + delay, delay)
                 error += f" (not tried again for {delay:g}s)"
             log.warning("autoscale action failed", extra={**extra, "error": error})
             self._event(action, "failed", error)

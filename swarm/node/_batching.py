@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "BatchResult",
     "Batcher",
     "Dispatch",
+    "LoadSample",
     "QueueView",
     "Wait",
     "decide",
@@ -178,6 +179,26 @@ class _Instance:
     batches: int = 0
     # Taken out (remove_instance): finishes what it runs, then gets nothing more.
     retired: bool = False
+    # Set once the instance is out of the batcher (nothing runs on it any more).
+    dropped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    """A Batcher's cumulative load counters at one moment (`Batcher.load_sample`); the
+    difference of two is the load over the time between them."""
+
+    at: float
+    # Requests taken from the queue into a batch, and the seconds they waited there.
+    started: int
+    waited: float
+    # Seconds the instances executed, together (a running execution counts until now).
+    busy: float
+    # Instance-seconds: the instances' number integrated over time.
+    capacity: float
+    # Requests waiting now, and how long the oldest has.
+    queued: int
+    oldest_wait: float
 
 
 class Batcher:
@@ -202,6 +223,13 @@ class Batcher:
         self._arrival_gap = _Ewma(0.2)
         self._execution_time = _Ewma(0.2)
         self._items_per_second = _Ewma(0.2)
+        # Cumulative load counters (LoadSample): requests started and their queue waits,
+        # finished executions' seconds, instance-seconds up to `_capacity_since`.
+        self._started = 0
+        self._waited = 0.0
+        self._busy_seconds = 0.0
+        self._capacity_seconds = 0.0
+        self._capacity_since = clock.monotonic()
         self.add_instance(model)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -213,6 +241,7 @@ class Batcher:
             raise ValueError(f"an instance of {model.name} must have the same spec")
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"exec-{model.name}",
                                       initializer=model.prepare_thread)
+        self._count_capacity()
         self._instances.append(_Instance(model, executor))
         self._wakeup.set()
 
@@ -229,8 +258,31 @@ class Batcher:
         return instance.model
 
     def _drop(self, instance: _Instance) -> None:
+        self._count_capacity()
         self._instances.remove(instance)
         instance.executor.shutdown(wait=False)
+        instance.dropped.set()
+
+    async def wait_dropped(self, model: Model) -> None:
+        """Wait until the instance of `model` (taken out by remove_instance) has finished
+        the batch it ran and left: its model may be closed then."""
+        instance = next((i for i in self._instances if i.model is model), None)
+        if instance is not None:
+            await instance.dropped.wait()
+
+    def _count_capacity(self) -> None:
+        now = self._clock.monotonic()
+        self._capacity_seconds += len(self._instances) * (now - self._capacity_since)
+        self._capacity_since = now
+
+    def load_sample(self) -> LoadSample:
+        """The cumulative load counters now (for measuring the load over a window)."""
+        now = self._clock.monotonic()
+        running = sum(now - i.busy_since for i in self._instances if i.busy)
+        capacity = self._capacity_seconds + len(self._instances) * (now - self._capacity_since)
+        waiting = [p for p in self._queue if not p.future.done()]
+        return LoadSample(now, self._started, self._waited, self._busy_seconds + running,
+                          capacity, len(waiting), now - waiting[0].enqueued if waiting else 0.0)
 
     @property
     def instances(self) -> list[Model]:
@@ -331,6 +383,8 @@ class Batcher:
                 expired += 1
                 continue
             batch.append(pending)
+            self._started += 1
+            self._waited += now - pending.enqueued
         if expired:
             self._hooks.on_expired(expired)
         self._hooks.on_queue_depth(len(self._queue))
@@ -361,7 +415,8 @@ class Batcher:
                     if len(self._instances) == 1:
                         await self._execute(batch, now, instance)
                     else:
-                        instance.busy = True  # before the task starts: the next decision
+                        # Busy before the task starts: the next decision must see it.
+                        instance.busy, instance.busy_since = True, now
                         executions.create_task(self._execute(batch, now, instance))
         finally:
             self._closed = True
@@ -400,6 +455,7 @@ class Batcher:
             raise
         finally:
             instance.busy = False
+            self._busy_seconds += self._clock.monotonic() - started
             if instance.retired:
                 self._drop(instance)
             self._wakeup.set()  # an instance is free: the next batch may go

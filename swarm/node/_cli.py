@@ -15,7 +15,7 @@ from typing import Any
 from swarm import __version__
 from swarm._errors import ConfigError, ModelLoadError, SwarmError
 from swarm._logging import configure_logging
-from swarm.autoscale import AutoscaleConfig
+from swarm.autoscale import AutoscaleConfig, LocalConfig
 from swarm.node._config import ModelOptions, NodeConfig, check_ports, load_config
 
 __all__ = ["main"]
@@ -25,6 +25,7 @@ __all__ = ["main"]
 _DEFAULTS = NodeConfig()
 _MODEL_DEFAULTS = ModelOptions()
 _SCALE = AutoscaleConfig()
+_REPLICAS = LocalConfig()
 
 
 _PRECEDENCE = ("Settings: flags override SWARM_<SETTING> environment variables, which "
@@ -175,6 +176,19 @@ def _parser() -> argparse.ArgumentParser:
                             f"(default: {_SCALE.min_price})")
     scale.add_argument("--autoscale-min-replicas", type=int, metavar="N",
                        help=f"replicas kept however quiet a model is (default: {_SCALE.min_replicas})")
+    local = run.add_argument_group(
+        "local replicas: one instance of a busy model per device (more settings: the "
+        "[replicas] table of the config file)")
+    local.add_argument("--replicas", choices=["auto", "off"],
+                       help="auto: add an instance of a model on a free device while its "
+                            "queue stays long on busy instances, release it after a cool-down; "
+                            "off: one instance per model. Acts only with several devices "
+                            f"(default: {_REPLICAS.mode})")
+    local.add_argument("--devices", metavar="LIST",
+                       help="devices instances may run on, comma-separated, the first where "
+                            "models load, e.g. cuda:0,cuda:1; cpu may repeat (cpu,cpu: two "
+                            "CPU instances) (default: every CUDA device with --device cuda, "
+                            "else --device alone)")
 
     ident = sub.add_parser("id", help="print this node's peer id (and addresses while it runs)",
                            epilog=_PRECEDENCE,
@@ -227,7 +241,7 @@ def _config(args: argparse.Namespace) -> NodeConfig:
         "grpc_port": args.grpc_port, "metrics_port": args.metrics_port,
         "http_port": args.http_port,
         "listen_host": args.listen_host, "advertise_host": args.advertise_host,
-        "device": args.device, "drain_timeout": args.drain_timeout,
+        "device": args.device, "devices": args.devices, "drain_timeout": args.drain_timeout,
         "generation_max_seqs": args.generation_max_seqs,
         "generation_step_tokens": args.generation_step_tokens,
         "generation_kv_tokens": args.generation_kv_tokens,
@@ -271,7 +285,13 @@ def _config(args: argparse.Namespace) -> NodeConfig:
                   for name, opts in config.models.items()}
         models["*"] = dataclasses.replace(config.models.get("*", ModelOptions()), **overrides)
         config = dataclasses.replace(config, models=models)
-    return _autoscale_flags(args, config)
+    config = _autoscale_flags(args, config)
+    if args.replicas is not None:
+        import dataclasses
+
+        config = dataclasses.replace(
+            config, replicas=dataclasses.replace(config.replicas, mode=args.replicas))
+    return config
 
 
 def _autoscale_flags(args: argparse.Namespace, config: NodeConfig) -> NodeConfig:
@@ -318,13 +338,23 @@ def _status(args: argparse.Namespace) -> int:
     for model in status.models:
         print(f"model      {model.name}  {model.digest}  queue {model.queue_depth}  "
               f"{model.items_per_second:.1f} items/s")
+        devices = ", ".join(model.instance_devices)
+        reason = f"  ({model.replicas_reason})" if model.replicas_reason else ""
+        print(f"           {len(model.instance_devices)} instance(s) on {devices}{reason}")
     print(f"autoscale  {'on' if status.autoscale else 'off'}")
-    for event in status.scaling:
+    _print_events(status.scaling)
+    print(f"replicas   {status.replicas or 'off'}, devices {', '.join(status.devices)}")
+    _print_events(status.replica_scaling)
+    return 0
+
+
+def _print_events(events: Any) -> None:
+    for event in events:
         when = time.strftime("%H:%M:%S", time.localtime(event.at_unix_ns / 1e9))
         error = f"  ({event.error})" if event.error else ""
-        print(f"  {when} {event.action} {event.model} {event.digest[:19]} "
+        where = f" on {event.device}" if event.device else ""
+        print(f"  {when} {event.action} {event.model} {event.digest[:19]}{where} "
               f"{event.outcome}{error}\n           why: {event.reason}")
-    return 0
 
 
 async def _run(config: NodeConfig, perturb: tuple[float, int] = (0.0, 0)) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import math
 import os
+import re
 import socket
 import tomllib
 import types
@@ -20,7 +21,7 @@ from typing import Any
 
 from swarm._errors import ConfigError
 from swarm._types import ModelRef
-from swarm.autoscale import AutoscaleConfig
+from swarm.autoscale import AutoscaleConfig, LocalConfig
 
 __all__ = ["ModelOptions", "NodeConfig", "check_ports", "load_config"]
 
@@ -108,6 +109,11 @@ class NodeConfig:
     region: str = ""
     # "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
     device: str = "auto"
+    # Devices this node may run instances of a model on, one each (local replicas, the
+    # `[replicas]` table), e.g. ("cuda:0", "cuda:1"); the first is where models load.
+    # (): every CUDA device when `device` is CUDA, else `device` alone. "cpu" may repeat
+    # (several CPU instances: for tests, or a many-core host); CUDA devices may not.
+    devices: tuple[str, ...] = ()
     # Largest gRPC message accepted or sent.
     max_message_bytes: int = 64 << 20
     # Models served elsewhere that a gateway keeps metrics labels and statistics for;
@@ -188,6 +194,10 @@ class NodeConfig:
     # Autoscaling (the `[autoscale]` table; off unless enabled = true or --autoscale):
     # load models the swarm needs more replicas of, release them when it no longer does.
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+    # Local replicas (the `[replicas]` table; mode "auto" by default, which does something
+    # only with several `devices`): another instance of a busy model on a free device,
+    # released after a cool-down.
+    replicas: LocalConfig = field(default_factory=LocalConfig)
 
     def model_options(self, name: str) -> ModelOptions:
         return self.models.get(name) or self.models.get("*") or ModelOptions()
@@ -298,22 +308,28 @@ def _allowlist(raw: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _autoscale(raw: Any) -> AutoscaleConfig:
+def _table(name: str, kind: type[Any], raw: Any) -> Any:
+    """A settings table ([autoscale], [replicas]) as its frozen dataclass."""
     if not isinstance(raw, Mapping):
-        raise ConfigError("autoscale must be a table")
-    hints = typing.get_type_hints(AutoscaleConfig)
+        raise ConfigError(f"{name} must be a table")
+    hints = typing.get_type_hints(kind)
     unknown = set(k.replace("-", "_") for k in raw) - set(hints)
     if unknown:
-        raise ConfigError(f"autoscale: unknown settings {sorted(unknown)}")
-    values = {k.replace("-", "_"): _coerce(f"autoscale.{k}", hints[k.replace("-", "_")], v)
+        raise ConfigError(f"{name}: unknown settings {sorted(unknown)}")
+    values = {k.replace("-", "_"): _coerce(f"{name}.{k}", hints[k.replace("-", "_")], v)
               for k, v in raw.items()}
     try:
-        return AutoscaleConfig(**values)
+        return kind(**values)
     except TypeError as exc:
-        raise ConfigError(f"autoscale: {exc}") from exc
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
-_TABLES = ("models", "allowlist", "autoscale")
+def _autoscale(raw: Any) -> AutoscaleConfig:
+    config: AutoscaleConfig = _table("autoscale", AutoscaleConfig, raw)
+    return config
+
+
+_TABLES = ("models", "allowlist", "autoscale", "replicas")
 
 
 def load_config(
@@ -342,6 +358,8 @@ def load_config(
                 merged["allowlist"] = _allowlist(value)
             elif key == "autoscale":
                 merged["autoscale"] = _autoscale(value)
+            elif key == "replicas":
+                merged["replicas"] = _table("replicas", LocalConfig, value)
             elif key in hints:
                 merged[key] = _coerce(key, hints[key], value)
             else:
@@ -425,12 +443,49 @@ def _validate(config: NodeConfig) -> None:
         raise ConfigError(f"mesh_port {config.mesh_port} is not a port number")
     if config.mesh_mtu and not 1280 <= config.mesh_mtu <= 65535:
         raise ConfigError("mesh_mtu must be 0 (underlay - 80) or 1280..65535 (IPv6 minimum)")
+    _check_devices(config)
     for ref in config.serve:
         if not ref.endswith(".pt2"):
             try:
                 ModelRef.parse(ref)
             except ValueError as exc:
                 raise ConfigError(f"--serve {ref!r}: {exc}") from exc
+
+
+# Most entries of `devices` (each CPU one is a thread and a copy of every model).
+MAX_DEVICES = 64
+_DEVICE = re.compile(r"cpu|cuda(?::(\d{1,4}))?")
+
+
+def _check_devices(config: NodeConfig) -> None:
+    """`devices` names CPU or CUDA devices, no CUDA one twice, not both kinds, and begins
+    with `device` when that is given. Whether a CUDA device exists is checked at start-up."""
+    devices = config.devices
+    if not devices:
+        return
+    if len(devices) > MAX_DEVICES:
+        raise ConfigError(f"devices: {len(devices)} given, at most {MAX_DEVICES}")
+    seen: set[int] = set()
+    for device in devices:
+        match = _DEVICE.fullmatch(device)
+        if match is None:
+            raise ConfigError(f"devices: unknown device {device[:40]!r} (cpu, cuda or cuda:N)")
+        if device != "cpu":
+            index = int(match.group(1) or 0)
+            if index in seen:
+                raise ConfigError(f"devices: cuda:{index} is named twice ({', '.join(devices)})")
+            seen.add(index)
+    if seen and "cpu" in devices:
+        raise ConfigError("devices: all CPU or all CUDA (instances of a model must compute "
+                          "alike)")
+    first = devices[0]
+    if config.device != "auto" and _canonical(config.device) != _canonical(first):
+        raise ConfigError(f"device {config.device!r} must be the first of devices "
+                          f"({', '.join(devices)}), or auto")
+
+
+def _canonical(device: str) -> str:
+    return "cuda:0" if device == "cuda" else device
 
 
 # Every port the node listens on: setting, flag, what it serves.

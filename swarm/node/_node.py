@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+import torch
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -71,8 +73,15 @@ from swarm.node._models import (
     policy_for,
     served_batch_size,
 )
+from swarm.node._replicas import NodeReplicaHost, Replicas, canonical_device
 from swarm.node._rest import OpenInferenceHTTP
-from swarm.node._runtime import Model, ThreadPolicy, select_device, set_thread_policy
+from swarm.node._runtime import (
+    Model,
+    ThreadPolicy,
+    local_devices,
+    select_device,
+    set_thread_policy,
+)
 from swarm.node._service import InferenceService, NodeStatusService, Perturb, RejectUndecodable
 from swarm.protocol import (
     Advert,
@@ -171,7 +180,10 @@ class Node:
         self.metrics = NodeMetrics(max_forwarded_models=config.max_forwarded_models)
         self.table = ModelTable()
         self.cache = ResponseCache(max_bytes=config.cache_max_bytes)
-        self.device = select_device(config.device)
+        # With `devices`, models load on the first of them; more instances go on the rest.
+        self.device = select_device(config.devices[0] if config.devices and config.device == "auto"
+                                    else config.device)
+        self.devices = _devices(config, self.device)
         self.grpc_port = 0
         # TLS gRPC port (advertised to peers; 0: none) and the certificate it serves.
         self.tls_port = 0
@@ -225,6 +237,10 @@ class Node:
         self.autoscaler: Autoscaler | None = None
         self.releasing: set[Digest] = set()
         self._model_bytes: dict[Digest, int] = {}
+        # Local replicas: how each served version loads again on a device ("cuda:1"), and
+        # the driver (mode auto with several devices).
+        self.sources: dict[Digest, Callable[[str], Model]] = {}
+        self.replicas: Replicas | None = None
         # The staking ledger (--genesis), open while the node runs.
         self.ledger: LedgerAgent | None = None
         self.metrics.registry.register(_LedgerCollector(self))
@@ -368,6 +384,7 @@ class Node:
             model = await asyncio.to_thread(self._load, ref)
             self._owned.append(model)
             models.append(model)
+            self.sources[model.digest] = functools.partial(self._load_on, ref)
         self.manifests = ManifestStore(BlobStore(data_dir / "registry"))
         if config.genesis is not None:
             # On the loop's thread: the SQLite connection stays on the thread that opened it.
@@ -436,6 +453,10 @@ class Node:
                     if config.autoscale.enabled:
                         self.autoscaler = Autoscaler(NodeHost(self), config.autoscale)
                         tg.create_task(self.autoscaler.run(), name="autoscale")
+                if config.replicas.mode == "auto" and len(self.devices) > 1:
+                    self.replicas = Replicas(NodeReplicaHost(self), self.devices,
+                                             config.replicas)
+                    tg.create_task(self.replicas.run(), name="replicas")
                 await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
                 await self._health.set(INFERENCE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
                 self.state = NodeState.SERVING
@@ -500,14 +521,22 @@ class Node:
                                      *(g.engine.drain(deadline) for g in self.generative.values()))
         await server.stop(1.0)
 
-    def _load(self, ref: str) -> Model:
+    def _load(self, ref: str, device: torch.device | None = None) -> Model:
         started = time.perf_counter()
-        model = load_model(ref, self.device)
+        model = load_model(ref, device or self.device)
         model.warmup()
         log.info("model loaded", extra={
             "model": model.name, "digest": model.digest.short, "device": str(model.device),
             "seconds": round(time.perf_counter() - started, 2)})
         return model
+
+    def _load_on(self, ref: str, device: str) -> Model:
+        """Another instance of a --serve model, on `device` (a local replica; a thread)."""
+        return self._load(ref, torch.device(device))
+
+    def _version_on(self, digest: Digest, device: str) -> Model:
+        """Another instance of a registry version, on `device` (a local replica; a thread)."""
+        return self._load_version(digest, torch.device(device))
 
     def _start_serving(self, model: Model, *, default: bool) -> ServedModel:
         """Run a batcher for `model`, then make it reachable (the name's default if asked)."""
@@ -521,7 +550,7 @@ class Node:
             self.membership.notify_change()
         return served
 
-    def _load_version(self, digest: Digest) -> Model:
+    def _load_version(self, digest: Digest, device: torch.device | None = None) -> Model:
         """Load and warm up a stored registry version (runs in a thread; Rollout's loader)."""
         assert self.manifests is not None
         manifest = self.manifests.get(digest)
@@ -535,8 +564,8 @@ class Node:
         batch = served_batch_size(manifest.batching.max_batch_size,
                                   self.config.model_options(manifest.name),
                                   self.config.max_served_batch_size)
-        model = ExportedModel(manifest.name, data, self.device, max_batch_size=batch,
-                              digest=digest)
+        model = ExportedModel(manifest.name, data, device or self.device,
+                              max_batch_size=batch, digest=digest)
         model.warmup()
         log.info("model loaded", extra={
             "model": model.name, "digest": digest.short, "device": str(model.device),
@@ -839,7 +868,11 @@ class Node:
                 digest=str(s.digest), name=s.name,
                 max_batch_size=s.batcher.policy.max_batch_size,
                 items_per_second=s.batcher.items_per_second,
-                queue_depth=s.batcher.queue_depth, ready=self.is_ready()) for s in self.table],
+                queue_depth=s.batcher.queue_depth, ready=self.is_ready(),
+                instance_devices=[canonical_device(str(m.device)) for m in s.batcher.instances],
+                replicas_reason=(self.replicas.latest.get(s.digest, "")
+                                 if self.replicas is not None else ""))
+                for s in self.table],
             hardware=node_pb2.Hardware(device_kind=hw.device_kind, device_count=hw.device_count,
                                        memory_bytes=hw.memory_bytes, device_name=hw.device_name),
             price=node_pb2.Price(per_request_micros=self.config.price_per_request,
@@ -853,6 +886,11 @@ class Node:
                 at_unix_ns=int(e.at * 1e9), action=e.action.value, model=e.name,
                 digest=str(e.digest), reason=e.reason, outcome=e.outcome, error=e.error)
                 for e in (self.autoscaler.events if self.autoscaler is not None else ())],
+            replicas=self.config.replicas.mode, devices=self.devices,
+            replica_scaling=[node_pb2.ScalingEvent(
+                at_unix_ns=int(e.at * 1e9), action=e.action, model=e.name, digest=str(e.digest),
+                reason=e.reason, outcome=e.outcome, error=e.error, device=e.device)
+                for e in (self.replicas.events if self.replicas is not None else ())],
         )
 
     # ------------------------------------------------------------------ state file
@@ -879,6 +917,21 @@ class Node:
 
 class _Stopped(Exception):
     """Raised inside the node's TaskGroup to cancel its long-running tasks on stop."""
+
+
+def _devices(config: NodeConfig, device: torch.device) -> list[str]:
+    """The devices instances of a model may run on (canonical names; the first: `device`).
+    Named ones must exist (checked here: the config check has no torch)."""
+    if not config.devices:
+        return [canonical_device(str(d)) for d in local_devices(device)]
+    count = torch.cuda.device_count() if config.devices[0] != "cpu" else 0
+    for name in config.devices:
+        if name != "cpu":
+            index = torch.device(name).index or 0
+            if index >= count:
+                raise ConfigError(f"devices: {name} does not exist here ({count} CUDA "
+                                  "device(s))")
+    return [canonical_device(d) for d in config.devices]
 
 
 def _demand_fields(measured: Measured | None) -> dict[str, float]:
@@ -962,6 +1015,25 @@ class _RegistryCollector:
                                         "Model versions the autoscaler loaded here.")
             managed.add_metric([], len(scaler.managed))
             yield managed
+        instances = GaugeMetricFamily(
+            "swarm_model_instances", "Instances serving each model's queue here (local "
+            "replicas: one per device as load requires; versions of a name summed).",
+            labels=["model"])
+        by_name: dict[str, int] = {}
+        for served in self._node.table:
+            by_name[served.name] = by_name.get(served.name, 0) + len(served.batcher.instances)
+        for name, count in sorted(by_name.items()):
+            instances.add_metric([name], count)
+        yield instances
+        replicas = self._node.replicas
+        local = CounterMetricFamily(
+            "swarm_replica_actions", "Local replica actions by kind (add_instance, "
+            "remove_instance) and outcome (started, done, failed); swarm-node status shows "
+            "the latest with their reasons.", labels=["action", "outcome"])
+        for (action, outcome), count in (replicas.counters.by if replicas is not None
+                                         else {}).items():
+            local.add_metric([action, outcome], count)
+        yield local
 
 
 class _Withdrawn:
@@ -980,10 +1052,10 @@ class _Withdrawn:
             self._batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batcher
-        model = self._served.model
-        if model in self._node._owned:  # preloaded models belong to the caller
-            self._node._owned.remove(model)
-            model.close()
+        for model in {self._served.model, *self._served.batcher.instances}:  # local replicas too
+            if model in self._node._owned:  # preloaded models belong to the caller
+                self._node._owned.remove(model)
+                model.close()
 
 
 class _NodeDeployment:
@@ -1002,8 +1074,10 @@ class _NodeDeployment:
         return any(s.digest == digest for s in self._node.table.versions(name))
 
     async def add(self, model: Model, *, default: bool) -> None:
-        self._node._owned.append(model)  # closed when withdrawn, or when the node stops
-        self._node._start_serving(model, default=default)
+        node = self._node
+        node._owned.append(model)  # closed when withdrawn, or when the node stops
+        node.sources[model.digest] = functools.partial(node._version_on, model.digest)
+        node._start_serving(model, default=default)
 
     def set_default(self, name: str, digest: Digest) -> None:
         table = self._node.table
@@ -1014,6 +1088,8 @@ class _NodeDeployment:
         served = node.table.remove(name, digest)
         if served is None:
             return None
+        if not any(s.digest == digest for s in node.table):
+            node.sources.pop(digest, None)
         node.metrics.models_ready.set(len(node.table))
         if node.membership is not None:
             node.membership.notify_change()

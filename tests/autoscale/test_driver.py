@@ -97,7 +97,7 @@ async def test_a_failed_load_backs_off_doubling_and_is_reported() -> None:
 
 def _served(digest: Digest) -> SimpleNamespace:
     return SimpleNamespace(digest=digest, stats=ModelStats(),
-                           batcher=SimpleNamespace(queue_depth=0))
+                           batcher=SimpleNamespace(queue_depth=0, instances=[None]))
 
 
 def test_demand_meter_rates_over_a_window() -> None:

@@ -27,7 +27,7 @@ class Price(_message.Message):
     def __init__(self, per_request_micros: _Optional[int] = ..., per_1k_items_micros: _Optional[int] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("digest", "name", "tags", "max_batch_size", "items_per_second", "queue_depth", "ready")
+    __slots__ = ("digest", "name", "tags", "max_batch_size", "items_per_second", "queue_depth", "ready", "instance_devices", "replicas_reason")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class ServedModel(_message.Message):
     ITEMS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_REASON_FIELD_NUMBER: _ClassVar[int]
     digest: str
     name: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -42,10 +44,12 @@ class ServedModel(_message.Message):
     items_per_second: float
     queue_depth: int
     ready: bool
-    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
+    instance_devices: _containers.RepeatedScalarFieldContainer[str]
+    replicas_reason: str
+    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ..., ready: _Optional[bool] = ..., instance_devices: _Optional[_Iterable[str]] = ..., replicas_reason: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("peer_id", "software_version", "grpc_endpoints", "models", "hardware", "price", "region", "free_accelerator_memory_bytes", "started_at_unix_ns", "draining", "autoscale", "scaling")
+    __slots__ = ("peer_id", "software_version", "grpc_endpoints", "models", "hardware", "price", "region", "free_accelerator_memory_bytes", "started_at_unix_ns", "draining", "autoscale", "scaling", "replicas", "devices", "replica_scaling")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GRPC_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +62,9 @@ class NodeStatus(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
     SCALING_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_SCALING_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     software_version: str
     grpc_endpoints: _containers.RepeatedScalarFieldContainer[str]
@@ -70,10 +77,13 @@ class NodeStatus(_message.Message):
     draining: bool
     autoscale: bool
     scaling: _containers.RepeatedCompositeFieldContainer[ScalingEvent]
-    def __init__(self, peer_id: _Optional[str] = ..., software_version: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., region: _Optional[str] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., started_at_unix_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., autoscale: _Optional[bool] = ..., scaling: _Optional[_Iterable[_Union[ScalingEvent, _Mapping]]] = ...) -> None: ...
+    replicas: str
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    replica_scaling: _containers.RepeatedCompositeFieldContainer[ScalingEvent]
+    def __init__(self, peer_id: _Optional[str] = ..., software_version: _Optional[str] = ..., grpc_endpoints: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., region: _Optional[str] = ..., free_accelerator_memory_bytes: _Optional[int] = ..., started_at_unix_ns: _Optional[int] = ..., draining: _Optional[bool] = ..., autoscale: _Optional[bool] = ..., scaling: _Optional[_Iterable[_Union[ScalingEvent, _Mapping]]] = ..., replicas: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., replica_scaling: _Optional[_Iterable[_Union[ScalingEvent, _Mapping]]] = ...) -> None: ...
 
 class ScalingEvent(_message.Message):
-    __slots__ = ("at_unix_ns", "action", "model", "digest", "reason", "outcome", "error")
+    __slots__ = ("at_unix_ns", "action", "model", "digest", "reason", "outcome", "error", "device")
     AT_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +91,7 @@ class ScalingEvent(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     at_unix_ns: int
     action: str
     model: str
@@ -88,7 +99,8 @@ class ScalingEvent(_message.Message):
     reason: str
     outcome: str
     error: str
-    def __init__(self, at_unix_ns: _Optional[int] = ..., action: _Optional[str] = ..., model: _Optional[str] = ..., digest: _Optional[str] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    device: str
+    def __init__(self, at_unix_ns: _Optional[int] = ..., action: _Optional[str] = ..., model: _Optional[str] = ..., digest: _Optional[str] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
