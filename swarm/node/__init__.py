@@ -19,6 +19,8 @@ _hardware.py  device and memory detection
 _cli.py       `swarm-node` command line
 _autoscaler.py the demand signal adverts carry (DemandMeter) and the autoscaling driver
               (Autoscaler: swarm.autoscale.decide every interval, through an AutoscaleHost)
+_replicas.py  local replicas: Replicas runs swarm.autoscale.decide_local every interval per
+              served model and adds an instance on a free device or retires one
 
 Names are imported on first use, so `swarm-node --help` and the batching policy
 (`decide`, which the simulator runs) and the autoscaling driver do not import torch.

@@ -121,6 +121,18 @@ def test_demand_meter_rates_over_a_window() -> None:
     assert meter.measure([]) == {}  # a model no longer served is forgotten
 
 
+def test_demand_meter_utilization_is_per_instance() -> None:
+    clock = FakeClock()
+    meter = DemandMeter(window=5.0, clock=clock)
+    model = _served(HOT)
+    model.batcher.instances = [None, None]  # two local replicas share the queue
+    meter.measure([model])
+    clock.advance(5.0)
+    model.stats.batches[8] = BatchStat()
+    model.stats.batches[8].compute_infer.add(5.0)  # one instance's worth of busy time
+    assert meter.measure([model])[HOT].utilization == pytest.approx(0.5)
+
+
 def test_config_table_and_flags(tmp_path: object) -> None:
     from pathlib import Path
 
