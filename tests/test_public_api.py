@@ -28,7 +28,8 @@ def test_swarm_node_exports() -> None:
     assert set(swarm.node.__all__) == {
         "MLP_DIMS", "AutoscaleHost", "Autoscaler", "BatchPolicy", "Dispatch", "Model",
         "ModelOptions", "ModelSpec", "Node", "NodeConfig", "NodeState", "QueueView",
-        "ScalingEvent", "TensorSpec", "Wait", "decide", "load_config", "main", "mlp_module",
+        "ReplicaEvent", "ReplicaHost", "Replicas", "ScalingEvent", "TensorSpec", "Wait", "decide",
+        "load_config", "main", "mlp_module",
     }
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from swarm.node._cli import main
     from swarm.node._config import ModelOptions, NodeConfig, load_config
     from swarm.node._node import Node, NodeState
+    from swarm.node._replicas import ReplicaEvent, ReplicaHost, Replicas
     from swarm.node._runtime import Model
 
 _WHERE = {
@@ -55,6 +56,9 @@ _WHERE = {
     "NodeConfig": "swarm.node._config",
     "NodeState": "swarm.node._node",
     "QueueView": "swarm.node._batching",
+    "ReplicaEvent": "swarm.node._replicas",
+    "ReplicaHost": "swarm.node._replicas",
+    "Replicas": "swarm.node._replicas",
     "TensorSpec": "swarm._types",
     "Wait": "swarm.node._batching",
     "decide": "swarm.node._batching",
@@ -76,6 +80,9 @@ __all__ = [
     "NodeConfig",
     "NodeState",
     "QueueView",
+    "ReplicaEvent",
+    "ReplicaHost",
+    "Replicas",
     "ScalingEvent",
     "TensorSpec",
     "Wait",
