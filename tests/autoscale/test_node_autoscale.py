@@ -71,6 +71,10 @@ async def test_hot_model_gains_a_replica_and_releases_it_when_quiet(
         assert [(e.action, e.outcome) for e in status.scaling] == [("load", "started"),
                                                                    ("load", "done")]
         assert "lottery" in status.scaling[0].reason
+        # A registry version loads again on a device (a local replica's path).
+        instance = await asyncio.to_thread(c.sources[digest], "cpu")
+        assert (instance.digest, instance.spec) == (digest, c.table.resolve("acme/classifier").model.spec)
+        instance.close()
         # C's advert says the replica is its autoscaler's; B's is the operator's.
         assert [o.autoscaled for o in c.advert().models] == [True]
         assert [o.autoscaled for o in b.advert().models] == [False]
@@ -79,6 +83,7 @@ async def test_hot_model_gains_a_replica_and_releases_it_when_quiet(
         await wait_until(lambda: not any(s.digest == digest for s in c.table), timeout=20,
                          what="C releasing the replica")
         assert any(s.digest == digest for s in b.table)
+        assert digest not in c.sources  # withdrawn: no instance of it loads any more
         assert [e.action for e in c.status().scaling][-2:] == ["unload", "unload"]
         # `swarm-node status` asks the running node over its status RPC.
         from swarm.node._cli import main
