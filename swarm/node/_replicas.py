@@ -194,8 +194,11 @@ class Replicas:
             self._event(ADD, served, device, why, "failed", "the version was withdrawn meanwhile")
             return
         try:
+            if model.digest != served.digest:  # its file changed since: another model
+                raise ValueError(f"the instance loaded is {model.digest.short}, not "
+                                 f"{served.digest.short}")
             served.batcher.add_instance(model)
-        except ValueError as exc:  # not the same model (spec): never serve it
+        except ValueError as exc:  # not the same model: never serve it
             await self._host.release(model)
             self._failed(served, device, why, extra, f"{type(exc).__name__}: {exc}")
             return

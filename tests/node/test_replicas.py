@@ -187,6 +187,7 @@ class FakeReplicaHost:
         self.fail = fail
         self.loads: list[str] = []
         self.released: list[object] = []
+        self.digest = served.digest  # type: ignore[attr-defined]
 
     def models(self) -> list[object]:
         return [self.served]
@@ -201,7 +202,7 @@ class FakeReplicaHost:
         if self.fail:
             self.fail -= 1
             raise RuntimeError("CUDA out of memory (fake)")
-        return SimpleNamespace(device=device)
+        return SimpleNamespace(device=device, digest=self.digest)
 
     async def release(self, model: object) -> None:
         self.released.append(model)
@@ -253,6 +254,17 @@ async def test_driver_adds_an_instance_on_the_free_device_and_releases_it_when_q
                                     ("remove_instance", "done"): 1}
     await _steps(replicas, clock, 10)  # never below one
     assert len(batcher.instances) == 1
+
+
+async def test_driver_refuses_an_instance_of_another_version() -> None:
+    from swarm._types import Digest
+
+    replicas, host, clock = _driver(("cpu", "cpu"))
+    host.digest = Digest.of(b"the .pt2 file changed since")
+    await _steps(replicas, clock, 4)
+    assert len(host.served.batcher.instances) == 1  # type: ignore[attr-defined]
+    assert len(host.released) == 1
+    assert "not " + replicas.events[0].digest.short in replicas.events[-1].error  # type: ignore[attr-defined]
 
 
 async def test_driver_backs_off_a_failed_instance_load_doubling_and_reports_it() -> None:
