@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ class ScriptedBatcher:
     """A batcher whose load is set by the test: `hot` (every instance busy, requests wait
     0.5 s) or cold (idle)."""
 
-    def __init__(self, clock: object) -> None:
+    def __init__(self, clock: Any) -> None:
         from types import SimpleNamespace
 
         self._clock = clock
@@ -153,12 +154,12 @@ class ScriptedBatcher:
         self.hot = True
         self.dropped: list[object] = []
         self._counts = [0.0, 0.0, 0.0, 0.0]  # started, waited, busy, capacity
-        self._at: float = clock.monotonic()  # type: ignore[attr-defined]
+        self._at: float = clock.monotonic()
 
-    def load_sample(self) -> object:
+    def load_sample(self) -> Any:
         from swarm.node._batching import LoadSample
 
-        now = self._clock.monotonic()  # type: ignore[attr-defined]
+        now = self._clock.monotonic()
         dt, n = now - self._at, len(self.instances)
         self._at = now
         started, waited, busy, capacity = self._counts
@@ -182,20 +183,20 @@ class ScriptedBatcher:
 
 
 class FakeReplicaHost:
-    def __init__(self, served: object, *, fail: int = 0) -> None:
+    def __init__(self, served: Any, *, fail: int = 0) -> None:
         self.served = served
         self.fail = fail
         self.loads: list[str] = []
         self.released: list[object] = []
-        self.digest = served.digest  # type: ignore[attr-defined]
+        self.digest = served.digest
 
-    def models(self) -> list[object]:
+    def models(self) -> list[Any]:
         return [self.served]
 
     def serving(self, served: object) -> bool:
         return True
 
-    async def load_instance(self, served: object, device: str) -> object:
+    async def load_instance(self, served: Any, device: str) -> Any:
         from types import SimpleNamespace
 
         self.loads.append(device)
@@ -208,7 +209,7 @@ class FakeReplicaHost:
         self.released.append(model)
 
 
-def _driver(devices: tuple[str, ...], fail: int = 0) -> tuple[object, FakeReplicaHost, object]:
+def _driver(devices: tuple[str, ...], fail: int = 0) -> tuple[Any, FakeReplicaHost, Any]:
     from types import SimpleNamespace
 
     from swarm._clock import FakeClock
@@ -221,35 +222,35 @@ def _driver(devices: tuple[str, ...], fail: int = 0) -> tuple[object, FakeReplic
     host = FakeReplicaHost(served, fail=fail)
     config = LocalConfig(interval=1, target_queue_wait=0.05, busy_utilization=0.8, up_delay=2,
                          down_delay=4, backoff_initial=10, backoff_max=40)
-    return Replicas(host, devices, config, clock=clock), host, clock  # type: ignore[arg-type]
+    return Replicas(host, devices, config, clock=clock), host, clock
 
 
-async def _steps(replicas: object, clock: object, n: int) -> None:
+async def _steps(replicas: Any, clock: Any, n: int) -> None:
     for _ in range(n):
-        clock.advance(1.0)  # type: ignore[attr-defined]
-        await replicas.step()  # type: ignore[attr-defined]
+        clock.advance(1.0)
+        await replicas.step()
 
 
 async def test_driver_adds_an_instance_on_the_free_device_and_releases_it_when_quiet() -> None:
     replicas, host, clock = _driver(("cuda:0", "cuda:1"))
-    batcher = host.served.batcher  # type: ignore[attr-defined]
+    batcher = host.served.batcher
     batcher.instances[0].device = "cuda"  # the first instance: "cuda" is cuda:0
     await _steps(replicas, clock, 4)  # a first sample; hot from t=2; up_delay 2 s
     assert host.loads == ["cuda:1"]
     assert len(batcher.instances) == 2
-    events = [(e.action, e.outcome, e.device) for e in replicas.events]  # type: ignore[attr-defined]
+    events = [(e.action, e.outcome, e.device) for e in replicas.events]
     assert events == [("add_instance", "started", "cuda:1"), ("add_instance", "done", "cuda:1")]
-    assert "queue wait 0.5 s > 0.05 s" in replicas.events[-1].reason  # type: ignore[attr-defined]
+    assert "queue wait 0.5 s > 0.05 s" in replicas.events[-1].reason
     await _steps(replicas, clock, 5)  # every device holds one: nothing more
     assert host.loads == ["cuda:1"]
-    assert "no free device" not in replicas.latest[host.served.digest]  # type: ignore[attr-defined]
+    assert "no free device" not in replicas.latest[host.served.digest]
     batcher.hot = False
     await _steps(replicas, clock, 6)  # cold; down_delay 4 s
     assert len(batcher.instances) == 1
-    assert [m.device for m in host.released] == ["cuda:1"]  # type: ignore[attr-defined]
-    assert [(e.action, e.outcome) for e in replicas.events][-2:] == [  # type: ignore[attr-defined]
+    assert [m.device for m in host.released] == ["cuda:1"]
+    assert [(e.action, e.outcome) for e in replicas.events][-2:] == [
         ("remove_instance", "started"), ("remove_instance", "done")]
-    assert replicas.counters.by == {("add_instance", "started"): 1, ("add_instance", "done"): 1,  # type: ignore[attr-defined]
+    assert replicas.counters.by == {("add_instance", "started"): 1, ("add_instance", "done"): 1,
                                     ("remove_instance", "started"): 1,
                                     ("remove_instance", "done"): 1}
     await _steps(replicas, clock, 10)  # never below one
@@ -262,30 +263,30 @@ async def test_driver_refuses_an_instance_of_another_version() -> None:
     replicas, host, clock = _driver(("cpu", "cpu"))
     host.digest = Digest.of(b"the .pt2 file changed since")
     await _steps(replicas, clock, 4)
-    assert len(host.served.batcher.instances) == 1  # type: ignore[attr-defined]
+    assert len(host.served.batcher.instances) == 1
     assert len(host.released) == 1
-    assert "not " + replicas.events[0].digest.short in replicas.events[-1].error  # type: ignore[attr-defined]
+    assert "not " + replicas.events[0].digest.short in replicas.events[-1].error
 
 
 async def test_driver_backs_off_a_failed_instance_load_doubling_and_reports_it() -> None:
     replicas, host, clock = _driver(("cpu", "cpu"), fail=2)
-    batcher = host.served.batcher  # type: ignore[attr-defined]
+    batcher = host.served.batcher
     await _steps(replicas, clock, 4)
     assert host.loads == ["cpu"]  # the second "cpu": a device named twice holds two
-    failed = replicas.events[-1]  # type: ignore[attr-defined]
+    failed = replicas.events[-1]
     assert (failed.action, failed.outcome) == ("add_instance", "failed")
     assert "RuntimeError: CUDA out of memory (fake)" in failed.error
     assert "not tried again for 10s" in failed.error
     await _steps(replicas, clock, 9)  # t = 5..13: in backoff (until 4 + 10)
     assert host.loads == ["cpu"]
-    assert "a load failed" in replicas.latest[host.served.digest]  # type: ignore[attr-defined]
+    assert "a load failed" in replicas.latest[host.served.digest]
     await _steps(replicas, clock, 3)
     assert len(host.loads) == 2
-    assert "for 20s" in replicas.events[-1].error  # type: ignore[attr-defined]
+    assert "for 20s" in replicas.events[-1].error
     await _steps(replicas, clock, 25)
     assert len(host.loads) == 3
     assert len(batcher.instances) == 2  # the third try loaded it
-    assert replicas.counters.by[("add_instance", "failed")] == 2  # type: ignore[attr-defined]
+    assert replicas.counters.by[("add_instance", "failed")] == 2
 
 
 # --------------------------------------------------------------- configuration
@@ -385,7 +386,7 @@ async def test_a_node_with_two_cpu_devices_adds_an_instance_under_load_and_relea
                 raise RuntimeError("out of memory (test)")
             return real(device)
 
-        node.sources[served.digest] = flaky  # type: ignore[assignment]
+        node.sources[served.digest] = flaky
         failures: list[BaseException] = []
         answered = 0
         phase = {"clients": 8}
