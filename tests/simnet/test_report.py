@@ -300,6 +300,10 @@ def test_write_report_with_chats(tmp_path: Path) -> None:
     assert "chat per node" in text
     assert "tokens/s" in text
     assert re.search(r"\n\s+0\s+3\s+12\s+2\.0\s+200\s+298\s+40\s+40\s*\n", text), text
+    narrow = Console(width=80, record=True)  # a CI log: every header whole
+    narrow.print(render_summary(summary, title="simnet chat"))
+    assert "node  chats  tokens  tokens/s  TTFT p50  TTFT p99  ITL p50  ITL p99" in \
+        narrow.export_text()
 
 
 def test_chat_plot_with_nothing_answered(tmp_path: Path) -> None:
