@@ -69,9 +69,10 @@ def test_default_matches_the_readme_promise() -> None:
     assert s.workload.shape is Shape.POISSON
     assert s.workload.rate == 20
     assert {m.name for m in s.workload.models} == {"builtin/minilm", "builtin/mlp"}
-    assert all(spec.models[:2] == ("builtin/minilm", "builtin/mlp") for spec in s.node_specs())
     # Chat with SmolLM2 on two of the four nodes, at a low rate, with its own promises.
-    assert [spec.index for spec in s.node_specs() if "builtin/smollm2" in spec.models] == [1, 2]
+    assert [spec.models for spec in s.node_specs()] == [
+        ("builtin/minilm", "builtin/mlp"), ("builtin/smollm2",), ("builtin/smollm2",),
+        ("builtin/minilm", "builtin/mlp")]
     (chat,) = s.workload.chats
     assert (chat.model, chat.rate, chat.max_tokens, chat.temperature) == (
         "builtin/smollm2", 0.5, 32, 0.0)
