@@ -399,10 +399,13 @@ class LiveView:
         if not chats and not self._recorder.chats_in_flight:
             return ""
         ok = [c for c in chats if c.ok]
-        ttft = latency_stats([c.ttft for c in ok if c.ttft is not None])
-        itl = latency_stats([gap for c in ok for gap in c.itl])
         now = self._now()
-        tokens = sum(1 for c in ok for t in token_times(c) if now - self._window <= t <= now)
+        # Chats that ended in the window (a token in it belongs to one of them): a redraw
+        # costs what the last seconds hold, not the whole run.
+        recent = [c for c in ok if (f := c.finished) is not None and now - self._window <= f]
+        ttft = latency_stats([c.ttft for c in recent if c.ttft is not None])
+        itl = latency_stats([gap for c in recent for gap in c.itl])
+        tokens = sum(1 for c in recent for t in token_times(c) if now - self._window <= t <= now)
         return (f"chat: {len(ok)} answered, {len(chats) - len(ok)} lost, in flight "
                 f"{self._recorder.chats_in_flight}  TTFT p50={_fmt(ttft.p50)}ms "
                 f"p99={_fmt(ttft.p99)}ms  ITL p50={_fmt(itl.p50)}ms  "

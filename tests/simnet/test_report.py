@@ -318,7 +318,8 @@ def test_chat_plot_with_nothing_answered(tmp_path: Path) -> None:
 
 async def test_live_view_shows_chats() -> None:
     recorder = Recorder()
-    recorder.started_at = asyncio.get_running_loop().time() - 6.0
+    # 5.5 s into the run: the 5 s window starts at 0.5 s (0.7 s of slack on a slow machine)
+    recorder.started_at = asyncio.get_running_loop().time() - 5.5
     for c in chat_records():
         recorder.add_chat(c)
     recorder.chats_in_flight = 1
@@ -327,8 +328,10 @@ async def test_live_view_shows_chats() -> None:
     console = Console(width=160, record=True)
     console.print(view.render())
     text = console.export_text()
-    assert "chat: 4 answered, 2 lost, in flight 1  TTFT p50=250ms p99=979ms" in text
-    assert "tokens/s=" in text
+    # Counts over the run; times and tokens/s over the chats that ended in the last 5 s
+    # (chats 1-3: their tokens from 1.2 s on, ending at 4.2 s; chat 0 ended at 0.2 s).
+    assert "chat: 4 answered, 2 lost, in flight 1  TTFT p50=300ms p99=986ms" in text
+    assert "tokens/s=2.2 (last 5 s)" in text  # chats 1-3: 4 + 4 + 3 tokens
     assert "chat: 4 answered" in view._line()
     assert "chat" not in LiveView(Console(), title="t", duration=1.0, recorder=Recorder(),
                                   nodes=lambda: [], events=lambda: [], live=False)._line()
