@@ -94,7 +94,8 @@ def test_batching_policy_does_not_import_torch() -> None:
 
 def test_swarm_client_exports() -> None:
     assert set(swarm.client.__all__) == {
-        "DEFAULT_VERIFY_FRACTION", "AsyncClient", "Client", "ModelInfo", "TensorInfo", "Verdict",
+        "DEFAULT_VERIFY_FRACTION", "AsyncClient", "Client", "GenerationChunk", "ModelInfo",
+        "TensorInfo", "Verdict",
         "Verifier", "judge", "send_verified", "should_verify"}
 
 

@@ -69,7 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--duration", type=_positive_float, metavar="SECONDS",
                     help="seconds of workload")
     up.add_argument("--rate", type=_nonnegative_float, metavar="R",
-                    help="requests per second (scales ramp and burst shapes)")
+                    help="requests per second (scales ramp and burst shapes; the scenario's "
+                         "chat rates stay as they are)")
     up.add_argument("--seed", type=int, metavar="N", help="random seed of the workload")
     up.add_argument("--report", type=Path, metavar="DIR",
                     help="report folder (default: ./reports/simnet-<timestamp>/)")

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +40,7 @@ from swarm._types import Digest, PeerId
 from swarm.client._convert import build_request, decode_response, to_numpy
 from swarm.client._generate import (
     RESUME_ATTEMPTS,
+    GenerationChunk,
     GenerationOptions,
     generation_request,
     stream_text,
@@ -517,16 +518,35 @@ class AsyncClient:
         options = GenerationOptions(max_tokens, temperature, top_p, seed, tuple(stop))
         return self._generation(model, options, timeout, messages=list(messages))
 
+    def chat_chunks(self, model: str, messages: Sequence[Mapping[str, str]], *,
+                    max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                    seed: int | None = None, stop: Sequence[str] = (),
+                    timeout: float | None = None) -> AsyncGenerator[GenerationChunk, None]:
+        """`chat`, chunk by chunk as the provider sent them: each GenerationChunk carries
+        its text, the token ids behind it, the provider that sent it and, on the last,
+        the finish reason (what a caller that measures streams needs)."""
+        options = GenerationOptions(max_tokens, temperature, top_p, seed, tuple(stop))
+        return self._chunks(model, options, timeout, messages=list(messages))
+
     async def _generation(self, model: str, options: GenerationOptions, timeout: float | None,
                           **what: Any) -> AsyncIterator[str]:
+        chunks = self._chunks(model, options, timeout, **what)
+        try:
+            async for chunk in chunks:
+                if chunk.text:
+                    yield chunk.text
+        finally:
+            await chunks.aclose()
+
+    async def _chunks(self, model: str, options: GenerationOptions, timeout: float | None,
+                      **what: Any) -> AsyncGenerator[GenerationChunk, None]:
         if self._closed:
             raise ClosedError("client is closed")
         limit = timeout if timeout is not None else self.timeout
         if self._stub is not None:
             request = generation_request(model, options, **what)
             async for chunk in stream_text(self._stub, request, self.address, limit):
-                if chunk.text:
-                    yield chunk.text
+                yield chunk
             return
         # Swarm mode: a provider that fails mid-stream (UNAVAILABLE: it died, drained, the
         # network broke) is replaced by the next candidate, which prefills the prompt plus
@@ -549,8 +569,7 @@ class AsyncClient:
                     stub = pb_grpc.GRPCInferenceServiceStub(channel)
                     async for chunk in stream_text(stub, request, candidate.endpoint, limit):
                         streamed.extend(chunk.token_ids)
-                        if chunk.text:
-                            yield chunk.text
+                        yield chunk
                         if chunk.final:
                             return
             except UnavailableError as exc:

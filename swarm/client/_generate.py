@@ -20,7 +20,7 @@ from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._tensors import decode_raw, encode_bytes_elements
 from swarm.routing import error_from_rpc
 
-__all__ = ["FINAL", "Chunk", "GenerationOptions", "generation_request", "stream_text"]
+__all__ = ["FINAL", "GenerationChunk", "GenerationOptions", "generation_request", "stream_text"]
 
 # Providers tried for one generation in swarm mode: a stream broken off resumes on the next.
 RESUME_ATTEMPTS = 3
@@ -70,10 +70,18 @@ def _text(response: pb.ModelInferResponse) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Chunk:
+class GenerationChunk:
+    """One streamed response of a generation (`AsyncClient.chat_chunks`)."""
+
     text: str
-    token_ids: tuple[int, ...]  # the ids behind the text (resuming replays them)
+    # The ids of the tokens behind the text (resuming replays them); may be more than one.
+    token_ids: tuple[int, ...]
+    # The last chunk of the generation.
     final: bool
+    # The provider that sent it ("host:port"; in swarm mode the address it advertises).
+    endpoint: str = ""
+    # On the final chunk: "stop" or "length".
+    finish_reason: str | None = None
 
 
 def _ids(response: pb.ModelInferResponse) -> tuple[int, ...]:
@@ -87,7 +95,7 @@ def _ids(response: pb.ModelInferResponse) -> tuple[int, ...]:
 
 
 async def stream_text(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest,
-                      target: str, timeout: float | None) -> AsyncIterator[Chunk]:
+                      target: str, timeout: float | None) -> AsyncIterator[GenerationChunk]:
     """The chunks of one generation; the call is cancelled if the reader stops early."""
 
     async def one() -> AsyncIterator[pb.ModelInferRequest]:
@@ -99,8 +107,12 @@ async def stream_text(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelI
             if message.error_message:
                 code, _, text = message.error_message.partition(": ")
                 raise error_for(code, text or message.error_message)
-            final = FINAL in message.infer_response.parameters
-            yield Chunk(_text(message.infer_response), _ids(message.infer_response), final)
+            parameters = message.infer_response.parameters
+            final = FINAL in parameters
+            reason = parameters["finish_reason"].string_param or None \
+                if final and "finish_reason" in parameters else None
+            yield GenerationChunk(_text(message.infer_response), _ids(message.infer_response),
+                                  final, target, reason)
             if final:
                 return
         raise UnavailableError(f"{target} ended the stream without a final response")

@@ -49,7 +49,7 @@ from swarm._errors import (
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._proto.swarm.v1 import node_pb2, node_pb2_grpc
-from swarm.simnet._scenario import BUILTIN_MODELS, NodeSpec, Staking
+from swarm.simnet._scenario import SHIPPED_MODELS, NodeSpec, Staking
 from swarm.simnet._staking import LedgerSetup, prepare_ledger
 
 __all__ = ["Banner", "Cluster", "ClusterConfig", "NodeHandle", "NodeStatus", "parse_banner",
@@ -416,7 +416,7 @@ class Cluster:
         while True:
             banner = parse_banner(_read_from(slot.log, offset))
             # Registry models (name:tag) are served later, once their tag resolves.
-            loaded_now = [m for m in slot.spec.models if m in BUILTIN_MODELS or m.endswith(".pt2")]
+            loaded_now = [m for m in slot.spec.models if m in SHIPPED_MODELS or m.endswith(".pt2")]
             if banner.grpc and len(banner.models) >= len(loaded_now):
                 if not want_p2p or banner.p2p:
                     return banner

@@ -20,7 +20,7 @@ from pathlib import Path
 from swarm._errors import ConfigError, UnavailableError
 from swarm._types import Digest, ModelRef
 from swarm.protocol import Identity
-from swarm.simnet._scenario import BUILTIN_MODELS, Fault, FaultKind, Scenario
+from swarm.simnet._scenario import SHIPPED_MODELS, Fault, FaultKind, Scenario
 
 __all__ = ["PublishedModels", "publish_models", "registry_refs"]
 
@@ -32,7 +32,7 @@ def registry_refs(scenario: Scenario) -> list[ModelRef]:
     refs: dict[str, ModelRef] = {}
     for spec in scenario.node_specs():
         for model in spec.models:
-            if model in BUILTIN_MODELS or model.endswith(".pt2"):
+            if model in SHIPPED_MODELS or model.endswith(".pt2"):
                 continue
             ref = ModelRef.parse(model)
             if ref.tag is None:

@@ -1,11 +1,12 @@
 """What a run shows and leaves behind: the live view, the summary and the report folder.
 
 Pure functions (percentile, latency_stats, node_shares, evaluate_promises,
-summarize, window_stats, rate_series) turn request records into numbers;
-`LiveView` draws them while the run goes on (rich); `write_report_folder` writes
-report.json (summary + raw per-request data), summary.md, latency.png and
-load.png (matplotlib, Agg canvas) for `swarm simnet up` (`write_report`) and
-`swarm simnet virtual` (`write_virtual_report`) alike.
+summarize, window_stats, rate_series; summarize_chats, chat_promises and
+token_times for chat traffic) turn request records into numbers; `LiveView` draws
+them while the run goes on (rich); `write_report_folder` writes report.json
+(summary + raw per-request data), summary.md, latency.png and load.png
+(matplotlib, Agg canvas), and chat.png when the run streamed chats, for `swarm
+simnet up` (`write_report`) and `swarm simnet virtual` (`write_virtual_report`) alike.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm.simnet._scenario import Promises
-from swarm.simnet._workload import Recorder, RequestRecord
+from swarm.simnet._workload import ChatRecord, Recorder, RequestRecord
 
 __all__ = [
+    "ChatNodeStats",
+    "ChatSummary",
     "FaultEvent",
     "LatencyStats",
     "LiveView",
@@ -38,6 +41,7 @@ __all__ = [
     "PromiseResult",
     "Summary",
     "WindowStats",
+    "chat_promises",
     "evaluate_promises",
     "latency_stats",
     "node_shares",
@@ -45,6 +49,8 @@ __all__ = [
     "plot_served_by_speed",
     "rate_series",
     "summarize",
+    "summarize_chats",
+    "token_times",
     "window_stats",
     "write_report",
     "write_report_folder",
@@ -155,6 +161,8 @@ class Summary:
     faults_total: int
     promises: tuple[PromiseResult, ...]
     interrupted: bool = False
+    # Chat traffic ([[workload.chat]]), when the run sent any.
+    chat: ChatSummary | None = None
 
     @property
     def kept(self) -> bool:
@@ -163,13 +171,17 @@ class Summary:
 
 
 def summarize(records: Sequence[RequestRecord], *, duration: float, promises: Promises,
-              faults: Sequence[FaultEvent] = (), interrupted: bool = False) -> Summary:
+              faults: Sequence[FaultEvent] = (), interrupted: bool = False,
+              chats: Sequence[ChatRecord] = ()) -> Summary:
+    """The run in numbers. Chats are summed up apart (`Summary.chat`, with their own
+    promises): the request numbers and promises are the tensor requests' alone."""
     ok = [r for r in records if r.ok]
     errors = Counter(r.outcome for r in records if not r.ok)
     latency = latency_stats([r.latency for r in ok if r.latency is not None])
     prices = [r.price for r in ok if r.price is not None]
     node_requests = Counter(r.node for r in ok if r.node is not None)
     lost = len(records) - len(ok)
+    chat = summarize_chats(chats, duration=duration) if chats else None
     return Summary(
         requests=len(records), ok=len(ok), lost=lost, errors=dict(sorted(errors.items())),
         duration=duration, throughput=len(ok) / duration if duration > 0 else math.nan,
@@ -177,8 +189,91 @@ def summarize(records: Sequence[RequestRecord], *, duration: float, promises: Pr
         node_share=node_shares(records),
         mean_price=sum(prices) / len(prices) if prices else None,
         faults_applied=sum(1 for f in faults if f.applied), faults_total=len(faults),
-        promises=evaluate_promises(promises, lost=lost, p99_ms=latency.p99),
-        interrupted=interrupted)
+        promises=evaluate_promises(promises, lost=lost, p99_ms=latency.p99)
+        + (chat_promises(promises, chat) if chat is not None else ()),
+        interrupted=interrupted, chat=chat)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatNodeStats:
+    """The chats one node streamed to their end (by the node that sent the last chunk)."""
+
+    node: int
+    chats: int
+    tokens: int
+    # Tokens of those chats per second of workload.
+    tokens_per_s: float
+    # Milliseconds: time to first token (from the scheduled send time) and between tokens.
+    ttft: LatencyStats
+    itl: LatencyStats
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSummary:
+    chats: int
+    ok: int
+    # Chats without their whole answer: errors, deadlines, shed, cancelled.
+    lost: int
+    # Outcome -> count, failures only.
+    errors: Mapping[str, int]
+    # Tokens of the chats answered, and per second of workload.
+    tokens: int
+    tokens_per_s: float
+    # Milliseconds, over the chats answered: time to first token, inter-token latency
+    # (every gap), end to end.
+    ttft: LatencyStats
+    itl: LatencyStats
+    e2e: LatencyStats
+    # Chats streamed by two or more providers (resumed after a failure).
+    resumed: int
+    nodes: tuple[ChatNodeStats, ...]
+
+
+def summarize_chats(chats: Sequence[ChatRecord], *, duration: float) -> ChatSummary:
+    ok = [c for c in chats if c.ok]
+    per_s = (lambda n: n / duration) if duration > 0 else (lambda n: math.nan)
+    nodes = []
+    for node in sorted({c.node for c in ok if c.node is not None}):
+        mine = [c for c in ok if c.node == node]
+        tokens = sum(c.tokens for c in mine)
+        nodes.append(ChatNodeStats(
+            node, len(mine), tokens, per_s(tokens),
+            latency_stats([c.ttft for c in mine if c.ttft is not None]),
+            latency_stats([gap for c in mine for gap in c.itl])))
+    tokens = sum(c.tokens for c in ok)
+    return ChatSummary(
+        chats=len(chats), ok=len(ok), lost=len(chats) - len(ok),
+        errors=dict(sorted(Counter(c.outcome for c in chats if not c.ok).items())),
+        tokens=tokens, tokens_per_s=per_s(tokens),
+        ttft=latency_stats([c.ttft for c in ok if c.ttft is not None]),
+        itl=latency_stats([gap for c in ok for gap in c.itl]),
+        e2e=latency_stats([c.latency for c in ok if c.latency is not None]),
+        resumed=sum(1 for c in ok if c.providers > 1), nodes=tuple(nodes))
+
+
+def chat_promises(promises: Promises, chat: ChatSummary) -> tuple[PromiseResult, ...]:
+    """The chat promises: lost chats, and the TTFT p99 bound when there is one (not kept
+    when no chat was answered)."""
+    results = [PromiseResult("lost chats", promises.max_lost_chats, chat.lost,
+                             chat.lost <= promises.max_lost_chats)]
+    if promises.ttft_p99_ms is not None:
+        p99 = chat.ttft.p99
+        results.append(PromiseResult("chat TTFT p99 (ms)", promises.ttft_p99_ms, p99,
+                                     not math.isnan(p99) and p99 <= promises.ttft_p99_ms))
+    return tuple(results)
+
+
+def token_times(chat: ChatRecord) -> list[float]:
+    """Seconds from the workload's start at which each of a chat's tokens arrived, rebuilt
+    from its first token time and gaps (the first chunk's tokens all at the first)."""
+    if chat.ttft is None:
+        return []
+    t = chat.scheduled + chat.ttft
+    times = [t] * max(0, chat.tokens - len(chat.itl))
+    for gap in chat.itl:
+        t += gap
+        times.append(t)
+    return times
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +387,29 @@ class LiveView:
         now = self._now()
         w = window_stats(self._recorder.records, now, self._window)
         up = sum(1 for n in self._nodes() if n.status in ("up", "slow"))
-        return (f"simnet t={now:5.1f}s  req/s={w.rate:5.1f}  p50={_fmt(w.latency.p50)}ms "
+        line = (f"simnet t={now:5.1f}s  req/s={w.rate:5.1f}  p50={_fmt(w.latency.p50)}ms "
                 f"p99={_fmt(w.latency.p99)}ms  errors={w.errors}  in-flight="
                 f"{self._recorder.in_flight}  nodes up={up}/{len(self._nodes())}")
+        chat = self._chat_line()
+        return f"{line}\n{'':7}{chat}" if chat else line
+
+    def _chat_line(self) -> str:
+        """Chats so far (empty when the run has none)."""
+        chats = self._recorder.chats
+        if not chats and not self._recorder.chats_in_flight:
+            return ""
+        ok = [c for c in chats if c.ok]
+        now = self._now()
+        # Chats that ended in the window (a token in it belongs to one of them): a redraw
+        # costs what the last seconds hold, not the whole run.
+        recent = [c for c in ok if (f := c.finished) is not None and now - self._window <= f]
+        ttft = latency_stats([c.ttft for c in recent if c.ttft is not None])
+        itl = latency_stats([gap for c in recent for gap in c.itl])
+        tokens = sum(1 for c in recent for t in token_times(c) if now - self._window <= t <= now)
+        return (f"chat: {len(ok)} answered, {len(chats) - len(ok)} lost, in flight "
+                f"{self._recorder.chats_in_flight}  TTFT p50={_fmt(ttft.p50)}ms "
+                f"p99={_fmt(ttft.p99)}ms  ITL p50={_fmt(itl.p50)}ms  "
+                f"tokens/s={tokens / self._window:.1f} (last {self._window:g} s)")
 
     def render(self) -> RenderableType:
         now = self._now()
@@ -323,6 +438,9 @@ class LiveView:
                           str(n.pid or "-"), n.grpc or "-", Text(bar.ljust(30, "·"), style="cyan"),
                           f"{share:4.0%}")
         parts: list[RenderableType] = [head, Text(""), nodes]
+        chat = self._chat_line()
+        if chat:
+            parts += [Text(""), Text(chat)]
         events = list(self._events())[-6:]
         if events:
             parts += [Text(""), Text("\n".join(events), style="dim")]
@@ -356,6 +474,15 @@ def render_summary(summary: Summary, *, title: str,
         for f in faults:
             if not f.applied:
                 table.add_row("", Text(f"{f.description}: {f.outcome}", style="yellow"))
+    chat = summary.chat
+    if chat is not None:
+        table.add_row("chats", f"{chat.chats} sent, {chat.ok} answered, {chat.lost} lost"
+                      + (f" ({', '.join(f'{k} {v}' for k, v in chat.errors.items())})"
+                         if chat.errors else "")
+                      + (f", {chat.resumed} resumed elsewhere" if chat.resumed else ""))
+        table.add_row("chat tokens", f"{chat.tokens} ({chat.tokens_per_s:.1f} tokens/s)")
+        table.add_row("chat TTFT", _stats_text(chat.ttft))
+        table.add_row("inter-token", _stats_text(chat.itl))
     for p in summary.promises:
         verdict = _verdict(p, summary.interrupted)
         style = {"PASS": "bold green", "FAIL": "bold red"}.get(verdict, "yellow")
@@ -363,6 +490,32 @@ def render_summary(summary: Summary, *, title: str,
     if summary.interrupted:
         table.add_row("run", f"[bold yellow]interrupted[/] after {_secs(summary.duration)} s: "
                              "promises not judged")
+    if chat is None or not chat.nodes:
+        return table
+    return Group(table, Text(""), chat_table(chat))
+
+
+def _stats_text(stats: LatencyStats) -> str:
+    return f"p50 {_fmt(stats.p50)} ms  p99 {_fmt(stats.p99)} ms  max {_fmt(stats.max)} ms"
+
+
+CHAT_COLUMNS = ("node", "chats", "tokens", "tokens/s", "TTFT p50", "TTFT p99", "ITL p50",
+                "ITL p99")  # 68 columns wide on the console: it fits a CI log's 80
+
+
+def _chat_cells(n: ChatNodeStats) -> list[str]:
+    return [str(n.node), str(n.chats), str(n.tokens), f"{n.tokens_per_s:.1f}", _fmt(n.ttft.p50),
+            _fmt(n.ttft.p99), _fmt(n.itl.p50), _fmt(n.itl.p99)]
+
+
+def chat_table(chat: ChatSummary) -> Table:
+    """Per node: chats answered, tokens, tokens/s, TTFT and inter-token latency."""
+    table = Table(title="chat per node (TTFT, inter-token latency: ms)", box=None,
+                  padding=(0, 1), title_justify="left")
+    for name in CHAT_COLUMNS:
+        table.add_column(name, justify="right", no_wrap=True)
+    for n in chat.nodes:
+        table.add_row(*_chat_cells(n))
     return table
 
 
@@ -410,12 +563,30 @@ def summary_markdown(summary: Summary, *, title: str, faults: Sequence[FaultEven
     lines += ["", "## Per node", "", "| node | requests | share |", "|---|---|---|"]
     for node, count in summary.node_requests.items():
         lines.append(f"| {node} | {count} | {summary.node_share.get(node, 0):.1%} |")
+    chat = summary.chat
+    if chat is not None:
+        lines += ["", "## Chat", "",
+                  f"{chat.chats} chats sent, {chat.ok} answered, {chat.lost} lost"
+                  + (f" ({', '.join(f'{k} {v}' for k, v in chat.errors.items())})"
+                     if chat.errors else "")
+                  + f"; {chat.tokens} tokens ({chat.tokens_per_s:.1f} tokens/s); "
+                  f"TTFT p50 / p99 {_fmt(chat.ttft.p50)} / {_fmt(chat.ttft.p99)} ms; "
+                  f"inter-token p50 / p99 {_fmt(chat.itl.p50)} / {_fmt(chat.itl.p99)} ms; "
+                  f"end to end p50 / p99 {_fmt(chat.e2e.p50)} / {_fmt(chat.e2e.p99)} ms"
+                  + (f"; {chat.resumed} resumed on another provider" if chat.resumed else "")
+                  + ". Times from each chat's scheduled send time.", "",
+                  "| " + " | ".join(CHAT_COLUMNS[:4]) + " | "
+                  + " | ".join(f"{c} (ms)" for c in CHAT_COLUMNS[4:]) + " |",
+                  "|" + "---|" * len(CHAT_COLUMNS)]
+        lines += ["| " + " | ".join(_chat_cells(n)) + " |" for n in chat.nodes]
     if faults:
         lines += ["", "## Faults", "", "| at (s) | fault | outcome |", "|---|---|---|"]
         lines += [f"| {f.at:g} | {f.description} | {f.outcome} |" for f in faults]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", "![latency](latency.png)", "", "![load per node](load.png)", ""]
+    if chat is not None:
+        lines += ["![chat per node](chat.png)", ""]
     return "\n".join(lines)
 
 
@@ -492,6 +663,59 @@ def plot_load(path: Path, records: Sequence[RequestRecord], faults: Sequence[Fau
     fig.savefig(path)
 
 
+def plot_chat(path: Path, chats: Sequence[ChatRecord], faults: Sequence[FaultEvent], *,
+              duration: float, title: str) -> None:
+    """Chat traffic per node, next to load.png: tokens/s over time, each chat's time to
+    first token, and inter-token latency p50/p99."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.5), dpi=110)
+    rate_ax, ttft_ax, itl_ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 3, 2]})
+    ok = [c for c in chats if c.ok and c.node is not None]
+    nodes = sorted({c.node for c in ok if c.node is not None})
+    bins = max(1, math.ceil(duration))
+    colors = {node: f"C{i % 10}" for i, node in enumerate(nodes)}
+    for node in nodes:
+        mine = [c for c in ok if c.node == node]
+        row = [0.0] * bins
+        for t in (t for c in mine for t in token_times(c)):
+            if 0 <= t < bins:
+                row[int(t)] += 1
+        rate_ax.plot([i + 0.5 for i in range(bins)], row, label=f"node {node}", linewidth=1.2,
+                     color=colors[node])
+        ttft_ax.scatter([c.scheduled for c in mine], [(c.ttft or 0) * 1000 for c in mine],
+                        s=14, label=f"node {node}", color=colors[node])
+    lost = [c for c in chats if not c.ok]
+    if lost:
+        ttft_ax.scatter([c.scheduled for c in lost], [(c.latency or 0) * 1000 for c in lost],
+                        s=20, marker="x", color="tab:red", label="lost (at its end)")
+    for ax in (rate_ax, ttft_ax):
+        _fault_markers(ax, faults)
+        ax.set_xlim(0, duration)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    rate_ax.set_xlabel("time (s)")
+    rate_ax.set_ylabel("tokens/s streamed")
+    rate_ax.set_title("tokens/s per node")
+    ttft_ax.set_xlabel("send time (s)")
+    ttft_ax.set_ylabel("time to first token (ms)")
+    ttft_ax.set_title("TTFT per chat")
+    stats = summarize_chats(chats, duration=duration).nodes
+    xs = range(len(stats))
+    for offset, q, label in ((-0.2, "p50", "p50"), (0.2, "p99", "p99")):
+        itl_ax.bar([x + offset for x in xs], [getattr(n.itl, q) for n in stats], width=0.4,
+                   label=label)
+    itl_ax.set_xticks(list(xs), [f"node {n.node}" for n in stats])
+    itl_ax.set_ylabel("inter-token latency (ms)")
+    itl_ax.set_title("inter-token latency per node")
+    itl_ax.grid(alpha=0.3, axis="y")
+    _legend(itl_ax)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_served_by_speed(path: Path, providers: Sequence[Mapping[str, Any]], *,
                          title: str) -> None:
     """Requests each provider answered against its slowness (thousands of providers)."""
@@ -511,8 +735,10 @@ def plot_served_by_speed(path: Path, providers: Sequence[Mapping[str, Any]], *,
 
 def write_report(folder: Path, *, title: str, scenario: Any, summary: Summary,
                  records: Sequence[RequestRecord], faults: Sequence[FaultEvent],
-                 nodes: Sequence[Any], notes: Sequence[str], started_at: float) -> list[Path]:
-    """Write report.json, summary.md, latency.png and load.png; return their paths."""
+                 nodes: Sequence[Any], notes: Sequence[str], started_at: float,
+                 chats: Sequence[ChatRecord] = ()) -> list[Path]:
+    """Write report.json, summary.md, latency.png, load.png (and chat.png when there
+    were chats); return their paths."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at))
 
     def load(path: Path) -> None:
@@ -522,17 +748,19 @@ def write_report(folder: Path, *, title: str, scenario: Any, summary: Summary,
     return write_report_folder(folder, title=title, scenario=scenario, summary=summary,
                                records=records, faults=faults, notes=notes,
                                extra={"started_at": started, "nodes": _jsonable(list(nodes))},
-                               plot_load=load)
+                               plot_load=load, chats=chats)
 
 
 def write_report_folder(folder: Path, *, title: str, scenario: Any, summary: Summary,
                         records: Sequence[RequestRecord], faults: Sequence[FaultEvent],
                         notes: Sequence[str], extra: Mapping[str, Any],
                         plot_load: Callable[[Path], None], indent: int | None = 1,
-                        plot_sample: int | None = None) -> list[Path]:
+                        plot_sample: int | None = None,
+                        chats: Sequence[ChatRecord] = ()) -> list[Path]:
     """The folder every simnet run leaves: report.json (title, scenario, summary, faults,
-    notes, `extra`, then every request), summary.md, latency.png (of at most `plot_sample`
-    requests, evenly spaced) and load.png (drawn by `plot_load`); returns their paths.
+    notes, `extra`, then every request and every chat), summary.md, latency.png (of at
+    most `plot_sample` requests, evenly spaced), load.png (drawn by `plot_load`) and, when
+    there were chats, chat.png; returns their paths.
 
     `indent=None` writes compact JSON (C-encoded: much faster at 100,000s of requests).
     """
@@ -547,6 +775,8 @@ def write_report_folder(folder: Path, *, title: str, scenario: Any, summary: Sum
         **extra,
         "requests": [_jsonable(r) for r in ordered],
     }
+    if chats:
+        report["chats"] = [_jsonable(c) for c in sorted(chats, key=lambda c: c.index)]
     paths = [folder / "report.json", folder / "summary.md", folder / "latency.png",
              folder / "load.png"]
     paths[0].write_text(json.dumps(report, indent=indent) + "\n")
@@ -558,4 +788,7 @@ def write_report_folder(folder: Path, *, title: str, scenario: Any, summary: Sum
         latency_title += f" ({len(plotted)} of {len(ordered)} requests)"
     plot_latency(paths[2], plotted, faults, duration=summary.duration, title=latency_title)
     plot_load(paths[3])
+    if chats:
+        paths.append(folder / "chat.png")
+        plot_chat(paths[4], chats, faults, duration=summary.duration, title=f"{title}: chat")
     return paths

@@ -43,7 +43,7 @@ from swarm.simnet._report import (
     summarize,
     write_report,
 )
-from swarm.simnet._scenario import Fault, FaultKind, Scenario, plan_requests
+from swarm.simnet._scenario import Fault, FaultKind, Scenario, plan_chats, plan_requests
 from swarm.simnet._staking import (
     ReportLog,
     StakingFindings,
@@ -51,7 +51,14 @@ from swarm.simnet._staking import (
     staking_lines,
     staking_promises,
 )
-from swarm.simnet._workload import Endpoint, Recorder, RoundRobinRouter, SchedulerRouter, drive
+from swarm.simnet._workload import (
+    Endpoint,
+    Recorder,
+    RoundRobinRouter,
+    SchedulerRouter,
+    drive,
+    drive_chats,
+)
 
 __all__ = ["RunOptions", "RunResult", "run_scenario"]
 
@@ -190,12 +197,16 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
     report_dir = options.report_dir
     started_at = time.time()
     plan = plan_requests(scenario.workload, scenario.duration, random.Random(scenario.seed))
+    chats = plan_chats(scenario.workload, scenario.duration,
+                       random.Random(f"chat:{scenario.seed}"))
     inputs_rng = np.random.default_rng(scenario.seed)
     recorder = Recorder()
     title = f"simnet {scenario.name}"
     console.print(f"[bold]{title}[/]: {scenario.description or scenario.source}")
-    console.print(f"  {scenario.node_count} nodes, {len(plan)} requests over "
-                  f"{scenario.duration:g} s, seed {scenario.seed}, report in {report_dir}")
+    chat_models = ", ".join(sorted({c.model for c in scenario.workload.chats}))
+    console.print(f"  {scenario.node_count} nodes, {len(plan)} requests"
+                  + (f" and {len(chats)} chats ({chat_models})" if scenario.workload.chats else "")
+                  + f" over {scenario.duration:g} s, seed {scenario.seed}, report in {report_dir}")
     config = ClusterConfig(log_dir=report_dir / "logs", p2p=options.p2p,
                            advert_interval=scenario.advert_interval,
                            start_timeout=options.start_timeout, mesh=options.mesh,
@@ -296,8 +307,12 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
         try:
             async with asyncio.TaskGroup() as tg:
                 async def workload() -> None:
-                    await drive(plan, scenario.workload, router, recorder, rng=inputs_rng,
-                                node_of=node_of, price_of=price_of, start=start)
+                    async with asyncio.TaskGroup() as both:
+                        if chats:
+                            both.create_task(drive_chats(chats, scenario.workload, router,
+                                                         recorder, node_of=node_of, start=start))
+                        await drive(plan, scenario.workload, router, recorder, rng=inputs_rng,
+                                    node_of=node_of, price_of=price_of, start=start)
                     if autoscaling:  # a quiet tail (rate 0) is part of the run: the cool-down
                         await asyncio.sleep(max(0.0, start + scenario.duration - loop.time()))
 
@@ -334,7 +349,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
             [(h.index, h.grpc) for h in cluster.nodes if h is not None], start_wall,
             str(scaled_model[1])) if scaled_model is not None else ([], 0))
     summary = summarize(recorder.records, duration=ran, promises=scenario.promises,
-                        faults=timeline.events, interrupted=interrupted)
+                        faults=timeline.events, interrupted=interrupted, chats=recorder.chats)
     if findings is not None:
         honest = sum(1 for s in scenario.node_specs() if s.perturb_outputs == 0)
         summary = dataclasses.replace(summary, promises=summary.promises + staking_promises(
@@ -357,7 +372,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, stop: asyncio
     console.print(render_summary(summary, title=title, faults=timeline.events))
     files = write_report(report_dir, title=title, scenario=scenario, summary=summary,
                          records=recorder.records, faults=timeline.events, nodes=history,
-                         notes=notes, started_at=started_at)
+                         notes=notes, started_at=started_at, chats=recorder.chats)
     console.print(f"report: {report_dir}", highlight=False)
     return RunResult(summary, tuple(files), tuple(notes))
 

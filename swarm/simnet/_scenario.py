@@ -29,6 +29,14 @@
     name = "builtin/mlp"
     weight = 1
     inputs = "vector"                   # text | vector (inferred for the built-in models)
+    [[workload.chat]]                   # chat traffic, streamed (AsyncClient.chat_chunks),
+    model = "builtin/smollm2"           #   a Poisson stream of its own next to the above
+    rate = 0.5                          # chats/s (`rate` above and --rate leave it alone)
+    max_tokens = 32
+    temperature = 0.0                   # 0: greedy
+    timeout = 60                        # per-chat deadline, seconds from its send time
+    max_in_flight = 16                  # chats due beyond it are shed (counted as lost)
+    prompts = ["Say hi."]               # optional; default: a few short prompts in code
 
     [[fault]]
     at = 8
@@ -38,6 +46,8 @@
     [promises]
     max_lost_requests = 0
     p99_ms = 1500
+    max_lost_chats = 0                  # chats ([[workload.chat]]) that ended without their
+    ttft_p99_ms = 20000                 #   answer; 99th percentile of time to first token
     scale_up_replicas = 3               # autoscaling: this many replicas of the workload's
     scale_up_within_s = 30              #   model within this long after its rate first rises
     max_loads = 4                       #   at most this many loads in the run (no oscillation)
@@ -76,12 +86,14 @@ from swarm.scheduler import Preference
 
 __all__ = [
     "Burst",
+    "ChatMix",
     "Fault",
     "FaultKind",
     "ModelMix",
     "Network",
     "NodeGroup",
     "NodeSpec",
+    "PlannedChat",
     "PlannedRequest",
     "Promises",
     "Scenario",
@@ -93,15 +105,25 @@ __all__ = [
     "builtin_scenarios",
     "load_scenario",
     "parse_scenario",
+    "plan_chats",
     "plan_requests",
     "rate_at",
     "send_times",
 ]
 
 BUILTIN_MODELS = ("builtin/minilm", "builtin/mlp")
+# Built-in models that generate text (chat traffic); the others take tensors.
+GENERATIVE_MODELS = ("builtin/smollm2",)
+# Every model a release ships (served without the registry).
+SHIPPED_MODELS = BUILTIN_MODELS + GENERATIVE_MODELS
 MLP_DIM = 512
 # A run is bounded: plans beyond this many requests are refused at validation.
 MAX_REQUESTS = 1_000_000
+# Chats keep every inter-token gap: fewer of them, and of bounded length.
+MAX_CHATS = 10_000
+MAX_CHAT_TOKENS = 1024
+MAX_PROMPTS = 64
+MAX_PROMPT_CHARS = 2000
 
 
 class Shape(enum.StrEnum):
@@ -194,6 +216,27 @@ class ModelMix:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatMix:
+    """Chat traffic for one generative model (a `[[workload.chat]]` table): a Poisson
+    stream of chats, each one user message, its answer streamed token by token."""
+
+    model: str
+    # Chats per second.
+    rate: float = 0.5
+    # Tokens each answer may have (its max_tokens).
+    max_tokens: int = 32
+    # Sampling temperature (0: greedy).
+    temperature: float = 0.0
+    # Deadline of each chat, seconds from its scheduled send time.
+    timeout: float = 60.0
+    # Chats in flight at once (for this table); a chat due beyond that is shed.
+    max_in_flight: int = 16
+    # User messages picked at random; empty: the short prompts shipped in
+    # swarm/simnet/_workload.py (CHAT_PROMPTS).
+    prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     shape: Shape = Shape.POISSON
     # Requests per second (ramp: at the start; burst: outside bursts).
@@ -213,9 +256,13 @@ class Workload:
     timeout: float = 5.0
     # Requests in flight at once; a request due beyond that is shed (counted as lost).
     max_in_flight: int = 256
+    # Chat traffic next to the requests above (its rates are its own: `scaled_to` and
+    # --rate leave them alone).
+    chats: tuple[ChatMix, ...] = ()
 
     def scaled_to(self, rate: float) -> Workload:
-        """The same shape with every rate scaled so that the base rate is `rate`."""
+        """The same shape with every rate scaled so that the base rate is `rate` (chat
+        rates stay as they are)."""
         factor = rate / self.rate if self.rate > 0 else 0.0
         return dataclasses.replace(
             self, rate=rate,
@@ -271,6 +318,11 @@ class Promises:
     max_lost_requests: int = 0
     # Bound on the 99th percentile latency of successful requests (None: no bound).
     p99_ms: float | None = None
+    # Chats ([[workload.chat]]) that may end without their whole answer (errors, deadlines,
+    # shed), and a bound on the 99th percentile time to first token of the others, from
+    # each chat's scheduled send time (None: no bound). Judged only when chats were sent.
+    max_lost_chats: int = 0
+    ttft_p99_ms: float | None = None
     # Autoscaling (None: not promised): `scale_up_replicas` replicas of the workload's first
     # model within `scale_up_within_s` seconds of its rate first rising; at most `max_loads`
     # loads in the run; at most `released_to` replicas at its end.
@@ -583,8 +635,8 @@ def _model_mix(r: _Reader) -> ModelMix:
 
 
 def _workload(r: _Reader) -> Workload:
-    r.known({"shape", "rate", "end_rate", "burst_rate", "bursts", "steps", "model", "items",
-             "timeout", "max_in_flight"})
+    r.known({"shape", "rate", "end_rate", "burst_rate", "bursts", "steps", "model", "chat",
+             "items", "timeout", "max_in_flight"})
     shape_text = r.string("shape", "poisson")
     try:
         shape = Shape(shape_text)
@@ -604,6 +656,7 @@ def _workload(r: _Reader) -> Workload:
             raise ConfigError(f"{s.where('at')}: a step needs `at` and `rate`")
         steps.append(Step(at=s.number("at", 0.0), rate=s.number("rate", 0.0)))
     models = tuple(_model_mix(m) for m in r.tables("model")) or Workload().models
+    chats = tuple(_chat_mix(c) for c in r.tables("chat"))
     return Workload(
         shape=shape,
         rate=r.number("rate", 20.0),
@@ -615,7 +668,22 @@ def _workload(r: _Reader) -> Workload:
         items=r.integer("items", 1) or 0,
         timeout=r.number("timeout", 5.0),
         max_in_flight=r.integer("max_in_flight", 256) or 0,
+        chats=chats,
     )
+
+
+def _chat_mix(r: _Reader) -> ChatMix:
+    r.known({f.name for f in dataclasses.fields(ChatMix)})
+    if not r.has("model"):
+        raise ConfigError(f"{r.where('model')} is required (a generative model, e.g. "
+                          f"\"builtin/smollm2\")")
+    d = ChatMix(model="")
+    return ChatMix(model=r.string("model", ""), rate=r.number("rate", d.rate),
+                   max_tokens=r.integer("max_tokens", d.max_tokens) or 0,
+                   temperature=r.number("temperature", d.temperature),
+                   timeout=r.number("timeout", d.timeout),
+                   max_in_flight=r.integer("max_in_flight", d.max_in_flight) or 0,
+                   prompts=r.strings("prompts", d.prompts))
 
 
 def _fault(r: _Reader) -> Fault:
@@ -655,11 +723,13 @@ def _fault(r: _Reader) -> Fault:
 
 
 def _promises(r: _Reader) -> Promises:
-    r.known({"max_lost_requests", "p99_ms", "scale_up_replicas", "scale_up_within_s",
-             "max_loads", "released_to", "cheaters_excluded", "exclusion_grace_s",
-             "honest_paid"})
+    r.known({"max_lost_requests", "p99_ms", "max_lost_chats", "ttft_p99_ms",
+             "scale_up_replicas", "scale_up_within_s", "max_loads", "released_to",
+             "cheaters_excluded", "exclusion_grace_s", "honest_paid"})
     return Promises(max_lost_requests=r.integer("max_lost_requests", 0) or 0,
                     p99_ms=r.optional_number("p99_ms"),
+                    max_lost_chats=r.integer("max_lost_chats", 0) or 0,
+                    ttft_p99_ms=r.optional_number("ttft_p99_ms"),
                     scale_up_replicas=r.integer("scale_up_replicas", None),
                     scale_up_within_s=r.optional_number("scale_up_within_s"),
                     max_loads=r.integer("max_loads", None),
@@ -758,10 +828,22 @@ def validate(s: Scenario, *, where: str) -> None:
         if m.name not in served:
             raise bad(f"workload.model {m.name!r} is served by no node "
                       f"(served: {', '.join(sorted(served))})")
+    for i, c in enumerate(s.workload.chats):
+        if c.model not in served:
+            raise bad(f"workload.chat[{i}].model {c.model!r} is served by no node "
+                      f"(served: {', '.join(sorted(served))})")
     if s.promises.max_lost_requests < 0:
         raise bad("promises.max_lost_requests cannot be negative")
     if s.promises.p99_ms is not None and not s.promises.p99_ms > 0:
         raise bad("promises.p99_ms must be positive")
+    if s.promises.max_lost_chats < 0:
+        raise bad("promises.max_lost_chats cannot be negative")
+    if s.promises.ttft_p99_ms is not None and not (s.promises.ttft_p99_ms > 0
+                                                    and math.isfinite(s.promises.ttft_p99_ms)):
+        raise bad("promises.ttft_p99_ms must be a positive number of milliseconds")
+    if (s.promises.ttft_p99_ms is not None or s.promises.max_lost_chats) and \
+            not s.workload.chats:
+        raise bad("chat promises (max_lost_chats, ttft_p99_ms) need a [[workload.chat]]")
     p = s.promises
     if (p.scale_up_replicas is None) != (p.scale_up_within_s is None):
         raise bad("promises.scale_up_replicas and promises.scale_up_within_s go together")
@@ -885,6 +967,9 @@ def _validate_workload(w: Workload, duration: float, bad: Callable[[str], Config
     for i, m in enumerate(w.models):
         if not m.weight > 0:
             raise bad(f"workload.model[{i}].weight must be positive")
+        if m.name in GENERATIVE_MODELS:
+            raise bad(f"workload.model[{i}]: {m.name!r} generates text: send it chats with "
+                      f"a [[workload.chat]] table")
         if m.inputs not in ("text", "vector"):
             raise bad(f"workload.model[{i}].inputs must be \"text\" or \"vector\", got "
                       f"{m.inputs!r}")
@@ -900,6 +985,33 @@ def _validate_workload(w: Workload, duration: float, bad: Callable[[str], Config
     if expected > MAX_REQUESTS:
         raise bad(f"the workload would send about {expected:.0f} requests; the limit is "
                   f"{MAX_REQUESTS}")
+    for i, c in enumerate(w.chats):
+        _validate_chat(c, f"workload.chat[{i}]", bad)
+    chats = sum(c.rate for c in w.chats) * duration
+    if chats > MAX_CHATS:
+        raise bad(f"the workload would send about {chats:.0f} chats; the limit is {MAX_CHATS}")
+
+
+def _validate_chat(c: ChatMix, at: str, bad: Callable[[str], ConfigError]) -> None:
+    if c.model in BUILTIN_MODELS:
+        raise bad(f"{at}.model: {c.model!r} does not generate text (chat needs a generative "
+                  f"model such as {GENERATIVE_MODELS[0]!r})")
+    if not (c.rate > 0 and math.isfinite(c.rate)):
+        raise bad(f"{at}.rate must be a positive number of chats/s, got {c.rate}")
+    if not 1 <= c.max_tokens <= MAX_CHAT_TOKENS:
+        raise bad(f"{at}.max_tokens must be in 1..{MAX_CHAT_TOKENS}, got {c.max_tokens}")
+    if not 0 <= c.temperature <= 2:
+        raise bad(f"{at}.temperature must be in 0..2 (0: greedy), got {c.temperature}")
+    if not (c.timeout > 0 and math.isfinite(c.timeout)):
+        raise bad(f"{at}.timeout must be a positive number of seconds, got {c.timeout}")
+    if c.max_in_flight < 1:
+        raise bad(f"{at}.max_in_flight must be at least 1, got {c.max_in_flight}")
+    if len(c.prompts) > MAX_PROMPTS:
+        raise bad(f"{at}.prompts: at most {MAX_PROMPTS} prompts, got {len(c.prompts)}")
+    for j, prompt in enumerate(c.prompts):
+        if not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+            raise bad(f"{at}.prompts[{j}] must be non-blank text of at most "
+                      f"{MAX_PROMPT_CHARS} characters")
 
 
 def _validate_timeline(s: Scenario, bad: Callable[[str], ConfigError]) -> None:
@@ -1013,6 +1125,31 @@ def _breakpoints(w: Workload, duration: float) -> list[float]:
     points += [b.at for b in w.bursts if b.at < duration]
     points += [s.at for s in w.steps if s.at < duration]
     return points
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedChat:
+    index: int
+    # Seconds from the start of the workload.
+    at: float
+    # Which [[workload.chat]] table (Workload.chats) it comes from.
+    mix: int
+    # Which of that table's prompts it sends (an index into them, or the shipped ones).
+    prompt: int
+
+
+def plan_chats(w: Workload, duration: float, rng: random.Random) -> tuple[PlannedChat, ...]:
+    """Each chat table's Poisson arrivals, merged in time order; each chat with a prompt
+    drawn from 2**16 (taken modulo the prompt count when sent). A separate RNG from
+    plan_requests' keeps a scenario's requests the same with or without chats."""
+    drawn: list[tuple[float, int, int]] = []
+    for i, c in enumerate(w.chats):
+        t = rng.expovariate(c.rate)
+        while t < duration:
+            drawn.append((t, i, rng.randrange(1 << 16)))
+            t += rng.expovariate(c.rate)
+    drawn.sort()
+    return tuple(PlannedChat(k, t, i, p) for k, (t, i, p) in enumerate(drawn))
 
 
 def plan_requests(w: Workload, duration: float, rng: random.Random) -> tuple[PlannedRequest, ...]:

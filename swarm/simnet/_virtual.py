@@ -637,6 +637,9 @@ def write_virtual_report(folder: Path, result: VirtualResult, *, title: str,
              f"{st.mean_batch:.2f} items per batch"]
     if result.autoscale is not None:
         notes += autoscale_lines(result.autoscale)
+    if result.scenario.workload.chats:
+        notes.append("chat traffic ([[workload.chat]]) is not simulated in virtual time: "
+                     "only the requests are")
     extra = {
         "virtual": _jsonable(st),
         "providers": list(result.providers),

@@ -1,9 +1,12 @@
 """The workload: open-loop requests from a plan, sent through a Router, each one recorded.
 
-A `Router` is all the driver needs from a client:
+A `Router` is all the driver needs from a client (a `ChatRouter` for chat traffic):
 
     class Router(Protocol):
         async def infer(self, model, inputs, *, timeout) -> RoutedResult
+    class ChatRouter(Protocol):
+        def chat(self, model, messages, *, max_tokens, temperature, timeout)
+            -> AsyncIterator[GenerationChunk]
 
 `SchedulerRouter` is the real thing: the SDK's swarm-aware client
 (`AsyncClient(bootstrap=[...])`), which learns providers from gossip and routes
@@ -15,13 +18,16 @@ peer-to-peer.
 
 Latency is measured from a request's *scheduled* send time, so a driver or a
 client that falls behind shows up in the numbers (no coordinated omission).
+`drive_chats` sends the chat plan the same way, through the SDK's streaming path
+(`AsyncClient.chat_chunks`), and records per chat the provider that streamed it,
+time to first token, the gaps between tokens, tokens and end-to-end latency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,10 +41,13 @@ from swarm._errors import (
     SwarmError,
     UnavailableError,
 )
-from swarm.client import AsyncClient
-from swarm.simnet._scenario import ModelMix, PlannedRequest, Workload
+from swarm.client import AsyncClient, GenerationChunk
+from swarm.simnet._scenario import ModelMix, PlannedChat, PlannedRequest, Workload
 
 __all__ = [
+    "CHAT_PROMPTS",
+    "ChatRecord",
+    "ChatRouter",
     "Endpoint",
     "Recorder",
     "RequestRecord",
@@ -46,6 +55,7 @@ __all__ = [
     "RoutedResult",
     "Router",
     "drive",
+    "drive_chats",
     "make_inputs",
     "outcome_of",
 ]
@@ -71,6 +81,15 @@ class Router(Protocol):
 
     async def infer(self, model: str, inputs: Any, *, timeout: float) -> RoutedResult:
         """Raise a SwarmError (InferenceError subclasses carry the gRPC code) on failure."""
+        ...
+
+
+class ChatRouter(Protocol):
+    """Streams one chat from some provider (chunks name the provider that sent them)."""
+
+    def chat(self, model: str, messages: list[dict[str, str]], *, max_tokens: int,
+             temperature: float, timeout: float) -> AsyncIterator[GenerationChunk]:
+        """Raise a SwarmError on failure, before or during the stream."""
         ...
 
 
@@ -110,6 +129,13 @@ class SchedulerRouter:
     async def infer(self, model: str, inputs: Any, *, timeout: float) -> RoutedResult:
         outputs, routed = await self._client.infer_routed(model, inputs, timeout=timeout)
         return RoutedResult(routed.endpoint, outputs, routed.attempts, price=routed.price)
+
+    def chat(self, model: str, messages: list[dict[str, str]], *, max_tokens: int,
+             temperature: float, timeout: float) -> AsyncGenerator[GenerationChunk, None]:
+        """The SDK's streaming chat: scheduler-picked provider, resumed elsewhere if it
+        fails mid-stream."""
+        return self._client.chat_chunks(model, messages, max_tokens=max_tokens,
+                                        temperature=temperature, timeout=timeout)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -160,6 +186,42 @@ class RoundRobinRouter:
         raise DeadlineExceededError(f"{model}: deadline of {timeout:.2f} s passed "
                                     f"({type(error).__name__ if error else 'no answer'})")
 
+    async def chat(self, model: str, messages: list[dict[str, str]], *, max_tokens: int,
+                   temperature: float, timeout: float) -> AsyncIterator[GenerationChunk]:
+        """The next node in turn streams the chat; one that refuses before its first chunk
+        is replaced by the next (a stream broken off later is not resumed: an error)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        candidates = [e for e in self._endpoints() if model in e.models]
+        if not candidates:
+            raise NoProviderError(f"no node serves {model}")
+        start = next(self._counter)
+        error: SwarmError | None = None
+        for attempt in range(len(candidates)):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            endpoint = candidates[(start + attempt) % len(candidates)]
+            chunks = self._client(endpoint.address).chat_chunks(
+                model, messages, max_tokens=max_tokens, temperature=temperature,
+                timeout=remaining)
+            started = False
+            try:
+                async for chunk in chunks:
+                    started = True
+                    yield chunk
+                return
+            except _RETRYABLE as exc:
+                if started:
+                    raise
+                error = exc
+            finally:
+                await chunks.aclose()
+        if error is not None and loop.time() < deadline:
+            raise error
+        raise DeadlineExceededError(f"{model}: deadline of {timeout:.2f} s passed "
+                                    f"({type(error).__name__ if error else 'no answer'})")
+
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
         for client in clients.values():
@@ -193,6 +255,41 @@ class RequestRecord:
         return None if self.latency is None else self.scheduled + self.latency
 
 
+@dataclass(frozen=True, slots=True)
+class ChatRecord:
+    """One chat of the workload: how its answer streamed."""
+
+    index: int
+    model: str
+    # Seconds from the start of the workload: when it was due, and when it was sent.
+    scheduled: float
+    sent: float | None
+    # Seconds from `scheduled` to the end of the stream (or the error); None when not sent.
+    latency: float | None
+    # "ok" (the answer ended: finish_reason stop or length), or what went wrong.
+    outcome: str
+    # Seconds from `scheduled` to the first token (None: none came).
+    ttft: float | None = None
+    # Seconds between consecutive tokens: each gap between two chunks, spread evenly over
+    # the tokens of the later one (the first chunk's own tokens have none).
+    itl: tuple[float, ...] = ()
+    # Tokens streamed (the answer's length, or what came before the error).
+    tokens: int = 0
+    # Index of the node that streamed the end of it (the last chunk; None when unknown).
+    node: int | None = None
+    # Providers that streamed to it (2 or more: resumed elsewhere after a failure).
+    providers: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == OK
+
+    @property
+    def finished(self) -> float | None:
+        return None if self.latency is None else self.scheduled + self.latency
+
+
 class Recorder:
     """Collects records as requests finish; the live view reads it while the run goes on."""
 
@@ -200,9 +297,14 @@ class Recorder:
         self.records: list[RequestRecord] = []
         self.in_flight = 0
         self.started_at: float | None = None  # loop time of workload start
+        self.chats: list[ChatRecord] = []
+        self.chats_in_flight = 0
 
     def add(self, record: RequestRecord) -> None:
         self.records.append(record)
+
+    def add_chat(self, record: ChatRecord) -> None:
+        self.chats.append(record)
 
 
 _TEXTS = (
@@ -218,6 +320,20 @@ _TEXTS = (
     "She sold seashells by the seashore on a sunny morning.",
     "Batching several requests into one forward pass raises throughput.",
     "Open-loop load generators do not slow down when the server does.",
+)
+
+
+# User messages of chat traffic (a [[workload.chat]] without `prompts`): short, so that
+# prefill stays small next to the answer.
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write a haiku about the sea.",
+    "What is 12 times 7?",
+    "Give one tip for staying focused.",
+    "Translate 'good morning' into Spanish.",
+    "What does a CPU do?",
+    "Describe a cat in one sentence.",
 )
 
 
@@ -296,3 +412,82 @@ async def drive(plan: Sequence[PlannedRequest], workload: Workload, router: Rout
             recorder.in_flight += 1
             tg.create_task(one(req, make_inputs(mixes[req.model], items, rng)))
 
+
+
+async def drive_chats(plan: Sequence[PlannedChat], workload: Workload, router: ChatRouter,
+                      recorder: Recorder, *, node_of: Callable[[str], int | None],
+                      start: float | None = None) -> None:
+    """Send every planned chat at its time, without waiting for earlier answers, and
+    record how each one streamed (`Recorder.chats`). A chat table's chats beyond its
+    `max_in_flight` are shed; each chat ends by its `timeout`. Returns when all have."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() if start is None else start
+    in_flight = [0] * len(workload.chats)
+
+    async def one(chat: PlannedChat) -> None:
+        mix = workload.chats[chat.mix]
+        prompts = mix.prompts or CHAT_PROMPTS
+        messages = [{"role": "user", "content": prompts[chat.prompt % len(prompts)]}]
+        sent = loop.time() - t0
+        deadline = t0 + chat.at + mix.timeout
+        ttft: float | None = None
+        itl: list[float] = []
+        tokens = 0
+        last: float | None = None
+        endpoints: list[str] = []
+        reason: str | None = None
+
+        def record(outcome: str) -> ChatRecord:
+            node = node_of(endpoints[-1]) if endpoints else None
+            return ChatRecord(chat.index, mix.model, chat.at, sent, loop.time() - t0 - chat.at,
+                              outcome, ttft, tuple(itl), tokens, node, len(set(endpoints)),
+                              reason)
+
+        try:
+            async with asyncio.timeout_at(deadline + 1.0):  # the RPC deadline should fire first
+                chunks = router.chat(mix.model, messages, max_tokens=mix.max_tokens,
+                                     temperature=mix.temperature,
+                                     timeout=max(deadline - loop.time(), 0.001))
+                try:
+                    async for chunk in chunks:
+                        now = loop.time()
+                        if not endpoints or endpoints[-1] != chunk.endpoint:
+                            endpoints.append(chunk.endpoint)
+                        n = len(chunk.token_ids)
+                        if n:
+                            if ttft is None:
+                                ttft = now - t0 - chat.at
+                            elif last is not None:
+                                itl.extend([(now - last) / n] * n)
+                            last = now
+                            tokens += n
+                        if chunk.final:
+                            reason = chunk.finish_reason or "stop"
+                            break
+                finally:
+                    close = getattr(chunks, "aclose", None)
+                    if close is not None:
+                        await close()
+            outcome = OK if reason is not None else "INCOMPLETE"
+        except asyncio.CancelledError:
+            recorder.add_chat(record(CANCELLED))
+            raise
+        except Exception as exc:  # every failure is data; none may stop the run
+            outcome = outcome_of(exc)
+        finally:
+            recorder.chats_in_flight -= 1
+            in_flight[chat.mix] -= 1
+        recorder.add_chat(record(outcome))
+
+    async with asyncio.TaskGroup() as tg:
+        for chat in plan:
+            delay = t0 + chat.at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight[chat.mix] >= workload.chats[chat.mix].max_in_flight:
+                recorder.add_chat(ChatRecord(chat.index, workload.chats[chat.mix].model,
+                                             chat.at, None, None, SHED))
+                continue
+            in_flight[chat.mix] += 1
+            recorder.chats_in_flight += 1
+            tg.create_task(one(chat))

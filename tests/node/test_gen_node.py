@@ -275,6 +275,22 @@ def test_sdk_chat_and_generate(node: NodeProcess, client: openai.OpenAI) -> None
             list(sdk.chat(MODEL, [{"role": "wizard", "content": "hi"}]))
 
 
+async def test_sdk_chat_chunks_name_the_provider_and_the_finish(node: NodeProcess) -> None:
+    """chat_chunks: what chat streams, chunk by chunk, with the token ids behind each, the
+    provider that sent it and, on the last, the finish reason (simnet measures with it)."""
+    async with swarm.AsyncClient(node.grpc, timeout=60) as sdk:
+        text = "".join([t async for t in sdk.chat(MODEL, FRANCE, max_tokens=6)])
+        chunks = [c async for c in sdk.chat_chunks(MODEL, FRANCE, max_tokens=6)]
+    assert "".join(c.text for c in chunks) == text
+    assert {c.endpoint for c in chunks} == {node.grpc}
+    assert [c.final for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].finish_reason in ("stop", "length")
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    tokens = sum(len(c.token_ids) for c in chunks)
+    assert 1 <= tokens <= 6
+    assert (tokens == 6) == (chunks[-1].finish_reason == "length")
+
+
 async def test_async_sdk_through_a_gateway_that_does_not_serve_it(
         node: NodeProcess, tmp_path: Path) -> None:
     gateway = start_node(tmp_path / "gw", "--p2p-port", "0", "--bootstrap", node.p2p,

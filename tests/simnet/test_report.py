@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,21 @@ from swarm.simnet._report import (
     FaultEvent,
     LiveView,
     NodeRow,
+    chat_promises,
     evaluate_promises,
     latency_stats,
     node_shares,
     percentile,
     rate_series,
+    render_summary,
     summarize,
+    summarize_chats,
+    token_times,
     window_stats,
     write_report,
 )
 from swarm.simnet._scenario import Promises
-from swarm.simnet._workload import Recorder, RequestRecord
+from swarm.simnet._workload import ChatRecord, Recorder, RequestRecord
 
 
 def rec(i: int, latency: float | None = 0.01, outcome: str = "ok", node: int | None = 0,
@@ -189,3 +194,144 @@ async def test_live_view_renders_rates_nodes_and_events() -> None:
     assert "down" in text
     assert "50%" in text
     assert "kill node 2: applied" in text
+
+
+# --------------------------------------------------------------------------- chat traffic
+
+
+def chat(i: int, node: int | None = 0, *, ttft: float = 0.2, gaps: tuple[float, ...] = (0.05,) * 3,
+         tokens: int = 4, outcome: str = "ok", at: float | None = None,
+         providers: int = 1) -> ChatRecord:
+    scheduled = float(i) if at is None else at
+    latency = ttft + sum(gaps)
+    return ChatRecord(index=i, model="builtin/smollm2", scheduled=scheduled, sent=scheduled,
+                      latency=latency, outcome=outcome, ttft=ttft, itl=gaps, tokens=tokens,
+                      node=node, providers=providers,
+                      finish_reason="length" if outcome == "ok" else None)
+
+
+def chat_records() -> list[ChatRecord]:
+    """Node 0: three chats (TTFT 100, 200, 300 ms; gaps of 40 ms); node 1: one (TTFT 1 s,
+    gaps 10 ms and 190 ms) resumed from another provider; one lost, one shed."""
+    return [chat(0, 0, ttft=0.1, gaps=(0.04,) * 3), chat(1, 0, ttft=0.2, gaps=(0.04,) * 3),
+            chat(2, 0, ttft=0.3, gaps=(0.04,) * 3),
+            chat(3, 1, ttft=1.0, gaps=(0.01, 0.19), tokens=3, providers=2),
+            chat(4, 1, ttft=0.5, gaps=(0.1,), tokens=2, outcome="UNAVAILABLE"),
+            ChatRecord(5, "builtin/smollm2", 5.0, None, None, "SHED")]
+
+
+def test_chat_summary_per_node() -> None:
+    c = summarize_chats(chat_records(), duration=5.0)
+    assert (c.chats, c.ok, c.lost) == (6, 4, 2)
+    assert c.errors == {"SHED": 1, "UNAVAILABLE": 1}
+    assert c.tokens == 15  # answered chats only
+    assert c.tokens_per_s == 3.0
+    assert c.resumed == 1
+    assert c.ttft.count == 4
+    assert c.ttft.p50 == pytest.approx(250)
+    assert c.itl.count == 11
+    assert c.itl.p50 == pytest.approx(40)
+    assert c.e2e.max == pytest.approx(1200)
+    zero, one = c.nodes
+    assert (zero.node, zero.chats, zero.tokens, zero.tokens_per_s) == (0, 3, 12, 2.4)
+    assert (zero.ttft.p50, zero.ttft.max) == (pytest.approx(200), pytest.approx(300))
+    assert zero.itl.p99 == pytest.approx(40)
+    assert (one.node, one.chats, one.tokens, one.tokens_per_s) == (1, 1, 3, 0.6)
+    assert one.ttft.p50 == pytest.approx(1000)
+    assert (one.itl.p50, one.itl.max) == (pytest.approx(100), pytest.approx(190))
+
+
+def test_chat_promises_and_their_place_in_the_summary() -> None:
+    records = [rec(i) for i in range(10)]
+    chats = chat_records()
+    s = summarize(records, duration=5.0, promises=Promises(max_lost_chats=2, ttft_p99_ms=1500),
+                  chats=chats)
+    assert s.requests == 10  # chats are summed up apart
+    assert s.chat is not None
+    assert s.chat.lost == 2
+    assert [(p.name, p.kept) for p in s.promises] == [
+        ("lost requests", True), ("lost chats", True), ("chat TTFT p99 (ms)", True)]
+    assert s.kept
+    strict = summarize(records, duration=5.0, promises=Promises(ttft_p99_ms=900), chats=chats)
+    assert [(p.name, p.actual, p.kept) for p in strict.promises[1:]] == [
+        ("lost chats", 2, False), ("chat TTFT p99 (ms)", pytest.approx(979, abs=1), False)]
+    # No chat answered: a TTFT bound is not kept; no chats at all: no chat promise.
+    lost = chat_promises(Promises(ttft_p99_ms=1e9, max_lost_chats=5),
+                         summarize_chats(chats[4:], duration=5.0))
+    assert [p.kept for p in lost] == [True, False]
+    assert summarize(records, duration=5.0, promises=Promises()).chat is None
+    assert len(summarize(records, duration=5.0, promises=Promises()).promises) == 1
+
+
+def test_token_times_rebuild_each_tokens_arrival() -> None:
+    # Two tokens in the first chunk (at 2.0 + 0.5), then gaps of 0.1 and 0.2.
+    record = chat(0, at=2.0, ttft=0.5, gaps=(0.1, 0.2), tokens=4)
+    assert token_times(record) == pytest.approx([2.5, 2.5, 2.6, 2.8])
+    assert token_times(ChatRecord(1, "m", 0.0, None, None, "SHED")) == []
+
+
+def test_write_report_with_chats(tmp_path: Path) -> None:
+    records = [rec(i, node=i % 2) for i in range(20)]
+    chats = chat_records()
+    summary = summarize(records, duration=6.0, promises=Promises(ttft_p99_ms=5000), chats=chats)
+    files = write_report(tmp_path / "r", title="simnet chat", scenario={"name": "t"},
+                         summary=summary, records=records, faults=[], nodes=[], notes=[],
+                         started_at=0.0, chats=chats)
+    assert [f.name for f in files] == ["report.json", "summary.md", "latency.png", "load.png",
+                                       "chat.png"]
+    assert files[4].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(files[0].read_text())
+    assert len(data["requests"]) == 20
+    assert [c["index"] for c in data["chats"]] == list(range(6))
+    assert data["chats"][3]["itl"] == [0.01, 0.19]
+    assert data["summary"]["chat"]["nodes"][0]["tokens"] == 12
+    markdown = files[1].read_text()
+    assert "## Chat" in markdown
+    assert "| node | chats | tokens | tokens/s | TTFT p50 (ms) |" in markdown
+    assert "| 0 | 3 | 12 | 2.0 | 200 | 298 | 40 | 40 |" in markdown
+    assert "| 1 | 1 | 3 | 0.5 | 1000 | 1000 | 100 | 188 |" in markdown
+    assert "| chat TTFT p99 (ms) | 5000 | 979 | PASS |" in markdown
+    assert "![chat per node](chat.png)" in markdown
+    # The console's summary ends with the per-node chat table.
+    console = Console(width=120, record=True)
+    console.print(render_summary(summary, title="simnet chat"))
+    text = console.export_text()
+    assert "6 sent, 4 answered, 2 lost (SHED 1, UNAVAILABLE 1), 1 resumed elsewhere" in text
+    assert "chat per node" in text
+    assert "tokens/s" in text
+    assert re.search(r"\n\s+0\s+3\s+12\s+2\.0\s+200\s+298\s+40\s+40\s*\n", text), text
+    narrow = Console(width=80, record=True)  # a CI log: every header whole
+    narrow.print(render_summary(summary, title="simnet chat"))
+    assert "node  chats  tokens  tokens/s  TTFT p50  TTFT p99  ITL p50  ITL p99" in \
+        narrow.export_text()
+
+
+def test_chat_plot_with_nothing_answered(tmp_path: Path) -> None:
+    chats = [chat(0, None, outcome="DEADLINE_EXCEEDED"), ChatRecord(1, "m", 1.0, None, None,
+                                                                      "SHED")]
+    summary = summarize([rec(0)], duration=2.0, promises=Promises(), chats=chats)
+    files = write_report(tmp_path / "r", title="t", scenario={}, summary=summary,
+                         records=[rec(0)], faults=[], nodes=[], notes=[], started_at=0.0,
+                         chats=chats)
+    assert files[4].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_live_view_shows_chats() -> None:
+    recorder = Recorder()
+    # 5.5 s into the run: the 5 s window starts at 0.5 s (0.7 s of slack on a slow machine)
+    recorder.started_at = asyncio.get_running_loop().time() - 5.5
+    for c in chat_records():
+        recorder.add_chat(c)
+    recorder.chats_in_flight = 1
+    view = LiveView(Console(width=160), title="t", duration=30.0, recorder=recorder,
+                    nodes=lambda: [], events=lambda: [], live=False)
+    console = Console(width=160, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    # Counts over the run; times and tokens/s over the chats that ended in the last 5 s
+    # (chats 1-3: their tokens from 1.2 s on, ending at 4.2 s; chat 0 ended at 0.2 s).
+    assert "chat: 4 answered, 2 lost, in flight 1  TTFT p50=300ms p99=986ms" in text
+    assert "tokens/s=2.2 (last 5 s)" in text  # chats 1-3: 4 + 4 + 3 tokens
+    assert "chat: 4 answered" in view._line()
+    assert "chat" not in LiveView(Console(), title="t", duration=1.0, recorder=Recorder(),
+                                  nodes=lambda: [], events=lambda: [], live=False)._line()

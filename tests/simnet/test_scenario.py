@@ -13,6 +13,7 @@ import pytest
 from swarm._errors import ConfigError
 from swarm.simnet._scenario import (
     Burst,
+    ChatMix,
     FaultKind,
     Shape,
     VirtualSettings,
@@ -20,6 +21,7 @@ from swarm.simnet._scenario import (
     builtin_scenarios,
     load_scenario,
     parse_scenario,
+    plan_chats,
     plan_requests,
     rate_at,
     send_times,
@@ -67,7 +69,15 @@ def test_default_matches_the_readme_promise() -> None:
     assert s.workload.shape is Shape.POISSON
     assert s.workload.rate == 20
     assert {m.name for m in s.workload.models} == {"builtin/minilm", "builtin/mlp"}
-    assert all(spec.models == ("builtin/minilm", "builtin/mlp") for spec in s.node_specs())
+    # Chat with SmolLM2 on two of the four nodes, at a low rate, with its own promises.
+    assert [spec.models for spec in s.node_specs()] == [
+        ("builtin/minilm", "builtin/mlp"), ("builtin/smollm2",), ("builtin/smollm2",),
+        ("builtin/minilm", "builtin/mlp")]
+    (chat,) = s.workload.chats
+    assert (chat.model, chat.rate, chat.max_tokens, chat.temperature) == (
+        "builtin/smollm2", 0.5, 32, 0.0)
+    assert s.promises.max_lost_chats == 0
+    assert s.promises.ttft_p99_ms is not None
 
 
 def test_shipped_fault_timelines() -> None:
@@ -374,3 +384,110 @@ def test_the_virtual_table_and_fraction_faults_parse() -> None:
 def test_the_old_name_of_the_virtual_table_still_reads() -> None:
     s = parse_scenario("[model]\nclients = 7\nhedge = false\n", source="old.toml")
     assert s.virtual == VirtualSettings(clients=7, hedge=False)
+
+
+# --------------------------------------------------------------------------- chat traffic
+
+CHAT_NODES = """
+duration = 10
+[[nodes.group]]
+count = 2
+models = ["builtin/mlp", "builtin/smollm2"]
+[[workload.model]]
+name = "builtin/mlp"
+"""
+
+
+def test_chat_tables_parse_with_defaults_and_values() -> None:
+    s = scenario("""
+        [[workload.chat]]
+        model = "builtin/smollm2"
+        [[workload.chat]]
+        model = "builtin/smollm2"
+        rate = 2
+        max_tokens = 8
+        temperature = 0.7
+        timeout = 12
+        max_in_flight = 3
+        prompts = ["Say hi.", "Count to three."]
+        [promises]
+        max_lost_chats = 1
+        ttft_p99_ms = 4000
+    """, base=CHAT_NODES)
+    first, second = s.workload.chats
+    assert first == ChatMix("builtin/smollm2")
+    assert (first.rate, first.max_tokens, first.temperature, first.prompts) == (0.5, 32, 0.0, ())
+    assert second == ChatMix("builtin/smollm2", 2.0, 8, 0.7, 12.0, 3, ("Say hi.", "Count to three."))
+    assert (s.promises.max_lost_chats, s.promises.ttft_p99_ms) == (1, 4000)
+    # --rate scales the tensor requests only.
+    assert s.with_overrides(rate=40).workload.chats == s.workload.chats
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[[workload.chat]]\nrate = 1", r"workload.chat\[0\].model is required"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nmodel_name = 1",
+     r"unknown key 'model_name' in \[workload.chat\[0\]\]"),
+    ("[[workload.chat]]\nmodel = \"acme/llm\"", r"workload.chat\[0\].model 'acme/llm' is served "
+                                               r"by no node"),
+    ("[[workload.chat]]\nmodel = \"builtin/mlp\"", "'builtin/mlp' does not generate text"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nrate = 0", r"chat\[0\].rate must be a "
+                                                               "positive number"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nrate = nan", "rate must be a positive"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nrate = \"fast\"",
+     r"workload.chat\[0\].rate must be a number"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nmax_tokens = 0",
+     r"max_tokens must be in 1..1024, got 0"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nmax_tokens = 1000000000",
+     r"max_tokens must be in 1..1024"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nmax_tokens = 3.5",
+     "max_tokens must be an integer"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\ntemperature = -1",
+     r"temperature must be in 0..2"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\ntimeout = 0", "timeout must be a positive"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\ntimeout = inf", "timeout must be a positive"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nmax_in_flight = 0",
+     "max_in_flight must be at least 1"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nprompts = [\"  \"]",
+     r"prompts\[0\] must be non-blank text"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nprompts = \"hi\"",
+     "prompts must be a list of strings"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\nrate = 5000", "about 50000 chats; the limit"),
+    ("[[workload.model]]\nname = \"builtin/smollm2\"\ninputs = \"text\"",
+     "generates text: send it chats with a \\[\\[workload.chat\\]\\] table"),
+    ("[promises]\nttft_p99_ms = 100", "chat promises .* need a \\[\\[workload.chat\\]\\]"),
+    ("[promises]\nmax_lost_chats = 2", "chat promises .* need a"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\n[promises]\nttft_p99_ms = -5",
+     "ttft_p99_ms must be a positive"),
+    ("[[workload.chat]]\nmodel = \"builtin/smollm2\"\n[promises]\nmax_lost_chats = -1",
+     "max_lost_chats cannot be negative"),
+])
+def test_bad_chat_tables_give_clear_errors(text: str, message: str) -> None:
+    error = error_of(CHAT_NODES + text)
+    assert re.search(message, error), error
+    assert error.startswith("bad.toml: ")
+
+
+def test_too_many_prompts_are_refused() -> None:
+    prompts = ", ".join(f'"p{i}"' for i in range(65))
+    error = error_of(CHAT_NODES + f'[[workload.chat]]\nmodel = "builtin/smollm2"\n'
+                                  f"prompts = [{prompts}]")
+    assert "at most 64 prompts" in error
+
+
+def test_chat_plan_is_poisson_sorted_deterministic_and_apart_from_requests() -> None:
+    w = Workload(chats=(ChatMix("a", rate=2.0), ChatMix("b", rate=0.5)))
+    plan = plan_chats(w, 200.0, random.Random(3))
+    assert plan == plan_chats(w, 200.0, random.Random(3))
+    assert [c.index for c in plan] == list(range(len(plan)))
+    times = [c.at for c in plan]
+    assert times == sorted(times)
+    assert times[0] >= 0
+    assert times[-1] < 200
+    per_mix = [sum(1 for c in plan if c.mix == i) for i in (0, 1)]
+    assert 340 < per_mix[0] < 460
+    assert 70 < per_mix[1] < 130
+    assert all(0 <= c.prompt < 1 << 16 for c in plan)
+    assert plan_chats(Workload(), 200.0, random.Random(3)) == ()
+    # Adding chat traffic leaves the request plan of a seed as it was.
+    assert plan_requests(w, 20.0, random.Random(1)) == plan_requests(Workload(), 20.0,
+                                                                      random.Random(1))

@@ -52,6 +52,11 @@ async def test_shipped_scenario_keeps_its_promises(name: str, tmp_path: Path) ->
     assert s.requests == s.ok > 0.5 * scenario.workload.rate * scenario.duration
     assert s.faults_applied == s.faults_total == len(scenario.faults)
     assert (tmp_path / "report" / "report.json").stat().st_size > 0
+    if scenario.workload.chats:  # the default's chat traffic: CI's one run of it
+        assert s.chat is not None, console
+        assert s.chat.ok == s.chat.chats > 0, console
+        assert s.chat.tokens > 0
+        assert (tmp_path / "report" / "chat.png").stat().st_size > 0
 
 
 async def test_autoscale_scenario_keeps_its_promises(tmp_path: Path) -> None:

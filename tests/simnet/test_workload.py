@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 
 from swarm._errors import InvalidInputError, NoProviderError, OverloadedError, UnavailableError
-from swarm.simnet._scenario import ModelMix, PlannedRequest, Workload
+from swarm.client import GenerationChunk
+from swarm.simnet._scenario import ChatMix, ModelMix, PlannedChat, PlannedRequest, Workload
 from swarm.simnet._workload import (
+    CHAT_PROMPTS,
     Endpoint,
     Recorder,
     RoundRobinRouter,
     RoutedResult,
     drive,
+    drive_chats,
     make_inputs,
 )
 from tests.conftest import NodeFactory
@@ -209,3 +213,194 @@ async def test_round_robin_reports_the_last_error_when_every_node_fails() -> Non
             await router.infer(MLP, np.ones((1, 512), np.float32), timeout=5.0)
     finally:
         await router.aclose()
+
+
+# --------------------------------------------------------------------------- chat traffic
+
+SMOL = "builtin/smollm2"
+
+
+class FakeChatRouter:
+    """Streams chunks of `sizes` tokens `gap` seconds apart, from node-a (even chats) or
+    node-b; `fail[k]` is raised by chat k after `fail_after` chunks."""
+
+    def __init__(self, sizes: tuple[int, ...] = (1, 1, 1), gap: float = 0.01,
+                 fail: dict[int, BaseException] | None = None, fail_after: int = 0,
+                 gate: asyncio.Event | None = None, expect: int = 0,
+                 switch_after: int | None = None) -> None:
+        self.sizes = sizes
+        self.gap = gap
+        self.fail = fail or {}
+        self.fail_after = fail_after
+        self.gate = gate
+        self.expect = expect
+        self.switch_after = switch_after
+        self.calls: list[tuple[str, str, int, float, float]] = []
+        self.called = asyncio.Event()
+        self.closed = 0
+
+    async def chat(self, model: str, messages: list[dict[str, str]], *, max_tokens: int,
+                   temperature: float, timeout: float) -> AsyncIterator[GenerationChunk]:
+        key = len(self.calls)
+        self.calls.append((model, messages[0]["content"], max_tokens, temperature, timeout))
+        if len(self.calls) == self.expect:
+            self.called.set()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            endpoint = "node-a" if key % 2 == 0 else "node-b"
+            for i, n in enumerate(self.sizes):
+                if key in self.fail and i == self.fail_after:
+                    raise self.fail[key]
+                if self.switch_after is not None and i == self.switch_after:
+                    endpoint = "node-b"
+                await asyncio.sleep(self.gap)
+                final = i == len(self.sizes) - 1
+                yield GenerationChunk("x" * n, tuple(range(n)), final, endpoint,
+                                      "length" if final else None)
+        finally:
+            self.closed += 1
+
+
+def chat_plan(n: int, gap: float, mix: int = 0) -> list[PlannedChat]:
+    return [PlannedChat(i, i * gap, mix, i) for i in range(n)]
+
+
+CHATS = Workload(models=(ModelMix(MLP),),
+                 chats=(ChatMix(SMOL, max_tokens=7, temperature=0.5, timeout=2.0),))
+
+
+async def run_chats(router: Any, chats: list[PlannedChat], workload: Workload = CHATS,
+                    recorder: Recorder | None = None) -> Recorder:
+    recorder = recorder or Recorder()
+    await drive_chats(chats, workload, router, recorder,
+                      node_of={"node-a": 0, "node-b": 1}.get)
+    return recorder
+
+
+async def test_chats_record_ttft_gaps_tokens_and_provider() -> None:
+    router = FakeChatRouter(sizes=(2, 1, 3), gap=0.02)
+    recorder = await run_chats(router, chat_plan(4, 0.01))
+    assert recorder.records == []
+    chats = sorted(recorder.chats, key=lambda c: c.index)
+    assert [c.outcome for c in chats] == ["ok"] * 4
+    assert [c.node for c in chats] == [0, 1, 0, 1]
+    for c in chats:
+        assert c.tokens == 6
+        assert c.finish_reason == "length"
+        assert c.providers == 1
+        assert c.ttft is not None
+        assert c.latency is not None
+        assert c.sent is not None
+        assert 0.02 <= c.ttft < c.latency
+        # The first chunk's two tokens have no gap; the 3-token chunk's gap is spread.
+        assert len(c.itl) == 4
+        assert c.itl[1] == c.itl[2] == c.itl[3]
+        assert c.itl[0] >= 0.015
+        assert c.itl[1] * 3 >= 0.015
+    # The shipped prompts, picked by the plan; the table's settings; the remaining time.
+    assert [call[1] for call in router.calls] == [CHAT_PROMPTS[i] for i in range(4)]
+    assert all(call[0] == SMOL and call[2:4] == (7, 0.5) for call in router.calls)
+    assert all(0 < call[4] <= 2.0 for call in router.calls)
+    assert recorder.chats_in_flight == 0
+    assert router.closed == 4
+
+
+async def test_a_chat_tables_own_prompts_are_used() -> None:
+    workload = Workload(chats=(ChatMix(SMOL), ChatMix(SMOL, prompts=("one", "two"))))
+    router = FakeChatRouter()
+    await run_chats(router, [PlannedChat(0, 0.0, 1, 5), PlannedChat(1, 0.0, 1, 2)], workload)
+    assert sorted(call[1] for call in router.calls) == ["one", "two"]
+
+
+async def test_a_chat_resumed_elsewhere_counts_both_providers() -> None:
+    recorder = await run_chats(FakeChatRouter(sizes=(1, 1, 1, 1), switch_after=2),
+                               chat_plan(1, 0.0))
+    (chat,) = recorder.chats
+    assert (chat.outcome, chat.node, chat.providers, chat.tokens) == ("ok", 1, 2, 4)
+
+
+async def test_chat_failures_keep_what_streamed() -> None:
+    router = FakeChatRouter(sizes=(1, 1, 1), fail={0: UnavailableError("died"),
+                                                   1: InvalidInputError("bad")}, fail_after=2)
+    recorder = await run_chats(router, chat_plan(3, 0.0))
+    by_index = {c.index: c for c in recorder.chats}
+    assert [by_index[i].outcome for i in range(3)] == ["UNAVAILABLE", "INVALID_ARGUMENT", "ok"]
+    assert by_index[0].tokens == by_index[1].tokens == 2
+    assert by_index[0].node == 0
+    assert by_index[0].finish_reason is None
+    assert router.closed == 3
+
+
+async def test_chats_beyond_max_in_flight_are_shed_and_deadlines_end_them() -> None:
+    gate = asyncio.Event()
+    workload = Workload(chats=(ChatMix(SMOL, max_in_flight=2, timeout=0.2),))
+    router = FakeChatRouter(gate=gate, expect=2)
+    recorder = Recorder()
+    driving = asyncio.create_task(run_chats(router, chat_plan(4, 0.0), workload, recorder))
+    async with asyncio.timeout(5):
+        await router.called.wait()
+    assert recorder.chats_in_flight == 2
+    await driving  # the gate never opens: both end at their deadline
+    outcomes = sorted(c.outcome for c in recorder.chats)
+    assert outcomes == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "SHED", "SHED"]
+    assert all(c.sent is None and c.latency is None for c in recorder.chats if c.outcome == "SHED")
+    assert recorder.chats_in_flight == 0
+
+
+async def test_cancelling_the_chat_drive_records_chats_in_flight() -> None:
+    router = FakeChatRouter(gate=asyncio.Event(), expect=2)
+    recorder = Recorder()
+    driving = asyncio.create_task(run_chats(router, chat_plan(2, 0.0), recorder=recorder))
+    async with asyncio.timeout(5):
+        await router.called.wait()
+    driving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await driving
+    assert [c.outcome for c in recorder.chats] == ["CANCELLED"] * 2
+    assert recorder.chats_in_flight == 0
+
+
+class FakeNodeClient:
+    """Stands in for AsyncClient(address) in the round-robin router: chat_chunks."""
+
+    def __init__(self, address: str, behaviour: BaseException | tuple[int, BaseException | None]
+                 ) -> None:
+        self.address = address
+        self.behaviour = behaviour
+
+    async def chat_chunks(self, model: str, messages: Any, **options: Any
+                          ) -> AsyncIterator[GenerationChunk]:
+        if isinstance(self.behaviour, BaseException):
+            raise self.behaviour
+        count, error = self.behaviour
+        for i in range(count):
+            yield GenerationChunk("t", (i,), i == count - 1 and error is None, self.address)
+        if error is not None:
+            raise error
+
+    async def close(self) -> None:
+        pass
+
+
+async def chat_through(router: RoundRobinRouter) -> list[GenerationChunk]:
+    return [c async for c in router.chat(SMOL, [{"role": "user", "content": "hi"}],
+                                         max_tokens=4, temperature=0.0, timeout=5.0)]
+
+
+async def test_round_robin_chat_fails_over_before_the_first_chunk_only() -> None:
+    behaviour: dict[str, Any] = {"a": UnavailableError("down"), "b": (2, None),
+                                 "c": (1, UnavailableError("died")), "d": OverloadedError("full")}
+    endpoints = [Endpoint(name, frozenset({SMOL})) for name in "abcd"]
+    router = RoundRobinRouter(lambda: endpoints)
+    router._client = lambda address: FakeNodeClient(address, behaviour[address])  # type: ignore[assignment,method-assign,return-value]
+    first = await chat_through(router)  # starts at a: refused, b answers
+    assert [c.endpoint for c in first] == ["b", "b"]
+    assert [c.endpoint for c in await chat_through(router)] == ["b", "b"]  # starts at b
+    with pytest.raises(UnavailableError, match="died"):  # c broke off mid-stream: no retry
+        await chat_through(router)
+    # d refuses, a refuses, b answers
+    assert [c.endpoint for c in await chat_through(router)] == ["b", "b"]
+    with pytest.raises(NoProviderError):
+        [c async for c in router.chat("acme/none", [], max_tokens=1, temperature=0.0,
+                                      timeout=1.0)]
