@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 from aiohttp import web
@@ -881,7 +881,13 @@ class _Stopped(Exception):
     """Raised inside the node's TaskGroup to cancel its long-running tasks on stop."""
 
 
-def _demand_fields(measured: Measured | None) -> dict[str, float]:
+class _Demand(TypedDict, total=False):
+    arrival_rate: float
+    queue_wait: float
+    utilization: float
+
+
+def _demand_fields(measured: Measured | None) -> _Demand:
     if measured is None:
         return {}
     return {"arrival_rate": round(measured.arrival_rate, 3),
