@@ -158,6 +158,11 @@ class PeerStats:
     latencies: tuple[float, ...] = ()
     # (start time, items) of this client's requests in flight to the peer, oldest first.
     in_flight: tuple[tuple[float, int], ...] = ()
+    # Generation streams (swarm.scheduler._generation): (digest, the most recent tokens/s
+    # one of our streams decoded at, oldest first, when last sampled) per model, and
+    # (start time, work in tokens) of our streams still open there.
+    stream_rates: tuple[tuple[Digest, tuple[float, ...], float], ...] = ()
+    streaming: tuple[tuple[float, float], ...] = ()
     successes: int = 0
     # When the last success was recorded (the age of rtt/service/latency).
     sampled_at: float = -math.inf
@@ -183,6 +188,12 @@ class PeerStats:
         if not self.services:
             return self.service, self.sampled_at, self.successes
         return next(((_median(v), at, len(v)) for d, v, at in self.services if d == digest),
+                    (None, -math.inf, 0))
+
+    def stream_rate_for(self, digest: Digest) -> tuple[float | None, float, int]:
+        """(tokens/s per sequence, when last sampled, samples) our streams of `digest`'s
+        model measured at this peer: the median of the recent ones; (None, -inf, 0) if none."""
+        return next(((_median(v), at, len(v)) for d, v, at in self.stream_rates if d == digest),
                     (None, -math.inf, 0))
 
     @property
@@ -225,6 +236,9 @@ class PeerStats:
 
 
 _NEW = PeerStats()
+# Most tokens/s a stream sample is taken at: a provider that holds its tokens back and
+# bursts them must not look infinitely fast (its first token still comes late).
+MAX_STREAM_RATE = 1e5
 # Largest queue depth a peer's report is taken at: more than any node queues
 # (max_queue_size defaults to 1024); keeps a hostile int64 out of the estimates' arithmetic.
 MAX_REPORTED_DEPTH = 1 << 20
@@ -350,6 +364,39 @@ class Observations:
             opened=opened, probing=False,
             closed_since=s.closed_since if opened or not s.opened else now,
         ))
+
+    def start_stream(self, peer: PeerId, now: float, work: float) -> None:
+        """A generation stream of `work` tokens (`TokenCost.work`) was opened to `peer`."""
+        s = self.get(peer)
+        self._put(peer, replace(s, streaming=(*s.streaming, (now, max(0.0, work)))))
+
+    def finish_stream(self, peer: PeerId, started: float, work: float) -> None:
+        """The stream `start_stream(peer, started, work)` opened ended (any outcome)."""
+        s = self.get(peer)
+        entry = (started, max(0.0, work))
+        if entry in s.streaming:
+            rest = list(s.streaming)
+            rest.remove(entry)
+            self._put(peer, replace(s, streaming=tuple(rest)))
+
+    def record_stream(self, peer: PeerId, digest: Digest, tokens: int, decode_seconds: float,
+                      now: float) -> None:
+        """A stream from `peer` delivered `tokens` tokens, `decode_seconds` from its first to
+        its last: a sample of the tokens/s one sequence gets there (at least 2 tokens;
+        capped at MAX_STREAM_RATE, see there). Also a success for the breaker."""
+        if tokens < 2 or not decode_seconds >= 0:
+            return
+        rate = min(MAX_STREAM_RATE, (tokens - 1) / decode_seconds if decode_seconds > 0
+                   else MAX_STREAM_RATE)
+        cfg = self.config
+        s = self.get(peer)
+        recent = next((v for d, v, _ in s.stream_rates if d == digest), ())
+        recent = (*recent[-cfg.service_window + 1:], rate) if cfg.service_window > 1 else (rate,)
+        rates = (*(e for e in s.stream_rates if e[0] != digest), (digest, recent, now))
+        opened = s.opened and s.breaker(now) is BreakerState.OPEN
+        self._put(peer, replace(
+            s, stream_rates=rates, consecutive_failures=0, opened=opened, probing=False,
+            closed_since=s.closed_since if opened or not s.opened else now))
 
     def record_refusal(self, peer: PeerId, depth: int, now: float) -> None:
         """`peer` refused a request past its admission bound, reporting `depth` requests

@@ -61,12 +61,18 @@ import math
 import operator
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from swarm._errors import NoProviderError
 from swarm._types import Digest, PeerId
 from swarm.protocol import PeerEntry, PeerView
+from swarm.scheduler._generation import (
+    GenerationPolicy,
+    TokenCost,
+    estimate_generation,
+    typical_generation,
+)
 from swarm.scheduler._observations import Observations, ObservationSnapshot, PeerStats
 
 __all__ = ["Candidate", "Preference", "Request", "SchedulerConfig", "choose"]
@@ -127,6 +133,9 @@ class Request:
     # A first attempt, which may explore (`SchedulerConfig.explore`): the Router sets it on
     # the first attempt of a request, never on its retries or hedge.
     explore: bool = False
+    # A generation stream: its cost in tokens; estimated by tokens at continuous-batching
+    # providers (swarm/scheduler/_generation.py), not as `items` rows. None: a tensor request.
+    generation: TokenCost | None = None
 
     def __post_init__(self) -> None:
         if self.items < 1:
@@ -183,6 +192,8 @@ class SchedulerConfig:
     # choose_attempt, provider-side admission) before its last attempt must be queued.
     # 0: never allow a refusal.
     max_refusals: int = 2
+    # How generation streams are estimated (`Request.generation`).
+    generation: GenerationPolicy = field(default_factory=GenerationPolicy)
 
     def __post_init__(self) -> None:
         if self.max_refusals < 0:
@@ -273,12 +284,15 @@ def _evaluate(entries: list[PeerEntry], stats: ObservationSnapshot, request: Req
     reasons: dict[str, int] = {}
     cheapest: float | None = None
     typical = _typical(entries, stats, request.digest, config)
+    if request.generation is not None:
+        typical = typical_generation(entries, stats, request.digest, config)
     for entry in entries:
         peer_stats = stats.get(entry.peer_id)
         price = entry.advert.price.cost(request.items)
         reason = _refusal(entry, peer_stats, request, price, now, config)
         if reason is None:
-            rows.append(_estimate(entry, peer_stats, stats, request, price, now, config, typical))
+            rows.append(_estimate_any(entry, peer_stats, stats, request, price, now, config,
+                                      typical))
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
         if reason == _PRICE:
@@ -410,6 +424,17 @@ def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapsho
     return _Row(entry, rtt + max(0.0, wait) + work, price, advertised + own_work / work)
 
 
+def _estimate_any(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapshot,
+                  request: Request, price: float, now: float, config: SchedulerConfig,
+                  typical: tuple[float, float]) -> _Row:
+    """`_estimate`, or for a generation stream its estimate by tokens."""
+    if request.generation is None:
+        return _estimate(entry, peer_stats, stats, request, price, now, config, typical)
+    est = estimate_generation(entry, peer_stats, request.digest, request.generation, now,
+                              config, typical)
+    return _Row(entry, est.latency, price, est.ahead)
+
+
 def _score(rows: list[_Row], request: Request, now: float) -> list[Candidate]:
     lat_lo = min(r.latency for r in rows)
     price_lo = min(r.price for r in rows) + _PRICE_FLOOR
@@ -460,14 +485,19 @@ def _explore(ranked: list[Candidate], rows: list[_Row], stats: ObservationSnapsh
     w = request.preference.latency_weight
     remaining = math.inf if request.deadline is None else request.deadline - now
     limit = math.log(config.spread_slack)
-    typical = _typical([r.entry for r in rows], stats, request.digest, config)
+    entries = [r.entry for r in rows]
+    typical = (_typical(entries, stats, request.digest, config) if request.generation is None
+               else typical_generation(entries, stats, request.digest, config))
     pool = []
     for r in rows:
         s = stats.get(r.entry.peer_id)
-        if s.in_flight or now - s.service_for(request.digest)[1] < config.explore_after:
+        if request.generation is not None:
+            if s.streaming or now - s.stream_rate_for(request.digest)[1] < config.explore_after:
+                continue
+        elif s.in_flight or now - s.service_for(request.digest)[1] < config.explore_after:
             continue
-        prior = _estimate(r.entry, PeerStats(rtt=s.rtt), stats, request, r.price, now, config,
-                          typical).latency
+        prior = _estimate_any(r.entry, PeerStats(rtt=s.rtt), stats, request, r.price, now,
+                              config, typical).latency
         score = w * math.log(max(prior, best) / best) + (1 - w) * math.log(
             (r.price + _PRICE_FLOOR) / cheapest)
         if prior <= remaining and score <= limit:
