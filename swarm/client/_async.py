@@ -544,7 +544,7 @@ class AsyncClient:
             cost = token_cost(options, resume=streamed, **what)
             try:
                 candidate = self.router.candidates(digest, tried=frozenset(tried),
-                                                   generation=cost)[0]
+                                                   explore=not tried, generation=cost)[0]
             except NoProviderError:
                 break
             tried.add(candidate.peer)

@@ -44,7 +44,8 @@ class FakeRouter:
     def resolve(self, name: str) -> str:
         return "d" * 64
 
-    def candidates(self, digest: str, *, generation: TokenCost | None = None) -> list[Candidate]:
+    def candidates(self, digest: str, *, explore: bool = False,
+                   generation: TokenCost | None = None) -> list[Candidate]:
         self.costs.append(generation)
         return self.list
 

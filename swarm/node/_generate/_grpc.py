@@ -233,7 +233,7 @@ class GenerationStreams:
         cost = relay_cost(request)
         try:
             digest = router.resolve(request.model_name)
-            candidates = router.candidates(digest, generation=cost)
+            candidates = router.candidates(digest, explore=True, generation=cost)
         except NoProviderError as exc:
             raise ModelNotFoundError(f"no provider serves {request.model_name!r}: {exc}") from exc
         forwarded = pb.ModelInferRequest()
