@@ -20,7 +20,8 @@ Model (all times virtual):
              swarm.node's generative_offer() sends: queue depth = running + waiting and
              items/s = tokens/s (what routing by requests reads), and the load fields
              (running/waiting sequences, tokens/s all and per sequence, queued prompt and
-             decode tokens: what routing by tokens reads).
+             decode tokens: what routing by tokens reads). `--liar`: the slowest provider
+             always advertises itself idle, at 1000 tokens/s, 200 per sequence.
   policies   requests       swarm.scheduler.choose without a token cost, and no learning
                             from streams: the SDK's generation path before this change.
              tokens         choose with the request's TokenCost (prompt tokens, max_tokens)
@@ -43,7 +44,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,8 @@ class Setup:
     prompt: tuple[int, int] = (20, 300)
     max_tokens: tuple[int, int] = (16, 256)
     eos: bool = False
+    # The slowest provider advertises itself idle and fast (200 tokens/s per sequence).
+    liar: bool = False
     seed: int = 1
     config: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -201,7 +204,7 @@ class Sim:
         first = choose(self.view, request, obs, rng, now, self.setup.config)[0]
         if self.policy == "tokens":
             job.watch = StreamWatch(obs, self.clock, first.peer, DIGEST, cost,
-                                    self.setup.config.generation)
+                                    self.setup.config.generation, first.first_token)
         return self.by_peer[first.peer].index
 
     def run(self) -> list[Job]:
@@ -287,8 +290,14 @@ class Sim:
 
         def advertise(p: Provider, now: float) -> None:
             p.sequence += 1
+            offer = p.offer(now)
+            if setup.liar and p.index == len(providers) - 1:  # idle and fast, it says
+                offer = replace(offer, queue_depth=0, items_per_second=1000.0,
+                                running_sequences=0, waiting_sequences=0,
+                                tokens_per_second=1000.0, sequence_tokens_per_second=200.0,
+                                queued_prompt_tokens=0, queued_decode_tokens=0)
             advert = Advert(peer_id=p.peer, endpoints=(f"10.0.0.{p.index}:8001",),
-                            models=(p.offer(now),), sequence=p.sequence,
+                            models=(offer,), sequence=p.sequence,
                             timestamp=now + WALL_OFFSET, ttl=3 * setup.advert_period)
             self.view, verdict = admit(self.view, advert, now, now + WALL_OFFSET)
             if not verdict.ok:
@@ -331,10 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=float, default=0.7, help="fraction of decode capacity")
     ap.add_argument("--duration", type=float, default=300.0, help="virtual seconds of arrivals")
     ap.add_argument("--eos", action="store_true", help="answers stop at 30-100%% of max_tokens")
+    ap.add_argument("--liar", action="store_true",
+                    help="the slowest provider advertises itself idle and fast")
     ap.add_argument("--policies", default="requests,tokens,tokens-advert,random")
     args = ap.parse_args(argv)
     setup = Setup(clients=args.clients, load=args.load, duration=args.duration, eos=args.eos,
-                  seed=args.seed)
+                  liar=args.liar, seed=args.seed)
     policies = [p.strip() for p in args.policies.split(",")]
     unknown = set(policies) - {"requests", "tokens", "tokens-advert", "random"}
     if unknown:
@@ -346,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
           f"clients, load {setup.load:.0%}, prompts {setup.prompt[0]}-{setup.prompt[1]} tokens, "
           f"max_tokens {setup.max_tokens[0]}-{setup.max_tokens[1]}"
           f"{' (stopping at 30-100%)' if setup.eos else ''}, {setup.duration:g} s, "
-          f"seed {setup.seed}\n")
+          f"seed {setup.seed}{', the slowest lying' if setup.liar else ''}\n")
     results = {p: simulate(setup, p) for p in policies}
     print("| policy | requests | TTFT p50 s | TTFT p99 s | end-to-end p50 s | end-to-end p99 s "
           "| requests per provider | run s |")

@@ -313,7 +313,7 @@ class Router:
         (swarm/routing/_streams.py); `close()` the watch when the stream ends. Streams are
         never hedged."""
         return StreamWatch(self.observations, self._clock, candidate.peer, digest, cost,
-                           self._config.generation)
+                           self._config.generation, candidate.first_token)
 
     @staticmethod
     def _paid(request: pb.ModelInferRequest, candidate: Candidate, items: int,

@@ -4,12 +4,16 @@
 as open at the provider (its tokens fill the provider's slots in this client's next
 estimates, swarm/scheduler/_generation.py) until `close()`; the tokens that arrive after
 the first chunk, and when, are a sample of the tokens/s one sequence gets there
-(`Observations.record_stream`), recorded when the stream ends with its final response.
+(`Observations.record_stream`), recorded when the stream ends with its final response;
+the first token's delay against the candidate's `first_token` estimate is a sample of
+the wait the adverts do not show (`Observations.record_first_token`).
 A stream that fails on the provider's side counts as that provider's failure (circuit
 breaker). Hedging does not apply to streams: a stream is never sent twice at once.
 """
 
 from __future__ import annotations
+
+import math
 
 from swarm._clock import Clock
 from swarm._types import Digest, PeerId
@@ -22,8 +26,10 @@ class StreamWatch:
     """Observations of one generation stream to one provider; `close()` exactly once."""
 
     def __init__(self, observations: Observations, clock: Clock, peer: PeerId, digest: Digest,
-                 cost: TokenCost, policy: GenerationPolicy) -> None:
+                 cost: TokenCost, policy: GenerationPolicy,
+                 expected_first_token: float | None = None) -> None:
         self._obs = observations
+        self._expected = expected_first_token
         self._clock = clock
         self.peer = peer
         self._digest = digest
@@ -33,7 +39,7 @@ class StreamWatch:
         self._last = self.started
         self._after_first = 0  # tokens in the chunks after the first
         self._closed = False
-        observations.start_stream(peer, self.started, self._work)
+        observations.start_stream(peer, self.started, self._work, expected_first_token)
 
     def received(self, tokens: int) -> None:
         """A chunk carrying `tokens` token ids arrived."""
@@ -42,6 +48,9 @@ class StreamWatch:
         now = self._clock.monotonic()
         if self.first_token is None:
             self.first_token = now
+            self._obs.record_first_token(
+                self.peer, self.started, self._work, now - self.started,
+                math.nan if self._expected is None else self._expected, now)
         else:
             self._after_first += tokens
         self._last = now

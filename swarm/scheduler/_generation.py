@@ -33,12 +33,23 @@ one of its `S` sequence slots (the advert's `max_batch_size`) is free. So:
 Then, with D the tokens to generate (`max_tokens`, else `GenerationPolicy.expected_decode`)
 and P the prompt's::
 
-    first token = rtt + wait + P / (prefill_speedup * r)
+    first token = rtt + max(0, wait + surprise) + P / (prefill_speedup * r)
     expected    = first token + (D - 1) / r
 
 The advert is seconds old: its Q is drained at min(n, S) * r tokens/s since it was
 received (n shrinking in proportion), and this client's own streams sent since count
 `in_flight_weight` times (others send there too while ours run), as for tensor requests.
+Our streams still open that were sent before the advert are a floor under its n and Q:
+an advert that understates its load cannot hide the streams we know are there.
+What we keep seeing and the adverts do not explain (other clients' streams since the
+advert, an advert that understates its load) is learnt per provider as the surprise at
+the first token, observed - expected (`Observations.record_first_token`), an EWMA that
+fades when not refreshed; it is added to `wait` (never making it negative). Sooner
+than that, a stream of ours there still without the first token it was due to have is
+overdue: the most overdue one's lateness replaces the surprise when larger. Together
+with the floor above, this is what bounds what a provider gains by understating its
+load: once our streams there are late, it gets no more of ours.
+
 `r` blends our measurements with the advert's (or, when it advertises none, the typical
 provider's), as seconds per token, like service times do (`SchedulerConfig.service_prior`, `stale_half_life`):
 a provider that advertises a speed it does not deliver loses the traffic once measured.
@@ -139,8 +150,10 @@ def typical_generation(entries: list[PeerEntry], stats: ObservationSnapshot, dig
 
 def estimate_generation(entry: PeerEntry, peer: PeerStats, digest: Digest, cost: TokenCost,
                         now: float, config: SchedulerConfig,
-                        typical: tuple[float, float]) -> GenerationEstimate:
-    """The module docstring's estimate for one provider. Pure."""
+                        typical: tuple[float, float],
+                        stats_half_life: float = 2.0) -> GenerationEstimate:
+    """The module docstring's estimate for one provider. Pure. `stats_half_life`: how fast
+    the stream surprise fades (the observations' `surprise_half_life`)."""
     policy = config.generation
     offer = entry.advert.offer(digest)
     prior = offer.sequence_tokens_per_second if offer is not None else 0.0
@@ -164,12 +177,22 @@ def estimate_generation(entry: PeerEntry, peer: PeerStats, digest: Digest, cost:
     if work > 0:  # drained since the advert at the provider's own speed
         left = max(0.0, work - max(0.0, now - entry.received_at) * min(ahead, slots) * rate)
         ahead, work = ahead * left / work, left
-    own = [(start, work) for start, work in peer.streaming if start > entry.received_at]
+    # Our streams sent before the advert should be in its counts: they are a floor under
+    # them (an advert that understates its load cannot hide the streams we know are
+    # there), each less what it may have decoded since it was sent.
+    before = [max(0.0, w - (now - start) * rate) for start, w, _ in peer.streaming
+              if start <= entry.received_at]
+    ahead, work = max(ahead, float(len(before))), max(work, sum(before))
+    own = [(start, w) for start, w, _ in peer.streaming if start > entry.received_at]
     ahead += config.in_flight_weight * len(own)
     work += config.in_flight_weight * sum(w for _, w in own)
     wait = 0.0
     if ahead >= slots and ahead > 0:  # every slot taken: wait for one to free
         wait = (ahead - slots + 1) / ahead * work / (slots * rate)
+    # Our streams there still without the first token they were due to have by now: the
+    # provider is that much slower than it looks, whatever it advertises.
+    overdue = max((now - due for _, _, due in peer.streaming if due < now), default=0.0)
+    wait = max(0.0, wait + max(peer.stream_surprise_now(now, stats_half_life), overdue))
     if peer.rtt is None:
         rtt = typical[0]
     else:

@@ -241,6 +241,9 @@ class Candidate:
     explored: bool = False
     # The provider may refuse this attempt past its queue bound (`choose_attempt`).
     admissible: bool = False
+    # A generation stream's expected seconds to its first token (`Request.generation`);
+    # pass it to `Router.watch_stream`, which teaches the policy what it cannot see.
+    first_token: float | None = None
 
 
 _DEFAULT = SchedulerConfig()
@@ -372,6 +375,7 @@ class _Row:
     latency: float
     price: float
     queue: float
+    first_token: float | None = None  # generation streams only
 
 
 def _typical(entries: list[PeerEntry], stats: ObservationSnapshot, digest: Digest,
@@ -431,8 +435,8 @@ def _estimate_any(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSna
     if request.generation is None:
         return _estimate(entry, peer_stats, stats, request, price, now, config, typical)
     est = estimate_generation(entry, peer_stats, request.digest, request.generation, now,
-                              config, typical)
-    return _Row(entry, est.latency, price, est.ahead)
+                              config, typical, stats.config.surprise_half_life)
+    return _Row(entry, est.latency, price, est.ahead, est.first_token)
 
 
 def _score(rows: list[_Row], request: Request, now: float) -> list[Candidate]:
@@ -442,7 +446,7 @@ def _score(rows: list[_Row], request: Request, now: float) -> list[Candidate]:
     remaining = math.inf if request.deadline is None else request.deadline - now
     return [Candidate(
         peer=r.entry.peer_id, endpoint=r.entry.advert.endpoints[0], expected_latency=r.latency,
-        price=r.price, on_time=r.latency <= remaining, queue=r.queue,
+        price=r.price, on_time=r.latency <= remaining, queue=r.queue, first_token=r.first_token,
         score=w * math.log(r.latency / lat_lo) + (1 - w) * math.log((r.price + _PRICE_FLOOR) / price_lo),
     ) for r in rows]
 

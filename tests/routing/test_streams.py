@@ -24,7 +24,7 @@ def watch() -> tuple[StreamWatch, Observations, FakeClock]:
 
 def test_an_open_stream_counts_its_work_until_closed() -> None:
     w, obs, _ = watch()
-    assert obs.get(PEER).streaming == ((10.0, 50.0),)  # 40 + 100 / 10
+    assert obs.get(PEER).streaming == ((10.0, 50.0, math.inf),)  # 40 + 100 / 10
     w.close()
     w.close()  # once
     assert obs.get(PEER).streaming == ()
@@ -56,3 +56,16 @@ def test_a_broken_stream_is_the_provider_s_failure_and_no_sample() -> None:
     s = obs.get(PEER)
     assert (s.last_failure, s.streaming, s.stream_rate_for(LLM)[1]) == (
         Failure.UNAVAILABLE, (), -math.inf)
+
+
+def test_the_first_token_against_its_estimate_is_a_surprise_sample() -> None:
+    obs, clock = Observations(), FakeClock(start=10.0)
+    w = StreamWatch(obs, clock, PEER, LLM, TokenCost(100, 40), POLICY, expected_first_token=1.0)
+    assert obs.get(PEER).streaming == ((10.0, 50.0, 11.0),)  # due at 11
+    clock.advance(3.0)
+    w.received(1)
+    s = obs.get(PEER)
+    assert (s.stream_surprise, s.stream_surprise_at) == (pytest.approx(2.0), 13.0)
+    assert s.streaming == ((10.0, 50.0, math.inf),)  # came: no longer overdue
+    w.close(finished=True)
+    assert obs.get(PEER).streaming == ()

@@ -91,13 +91,45 @@ def test_without_max_tokens_the_policy_s_expected_decode_counts() -> None:
 
 
 def test_own_streams_since_the_advert_fill_slots() -> None:
-    peer = PeerStats(streaming=((1.0, 100.0),) * 2)  # sent after the advert (received at 0)
+    peer = PeerStats(streaming=((1.0, 100.0, math.inf),) * 2)  # sent after the advert (at 0)
     est = estimate(offer(slots=4, running=3, decode=300), TokenCost(0, 10), now=1.0, peer=peer)
     # 3 advertised (drained a little) + 2 x in_flight_weight 2 = ~7 ahead of 4 slots
     assert est.ahead == pytest.approx(3 * (300 - 30) / 300 + 4)
     assert est.first_token > 0
     assert estimate(offer(slots=4, running=3, decode=300), TokenCost(0, 10),
                     now=1.0).first_token == 0.0
+
+
+def test_an_advert_that_hides_our_streams_does_not_hide_them_from_us() -> None:
+    """Attacker: a provider advertises itself idle while streams of ours sent before that
+    advert are still open there: they are a floor under its sequences and work."""
+    obs = Observations()
+    for _ in range(6):
+        obs.start_stream(PEERS[0], -1.0, 100.0)  # before the advert (received at 0)
+    est = estimate(offer(slots=4, rate=10.0), TokenCost(0, 10), now=0.0, peer=obs.get(PEERS[0]))
+    assert est.ahead == 6
+    # 6 ahead of 4 slots, 6 x (100 - 10 decoded since) tokens: (6 - 3) / 6 * 540 / 40
+    assert est.first_token == pytest.approx(3 / 6 * 540 / 40)
+
+
+def test_a_stream_overdue_for_its_first_token_makes_its_provider_look_that_slow() -> None:
+    obs = Observations()
+    # Sent before the advert (received at 0), which shows them: 2 sequences, 4 slots.
+    obs.start_stream(PEERS[0], -1.0, 10.0, first_token=2.5)  # due at 1.5
+    obs.start_stream(PEERS[0], -0.5, 10.0, first_token=2.5)  # due at 2.0
+    late = estimate(offer(running=2, decode=20), TokenCost(0, 10), now=9.0,
+                    peer=obs.get(PEERS[0]))
+    assert late.first_token == pytest.approx(7.5)  # the most overdue one: 9 - 1.5
+    obs.record_first_token(PEERS[0], -1.0, 10.0, delay=10.0, expected=2.5, now=9.0)
+    assert obs.get(PEERS[0]).streaming[0] == (-1.0, 10.0, math.inf)
+    s = obs.get(PEERS[0])
+    assert s.stream_surprise == pytest.approx(7.5)  # the first sample is the EWMA
+    later = estimate(offer(running=2, decode=20), TokenCost(0, 10), now=9.0, peer=s)
+    assert later.first_token == pytest.approx(7.5)  # the surprise (the other: 7 overdue)
+    obs.finish_stream(PEERS[0], -1.0, 10.0)
+    obs.finish_stream(PEERS[0], -0.5, 10.0)
+    faded = estimate(offer(), TokenCost(0, 10), now=19.0, peer=obs.get(PEERS[0]))
+    assert faded.first_token == pytest.approx(7.5 / 32)  # 10 s: five half-lives of 2 s
 
 
 def test_measured_rate_replaces_an_advertised_one_as_samples_come() -> None:
@@ -208,7 +240,7 @@ def test_streams_in_flight_are_tracked_and_forgotten_by_start() -> None:
     obs.start_stream(PEERS[0], 1.0, 50.0)
     obs.start_stream(PEERS[0], 2.0, 70.0)
     obs.finish_stream(PEERS[0], 1.0, 50.0)  # streams end out of order
-    assert obs.get(PEERS[0]).streaming == ((2.0, 70.0),)
+    assert obs.get(PEERS[0]).streaming == ((2.0, 70.0, math.inf),)
     obs.finish_stream(PEERS[0], 9.0, 1.0)  # unknown: nothing happens
     obs.finish_stream(PEERS[0], 2.0, 70.0)
     assert obs.get(PEERS[0]).streaming == ()
