@@ -46,6 +46,11 @@ a cheap provider's score keeps rising with its queue, so load spills over
 instead of piling up there. w = 0 (PRICE) weighs latency only to break ties:
 give such requests a deadline, since candidates expected to miss it rank last.
 
+A generation stream (`Request.generation`, its cost in tokens) is estimated by tokens at
+a continuous-batching provider instead (swarm/scheduler/_generation.py: waiting for a
+sequence slot, prefill, decode at the per-sequence rate); the score and the rest are the
+same.
+
 At scale (`SchedulerConfig.max_considered`), `choose` estimates only a bounded
 set of providers: those that answered this client most recently (within
 `recent_window`), up to half of the set, and a random sample for the rest
