@@ -51,8 +51,9 @@ with the floor above, this is what bounds what a provider gains by understating 
 load: once our streams there are late, it gets no more of ours.
 
 `r` blends our measurements with the advert's (or, when it advertises none, the typical
-provider's), as seconds per token, like service times do (`SchedulerConfig.service_prior`, `stale_half_life`):
-a provider that advertises a speed it does not deliver loses the traffic once measured.
+provider's), as seconds per token, like service times do (`SchedulerConfig.service_prior`,
+`stale_half_life`): a provider that advertises a speed it does not deliver loses the
+traffic once measured.
 """
 
 from __future__ import annotations
