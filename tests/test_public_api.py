@@ -40,7 +40,7 @@ def test_swarm_routing_exports() -> None:
         "ADMISSION_HEADER", "BUILTIN_DIGESTS", "DEPTH_TRAILER", "FORWARDED", "MAX_MESSAGE_BYTES",
         "Caller", "GrpcCaller",
         "ProviderWeight", "Resolver", "Routed", "Router", "RoutingOptions", "SignedNames",
-        "SignedTags", "error_from_rpc", "one_per_provider", "status_of"}
+        "SignedTags", "StreamWatch", "error_from_rpc", "one_per_provider", "status_of"}
 
 
 def test_swarm_autoscale_exports() -> None:

@@ -44,6 +44,7 @@ from swarm.client._generate import (
     GenerationOptions,
     generation_request,
     stream_text,
+    token_cost,
 )
 from swarm.client._stakes import Payer, StakeBook, bootstrap_peers
 from swarm.client._types import ModelInfo, TensorInfo
@@ -57,7 +58,7 @@ from swarm.protocol import (
 )
 from swarm.registry import RegistryAgent, RegistryConfig, owner_keys
 from swarm.routing import Routed, Router, RoutingOptions, error_from_rpc
-from swarm.scheduler import Preference
+from swarm.scheduler import Failure, Preference
 
 __all__ = ["AsyncClient"]
 
@@ -552,28 +553,40 @@ class AsyncClient:
         # network broke) is replaced by the next candidate, which prefills the prompt plus
         # the tokens already streamed (Petals replays inputs the same way): the caller's
         # text continues without loss or repeats.
+        # The scheduler estimates providers by tokens (prompt + max_tokens; on a resume the
+        # tokens streamed so far are prompt there), and learns each one's tokens/s from the
+        # streams (Router.watch_stream). Streams are never hedged.
         digest = await self._provider_of(model)
         streamed: list[int] = []
         tried: set[PeerId] = set()
         failure: SwarmError = NoProviderError(f"no provider serves {model}")
         for _ in range(RESUME_ATTEMPTS):
+            cost = token_cost(options, resume=streamed, **what)
             try:
-                candidate = self.router.candidates(digest, tried=frozenset(tried))[0]
+                candidate = self.router.candidates(digest, tried=frozenset(tried),
+                                                   explore=not tried, generation=cost)[0]
             except NoProviderError:
                 break
             tried.add(candidate.peer)
             request = generation_request(model, options, version=str(digest), resume=streamed,
                                          **what)
+            watch = self.router.watch_stream(candidate, digest, cost)
+            finished = False
             try:
                 async with self.router.channel(candidate) as channel:
                     stub = pb_grpc.GRPCInferenceServiceStub(channel)
                     async for chunk in stream_text(stub, request, candidate.endpoint, limit):
                         streamed.extend(chunk.token_ids)
+                        watch.received(len(chunk.token_ids))
+                        finished = chunk.final
                         yield chunk
                         if chunk.final:
                             return
             except UnavailableError as exc:
                 failure = exc
+                watch.close(failure=Failure.UNAVAILABLE)
+            finally:
+                watch.close(finished=finished)
         raise failure
 
     async def embed(self, texts: Sequence[str], *, model: str = DEFAULT_EMBED_MODEL,

@@ -19,8 +19,10 @@ from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from swarm._tensors import decode_raw, encode_bytes_elements
 from swarm.routing import error_from_rpc
+from swarm.scheduler import TokenCost, prompt_tokens_of
 
-__all__ = ["FINAL", "GenerationChunk", "GenerationOptions", "generation_request", "stream_text"]
+__all__ = ["FINAL", "GenerationChunk", "GenerationOptions", "generation_request", "stream_text",
+           "token_cost"]
 
 # Providers tried for one generation in swarm mode: a stream broken off resumes on the next.
 RESUME_ATTEMPTS = 3
@@ -59,6 +61,19 @@ def generation_request(model: str, options: GenerationOptions, *, prompt: str | 
     if resume:
         p["resume_tokens"].string_param = json.dumps(list(resume))
     return request
+
+
+def token_cost(options: GenerationOptions, *, prompt: str | None = None,
+               messages: Sequence[Mapping[str, str]] | None = None,
+               resume: Sequence[int] = ()) -> TokenCost:
+    """What the request costs a provider, in tokens, for routing by tokens: the prompt's
+    estimated from its length (the client does not tokenize), plus tokens already streamed
+    when resuming (prefilled again there), and the max_tokens still to generate."""
+    if messages is not None:
+        prompt_tokens = prompt_tokens_of("".join(m["content"] for m in messages), len(messages))
+    else:
+        prompt_tokens = prompt_tokens_of(prompt or "")
+    return TokenCost(prompt_tokens + len(resume), max(1, options.max_tokens - len(resume)))
 
 
 def _text(response: pb.ModelInferResponse) -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 import torch
@@ -934,7 +934,13 @@ def _devices(config: NodeConfig, device: torch.device) -> list[str]:
     return [canonical_device(d) for d in config.devices]
 
 
-def _demand_fields(measured: Measured | None) -> dict[str, float]:
+class _Demand(TypedDict, total=False):
+    arrival_rate: float
+    queue_wait: float
+    utilization: float
+
+
+def _demand_fields(measured: Measured | None) -> _Demand:
     if measured is None:
         return {}
     return {"arrival_rate": round(measured.arrival_rate, 3),

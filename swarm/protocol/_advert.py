@@ -23,6 +23,12 @@ MAX_ADVERT_BYTES = 64 * 1024
 # Bounds of the demand signal a ModelOffer carries (hostile input: autoscalers act on it).
 MAX_ARRIVAL_RATE = 1e9  # items/s
 MAX_QUEUE_WAIT = 86_400.0  # seconds
+# Bounds of the generation load a ModelOffer carries (hostile input: schedulers route on
+# it). Far above any node (a KV cache of 2^20 sequences, 2^40 queued tokens), far below
+# where float arithmetic on them loses meaning.
+MAX_TOKEN_RATE = 1e9  # tokens/s
+MAX_SEQUENCES = 1 << 20
+MAX_QUEUED_TOKENS = 1 << 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,16 @@ class ModelOffer:
     memory_bytes: int = 0
     # Loaded by the author's autoscaler, which may release it (not the operator's choice).
     autoscaled: bool = False
+    # Generative models (0 for others), what routing by tokens reads (swarm.scheduler):
+    # sequences decoding and queued; tokens/s generated over all of them, and the rate one
+    # decoding sequence gets; prompt tokens not yet prefilled and tokens still to generate
+    # (up to max_tokens) of the running and waiting sequences.
+    running_sequences: int = 0
+    waiting_sequences: int = 0
+    tokens_per_second: float = 0.0
+    sequence_tokens_per_second: float = 0.0
+    queued_prompt_tokens: int = 0
+    queued_decode_tokens: int = 0
 
 
 def _demand(value: float, name: str, high: float) -> float:
@@ -68,6 +84,12 @@ def _demand(value: float, name: str, high: float) -> float:
         raise IntegrityError(f"malformed advert: {name} {value!r} is not a finite number >= 0")
     if value > high:
         raise IntegrityError(f"malformed advert: {name} {value!r} out of range (at most {high:g})")
+    return value
+
+
+def _count(value: int, name: str, high: int) -> int:
+    if value > high:
+        raise IntegrityError(f"malformed advert: {name} {value!r} out of range (at most {high})")
     return value
 
 
@@ -79,7 +101,16 @@ def _offer(m: advert_pb2.ModelOffer) -> ModelOffer:
         arrival_rate=_demand(m.arrival_rate, "arrival_rate", MAX_ARRIVAL_RATE),
         queue_wait=_demand(m.queue_wait_s, "queue_wait", MAX_QUEUE_WAIT),
         utilization=_demand(m.utilization, "utilization", 1.0),
-        memory_bytes=m.memory_bytes, autoscaled=m.autoscaled)
+        memory_bytes=m.memory_bytes, autoscaled=m.autoscaled,
+        running_sequences=_count(m.running_sequences, "running_sequences", MAX_SEQUENCES),
+        waiting_sequences=_count(m.waiting_sequences, "waiting_sequences", MAX_SEQUENCES),
+        tokens_per_second=_demand(m.tokens_per_second, "tokens_per_second", MAX_TOKEN_RATE),
+        sequence_tokens_per_second=_demand(
+            m.sequence_tokens_per_second, "sequence_tokens_per_second", MAX_TOKEN_RATE),
+        queued_prompt_tokens=_count(m.queued_prompt_tokens, "queued_prompt_tokens",
+                                    MAX_QUEUED_TOKENS),
+        queued_decode_tokens=_count(m.queued_decode_tokens, "queued_decode_tokens",
+                                    MAX_QUEUED_TOKENS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +167,12 @@ def _to_proto(advert: Advert) -> advert_pb2.CapacityAdvert:
             digest=str(m.digest), name=m.name, tags=list(m.tags), max_batch_size=m.max_batch_size,
             items_per_second=m.items_per_second, queue_depth=m.queue_depth,
             arrival_rate=m.arrival_rate, queue_wait_s=m.queue_wait, utilization=m.utilization,
-            memory_bytes=m.memory_bytes, autoscaled=m.autoscaled) for m in advert.models],
+            memory_bytes=m.memory_bytes, autoscaled=m.autoscaled,
+            running_sequences=m.running_sequences, waiting_sequences=m.waiting_sequences,
+            tokens_per_second=m.tokens_per_second,
+            sequence_tokens_per_second=m.sequence_tokens_per_second,
+            queued_prompt_tokens=m.queued_prompt_tokens,
+            queued_decode_tokens=m.queued_decode_tokens) for m in advert.models],
         queue_depth=advert.queue_depth,
         free_accelerator_memory_bytes=advert.free_accelerator_memory,
         hardware=node_pb2.Hardware(device_kind=hw.device_kind, device_count=hw.device_count,

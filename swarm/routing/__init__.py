@@ -7,6 +7,8 @@ _router.py  Router (attempts within the deadline, retries on the next candidate,
 _names.py   what a model name means, through signed statements only: SignedNames (the
             default Resolver: owner-signed tags, release-pinned BUILTIN_DIGESTS; never
             advert counts), the Resolver and ProviderWeight hooks (stake plugs in there)
+_streams.py StreamWatch: what one generation stream teaches the observations (open streams,
+            tokens/s per provider and model; Router.watch_stream)
 _status.py  error_from_rpc, status_of: grpc's side of the one status <-> error table
             (swarm._errors.STATUS); the admission header and depth trailer on the wire
 
@@ -31,6 +33,7 @@ from swarm.routing._router import (
     RoutingOptions,
 )
 from swarm.routing._status import ADMISSION_HEADER, DEPTH_TRAILER, error_from_rpc, status_of
+from swarm.routing._streams import StreamWatch
 
 __all__ = [
     "ADMISSION_HEADER",
@@ -47,6 +50,7 @@ __all__ = [
     "RoutingOptions",
     "SignedNames",
     "SignedTags",
+    "StreamWatch",
     "error_from_rpc",
     "one_per_provider",
     "status_of",

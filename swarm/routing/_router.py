@@ -58,6 +58,7 @@ from swarm._types import Digest, ModelRef, PeerId
 from swarm.protocol import PeerChannels, PeerView, ResponseSignature
 from swarm.routing._names import Resolver, SignedNames, SignedTags
 from swarm.routing._status import ADMISSION_HEADER, error_from_rpc
+from swarm.routing._streams import StreamWatch
 from swarm.scheduler import (
     Candidate,
     Failure,
@@ -65,6 +66,7 @@ from swarm.scheduler import (
     Preference,
     Request,
     SchedulerConfig,
+    TokenCost,
     choose,
     choose_attempt,
 )
@@ -282,7 +284,8 @@ class Router:
                    tried: frozenset[PeerId] = frozenset(),
                    explore: bool = False,
                    refused: frozenset[PeerId] | None = None,
-                   refusals: int = 0) -> list[Candidate]:
+                   refusals: int = 0,
+                   generation: TokenCost | None = None) -> list[Candidate]:
         """Providers of `digest` in the order `send` would try them (nothing is sent).
 
         The gateway forwards its other OIP calls, and the SDK asks for metadata, through
@@ -290,11 +293,13 @@ class Router:
         which may go to a provider not measured lately (`SchedulerConfig.explore`).
         `refused`: for an attempt that providers may refuse (`choose_attempt`), the
         peers in `tried` that refused it so far (and did not fail it since), after
-        `refusals` refusals; None: no admission (a plain choice).
+        `refusals` refusals; None: no admission (a plain choice). `generation`: a
+        generation stream's token cost: providers are estimated by tokens
+        (swarm/scheduler/_generation.py); open it with `watch_stream`.
         """
         request = Request(digest=digest, items=items, deadline=deadline,
                           max_price=options.max_price, preference=options.preference,
-                          exclude=tried, explore=explore)
+                          exclude=tried, explore=explore, generation=generation)
         config = self._config if options.stake_ok is None else dataclasses.replace(
             self._config, stake_ok=options.stake_ok)
         now = self._clock.monotonic()
@@ -302,6 +307,13 @@ class Router:
             return choose(self.view, request, self.observations, self._rng, now, config)
         return choose_attempt(self.view, request, self.observations, self._rng, now,
                               config, refused, refusals)
+
+    def watch_stream(self, candidate: Candidate, digest: Digest, cost: TokenCost) -> StreamWatch:
+        """Count a generation stream to `candidate` as open, and learn its tokens/s
+        (swarm/routing/_streams.py); `close()` the watch when the stream ends. Streams are
+        never hedged."""
+        return StreamWatch(self.observations, self._clock, candidate.peer, digest, cost,
+                           self._config.generation, candidate.first_token)
 
     @staticmethod
     def _paid(request: pb.ModelInferRequest, candidate: Candidate, items: int,

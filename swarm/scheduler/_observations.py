@@ -158,6 +158,17 @@ class PeerStats:
     latencies: tuple[float, ...] = ()
     # (start time, items) of this client's requests in flight to the peer, oldest first.
     in_flight: tuple[tuple[float, int], ...] = ()
+    # Generation streams (swarm.scheduler._generation): (digest, the most recent tokens/s
+    # one of our streams decoded at, oldest first, when last sampled) per model, and
+    # (start time, work in tokens, when its first token is due: inf once it came or
+    # when no estimate was given) of our streams still open there.
+    stream_rates: tuple[tuple[Digest, tuple[float, ...], float], ...] = ()
+    streaming: tuple[tuple[float, float, float], ...] = ()
+    # EWMA of (observed - expected) seconds to a stream's first token, and when last
+    # updated: the wait at the provider its adverts do not show (other clients' streams
+    # since, or an advert that understates its load). Fades like `surprise`.
+    stream_surprise: float = 0.0
+    stream_surprise_at: float = -math.inf
     successes: int = 0
     # When the last success was recorded (the age of rtt/service/latency).
     sampled_at: float = -math.inf
@@ -185,6 +196,12 @@ class PeerStats:
         return next(((_median(v), at, len(v)) for d, v, at in self.services if d == digest),
                     (None, -math.inf, 0))
 
+    def stream_rate_for(self, digest: Digest) -> tuple[float | None, float, int]:
+        """(tokens/s per sequence, when last sampled, samples) our streams of `digest`'s
+        model measured at this peer: the median of the recent ones; (None, -inf, 0) if none."""
+        return next(((_median(v), at, len(v)) for d, v, at in self.stream_rates if d == digest),
+                    (None, -math.inf, 0))
+
     @property
     def outstanding(self) -> int:
         return len(self.in_flight)
@@ -196,6 +213,13 @@ class PeerStats:
     def items_in_flight(self, since: float = -math.inf) -> int:
         """Items of the requests in flight that were sent after time `since`."""
         return sum(items for start, items in self.in_flight if start > since)
+
+    def stream_surprise_now(self, now: float, half_life: float) -> float:
+        """`stream_surprise`, halved for every `half_life` seconds without a new sample."""
+        if self.stream_surprise_at == -math.inf:
+            return 0.0
+        return self.stream_surprise * math.exp2(-max(0.0, now - self.stream_surprise_at)
+                                                / half_life)
 
     def surprise_now(self, now: float, half_life: float) -> float:
         """The surprise EWMA, halved for every `half_life` seconds without a new sample."""
@@ -225,6 +249,16 @@ class PeerStats:
 
 
 _NEW = PeerStats()
+
+
+def _stream(s: PeerStats, started: float, work: float) -> tuple[float, float, float] | None:
+    """The open stream `start_stream` recorded at `started` with `work`."""
+    work = max(0.0, work)
+    return next((e for e in s.streaming if e[0] == started and e[1] == work), None)
+
+# Most tokens/s a stream sample is taken at: a provider that holds its tokens back and
+# bursts them must not look infinitely fast (its first token still comes late).
+MAX_STREAM_RATE = 1e5
 # Largest queue depth a peer's report is taken at: more than any node queues
 # (max_queue_size defaults to 1024); keeps a hostile int64 out of the estimates' arithmetic.
 MAX_REPORTED_DEPTH = 1 << 20
@@ -350,6 +384,62 @@ class Observations:
             opened=opened, probing=False,
             closed_since=s.closed_since if opened or not s.opened else now,
         ))
+
+    def start_stream(self, peer: PeerId, now: float, work: float,
+                     first_token: float | None = None) -> None:
+        """A generation stream of `work` tokens (`TokenCost.work`) was opened to `peer`,
+        its first token expected `first_token` seconds later (`Candidate.first_token`)."""
+        s = self.get(peer)
+        due = math.inf if first_token is None else now + max(0.0, first_token)
+        self._put(peer, replace(s, streaming=(*s.streaming, (now, max(0.0, work), due))))
+
+    def finish_stream(self, peer: PeerId, started: float, work: float) -> None:
+        """The stream `start_stream(peer, started, work)` opened ended (any outcome)."""
+        s = self.get(peer)
+        match = _stream(s, started, work)
+        if match is not None:
+            rest = list(s.streaming)
+            rest.remove(match)
+            self._put(peer, replace(s, streaming=tuple(rest)))
+
+    def record_first_token(self, peer: PeerId, started: float, work: float, delay: float,
+                           expected: float, now: float) -> None:
+        """The first token of the stream `start_stream(peer, started, work, ...)` opened came
+        `delay` seconds after it was sent, where the policy expected `expected`: a sample of
+        `stream_surprise`; the stream is no longer overdue."""
+        s = self.get(peer)
+        match = _stream(s, started, work)
+        if match is not None:
+            rest = list(s.streaming)
+            rest[rest.index(match)] = (match[0], match[1], math.inf)
+            s = replace(s, streaming=tuple(rest))
+            self._put(peer, s)
+        if not (math.isfinite(delay) and math.isfinite(expected)):
+            return
+        cfg = self.config
+        old = (s.stream_surprise_now(now, cfg.surprise_half_life)
+               if s.stream_surprise_at > -math.inf else None)
+        self._put(peer, replace(s, stream_surprise=_ewma(old, delay - expected, cfg.surprise_alpha),
+                                stream_surprise_at=now))
+
+    def record_stream(self, peer: PeerId, digest: Digest, tokens: int, decode_seconds: float,
+                      now: float) -> None:
+        """A stream from `peer` delivered `tokens` tokens, `decode_seconds` from its first to
+        its last: a sample of the tokens/s one sequence gets there (at least 2 tokens;
+        capped at MAX_STREAM_RATE, see there). Also a success for the breaker."""
+        if tokens < 2 or not decode_seconds >= 0:
+            return
+        rate = min(MAX_STREAM_RATE, (tokens - 1) / decode_seconds if decode_seconds > 0
+                   else MAX_STREAM_RATE)
+        cfg = self.config
+        s = self.get(peer)
+        recent = next((v for d, v, _ in s.stream_rates if d == digest), ())
+        recent = (*recent[-cfg.service_window + 1:], rate) if cfg.service_window > 1 else (rate,)
+        rates = (*(e for e in s.stream_rates if e[0] != digest), (digest, recent, now))
+        opened = s.opened and s.breaker(now) is BreakerState.OPEN
+        self._put(peer, replace(
+            s, stream_rates=rates, consecutive_failures=0, opened=opened, probing=False,
+            closed_since=s.closed_since if opened or not s.opened else now))
 
     def record_refusal(self, peer: PeerId, depth: int, now: float) -> None:
         """`peer` refused a request past its admission bound, reporting `depth` requests

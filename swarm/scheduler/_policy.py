@@ -46,6 +46,11 @@ a cheap provider's score keeps rising with its queue, so load spills over
 instead of piling up there. w = 0 (PRICE) weighs latency only to break ties:
 give such requests a deadline, since candidates expected to miss it rank last.
 
+A generation stream (`Request.generation`, its cost in tokens) is estimated by tokens at
+a continuous-batching provider instead (swarm/scheduler/_generation.py: waiting for a
+sequence slot, prefill, decode at the per-sequence rate); the score and the rest are the
+same.
+
 At scale (`SchedulerConfig.max_considered`), `choose` estimates only a bounded
 set of providers: those that answered this client most recently (within
 `recent_window`), up to half of the set, and a random sample for the rest
@@ -61,12 +66,18 @@ import math
 import operator
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from swarm._errors import NoProviderError
 from swarm._types import Digest, PeerId
 from swarm.protocol import PeerEntry, PeerView
+from swarm.scheduler._generation import (
+    GenerationPolicy,
+    TokenCost,
+    estimate_generation,
+    typical_generation,
+)
 from swarm.scheduler._observations import Observations, ObservationSnapshot, PeerStats
 
 __all__ = ["Candidate", "Preference", "Request", "SchedulerConfig", "choose"]
@@ -127,6 +138,9 @@ class Request:
     # A first attempt, which may explore (`SchedulerConfig.explore`): the Router sets it on
     # the first attempt of a request, never on its retries or hedge.
     explore: bool = False
+    # A generation stream: its cost in tokens; estimated by tokens at continuous-batching
+    # providers (swarm/scheduler/_generation.py), not as `items` rows. None: a tensor request.
+    generation: TokenCost | None = None
 
     def __post_init__(self) -> None:
         if self.items < 1:
@@ -183,6 +197,8 @@ class SchedulerConfig:
     # choose_attempt, provider-side admission) before its last attempt must be queued.
     # 0: never allow a refusal.
     max_refusals: int = 2
+    # How generation streams are estimated (`Request.generation`).
+    generation: GenerationPolicy = field(default_factory=GenerationPolicy)
 
     def __post_init__(self) -> None:
         if self.max_refusals < 0:
@@ -230,6 +246,9 @@ class Candidate:
     explored: bool = False
     # The provider may refuse this attempt past its queue bound (`choose_attempt`).
     admissible: bool = False
+    # A generation stream's expected seconds to its first token (`Request.generation`);
+    # pass it to `Router.watch_stream`, which teaches the policy what it cannot see.
+    first_token: float | None = None
 
 
 _DEFAULT = SchedulerConfig()
@@ -273,12 +292,15 @@ def _evaluate(entries: list[PeerEntry], stats: ObservationSnapshot, request: Req
     reasons: dict[str, int] = {}
     cheapest: float | None = None
     typical = _typical(entries, stats, request.digest, config)
+    if request.generation is not None:
+        typical = typical_generation(entries, stats, request.digest, config)
     for entry in entries:
         peer_stats = stats.get(entry.peer_id)
         price = entry.advert.price.cost(request.items)
         reason = _refusal(entry, peer_stats, request, price, now, config)
         if reason is None:
-            rows.append(_estimate(entry, peer_stats, stats, request, price, now, config, typical))
+            rows.append(_estimate_any(entry, peer_stats, stats, request, price, now, config,
+                                      typical))
             continue
         reasons[reason] = reasons.get(reason, 0) + 1
         if reason == _PRICE:
@@ -358,6 +380,7 @@ class _Row:
     latency: float
     price: float
     queue: float
+    first_token: float | None = None  # generation streams only
 
 
 def _typical(entries: list[PeerEntry], stats: ObservationSnapshot, digest: Digest,
@@ -410,6 +433,17 @@ def _estimate(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapsho
     return _Row(entry, rtt + max(0.0, wait) + work, price, advertised + own_work / work)
 
 
+def _estimate_any(entry: PeerEntry, peer_stats: PeerStats, stats: ObservationSnapshot,
+                  request: Request, price: float, now: float, config: SchedulerConfig,
+                  typical: tuple[float, float]) -> _Row:
+    """`_estimate`, or for a generation stream its estimate by tokens."""
+    if request.generation is None:
+        return _estimate(entry, peer_stats, stats, request, price, now, config, typical)
+    est = estimate_generation(entry, peer_stats, request.digest, request.generation, now,
+                              config, typical, stats.config.surprise_half_life)
+    return _Row(entry, est.latency, price, est.ahead, est.first_token)
+
+
 def _score(rows: list[_Row], request: Request, now: float) -> list[Candidate]:
     lat_lo = min(r.latency for r in rows)
     price_lo = min(r.price for r in rows) + _PRICE_FLOOR
@@ -417,7 +451,7 @@ def _score(rows: list[_Row], request: Request, now: float) -> list[Candidate]:
     remaining = math.inf if request.deadline is None else request.deadline - now
     return [Candidate(
         peer=r.entry.peer_id, endpoint=r.entry.advert.endpoints[0], expected_latency=r.latency,
-        price=r.price, on_time=r.latency <= remaining, queue=r.queue,
+        price=r.price, on_time=r.latency <= remaining, queue=r.queue, first_token=r.first_token,
         score=w * math.log(r.latency / lat_lo) + (1 - w) * math.log((r.price + _PRICE_FLOOR) / price_lo),
     ) for r in rows]
 
@@ -460,14 +494,19 @@ def _explore(ranked: list[Candidate], rows: list[_Row], stats: ObservationSnapsh
     w = request.preference.latency_weight
     remaining = math.inf if request.deadline is None else request.deadline - now
     limit = math.log(config.spread_slack)
-    typical = _typical([r.entry for r in rows], stats, request.digest, config)
+    entries = [r.entry for r in rows]
+    typical = (_typical(entries, stats, request.digest, config) if request.generation is None
+               else typical_generation(entries, stats, request.digest, config))
     pool = []
     for r in rows:
         s = stats.get(r.entry.peer_id)
-        if s.in_flight or now - s.service_for(request.digest)[1] < config.explore_after:
+        if request.generation is not None:
+            if s.streaming or now - s.stream_rate_for(request.digest)[1] < config.explore_after:
+                continue
+        elif s.in_flight or now - s.service_for(request.digest)[1] < config.explore_after:
             continue
-        prior = _estimate(r.entry, PeerStats(rtt=s.rtt), stats, request, r.price, now, config,
-                          typical).latency
+        prior = _estimate_any(r.entry, PeerStats(rtt=s.rtt), stats, request, r.price, now,
+                              config, typical).latency
         score = w * math.log(max(prior, best) / best) + (1 - w) * math.log(
             (r.price + _PRICE_FLOOR) / cheapest)
         if prior <= remaining and score <= limit:

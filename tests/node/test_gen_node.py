@@ -382,6 +382,14 @@ async def test_stream_resumes_on_another_provider_when_one_is_killed(
             victim.proc.kill()
             victim.proc.wait()
             parts += [text async for text in stream]
+            # Routing by tokens learnt from both streams: the broken one counts against
+            # its provider, the finished one is a tokens/s sample; none is left open.
+            seen = sdk.router.observations.snapshot()
+            digest = sdk.router.resolve(MODEL)
+            assert sorted(seen.get(p).last_failure is not None for p in seen) == [False, True]
+            assert [seen.get(p).stream_rate_for(digest)[2] for p in seen
+                    if seen.get(p).last_failure is None] == [1]
+            assert all(not seen.get(p).streaming for p in seen)
         assert "".join(parts) == reference
     finally:
         stop_node(second.proc)

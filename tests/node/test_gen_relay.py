@@ -12,7 +12,8 @@ import pytest
 from swarm._errors import InvalidInputError, OverloadedError, UnavailableError
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm.node._generate import GenerationStreams
-from swarm.node._generate._grpc import RELAY_ATTEMPTS
+from swarm.node._generate._grpc import FINAL, RELAY_ATTEMPTS, generation_request, relay_cost
+from swarm.scheduler import Failure, TokenCost, prompt_tokens_of
 
 
 @dataclass(frozen=True)
@@ -20,22 +21,46 @@ class Candidate:
     endpoint: str
 
 
+class FakeWatch:
+    def __init__(self, log: list[tuple[Any, ...]], endpoint: str) -> None:
+        self.log = log
+        self.endpoint = endpoint
+        self.tokens = 0
+
+    def received(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def close(self, *, finished: bool = False, failure: Failure | None = None) -> None:
+        if not any(entry[-1] is self for entry in self.log):  # once, as StreamWatch
+            self.log.append((self.endpoint, self.tokens, finished, failure, self))
+
+
 class FakeRouter:
     def __init__(self, n: int) -> None:
         self.list = [Candidate(f"p{i}") for i in range(n)]
+        self.costs: list[TokenCost | None] = []
+        self.watched: list[tuple[Any, ...]] = []
 
     def resolve(self, name: str) -> str:
         return "d" * 64
 
-    def candidates(self, digest: str) -> list[Candidate]:
+    def candidates(self, digest: str, *, explore: bool = False,
+                   generation: TokenCost | None = None) -> list[Candidate]:
+        self.costs.append(generation)
         return self.list
 
+    def watch_stream(self, candidate: Candidate, digest: str, cost: TokenCost) -> FakeWatch:
+        return FakeWatch(self.watched, candidate.endpoint)
 
-def streams(behaviour: dict[str, Any], n: int = 3) -> tuple[GenerationStreams, list[str]]:
+
+def streams(behaviour: dict[str, Any], n: int = 3,
+            router: FakeRouter | None = None) -> tuple[GenerationStreams, list[str]]:
     """A relay whose providers act per `behaviour`: an error raised before any response,
-    a count of responses then an error (tuple), or a count of responses."""
+    a count of responses then an error (tuple), or a count of responses (the last one
+    final, each with one token id)."""
     tried: list[str] = []
-    relay = GenerationStreams(lambda name: None, lambda: FakeRouter(n))  # type: ignore[arg-type,return-value]
+    fake = router or FakeRouter(n)
+    relay = GenerationStreams(lambda name: None, lambda: fake)  # type: ignore[arg-type,return-value]
 
     async def one(router: Any, candidate: Candidate, forwarded: pb.ModelInferRequest,
                   deadline: float | None) -> AsyncIterator[pb.ModelInferResponse]:
@@ -45,7 +70,11 @@ def streams(behaviour: dict[str, Any], n: int = 3) -> tuple[GenerationStreams, l
             raise what
         count, error = what if isinstance(what, tuple) else (what, None)
         for i in range(count):
-            yield pb.ModelInferResponse(id=f"{candidate.endpoint}:{i}")
+            response = pb.ModelInferResponse(id=f"{candidate.endpoint}:{i}")
+            response.parameters["token_ids"].string_param = f"[{i + 5}]"
+            if i == count - 1 and error is None:
+                response.parameters[FINAL].bool_param = True
+            yield response
         if error is not None:
             raise error
 
@@ -87,3 +116,39 @@ async def test_bad_input_is_not_retried_and_attempts_are_bounded() -> None:
     with pytest.raises(UnavailableError):
         await collect(relay)
     assert len(tried) == RELAY_ATTEMPTS
+
+
+async def test_the_relay_routes_by_tokens_and_reports_each_stream() -> None:
+    """The gateway passes the request's token cost to the scheduler and tells the router
+    how each provider's stream went (failure before a token; tokens of a finished one)."""
+    router = FakeRouter(3)
+    relay, _ = streams({"p0": UnavailableError("down"), "p1": 3}, router=router)
+    request = generation_request("builtin/smollm2", prompt="x" * 400, max_tokens=50)
+    assert [r.id async for r in relay.stream(request, None)] == ["p1:0", "p1:1", "p1:2"]
+    assert router.costs == [TokenCost(100, 50)]
+    assert [w[:4] for w in router.watched] == [("p0", 0, False, Failure.UNAVAILABLE),
+                                               ("p1", 3, True, None)]
+
+
+def _without_max_tokens(request: pb.ModelInferRequest) -> pb.ModelInferRequest:
+    del request.parameters["max_tokens"]  # the provider's default applies
+    return request
+
+
+@pytest.mark.parametrize(("request_", "cost"), [
+    (generation_request("m", prompt="abcdefgh", max_tokens=9), TokenCost(2, 9)),
+    (_without_max_tokens(generation_request("m", prompt="abcd")), TokenCost(1, None)),
+    (generation_request("m", messages=[{"role": "user", "content": "a" * 40}], max_tokens=3),
+     TokenCost(prompt_tokens_of("a" * 40, 1), 3)),
+    (generation_request("m", prompt="abcd", max_tokens=-5), TokenCost(1, None)),
+    (generation_request("m", prompt="abcd", max_tokens=1 << 40), TokenCost(1, 1 << 20)),
+    (pb.ModelInferRequest(model_name="m"), None),  # malformed: the provider says why
+])
+def test_relay_cost(request_: pb.ModelInferRequest, cost: TokenCost | None) -> None:
+    assert relay_cost(request_) == cost
+
+
+def test_relay_cost_counts_resumed_tokens_as_prompt() -> None:
+    request = generation_request("m", prompt="abcd", max_tokens=10)
+    request.parameters["resume_tokens"].string_param = "[1, 2, 3]"
+    assert relay_cost(request) == TokenCost(4, 7)

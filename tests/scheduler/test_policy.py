@@ -317,9 +317,10 @@ def test_public_names() -> None:
     import swarm.scheduler
 
     assert sorted(swarm.scheduler.__all__) == [
-        "AdmissionPolicy", "BreakerState", "Candidate", "Failure", "ObservationConfig",
-        "ObservationSnapshot", "Observations", "PeerStats", "Preference", "Request",
-        "SchedulerConfig", "admits", "choose", "choose_attempt"]
+        "AdmissionPolicy", "BreakerState", "Candidate", "Failure", "GenerationEstimate",
+        "GenerationPolicy", "ObservationConfig", "ObservationSnapshot", "Observations",
+        "PeerStats", "Preference", "Request", "SchedulerConfig", "TokenCost", "admits",
+        "choose", "choose_attempt", "estimate_generation", "prompt_tokens_of"]
 
 
 def test_request_and_preference_validation() -> None:

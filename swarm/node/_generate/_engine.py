@@ -84,6 +84,14 @@ class EngineStats:
     generation_tokens: int
     preemptions: int
     tokens_per_second: float  # generated, over the last RATE_WINDOW seconds
+    # Tokens/s one decoding sequence gets: steps with decodes over the last RATE_WINDOW
+    # seconds / their seconds (each gives every decoding sequence one token); the last
+    # measured value while idle; 0 until a step decoded.
+    sequence_tokens_per_second: float = 0.0
+    # Prompt tokens not yet in the KV cache (a preempted sequence's generated ones too:
+    # recomputed), and tokens still to generate up to max_tokens, running and waiting.
+    queued_prompt_tokens: int = 0
+    queued_decode_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +188,9 @@ class GenerationEngine:
         self._prompt_total = 0
         self._generated_total = 0
         self._preemptions = 0
-        self._rate: deque[tuple[float, int]] = deque()  # (step end, tokens generated)
+        # (step end, tokens generated, seconds of the step if it decoded, else None)
+        self._rate: deque[tuple[float, int, float | None]] = deque()
+        self._sequence_rate = 0.0
         # Called once per sequence as it leaves (metrics); must not raise.
         self.on_finish: Callable[[RequestTiming], None] | None = None
         # Called with the seconds between consecutive tokens of a sequence.
@@ -196,9 +206,17 @@ class GenerationEngine:
         now = self._clock.monotonic()
         while self._rate and self._rate[0][0] < now - RATE_WINDOW:
             self._rate.popleft()
-        rate = sum(n for _, n in self._rate) / RATE_WINDOW
+        rate = sum(n for _, n, _ in self._rate) / RATE_WINDOW
+        steps = [d for _, _, d in self._rate if d is not None]
+        if steps:
+            self._sequence_rate = len(steps) / max(sum(steps), 1e-6)
+        prompt_left = decode_left = 0
+        for seq in (*self._running, *self._waiting):
+            prompt_left += max(0, seq.target - seq.computed)
+            decode_left += max(0, seq.params.max_tokens - len(seq.generated))
         return EngineStats(len(self._running), len(self._waiting), used / self.config.kv_blocks,
-                           self._prompt_total, self._generated_total, self._preemptions, rate)
+                           self._prompt_total, self._generated_total, self._preemptions, rate,
+                           self._sequence_rate, prompt_left, decode_left)
 
     def submit(self, prompt: Sequence[int], params: SamplingParams) -> Generation:
         """Queue a sequence; InvalidInputError when it cannot fit the context."""
@@ -265,8 +283,9 @@ class GenerationEngine:
                     await self._wake.wait()
                     continue
                 plan = self._plan(step)
+                started = self._clock.monotonic()
                 sampled = await loop.run_in_executor(self._executor, self._compute, plan)
-                self._deliver(plan, sampled)
+                self._deliver(plan, sampled, started)
         finally:
             self.close()
             for seq in [*self._running, *self._waiting]:
@@ -336,9 +355,10 @@ class GenerationEngine:
                 sampled[seq.id] = _sample(row, seq.params, seq.generator)
         return sampled
 
-    def _deliver(self, plan: _Plan, sampled: dict[int, tuple[int, float]]) -> None:
+    def _deliver(self, plan: _Plan, sampled: dict[int, tuple[int, float]],
+                 started: float) -> None:
         now = self._clock.monotonic()
-        self._rate.append((now, len(sampled)))
+        self._rate.append((now, len(sampled), now - started if plan.decodes else None))
         if len(self._rate) > 4096:  # bounded however fast steps come
             self._rate.popleft()
         for seq, _, ids, _, _ in plan.prefills:

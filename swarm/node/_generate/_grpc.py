@@ -36,6 +36,7 @@ from swarm.node._generate._engine import SamplingParams
 from swarm.node._generate._model import GenerativeModel
 from swarm.node._service import FORWARDED_HEADER
 from swarm.routing import Router, error_from_rpc
+from swarm.scheduler import Failure, TokenCost, prompt_tokens_of
 
 __all__ = ["FINAL", "GenerationStreams", "generation_request", "text_of"]
 
@@ -229,9 +230,10 @@ class GenerationStreams:
         router = self._router()
         if router is None:
             raise ModelNotFoundError(f"model {request.model_name!r} is not served here")
+        cost = relay_cost(request)
         try:
             digest = router.resolve(request.model_name)
-            candidates = router.candidates(digest)
+            candidates = router.candidates(digest, explore=True, generation=cost)
         except NoProviderError as exc:
             raise ModelNotFoundError(f"no provider serves {request.model_name!r}: {exc}") from exc
         forwarded = pb.ModelInferRequest()
@@ -242,16 +244,23 @@ class GenerationStreams:
         # the failure is the caller's to resume (it holds the tokens so far).
         tried: list[SwarmError] = []
         for candidate in candidates[:RELAY_ATTEMPTS]:
-            started = False
+            started = finished = False
+            watch = router.watch_stream(candidate, digest, cost or TokenCost(1))
             try:
                 async for response in self._relay_one(router, candidate, forwarded, deadline_s):
                     started = True
+                    watch.received(_token_count(response))
+                    finished = FINAL in response.parameters
                     yield response
                 return
             except (UnavailableError, OverloadedError) as exc:
+                watch.close(failure=Failure.UNAVAILABLE if isinstance(exc, UnavailableError)
+                            else Failure.OVERLOADED)
                 if started:
                     raise
                 tried.append(exc)
+            finally:
+                watch.close(finished=finished)
         raise tried[-1] if tried else NoProviderError(f"no provider for {request.model_name!r}")
 
     async def _relay_one(self, router: Router, candidate: Any, forwarded: pb.ModelInferRequest,
@@ -274,6 +283,40 @@ class GenerationStreams:
                 raise error_from_rpc(exc, candidate.endpoint) from exc
             finally:
                 call.cancel()
+
+
+def relay_cost(request: pb.ModelInferRequest) -> TokenCost | None:
+    """A relayed request's cost in tokens, estimated from its text (the gateway does not
+    tokenize); None when it is malformed (the provider refuses it with the reason)."""
+    try:
+        kind, text = _text_input(request)
+        max_tokens = _param(request, "max_tokens", "int")
+        resume = _param(request, "resume_tokens", "str")
+    except InvalidInputError:
+        return None
+    messages = 0
+    if kind == "messages":
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(loaded, list):
+            messages = len(loaded)
+            text = "".join(m.get("content", "") for m in loaded
+                           if isinstance(m, dict) and isinstance(m.get("content"), str))
+    resumed = resume.count(",") + 1 if resume and resume.strip("[] ") else 0
+    limit = None if max_tokens is None or max_tokens < 1 else int(min(max_tokens, 1 << 20))
+    if limit is not None:
+        limit = max(1, limit - resumed)
+    return TokenCost(prompt_tokens_of(text, messages) + resumed, limit)
+
+
+def _token_count(response: pb.ModelInferResponse) -> int:
+    """Token ids a relayed response carries (its `token_ids`, a JSON list), by counting."""
+    if "token_ids" not in response.parameters:
+        return 0
+    ids = response.parameters["token_ids"].string_param.strip("[] ")
+    return ids.count(",") + 1 if ids else 0
 
 
 def _remote_error(message: str) -> SwarmError:

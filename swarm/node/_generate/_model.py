@@ -56,12 +56,19 @@ class GenerativeModel:
 
 
 def generative_offer(model: GenerativeModel) -> ModelOffer:
-    """The advert entry: queue depth = sequences running + waiting; items/s = tokens/s."""
+    """The advert entry: the engine's load for routing by tokens (swarm.scheduler), with
+    max_batch_size = sequence slots; and, for clients that route by requests, queue depth
+    = sequences running + waiting and items/s = tokens/s."""
     stats = model.engine.stats()
     return ModelOffer(digest=model.digest, name=model.name,
                       max_batch_size=model.engine.config.max_num_seqs,
                       items_per_second=round(stats.tokens_per_second, 1),
-                      queue_depth=stats.running + stats.waiting)
+                      queue_depth=stats.running + stats.waiting,
+                      running_sequences=stats.running, waiting_sequences=stats.waiting,
+                      tokens_per_second=round(stats.tokens_per_second, 1),
+                      sequence_tokens_per_second=round(stats.sequence_tokens_per_second, 2),
+                      queued_prompt_tokens=stats.queued_prompt_tokens,
+                      queued_decode_tokens=stats.queued_decode_tokens)
 
 
 def load_smollm2(device: torch.device, config: GenerationConfig = GenerationConfig()) -> GenerativeModel:

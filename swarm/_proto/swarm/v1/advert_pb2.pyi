@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelOffer(_message.Message):
-    __slots__ = ("digest", "name", "tags", "max_batch_size", "items_per_second", "queue_depth", "arrival_rate", "queue_wait_s", "utilization", "memory_bytes", "autoscaled")
+    __slots__ = ("digest", "name", "tags", "max_batch_size", "items_per_second", "queue_depth", "arrival_rate", "queue_wait_s", "utilization", "memory_bytes", "autoscaled", "running_sequences", "waiting_sequences", "tokens_per_second", "sequence_tokens_per_second", "queued_prompt_tokens", "queued_decode_tokens")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,12 @@ class ModelOffer(_message.Message):
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     digest: str
     name: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -31,7 +37,13 @@ class ModelOffer(_message.Message):
     utilization: float
     memory_bytes: int
     autoscaled: bool
-    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ..., arrival_rate: _Optional[float] = ..., queue_wait_s: _Optional[float] = ..., utilization: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., autoscaled: _Optional[bool] = ...) -> None: ...
+    running_sequences: int
+    waiting_sequences: int
+    tokens_per_second: float
+    sequence_tokens_per_second: float
+    queued_prompt_tokens: int
+    queued_decode_tokens: int
+    def __init__(self, digest: _Optional[str] = ..., name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., max_batch_size: _Optional[int] = ..., items_per_second: _Optional[float] = ..., queue_depth: _Optional[int] = ..., arrival_rate: _Optional[float] = ..., queue_wait_s: _Optional[float] = ..., utilization: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., autoscaled: _Optional[bool] = ..., running_sequences: _Optional[int] = ..., waiting_sequences: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., sequence_tokens_per_second: _Optional[float] = ..., queued_prompt_tokens: _Optional[int] = ..., queued_decode_tokens: _Optional[int] = ...) -> None: ...
 
 class CapacityAdvert(_message.Message):
     __slots__ = ("peer_id", "grpc_endpoints", "models", "queue_depth", "free_accelerator_memory_bytes", "hardware", "price", "region", "software_version", "sequence", "timestamp_unix_ms", "ttl_ms", "draining", "stored", "p2p_addrs", "mesh")
