@@ -26,6 +26,7 @@ __all__ = [
     "Model",
     "ModelSpec",
     "TensorSpec",
+    "ThreadChooser",
     "ThreadPolicy",
     "TorchModel",
     "intra_op_threads",
@@ -77,6 +78,44 @@ def intra_op_threads(policy: ThreadPolicy, last_forward: float | None,
     if policy.explore_every and long_passes % policy.explore_every == policy.explore_every - 1:
         return other
     return best
+
+
+class ThreadChooser:
+    """One model's thread counts, measured and chosen per batch size (powers of two).
+
+    Seconds per item are only comparable between passes of similar size: a batch of one
+    costs several times more per item than a batch of 32 whatever the threads. Compared
+    across sizes, whichever count happened to run the small batches looks slow for good:
+    a node that served MiniLM one request at a time and then at c=64 kept one thread
+    (149 req/s where two threads gave 237, bench/RESULTS.md). So each size class
+    (`items.bit_length()`: 1, 2-3, 4-7, ...) keeps its own measurements, pass count and
+    last pass length, and `intra_op_threads` decides for it alone.
+    """
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self.alpha = alpha
+        self._per_item: dict[int, dict[int, float]] = {}
+        self._passes: dict[int, int] = {}
+        self._last: dict[int, float] = {}
+        self.last_forward: float | None = None
+
+    def threads(self, policy: ThreadPolicy, items: int) -> int:
+        size = max(1, items).bit_length()
+        last = self._last.get(size, self.last_forward)
+        return intra_op_threads(policy, last, self._per_item.get(size), self._passes.get(size, 0))
+
+    def record(self, policy: ThreadPolicy, threads: int, items: int, seconds: float) -> None:
+        """A pass of `items` items ran `seconds` on `threads` threads."""
+        size = max(1, items).bit_length()
+        long = self._last.get(size, self.last_forward)
+        self.last_forward = self._last[size] = seconds
+        if items <= 0 or long is None or long < policy.wide_after:
+            return
+        self._passes[size] = self._passes.get(size, 0) + 1
+        measured = self._per_item.setdefault(size, {})
+        per_item = seconds / items
+        old = measured.get(threads)
+        measured[threads] = per_item if old is None else old + self.alpha * (per_item - old)
 
 
 # Set by the node at start-up (swarm.node._node); models read it for every CPU pass.
@@ -162,10 +201,8 @@ class TorchModel(Model):
         self._module = module
         # One execution at a time per model: the batcher guarantees it, this guards misuse.
         self._lock = threading.Lock()
-        self._last_forward: float | None = None
-        # Seconds per item of long CPU passes by thread count (EWMA), and how many ran.
-        self._per_item: dict[int, float] = {}
-        self._long_passes = 0
+        # CPU passes' intra-op threads, measured and chosen per batch size.
+        self._threads = ThreadChooser()
 
     @contextlib.contextmanager
     def _compute(self, items: int = 0) -> Iterator[None]:
@@ -174,20 +211,15 @@ class TorchModel(Model):
             policy = _thread_policy
             threads = 0
             if self.device.type == "cpu":
-                threads = intra_op_threads(policy, self._last_forward, self._per_item,
-                                           self._long_passes)
+                threads = self._threads.threads(policy, items)
                 if threads != torch.get_num_threads():
                     torch.set_num_threads(threads)
-            long = self._last_forward is not None and self._last_forward >= policy.wide_after
             started = time.perf_counter()
             with torch.inference_mode():
                 yield
-            self._last_forward = time.perf_counter() - started
-            if threads and long and items > 0:
-                self._long_passes += 1
-                seconds = self._last_forward / items
-                old = self._per_item.get(threads)
-                self._per_item[threads] = seconds if old is None else old + 0.3 * (seconds - old)
+            seconds = time.perf_counter() - started
+            if threads:
+                self._threads.record(policy, threads, items, seconds)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         # Decoded requests are read-only views of the message; torch wants writable memory.

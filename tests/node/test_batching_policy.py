@@ -116,3 +116,33 @@ def test_long_passes_use_the_thread_count_measured_faster() -> None:
     assert intra_op_threads(policy, 0.001, quiet, 7) == 1
     assert intra_op_threads(ThreadPolicy(1, 2, explore_every=0), 0.05, loaded, 3) == 1
 
+
+
+def test_thread_counts_are_compared_within_a_batch_size_only() -> None:
+    from swarm.node._runtime import ThreadChooser, ThreadPolicy
+
+    # A node first served one request at a time (two threads measured at batch 1, one
+    # thread at batch 1 too), then at high concurrency (batches of 32). Per item, a batch of
+    # 1 costs far more than one of 32: compared across sizes, the count that ran the small
+    # batches looks slow for good. Each size class decides from its own passes.
+    policy = ThreadPolicy(narrow=1, wide=2, explore_every=0)
+    chooser = ThreadChooser()
+    assert chooser.threads(policy, 1) == 1  # nothing ran yet: narrow
+    chooser.record(policy, 1, 1, 0.020)  # the first pass shows passes are long
+    assert chooser.threads(policy, 1) == 2  # measure wide at batch 1
+    chooser.record(policy, 2, 1, 0.022)  # at batch 1 two threads do not pay
+    assert chooser.threads(policy, 1) == 1
+    chooser.record(policy, 1, 1, 0.020)
+    assert chooser.threads(policy, 1) == 1  # measured: one thread wins at batch 1
+    # Batches of 32 have their own measurements: both counts are tried there first...
+    assert chooser.threads(policy, 32) == 2
+    chooser.record(policy, 2, 32, 0.110)  # 3.4 ms per item (the batch-1 passes: 20-22)
+    assert chooser.threads(policy, 32) == 1
+    chooser.record(policy, 1, 32, 0.200)
+    # ...and two threads win there, though one thread's batch-1 numbers were better than
+    # two threads' batch-1 numbers.
+    assert [chooser.threads(policy, n) for n in (32, 33, 63)] == [2, 2, 2]
+    assert chooser.threads(policy, 1) == 1
+    # Short passes stay narrow in their class.
+    chooser.record(policy, 1, 4, 0.001)
+    assert chooser.threads(policy, 4) == 1
