@@ -33,24 +33,28 @@ MAX_IDLE_S = 5.0
 def analyze(report: dict, window: float) -> tuple[list[str], float, float]:
     """Lines to print, the overall max/min share ratio, the longest idle stretch (s)."""
     done = [r for r in report["requests"] if r["outcome"] == "ok" and r["node"] is not None]
-    nodes = sorted({r["node"] for r in report["requests"] if r["node"] is not None}
-                   | set(range(_node_count(report))))
     by_model: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for r in done:
         by_model[r["model"]].append((r["scheduled"] + r["latency"], r["node"]))
+    serving = _serving(report)
+    # Nodes that serve none of the requests' models (the demo's chat nodes) are left out;
+    # a node that serves a model and answered none of it counts (at 0%).
+    nodes = sorted({r["node"] for r in done}
+                   | {n for model in by_model for n in serving.get(model, set())})
     lines = ["| model | " + " | ".join(f"node {n}" for n in nodes)
              + " | max/min | longest idle s (node) | windows with an idle node |",
              "| --- | " + " | ".join("---:" for _ in nodes) + " | ---: | ---: | ---: |"]
     worst_idle = 0.0
     for model, answers in sorted(by_model.items()):
         answers.sort()
-        counts = {n: 0 for n in nodes}
+        mine = sorted(serving.get(model, set()) | {n for _, n in answers})
+        counts = {n: 0 for n in mine}
         for _, n in answers:
             counts[n] += 1
         total = len(answers)
         first, last = answers[0][0], answers[-1][0]
         idle = {}
-        for n in nodes:
+        for n in mine:
             times = [first] + [t for t, m in answers if m == n] + [last]
             idle[n] = max(b - a for a, b in itertools.pairwise(times))
         node, longest = max(idle.items(), key=lambda kv: kv[1])
@@ -60,8 +64,9 @@ def analyze(report: dict, window: float) -> tuple[list[str], float, float]:
         for w in range(spans):
             lo, hi = first + w * window, first + (w + 1) * window
             seen = {m for t, m in answers if lo <= t < hi}
-            empty += any(n not in seen for n in nodes)
-        lines.append(f"| {model} | " + " | ".join(f"{counts[n] / total:.0%}" for n in nodes)
+            empty += any(n not in seen for n in mine)
+        lines.append(f"| {model} | " + " | ".join(
+            f"{counts[n] / total:.0%}" if n in counts else "-" for n in nodes)
                      + f" | {_ratio(counts)} | {longest:.1f} ({node}) | {empty}/{spans} |")
     counts = {n: 0 for n in nodes}
     for r in done:
@@ -73,8 +78,13 @@ def analyze(report: dict, window: float) -> tuple[list[str], float, float]:
     return lines, (max(counts.values()) / lo if lo else math.inf), worst_idle
 
 
-def _node_count(report: dict) -> int:
-    return int(report["scenario"]["node_count"])
+def _serving(report: dict) -> dict[str, set[int]]:
+    """Model name -> the nodes that serve it (any incarnation), from the report's node specs."""
+    serving: dict[str, set[int]] = defaultdict(set)
+    for node in report.get("nodes", []):
+        for model in node["spec"]["models"]:
+            serving[model].add(int(node["index"]))
+    return serving
 
 
 def _ratio(counts: dict[int, int]) -> str:
