@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -160,49 +160,51 @@ class RoundRobinRouter:
             client = self._clients[address] = AsyncClient(address, timeout=None)
         return client
 
-    async def infer(self, model: str, inputs: Any, *, timeout: float) -> RoutedResult:
-        """Try the next node in turn, then the others, until one answers or `timeout` passes."""
+    def _turns(self, model: str, deadline: float) -> Iterator[tuple[str, float]]:
+        """Every node serving `model` once, the next in turn first: (address, seconds left
+        until `deadline`, loop time); stops when none are left."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         candidates = [e for e in self._endpoints() if model in e.models]
         if not candidates:
             raise NoProviderError(f"no node serves {model}")
         start = next(self._counter)
-        error: SwarmError | None = None
         for attempt in range(len(candidates)):
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
-            endpoint = candidates[(start + attempt) % len(candidates)]
+                return
+            yield candidates[(start + attempt) % len(candidates)].address, remaining
+
+    @staticmethod
+    def _gave_up(model: str, timeout: float, deadline: float,
+                 error: SwarmError | None) -> SwarmError:
+        """What a call raises when no node answered: the last node's error while time was
+        left, else the deadline."""
+        if error is not None and asyncio.get_running_loop().time() < deadline:
+            return error
+        return DeadlineExceededError(f"{model}: deadline of {timeout:.2f} s passed "
+                                     f"({type(error).__name__ if error else 'no answer'})")
+
+    async def infer(self, model: str, inputs: Any, *, timeout: float) -> RoutedResult:
+        """Try the next node in turn, then the others, until one answers or `timeout` passes."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        error: SwarmError | None = None
+        for attempt, (address, remaining) in enumerate(self._turns(model, deadline), 1):
             try:
-                outputs = await self._client(endpoint.address).infer(model, inputs,
-                                                                     timeout=remaining)
+                outputs = await self._client(address).infer(model, inputs, timeout=remaining)
             except _RETRYABLE as exc:
                 error = exc
                 continue
-            return RoutedResult(endpoint.address, outputs, attempt + 1)
-        if error is not None and loop.time() < deadline:
-            raise error
-        raise DeadlineExceededError(f"{model}: deadline of {timeout:.2f} s passed "
-                                    f"({type(error).__name__ if error else 'no answer'})")
+            return RoutedResult(address, outputs, attempt)
+        raise self._gave_up(model, timeout, deadline, error)
 
     async def chat(self, model: str, messages: list[dict[str, str]], *, max_tokens: int,
                    temperature: float, timeout: float) -> AsyncIterator[GenerationChunk]:
         """The next node in turn streams the chat; one that refuses before its first chunk
         is replaced by the next (a stream broken off later is not resumed: an error)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        candidates = [e for e in self._endpoints() if model in e.models]
-        if not candidates:
-            raise NoProviderError(f"no node serves {model}")
-        start = next(self._counter)
+        deadline = asyncio.get_running_loop().time() + timeout
         error: SwarmError | None = None
-        for attempt in range(len(candidates)):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            endpoint = candidates[(start + attempt) % len(candidates)]
-            chunks = self._client(endpoint.address).chat_chunks(
+        for address, remaining in self._turns(model, deadline):
+            chunks = self._client(address).chat_chunks(
                 model, messages, max_tokens=max_tokens, temperature=temperature,
                 timeout=remaining)
             started = False
@@ -217,10 +219,7 @@ class RoundRobinRouter:
                 error = exc
             finally:
                 await chunks.aclose()
-        if error is not None and loop.time() < deadline:
-            raise error
-        raise DeadlineExceededError(f"{model}: deadline of {timeout:.2f} s passed "
-                                    f"({type(error).__name__ if error else 'no answer'})")
+        raise self._gave_up(model, timeout, deadline, error)
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}

@@ -7,12 +7,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from swarm._proto.swarm.v1 import advert_pb2
+from swarm._types import Digest
 from swarm.node import Node
-from swarm.protocol import Advert, Identity, Membership, ModelOffer
+from swarm.protocol import ADVERT_DOMAIN, Advert, Identity, Membership, ModelOffer, seal
 from swarm.protocol.testing import MemoryNetwork
 from tests.waiting import wait_until
 
-__all__ = ["Usage", "advertise", "rss_mb", "usage_of"]
+__all__ = ["Usage", "advertise", "rss_mb", "signed_offer", "usage_of"]
+
+
+def signed_offer(author: Identity, **offer: float) -> bytes:
+    """A validly signed advert from `author` whose one model offer (`acme/m`) carries
+    `offer` as given, unchecked: what a hostile peer can put on the wire."""
+    msg = advert_pb2.CapacityAdvert(
+        peer_id=author.peer_id.value, sequence=1, timestamp_unix_ms=1, ttl_ms=1000,
+        models=[advert_pb2.ModelOffer(digest=str(Digest.of(b"m")), name="acme/m", **offer)])
+    return seal(advert_pb2.SignedAdvert, ADVERT_DOMAIN,
+                msg.SerializeToString(deterministic=True), author)
 
 
 async def advertise(network: MemoryNetwork, seed: int, *, endpoints: Sequence[str],

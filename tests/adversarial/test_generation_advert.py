@@ -10,21 +10,16 @@ import math
 import pytest
 
 from swarm._errors import IntegrityError
-from swarm._proto.swarm.v1 import advert_pb2
 from swarm._types import Digest
-from swarm.protocol import ADVERT_DOMAIN, Advert, Identity, ModelOffer, seal
+from swarm.protocol import Advert, Identity, ModelOffer
 from swarm.protocol._advert import decode, encode
+from tests.adversarial.support import signed_offer
 
 ME = Identity.from_seed(b"\x08" * 32)
 
 
 def _signed(**offer: float) -> bytes:
-    """A validly signed advert whose one model offer carries `offer` as given."""
-    msg = advert_pb2.CapacityAdvert(
-        peer_id=ME.peer_id.value, sequence=1, timestamp_unix_ms=1, ttl_ms=1000,
-        models=[advert_pb2.ModelOffer(digest=str(Digest.of(b"m")), name="acme/m", **offer)])
-    return seal(advert_pb2.SignedAdvert, ADVERT_DOMAIN,
-                msg.SerializeToString(deterministic=True), ME)
+    return signed_offer(ME, **offer)
 
 
 def test_honest_generation_load_round_trips() -> None:
