@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
                      help=_default("generation_weights"))
     run.add_argument("--torch-threads", type=int,
                      help=f"torch intra-op threads; 0 = adaptive (CPU cores - 1, or all "
-                          f"cores for long passes when measured faster) {_default('torch_threads')}")
+                          f"cores for long passes of a batch size where measured faster) "
+                          f"{_default('torch_threads')}")
     run.add_argument("--max-message-bytes", type=int,
                      help=f"largest gRPC message {_default('max_message_bytes')}")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
