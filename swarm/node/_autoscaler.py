@@ -157,6 +157,12 @@ class Backoff:
     until: float
     delay: float
 
+    @staticmethod
+    def after(old: Backoff | None, now: float, initial: float, most: float) -> Backoff:
+        """The backoff after one more failure: `initial`, then doubling up to `most`."""
+        delay = min(old.delay * 2, most) if old is not None else initial
+        return Backoff(now + delay, delay)
+
 
 @dataclass
 class Counters:
@@ -235,11 +241,10 @@ class Autoscaler:
         except (SwarmError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             if action.kind is ActionKind.LOAD:
-                old = self._backoff.get(action.digest)
-                delay = (min(old.delay * 2, self.config.backoff_max) if old is not None
-                         else self.config.backoff_initial)
-                self._backoff[action.digest] = Backoff(self._clock.monotonic() + delay, delay)
-                error += f" (not tried again for {delay:g}s)"
+                backoff = self._backoff[action.digest] = Backoff.after(
+                    self._backoff.get(action.digest), self._clock.monotonic(),
+                    self.config.backoff_initial, self.config.backoff_max)
+                error += f" (not tried again for {backoff.delay:g}s)"
             log.warning("autoscale action failed", extra={**extra, "error": error})
             self._event(action, "failed", error)
             return

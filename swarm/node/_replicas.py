@@ -208,11 +208,10 @@ class Replicas:
 
     def _failed(self, served: ServedModel, device: str, why: str, extra: dict[str, str],
                 error: str) -> None:
-        old = self._backoff.get(served.digest)
-        delay = (min(old.delay * 2, self.config.backoff_max) if old is not None
-                 else self.config.backoff_initial)
-        self._backoff[served.digest] = Backoff(self._clock.monotonic() + delay, delay)
-        error += f" (not tried again for {delay:g}s)"
+        backoff = self._backoff[served.digest] = Backoff.after(
+            self._backoff.get(served.digest), self._clock.monotonic(),
+            self.config.backoff_initial, self.config.backoff_max)
+        error += f" (not tried again for {backoff.delay:g}s)"
         log.warning("replica load failed", extra={**extra, "error": error})
         self._event(ADD, served, device, why, "failed", error)
 
