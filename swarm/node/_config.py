@@ -22,6 +22,7 @@ from typing import Any
 from swarm._errors import ConfigError
 from swarm._types import ModelRef
 from swarm.autoscale import AutoscaleConfig, LocalConfig
+from swarm.protocol import MAX_QUEUE_DEPTH
 
 __all__ = ["ModelOptions", "NodeConfig", "check_ports", "load_config"]
 
@@ -56,8 +57,10 @@ class ModelOptions:
             raise ConfigError(f"max_batch_size must be >= 0, not {self.max_batch_size}")
         if not 0 <= self.max_queue_delay < math.inf:
             raise ConfigError(f"max_queue_delay must be finite and >= 0, not {self.max_queue_delay}")
-        if self.max_queue_size < 1:
-            raise ConfigError(f"max_queue_size must be >= 1, not {self.max_queue_size}")
+        if not 1 <= self.max_queue_size <= MAX_QUEUE_DEPTH:
+            # Peers refuse adverts stating a deeper queue (swarm.protocol's bound).
+            raise ConfigError(f"max_queue_size must be in [1, {MAX_QUEUE_DEPTH}], "
+                              f"not {self.max_queue_size}")
         if not 0 <= self.admission_wait < math.inf:
             raise ConfigError(f"admission_wait must be finite and >= 0, not {self.admission_wait}")
         if any(p < 1 for p in self.preferred_batch_sizes):

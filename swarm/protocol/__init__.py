@@ -28,7 +28,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from swarm.protocol._advert import ADVERT_DOMAIN, Advert, Hardware, MeshMember, ModelOffer, Price
+from swarm.protocol._advert import (
+    ADVERT_DOMAIN,
+    MAX_QUEUE_DEPTH,
+    Advert,
+    Hardware,
+    MeshMember,
+    ModelOffer,
+    Price,
+)
 from swarm.protocol._gossip import Gossip, GossipMessage, SnapshotProvider, Validation, Validator
 from swarm.protocol._identity import Identity, peer_id_of, public_key_of_peer, verify
 from swarm.protocol._light import LightPeer
@@ -63,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADVERT_DOMAIN",
     "ADVERT_TOPIC",
+    "MAX_QUEUE_DEPTH",
     "Admission",
     "Advert",
     "Gossip",

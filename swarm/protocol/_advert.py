@@ -29,6 +29,10 @@ MAX_QUEUE_WAIT = 86_400.0  # seconds
 MAX_TOKEN_RATE = 1e9  # tokens/s
 MAX_SEQUENCES = 1 << 20
 MAX_QUEUED_TOKENS = 1 << 40
+# Bounds of the capacity an offer states (schedulers score by it, autoscalers divide by it).
+MAX_ITEMS_RATE = 1e9  # items/s
+MAX_BATCH = 1 << 20  # items (for a generative model: sequence slots)
+MAX_QUEUE_DEPTH = 1 << 24  # requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +100,9 @@ def _count(value: int, name: str, high: int) -> int:
 def _offer(m: advert_pb2.ModelOffer) -> ModelOffer:
     return ModelOffer(
         digest=Digest.parse(m.digest), name=m.name, tags=tuple(m.tags),
-        max_batch_size=m.max_batch_size, items_per_second=m.items_per_second,
-        queue_depth=m.queue_depth,
+        max_batch_size=_count(m.max_batch_size, "max_batch_size", MAX_BATCH),
+        items_per_second=_demand(m.items_per_second, "items_per_second", MAX_ITEMS_RATE),
+        queue_depth=_count(m.queue_depth, "queue_depth", MAX_QUEUE_DEPTH),
         arrival_rate=_demand(m.arrival_rate, "arrival_rate", MAX_ARRIVAL_RATE),
         queue_wait=_demand(m.queue_wait_s, "queue_wait", MAX_QUEUE_WAIT),
         utilization=_demand(m.utilization, "utilization", 1.0),
@@ -203,7 +208,7 @@ def _from_proto(msg: advert_pb2.CapacityAdvert) -> Advert:
             sequence=msg.sequence,
             timestamp=msg.timestamp_unix_ms / 1000,
             ttl=msg.ttl_ms / 1000,
-            queue_depth=msg.queue_depth,
+            queue_depth=_count(msg.queue_depth, "queue_depth", MAX_QUEUE_DEPTH),
             free_accelerator_memory=msg.free_accelerator_memory_bytes,
             hardware=Hardware(msg.hardware.device_kind, msg.hardware.device_count,
                               msg.hardware.memory_bytes, msg.hardware.device_name),
