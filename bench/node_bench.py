@@ -209,8 +209,11 @@ def raw_throughput(seconds: float, threads: int) -> dict[str, float]:
     import torch
 
     from swarm.node._builtins import MLP, MiniLM
+    from swarm.node._runtime import ThreadPolicy, set_thread_policy
 
-    torch.set_num_threads(threads)
+    # `execute` sets the threads of each pass from the thread policy (one thread unless
+    # set): fix it to `threads`, as the module calls below use.
+    set_thread_policy(ThreadPolicy.for_machine(threads, fixed=threads))
     out: dict[str, float] = {}
     minilm = MiniLM(torch.device("cpu"))
     texts = np.array([SENTENCES[i % len(SENTENCES)].encode() for i in range(32)], dtype=object)
