@@ -3,9 +3,11 @@
 The policy sees a frozen `QueueView` and answers Dispatch(n) or Wait(seconds).
 Batching only pays when requests arrive faster than one unbatched execution
 takes; otherwise a request goes straight to an idle model, so a lone request
-never waits out `max_queue_delay`. Under load the batcher holds requests until
-the batch is full, reaches a preferred size, or its oldest request has waited
-`max_queue_delay`. While a batch executes, the next one forms.
+never waits out the delay. Under load the batcher holds requests until the batch
+is full, reaches a preferred size, or its oldest request has waited the delay:
+`max_queue_delay`, or `max_queue_delay_fraction` of one execution when that is
+longer (a fuller batch of a slow model is worth more), counted from when the model
+was free to take it. While a batch executes, the next one forms.
 
 A Batcher may hold several instances of its model (local replicas, one per device:
 `add_instance`): they share the one queue, and a batch goes to whichever instance is
@@ -53,8 +55,11 @@ __all__ = [
 class BatchPolicy:
     # Most items in one forward pass (requests are never split across batches).
     max_batch_size: int = 64
-    # Longest a request waits for a fuller batch while requests keep arriving.
+    # Longest a request waits for a fuller batch while requests keep arriving...
     max_queue_delay: float = 0.002
+    # ...or this fraction of one execution's time, when that is longer: a slow model's
+    # fuller batch is worth a longer wait (a lone request still never waits: `decide`).
+    max_queue_delay_fraction: float = 0.2
     # Batch sizes (in items) to dispatch at once when reached; () = only full batches.
     preferred_batch_sizes: tuple[int, ...] = ()
     # Requests waiting per model before new ones get RESOURCE_EXHAUSTED.
@@ -67,6 +72,8 @@ class BatchPolicy:
             raise ValueError("max_batch_size must be >= 1")
         if self.max_queue_delay < 0:
             raise ValueError("max_queue_delay must be >= 0")
+        if not 0 <= self.max_queue_delay_fraction <= 1:
+            raise ValueError("max_queue_delay_fraction must be in [0, 1]")
         if self.max_queue_size < 1:
             raise ValueError("max_queue_size must be >= 1")
         if any(not 1 <= p <= self.max_batch_size for p in self.preferred_batch_sizes):
@@ -86,6 +93,8 @@ class QueueView:
     arrival_gap: float
     # EWMA of one execution's duration (seconds; 0 when unknown).
     execution_time: float
+    # Seconds since an instance last became free (inf: none has run yet).
+    free_for: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +124,10 @@ def decide(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
         return Dispatch(count)
     if items in policy.preferred_batch_sizes:
         return Dispatch(count)
-    remaining = policy.max_queue_delay - view.oldest_wait
+    # The wait for company counts from when the model could first have taken the oldest
+    # request: one that queued behind a running batch has not waited for a fuller one yet.
+    delay = max(policy.max_queue_delay, policy.max_queue_delay_fraction * view.execution_time)
+    remaining = delay - min(view.oldest_wait, view.free_for)
     if remaining <= 0:
         return Dispatch(count)
     # Waiting helps only when arrivals outpace unbatched execution (and one is due in time).
@@ -220,8 +232,11 @@ class Batcher:
         self._instances: list[_Instance] = []
         self._closed = False
         self._last_arrival: float | None = None
-        self._arrival_gap = _Ewma(0.2)
+        # Over ~20 arrivals: closed-loop clients arrive in bursts (a batch's answers come
+        # back together), and a fast average would swing with each burst's long pause.
+        self._arrival_gap = _Ewma(0.05)
         self._execution_time = _Ewma(0.2)
+        self._free_since = -math.inf
         self._items_per_second = _Ewma(0.2)
         # Cumulative load counters (LoadSample): requests started and their queue waits,
         # finished executions' seconds, instance-seconds up to `_capacity_since`.
@@ -367,6 +382,7 @@ class Batcher:
             busy=self._busy,
             arrival_gap=self._arrival_gap.value if self._arrival_gap.value is not None else math.inf,
             execution_time=self._execution_time.value or 0.0,
+            free_for=now - self._free_since,
         )
 
     def _take(self, count: int, now: float) -> list[_Pending]:
@@ -455,7 +471,8 @@ class Batcher:
             raise
         finally:
             instance.busy = False
-            self._busy_seconds += self._clock.monotonic() - started
+            self._free_since = self._clock.monotonic()
+            self._busy_seconds += self._free_since - started
             if instance.retired:
                 self._drop(instance)
             self._wakeup.set()  # an instance is free: the next batch may go

@@ -35,8 +35,10 @@ class ModelOptions:
 
     # Most items per forward pass; 0 = the model's own default.
     max_batch_size: int = 0
-    # Seconds a request may wait for a fuller batch while requests keep arriving.
+    # Seconds a request may wait for a fuller batch while requests keep arriving...
     max_queue_delay: float = 0.002
+    # ...or this fraction of one execution's time when longer (slow models; 0: seconds only).
+    max_queue_delay_fraction: float = 0.2
     # Batch sizes dispatched as soon as they are reached.
     preferred_batch_sizes: tuple[int, ...] = ()
     # Requests queued per model before RESOURCE_EXHAUSTED.
@@ -57,6 +59,9 @@ class ModelOptions:
             raise ConfigError(f"max_batch_size must be >= 0, not {self.max_batch_size}")
         if not 0 <= self.max_queue_delay < math.inf:
             raise ConfigError(f"max_queue_delay must be finite and >= 0, not {self.max_queue_delay}")
+        if not 0 <= self.max_queue_delay_fraction <= 1:
+            raise ConfigError(f"max_queue_delay_fraction must be in [0, 1], "
+                              f"not {self.max_queue_delay_fraction}")
         if not 1 <= self.max_queue_size <= MAX_QUEUE_DEPTH:
             # Peers refuse adverts stating a deeper queue (swarm.protocol's bound).
             raise ConfigError(f"max_queue_size must be in [1, {MAX_QUEUE_DEPTH}], "

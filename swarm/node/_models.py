@@ -168,6 +168,7 @@ def policy_for(model: Model, options: ModelOptions) -> BatchPolicy:
     return BatchPolicy(
         max_batch_size=max_batch,
         max_queue_delay=options.max_queue_delay,
+        max_queue_delay_fraction=options.max_queue_delay_fraction,
         preferred_batch_sizes=tuple(p for p in options.preferred_batch_sizes if p <= max_batch),
         max_queue_size=options.max_queue_size,
         enabled=options.batching,

@@ -12,9 +12,9 @@ POLICY = BatchPolicy(max_batch_size=8, max_queue_delay=0.002)
 
 
 def view(sizes: tuple[int, ...], *, wait: float = 0.0, busy: bool = False,
-         gap: float = 0.0001, exec_time: float = 0.001) -> QueueView:
+         gap: float = 0.0001, exec_time: float = 0.001, free_for: float = math.inf) -> QueueView:
     return QueueView(sizes=sizes, oldest_wait=wait, busy=busy, arrival_gap=gap,
-                     execution_time=exec_time)
+                     execution_time=exec_time, free_for=free_for)
 
 
 def test_empty_queue_waits_for_an_arrival() -> None:
@@ -42,6 +42,29 @@ def test_fast_arrivals_wait_for_a_fuller_batch() -> None:
 
 def test_oldest_request_never_waits_past_max_queue_delay() -> None:
     assert decide(POLICY, view((1, 1), wait=0.002, gap=0.0001)) == Dispatch(2)
+
+
+def test_a_slow_model_waits_a_fraction_of_its_execution_for_company() -> None:
+    # A pass takes 60 ms: a fuller batch is worth up to 20% of it (12 ms), not only 2 ms...
+    slow = view((1, 1), wait=0.005, gap=0.0005, exec_time=0.060)
+    assert decide(POLICY, slow) == Wait(pytest.approx(0.007))
+    assert decide(POLICY, view((1, 1), wait=0.012, gap=0.0005, exec_time=0.060)) == Dispatch(2)
+    # ...unless the operator turned it off; a fast model keeps max_queue_delay.
+    off = BatchPolicy(max_batch_size=8, max_queue_delay=0.002, max_queue_delay_fraction=0.0)
+    assert decide(off, slow) == Dispatch(2)
+    assert decide(POLICY, view((1, 1), wait=0.0005, gap=0.0001, exec_time=0.001)) == Wait(
+        pytest.approx(0.0015))
+    # A lone request on a model that is not outpaced by arrivals still goes at once.
+    assert decide(POLICY, view((1,), gap=0.100, exec_time=0.060)) == Dispatch(1)
+
+
+def test_the_wait_for_company_counts_from_when_the_model_was_free() -> None:
+    # The request queued 50 ms behind a running batch; the model has been free for 0.5 ms.
+    # Taking it alone now would run a batch of one while the clients just answered come
+    # back (the 1 / 15 alternation of MiniLM at c=16): it gets the delay from now.
+    behind = view((1,), wait=0.050, gap=0.0005, exec_time=0.001, free_for=0.0005)
+    assert decide(POLICY, behind) == Wait(pytest.approx(0.0015))
+    assert decide(POLICY, view((1,), wait=0.050, gap=0.0005, free_for=0.002)) == Dispatch(1)
 
 
 def test_full_batch_dispatches_at_once() -> None:
@@ -76,6 +99,7 @@ def test_arrival_not_due_before_the_delay_expires_dispatches() -> None:
 
 @pytest.mark.parametrize("kwargs", [
     {"max_batch_size": 0}, {"max_queue_delay": -1}, {"max_queue_size": 0},
+    {"max_queue_delay_fraction": -0.1}, {"max_queue_delay_fraction": 1.5},
     {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
 ])
 def test_invalid_policies_are_refused(kwargs: dict[str, object]) -> None:
