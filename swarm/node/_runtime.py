@@ -12,6 +12,7 @@ import abc
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,11 +91,17 @@ class ThreadChooser:
     (149 req/s where two threads gave 237, bench/RESULTS.md). So each size class
     (`items.bit_length()`: 1, 2-3, 4-7, ...) keeps its own measurements, pass count and
     last pass length, and `intra_op_threads` decides for it alone.
+
+    A count is judged by the faster of its last `keep` passes, after `keep` passes of each:
+    one pass slowed by something else (the event loop answering a burst, another process)
+    must not decide for the next `explore_every` passes. Once, a single disturbed
+    two-thread pass left MiniLM at c=64 on one thread for a whole bench phase (216 req/s,
+    the one-thread raw speed, where two threads give 300-400).
     """
 
-    def __init__(self, alpha: float = 0.3) -> None:
-        self.alpha = alpha
-        self._per_item: dict[int, dict[int, float]] = {}
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._per_item: dict[int, dict[int, deque[float]]] = {}
         self._passes: dict[int, int] = {}
         self._last: dict[int, float] = {}
         self.last_forward: float | None = None
@@ -102,7 +109,14 @@ class ThreadChooser:
     def threads(self, policy: ThreadPolicy, items: int) -> int:
         size = max(1, items).bit_length()
         last = self._last.get(size, self.last_forward)
-        return intra_op_threads(policy, last, self._per_item.get(size), self._passes.get(size, 0))
+        samples = self._per_item.get(size, {})
+        if last is not None and last >= policy.wide_after and policy.wide != policy.narrow:
+            # `keep` passes of each first, alternating (wide first).
+            fewest = min((policy.wide, policy.narrow), key=lambda n: len(samples.get(n, ())))
+            if len(samples.get(fewest, ())) < self.keep:
+                return fewest
+        measured = {threads: min(seen) for threads, seen in samples.items()}
+        return intra_op_threads(policy, last, measured, self._passes.get(size, 0))
 
     def record(self, policy: ThreadPolicy, threads: int, items: int, seconds: float) -> None:
         """A pass of `items` items ran `seconds` on `threads` threads."""
@@ -112,10 +126,8 @@ class ThreadChooser:
         if items <= 0 or long is None or long < policy.wide_after:
             return
         self._passes[size] = self._passes.get(size, 0) + 1
-        measured = self._per_item.setdefault(size, {})
-        per_item = seconds / items
-        old = measured.get(threads)
-        measured[threads] = per_item if old is None else old + self.alpha * (per_item - old)
+        seen = self._per_item.setdefault(size, {}).setdefault(threads, deque(maxlen=self.keep))
+        seen.append(seconds / items)
 
 
 # Set by the node at start-up (swarm.node._node); models read it for every CPU pass.

@@ -150,7 +150,7 @@ def test_thread_counts_are_compared_within_a_batch_size_only() -> None:
     # 1 costs far more than one of 32: compared across sizes, the count that ran the small
     # batches looks slow for good. Each size class decides from its own passes.
     policy = ThreadPolicy(narrow=1, wide=2, explore_every=0)
-    chooser = ThreadChooser()
+    chooser = ThreadChooser(keep=1)  # one pass of each decides (the default keeps two)
     assert chooser.threads(policy, 1) == 1  # nothing ran yet: narrow
     chooser.record(policy, 1, 1, 0.020)  # the first pass shows passes are long
     assert chooser.threads(policy, 1) == 2  # measure wide at batch 1
@@ -170,3 +170,31 @@ def test_thread_counts_are_compared_within_a_batch_size_only() -> None:
     # Short passes stay narrow in their class.
     chooser.record(policy, 1, 4, 0.001)
     assert chooser.threads(policy, 4) == 1
+
+
+def test_one_disturbed_pass_does_not_decide_the_thread_count() -> None:
+    from swarm.node._runtime import ThreadChooser, ThreadPolicy
+
+    # MiniLM batches of 64: two threads take ~160 ms, one ~300 ms. The first two-thread
+    # pass ran while the event loop answered a burst and took 400 ms. Judged on it alone,
+    # one thread would win until the next exploration, 32 passes later.
+    policy = ThreadPolicy(narrow=1, wide=2, explore_every=32)
+    chooser = ThreadChooser()
+    chooser.record(policy, 1, 64, 0.300)  # passes are long
+    ran = []
+    timings = {2: iter([0.400, 0.160, 0.160, 0.160]), 1: iter([0.300, 0.300, 0.300])}
+    for _ in range(6):
+        threads = chooser.threads(policy, 64)
+        ran.append(threads)
+        chooser.record(policy, threads, 64, next(timings[threads]))
+    # Two passes of each are measured first (wide first), then the faster of each count's
+    # last two decides: two threads, despite the disturbed pass.
+    assert ran[:4] == [2, 1, 2, 1]
+    assert ran[4:] == [2, 2]
+    # A count that stays slower for two passes in a row loses (load that persists).
+    loaded = ThreadChooser()
+    loaded.record(policy, 1, 64, 0.300)
+    for threads, seconds in ((2, 1.2), (1, 0.3), (2, 1.1), (1, 0.3)):
+        assert loaded.threads(policy, 64) == threads
+        loaded.record(policy, threads, 64, seconds)
+    assert loaded.threads(policy, 64) == 1
