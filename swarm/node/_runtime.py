@@ -94,9 +94,10 @@ class ThreadChooser:
 
     A count is judged by the faster of its last `keep` passes, after `keep` passes of each:
     one pass slowed by something else (the event loop answering a burst, another process)
-    must not decide for the next `explore_every` passes. Once, a single disturbed
-    two-thread pass left MiniLM at c=64 on one thread for a whole bench phase (216 req/s,
-    the one-thread raw speed, where two threads give 300-400).
+    must not decide for the next `explore_every` passes: judged on one pass each, a
+    two-thread MiniLM pass slowed by a burst could keep a node on one thread for a whole
+    bench phase at c=64 (one node_bench run gave 216 req/s, the one-thread raw speed,
+    where two threads give 300-400).
     """
 
     def __init__(self, keep: int = 2) -> None:
