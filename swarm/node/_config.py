@@ -22,7 +22,7 @@ from typing import Any
 from swarm._errors import ConfigError
 from swarm._types import ModelRef
 from swarm.autoscale import AutoscaleConfig, LocalConfig
-from swarm.protocol import MAX_QUEUE_DEPTH
+from swarm.protocol import MAX_BATCH, MAX_QUEUE_DEPTH
 
 __all__ = ["ModelOptions", "NodeConfig", "check_ports", "load_config"]
 
@@ -55,8 +55,9 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         # Checked here, not only when a file is loaded: flags replace() options after loading.
-        if self.max_batch_size < 0:
-            raise ConfigError(f"max_batch_size must be >= 0, not {self.max_batch_size}")
+        if not 0 <= self.max_batch_size <= MAX_BATCH:
+            # Peers refuse adverts stating a larger batch (swarm.protocol's bound).
+            raise ConfigError(f"max_batch_size must be in [0, {MAX_BATCH}], not {self.max_batch_size}")
         if not 0 <= self.max_queue_delay < math.inf:
             raise ConfigError(f"max_queue_delay must be finite and >= 0, not {self.max_queue_delay}")
         if not 0 <= self.max_queue_delay_fraction <= 1:
@@ -442,8 +443,9 @@ def _validate(config: NodeConfig) -> None:
             raise ConfigError(f"{name} must be >= 0 (0: no limit)")
     if not config.registry_push_idle_timeout >= 0:  # also refuses NaN
         raise ConfigError("registry_push_idle_timeout must be >= 0 seconds (0: no limit)")
-    if config.max_served_batch_size < 1:
-        raise ConfigError("max_served_batch_size must be at least 1")
+    if not 1 <= config.max_served_batch_size <= MAX_BATCH:
+        raise ConfigError(f"max_served_batch_size must be in [1, {MAX_BATCH}] (peers refuse "
+                          "adverts stating a larger batch)")
     if config.mesh and config.p2p_port < 0:
         raise ConfigError("--mesh needs peer-to-peer (members find each other in adverts): "
                           "drop --p2p-port -1")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarm.protocol._advert import (
     ADVERT_DOMAIN,
+    MAX_BATCH,
     MAX_QUEUE_DEPTH,
     Advert,
     Hardware,
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADVERT_DOMAIN",
     "ADVERT_TOPIC",
+    "MAX_BATCH",
     "MAX_QUEUE_DEPTH",
     "Admission",
     "Advert",

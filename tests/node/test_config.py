@@ -95,7 +95,8 @@ def test_batching_flags_apply_to_every_model_and_win_over_tables(tmp_path: Path)
     ('[models."builtin/mlp"]\ncache = "maybe"\n', "cache"),
     ('[models."builtin/mlp"]\nmax_batch_size = -1\n', "max_batch_size"),
     ('[models."builtin/mlp"]\nmax_queue_size = 0\n', "max_queue_size"),
-    # Peers refuse adverts stating a deeper queue.
+    # Peers refuse adverts stating a larger batch or a deeper queue.
+    ('[models."builtin/mlp"]\nmax_batch_size = 2_000_000\n', "max_batch_size must be in"),
     ('[models."builtin/mlp"]\nmax_queue_size = 20_000_000\n', "max_queue_size must be in"),
     ('[models."builtin/mlp"]\nmax_queue_delay_fraction = 2\n', "max_queue_delay_fraction"),
     ('[models."builtin/mlp"]\npreferred_batch_sizes = [0, 4]\n', "preferred_batch_sizes"),
