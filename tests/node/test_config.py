@@ -105,6 +105,7 @@ def test_batching_flags_apply_to_every_model_and_win_over_tables(tmp_path: Path)
     ("models = 3\n", "models"),
     ('[models]\n"builtin/mlp" = 3\n', "builtin/mlp"),
     ("grpc_port = 70000\n", "grpc_port"),
+    ("max_served_batch_size = 2_000_000\n", "max_served_batch_size must be in"),
     ("grpc_port = -1\n", "grpc_port"),
     ("metrics_port = -2\n", "metrics_port"),
     ('log_format = "xml"\n', "log_format"),
