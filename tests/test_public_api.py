@@ -26,7 +26,8 @@ def test_swarm_exports() -> None:
 
 def test_swarm_node_exports() -> None:
     assert set(swarm.node.__all__) == {
-        "MLP_DIMS", "AutoscaleHost", "Autoscaler", "BatchPolicy", "Dispatch", "Model",
+        "ARRIVAL_GAP_WEIGHT", "TIMING_WEIGHT", "MLP_DIMS", "AutoscaleHost", "Autoscaler",
+        "BatchPolicy", "Dispatch", "Model",
         "ModelOptions", "ModelSpec", "Node", "NodeConfig", "NodeState", "QueueView",
         "ReplicaEvent", "ReplicaHost", "Replicas", "ScalingEvent", "TensorSpec", "Wait", "decide",
         "load_config", "main", "mlp_module",

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from swarm._types import ModelSpec, TensorSpec
     from swarm.node._autoscaler import AutoscaleHost, Autoscaler, ScalingEvent
-    from swarm.node._batching import BatchPolicy, Dispatch, QueueView, Wait, decide
+    from swarm.node._batching import (
+        ARRIVAL_GAP_WEIGHT,
+        TIMING_WEIGHT,
+        BatchPolicy,
+        Dispatch,
+        QueueView,
+        Wait,
+        decide,
+    )
     from swarm.node._builtins import MLP_DIMS, mlp_module
     from swarm.node._cli import main
     from swarm.node._config import ModelOptions, NodeConfig, load_config
@@ -43,6 +51,8 @@ if TYPE_CHECKING:
     from swarm.node._runtime import Model
 
 _WHERE = {
+    "ARRIVAL_GAP_WEIGHT": "swarm.node._batching",
+    "TIMING_WEIGHT": "swarm.node._batching",
     "AutoscaleHost": "swarm.node._autoscaler",
     "Autoscaler": "swarm.node._autoscaler",
     "ScalingEvent": "swarm.node._autoscaler",
@@ -68,7 +78,9 @@ _WHERE = {
 }
 
 __all__ = [
+    "ARRIVAL_GAP_WEIGHT",
     "MLP_DIMS",
+    "TIMING_WEIGHT",
     "AutoscaleHost",
     "Autoscaler",
     "BatchPolicy",

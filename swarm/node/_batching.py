@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from swarm.node._runtime import Model
 
 __all__ = [
+    "ARRIVAL_GAP_WEIGHT",
+    "TIMING_WEIGHT",
     "BatchPolicy",
     "BatchResult",
     "Batcher",
@@ -50,6 +52,14 @@ __all__ = [
     "Wait",
     "decide",
 ]
+
+# EWMA weights of what the policy sees (the simulator's providers keep the same). Arrival
+# gaps over ~20 arrivals: closed-loop clients arrive in bursts (a batch's answers come
+# back together), and a faster average would swing with each burst's long pause.
+ARRIVAL_GAP_WEIGHT = 0.05
+# Execution time and items/s of recent batches.
+TIMING_WEIGHT = 0.2
+
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
@@ -232,12 +242,10 @@ class Batcher:
         self._instances: list[_Instance] = []
         self._closed = False
         self._last_arrival: float | None = None
-        # Over ~20 arrivals: closed-loop clients arrive in bursts (a batch's answers come
-        # back together), and a fast average would swing with each burst's long pause.
-        self._arrival_gap = _Ewma(0.05)
-        self._execution_time = _Ewma(0.2)
+        self._arrival_gap = _Ewma(ARRIVAL_GAP_WEIGHT)
+        self._execution_time = _Ewma(TIMING_WEIGHT)
         self._free_since = -math.inf
-        self._items_per_second = _Ewma(0.2)
+        self._items_per_second = _Ewma(TIMING_WEIGHT)
         # Cumulative load counters (LoadSample): requests started and their queue waits,
         # finished executions' seconds, instance-seconds up to `_capacity_since`.
         self._started = 0

@@ -38,7 +38,7 @@ from swarm._errors import (
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._types import Digest, PeerId
-from swarm.node import BatchPolicy, Dispatch, QueueView, decide
+from swarm.node import ARRIVAL_GAP_WEIGHT, TIMING_WEIGHT, BatchPolicy, Dispatch, QueueView, decide
 from swarm.protocol import (
     Advert,
     Hardware,
@@ -56,8 +56,6 @@ from swarm.simnet._scenario import NodeSpec, VirtualSettings
 __all__ = ["ProviderContext", "VirtualProvider", "Wire", "batch_policy"]
 
 _HARDWARE = Hardware("gpu", 1, 24 << 30, "simulated")
-# The node's Batcher weighs recent arrival gaps and execution times with this EWMA weight.
-_ALPHA = 0.2
 
 Outcome = pb.ModelInferResponse | InferenceError
 
@@ -177,8 +175,8 @@ class _Queue:
     """One model's queue at one provider, with what `decide` needs to know of it."""
 
     __slots__ = ("arrival_gap", "arrived", "batch", "busy", "demand", "digest", "done",
-                 "execution_time", "items_per_second", "last_arrival", "mark", "name",
-                 "pending", "started", "wait", "waited", "waits")
+                 "execution_time", "free_since", "items_per_second", "last_arrival", "mark",
+                 "name", "pending", "started", "wait", "waited", "waits")
 
     def __init__(self, digest: Digest, name: str) -> None:
         self.digest = digest
@@ -195,6 +193,8 @@ class _Queue:
         self.arrival_gap: float | None = None
         self.execution_time: float | None = None
         self.items_per_second: float | None = None
+        # When the model last finished a batch (free again), as the Batcher keeps it.
+        self.free_since = -math.inf
         # The demand signal's counters (as the node's DemandMeter reads its statistics):
         # items arrived, seconds queued over `waits` requests, seconds executing.
         self.arrived = 0
@@ -227,8 +227,9 @@ class _Queue:
             self.pending = deque(c for c in pending if not c.future.done())
 
 
-def _ewma(old: float | None, value: float) -> float:
-    return value if old is None else old + _ALPHA * (value - old)
+def _ewma(old: float | None, value: float, weight: float = TIMING_WEIGHT) -> float:
+    """The node's Batcher's EWMA (`swarm.node`'s weights)."""
+    return value if old is None else old + weight * (value - old)
 
 
 class VirtualProvider:
@@ -419,7 +420,7 @@ class VirtualProvider:
         call.enqueued = now
         q.arrived += call.items
         if q.last_arrival is not None:
-            q.arrival_gap = _ewma(q.arrival_gap, now - q.last_arrival)
+            q.arrival_gap = _ewma(q.arrival_gap, now - q.last_arrival, ARRIVAL_GAP_WEIGHT)
         q.last_arrival = now
         q.pending.append(call)
         self._advert = None
@@ -449,7 +450,8 @@ class VirtualProvider:
                 oldest_wait=now - pending[0].enqueued if pending else 0.0,
                 busy=q.batch is not None,
                 arrival_gap=math.inf if q.arrival_gap is None else q.arrival_gap,
-                execution_time=q.execution_time or 0.0)
+                execution_time=q.execution_time or 0.0,
+                free_for=now - q.free_since)
             decision = decide(self.ctx.policy, view)
             if not isinstance(decision, Dispatch):
                 if decision.seconds is not None:
@@ -489,6 +491,7 @@ class VirtualProvider:
 
     def _done(self, q: _Queue, started: float, service: float, items: int) -> None:
         batch, q.batch, q.done = q.batch or [], None, None
+        q.free_since = self.ctx.loop.time()
         q.execution_time = _ewma(q.execution_time, service)
         q.items_per_second = _ewma(q.items_per_second, items / service if service > 0 else 0.0)
         wire = self.ctx.wire
