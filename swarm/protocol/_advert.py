@@ -20,8 +20,9 @@ __all__ = ["ADVERT_DOMAIN", "Advert", "Hardware", "MeshMember", "ModelOffer", "P
 
 ADVERT_DOMAIN = b"swarm/advert/v1\0"
 MAX_ADVERT_BYTES = 64 * 1024
-# Bounds of the demand signal a ModelOffer carries (hostile input: autoscalers act on it).
-MAX_ARRIVAL_RATE = 1e9  # items/s
+# Bounds of the demand signal a ModelOffer carries (hostile input: autoscalers act on it),
+# and of the speed it states: items/s, arriving or executed.
+MAX_ITEMS_RATE = 1e9
 MAX_QUEUE_WAIT = 86_400.0  # seconds
 # Bounds of the generation load a ModelOffer carries (hostile input: schedulers route on
 # it). Far above any node (a KV cache of 2^20 sequences, 2^40 queued tokens), far below
@@ -30,7 +31,6 @@ MAX_TOKEN_RATE = 1e9  # tokens/s
 MAX_SEQUENCES = 1 << 20
 MAX_QUEUED_TOKENS = 1 << 40
 # Bounds of the capacity an offer states (schedulers score by it, autoscalers divide by it).
-MAX_ITEMS_RATE = 1e9  # items/s
 MAX_BATCH = 1 << 20  # items (for a generative model: sequence slots)
 MAX_QUEUE_DEPTH = 1 << 24  # requests
 
@@ -103,7 +103,7 @@ def _offer(m: advert_pb2.ModelOffer) -> ModelOffer:
         max_batch_size=_count(m.max_batch_size, "max_batch_size", MAX_BATCH),
         items_per_second=_demand(m.items_per_second, "items_per_second", MAX_ITEMS_RATE),
         queue_depth=_count(m.queue_depth, "queue_depth", MAX_QUEUE_DEPTH),
-        arrival_rate=_demand(m.arrival_rate, "arrival_rate", MAX_ARRIVAL_RATE),
+        arrival_rate=_demand(m.arrival_rate, "arrival_rate", MAX_ITEMS_RATE),
         queue_wait=_demand(m.queue_wait_s, "queue_wait", MAX_QUEUE_WAIT),
         utilization=_demand(m.utilization, "utilization", 1.0),
         memory_bytes=m.memory_bytes, autoscaled=m.autoscaled,
