@@ -39,7 +39,7 @@ from swarm.autoscale import (
 from swarm.protocol import Advert, PeerView
 
 if TYPE_CHECKING:  # not at run time: the simulator runs the driver without torch
-    from swarm.node._models import ServedModel
+    from swarm.node._models import ModelStats, ServedModel
     from swarm.node._node import Node
 
 __all__ = ["AutoscaleHost", "Autoscaler", "Backoff", "Counters", "DemandMeter", "Measured",
@@ -59,6 +59,8 @@ class Measured:
 
 @dataclass(frozen=True, slots=True)
 class _Sample:
+    # The statistics sampled: a version loaded again (a rollback) has new ones, from zero.
+    stats: ModelStats
     at: float
     arrived: float
     queued: int
@@ -75,7 +77,7 @@ def _sample(served: ServedModel, now: float) -> _Sample:
     # Items that arrived: executed, failed (one item each, near enough), and still queued.
     arrived = stats.inference_count + stats.fail.count + depth
     instances = len(served.batcher.instances)  # local replicas: the busy share is per instance
-    return _Sample(now, arrived, stats.queue.count, stats.queue.ns, busy, instances)
+    return _Sample(stats, now, arrived, stats.queue.count, stats.queue.ns, busy, instances)
 
 
 class DemandMeter:
@@ -95,6 +97,10 @@ class DemandMeter:
             digest = model.digest
             seen.add(digest)
             last = self._last.get(digest)
+            if last is not None and last.stats is not model.stats:
+                # Loaded again since: the old counters are no baseline for the new ones.
+                last = None
+                self._measured.pop(digest, None)
             if last is not None and now - last.at < self.window:
                 continue
             current = _sample(model, now)

@@ -121,6 +121,26 @@ def test_demand_meter_rates_over_a_window() -> None:
     assert meter.measure([]) == {}  # a model no longer served is forgotten
 
 
+
+def test_a_reloaded_version_starts_its_demand_from_scratch() -> None:
+    # A rollback serves a digest again with fresh statistics. Differences against the
+    # counters of the version before came out negative (a queue wait of -1 ms in an honest
+    # advert, which every peer then refused as malformed: test_node_registry's rollout).
+    clock = FakeClock()
+    meter = DemandMeter(window=5.0, clock=clock)
+    model = _served(HOT)
+    model.stats.queue.add(0.5, 10)  # 10 requests waited 5 s in all before the reload
+    meter.measure([model])
+    reloaded = _served(HOT)
+    clock.advance(5.0)
+    reloaded.stats.queue.add(0.001, 30)  # 30 requests since, 30 ms in all
+    assert meter.measure([reloaded]) == {}  # the first sample of the new statistics
+    clock.advance(5.0)
+    reloaded.stats.queue.add(0.002, 10)
+    m = meter.measure([reloaded])[HOT]
+    assert m.queue_wait == pytest.approx(0.002)
+    assert m.arrival_rate >= 0
+
 def test_demand_meter_utilization_is_per_instance() -> None:
     clock = FakeClock()
     meter = DemandMeter(window=5.0, clock=clock)
