@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from swarm.node._autoscaler import AutoscaleHost, Autoscaler, ScalingEvent
     from swarm.node._batching import (
         ARRIVAL_GAP_WEIGHT,
+        RECENT_BATCHES,
         TIMING_WEIGHT,
         BatchPolicy,
         Dispatch,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "ARRIVAL_GAP_WEIGHT": "swarm.node._batching",
+    "RECENT_BATCHES": "swarm.node._batching",
     "TIMING_WEIGHT": "swarm.node._batching",
     "AutoscaleHost": "swarm.node._autoscaler",
     "Autoscaler": "swarm.node._autoscaler",
@@ -80,6 +82,7 @@ _WHERE = {
 __all__ = [
     "ARRIVAL_GAP_WEIGHT",
     "MLP_DIMS",
+    "RECENT_BATCHES",
     "TIMING_WEIGHT",
     "AutoscaleHost",
     "Autoscaler",
