@@ -26,7 +26,7 @@ def test_swarm_exports() -> None:
 
 def test_swarm_node_exports() -> None:
     assert set(swarm.node.__all__) == {
-        "ARRIVAL_GAP_WEIGHT", "RECENT_BATCHES", "TIMING_WEIGHT", "MLP_DIMS", "AutoscaleHost", "Autoscaler",
+        "ARRIVAL_GAP_WEIGHT", "TIMING_WEIGHT", "MLP_DIMS", "AutoscaleHost", "Autoscaler",
         "BatchPolicy", "Dispatch", "Model",
         "ModelOptions", "ModelSpec", "Node", "NodeConfig", "NodeState", "QueueView",
         "ReplicaEvent", "ReplicaHost", "Replicas", "ScalingEvent", "TensorSpec", "Wait", "decide",

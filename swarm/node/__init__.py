@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from swarm.node._autoscaler import AutoscaleHost, Autoscaler, ScalingEvent
     from swarm.node._batching import (
         ARRIVAL_GAP_WEIGHT,
-        RECENT_BATCHES,
         TIMING_WEIGHT,
         BatchPolicy,
         Dispatch,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "ARRIVAL_GAP_WEIGHT": "swarm.node._batching",
-    "RECENT_BATCHES": "swarm.node._batching",
     "TIMING_WEIGHT": "swarm.node._batching",
     "AutoscaleHost": "swarm.node._autoscaler",
     "Autoscaler": "swarm.node._autoscaler",
@@ -82,7 +80,6 @@ _WHERE = {
 __all__ = [
     "ARRIVAL_GAP_WEIGHT",
     "MLP_DIMS",
-    "RECENT_BATCHES",
     "TIMING_WEIGHT",
     "AutoscaleHost",
     "Autoscaler",

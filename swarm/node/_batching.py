@@ -7,10 +7,7 @@ never waits out the delay. Under load the batcher holds requests until the batch
 is full, reaches a preferred size, or its oldest request has waited the delay:
 `max_queue_delay`, or `max_queue_delay_fraction` of one execution when that is
 longer (a fuller batch of a slow model is worth more), counted from when the model
-was free to take it; or until as many items are queued as were in the system (executing
-and queued) when a recent execution ended: clients that send their next request when
-the last is answered come back together, and once they are all queued none is coming.
-While a batch executes, the next one forms.
+was free to take it. While a batch executes, the next one forms.
 
 A Batcher may hold several instances of its model (local replicas, one per device:
 `add_instance`): they share the one queue, and a batch goes to whichever instance is
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARRIVAL_GAP_WEIGHT",
-    "RECENT_BATCHES",
     "TIMING_WEIGHT",
     "BatchPolicy",
     "BatchResult",
@@ -63,9 +59,6 @@ __all__ = [
 ARRIVAL_GAP_WEIGHT = 0.05
 # Execution time and items/s of recent batches.
 TIMING_WEIGHT = 0.2
-# QueueView.recent_load is the largest of the loads seen at the end of this many latest
-# executions (one client that left, or came back late, does not lower it).
-RECENT_BATCHES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +105,6 @@ class QueueView:
     execution_time: float
     # Seconds since an instance last became free (inf: none has run yet).
     free_for: float = math.inf
-    # Items in the system (the batch executing plus those queued) as each of the latest
-    # RECENT_BATCHES executions ended: the largest (0: none has ended yet).
-    recent_load: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +133,6 @@ def decide(policy: BatchPolicy, view: QueueView) -> Dispatch | Wait:
     if count < len(view.sizes) or items >= policy.max_batch_size:
         return Dispatch(count)
     if items in policy.preferred_batch_sizes:
-        return Dispatch(count)
-    # Closed-loop clients (the next request sent when the last is answered) come back
-    # together after a batch. Once as many items are queued as were in the system when a
-    # recent execution ended, they are all here: the arrival-gap average, which spans
-    # their idle time too, no longer predicts company (MiniLM at c=16: the batch sat
-    # 8-14 ms per ~80 ms cycle with all 16 queued).
-    if 0 < view.recent_load <= items:
         return Dispatch(count)
     # The wait for company counts from when the model could first have taken the oldest
     # request: one that queued behind a running batch has not waited for a fuller one yet.
@@ -262,7 +245,6 @@ class Batcher:
         self._arrival_gap = _Ewma(ARRIVAL_GAP_WEIGHT)
         self._execution_time = _Ewma(TIMING_WEIGHT)
         self._free_since = -math.inf
-        self._recent_loads: deque[int] = deque(maxlen=RECENT_BATCHES)
         self._items_per_second = _Ewma(TIMING_WEIGHT)
         # Cumulative load counters (LoadSample): requests started and their queue waits,
         # finished executions' seconds, instance-seconds up to `_capacity_since`.
@@ -409,7 +391,6 @@ class Batcher:
             arrival_gap=self._arrival_gap.value if self._arrival_gap.value is not None else math.inf,
             execution_time=self._execution_time.value or 0.0,
             free_for=now - self._free_since,
-            recent_load=max(self._recent_loads, default=0),
         )
 
     def _take(self, count: int, now: float) -> list[_Pending]:
@@ -498,8 +479,6 @@ class Batcher:
             raise
         finally:
             instance.busy = False
-            self._recent_loads.append(
-                sum(p.items for p in batch) + sum(p.items for p in self._queue if not p.future.done()))
             self._free_since = self._clock.monotonic()
             self._busy_seconds += self._free_since - started
             if instance.retired:

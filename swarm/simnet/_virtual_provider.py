@@ -38,15 +38,7 @@ from swarm._errors import (
 )
 from swarm._proto.inference import grpc_service_pb2 as pb
 from swarm._types import Digest, PeerId
-from swarm.node import (
-    ARRIVAL_GAP_WEIGHT,
-    RECENT_BATCHES,
-    TIMING_WEIGHT,
-    BatchPolicy,
-    Dispatch,
-    QueueView,
-    decide,
-)
+from swarm.node import ARRIVAL_GAP_WEIGHT, TIMING_WEIGHT, BatchPolicy, Dispatch, QueueView, decide
 from swarm.protocol import (
     Advert,
     Hardware,
@@ -184,7 +176,7 @@ class _Queue:
 
     __slots__ = ("arrival_gap", "arrived", "batch", "busy", "demand", "digest", "done",
                  "execution_time", "free_since", "items_per_second", "last_arrival", "mark",
-                 "name", "pending", "recent_loads", "started", "wait", "waited", "waits")
+                 "name", "pending", "started", "wait", "waited", "waits")
 
     def __init__(self, digest: Digest, name: str) -> None:
         self.digest = digest
@@ -203,8 +195,6 @@ class _Queue:
         self.items_per_second: float | None = None
         # When the model last finished a batch (free again), as the Batcher keeps it.
         self.free_since = -math.inf
-        # Items executing plus queued as the latest batches ended (QueueView.recent_load).
-        self.recent_loads: deque[int] = deque(maxlen=RECENT_BATCHES)
         # The demand signal's counters (as the node's DemandMeter reads its statistics):
         # items arrived, seconds queued over `waits` requests, seconds executing.
         self.arrived = 0
@@ -461,8 +451,7 @@ class VirtualProvider:
                 busy=q.batch is not None,
                 arrival_gap=math.inf if q.arrival_gap is None else q.arrival_gap,
                 execution_time=q.execution_time or 0.0,
-                free_for=now - q.free_since,
-                recent_load=max(q.recent_loads, default=0))
+                free_for=now - q.free_since)
             decision = decide(self.ctx.policy, view)
             if not isinstance(decision, Dispatch):
                 if decision.seconds is not None:
@@ -503,7 +492,6 @@ class VirtualProvider:
     def _done(self, q: _Queue, started: float, service: float, items: int) -> None:
         batch, q.batch, q.done = q.batch or [], None, None
         q.free_since = self.ctx.loop.time()
-        q.recent_loads.append(items + sum(c.items for c in q.pending if not c.future.done()))
         q.execution_time = _ewma(q.execution_time, service)
         q.items_per_second = _ewma(q.items_per_second, items / service if service > 0 else 0.0)
         wire = self.ctx.wire

@@ -126,41 +126,6 @@ async def test_lone_request_does_not_wait_out_the_delay() -> None:
     await stop(task)
 
 
-class SlowModel(FakeModel):
-    """Every execution takes 20 ms (and waits for `gate` while one is set)."""
-
-    def execute(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(0.02)
-        return super().execute(inputs)
-
-
-async def test_closed_loop_clients_do_not_wait_out_the_delay_for_company() -> None:
-    # Three clients, each sending its next request when the last is answered: arrivals
-    # come faster than an execution, so the policy waits for company, up to 60 s here.
-    # Once all three are queued, none is coming: the batch must go then. The first
-    # client starts alone; the other two queue behind its first batch.
-    policy = BatchPolicy(max_batch_size=8, max_queue_delay=60.0, max_queue_delay_fraction=0.0)
-    gate = threading.Event()
-    model = SlowModel(gate=gate)
-    batcher = Batcher(model, policy)
-    task = await run_batcher(batcher)
-
-    async def client(k: int, requests: int) -> None:
-        for i in range(requests):
-            result = await batcher.submit(row(10 * k + i), 1)
-            assert result.outputs["y"][0, 0] == 2 * (10 * k + i)
-
-    first = asyncio.create_task(client(0, 7))
-    await wait_until(model.started.is_set, what="the first client's batch executing")
-    model.gate = None  # the next executions do not wait
-    clients = asyncio.gather(first, client(1, 6), client(2, 6))
-    await wait_until(lambda: batcher.queue_depth == 2, what="two clients queued behind it")
-    gate.set()
-    await wait_until(clients, what=lambda: f"19 closed-loop requests; batches {model.batches}")
-    assert model.batches == [1, 3, 3, 3, 3, 3, 3]  # together after the first, never split again
-    await stop(task)
-
-
 async def test_full_queue_is_refused_with_overloaded(policy: BatchPolicy) -> None:
     gate = threading.Event()
     model = FakeModel(gate)

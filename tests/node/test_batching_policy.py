@@ -12,10 +12,9 @@ POLICY = BatchPolicy(max_batch_size=8, max_queue_delay=0.002)
 
 
 def view(sizes: tuple[int, ...], *, wait: float = 0.0, busy: bool = False,
-         gap: float = 0.0001, exec_time: float = 0.001, free_for: float = math.inf,
-         recent: int = 0) -> QueueView:
+         gap: float = 0.0001, exec_time: float = 0.001, free_for: float = math.inf) -> QueueView:
     return QueueView(sizes=sizes, oldest_wait=wait, busy=busy, arrival_gap=gap,
-                     execution_time=exec_time, free_for=free_for, recent_load=recent)
+                     execution_time=exec_time, free_for=free_for)
 
 
 def test_empty_queue_waits_for_an_arrival() -> None:
@@ -66,20 +65,6 @@ def test_the_wait_for_company_counts_from_when_the_model_was_free() -> None:
     behind = view((1,), wait=0.050, gap=0.0005, exec_time=0.001, free_for=0.0005)
     assert decide(POLICY, behind) == Wait(pytest.approx(0.0015))
     assert decide(POLICY, view((1,), wait=0.050, gap=0.0005, free_for=0.002)) == Dispatch(1)
-
-
-def test_once_the_clients_of_a_recent_execution_are_all_back_the_batch_goes() -> None:
-    # MiniLM at c=16: 16 requests were in the system when the last execution ended; 4 ms
-    # later all 16 are queued again, and the arrival gap (a ~80 ms cycle over 16 arrivals)
-    # says another is due in 5 ms. None is: every sender waits on this queue. Waiting out
-    # the rest of the 12 ms delay only idles the model.
-    slow = {"wait": 0.004, "gap": 0.005, "exec_time": 0.060, "free_for": 0.004}
-    policy = BatchPolicy(max_batch_size=64, max_queue_delay=0.002)
-    assert decide(policy, view((1,) * 16, recent=16, **slow)) == Dispatch(16)
-    # One still on its way: wait for it (not 15 now and 1 alone after).
-    assert decide(policy, view((1,) * 15, recent=16, **slow)) == Wait(pytest.approx(0.008))
-    # No execution has ended yet (0): the arrival estimate alone decides.
-    assert isinstance(decide(policy, view((1,) * 16, **slow)), Wait)
 
 
 def test_full_batch_dispatches_at_once() -> None:
