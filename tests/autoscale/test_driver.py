@@ -121,7 +121,6 @@ def test_demand_meter_rates_over_a_window() -> None:
     assert meter.measure([]) == {}  # a model no longer served is forgotten
 
 
-
 def test_a_reloaded_version_starts_its_demand_from_scratch() -> None:
     # A rollback serves a digest again with fresh statistics. Differences against the
     # counters of the version before came out negative (a queue wait of -1 ms in an honest
@@ -140,6 +139,7 @@ def test_a_reloaded_version_starts_its_demand_from_scratch() -> None:
     m = meter.measure([reloaded])[HOT]
     assert m.queue_wait == pytest.approx(0.002)
     assert m.arrival_rate >= 0
+
 
 def test_demand_meter_utilization_is_per_instance() -> None:
     clock = FakeClock()
